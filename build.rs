@@ -1,0 +1,26 @@
+//! Compiles the eBPF C sources in ebpf/ with clang; the objects are embedded
+//! in the binary with include_bytes_aligned!.
+use std::{env, path::PathBuf, process::Command};
+
+const OBJECTS: &[&str] = &["shaper", "harness"];
+
+fn main() {
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    println!("cargo:rerun-if-changed=ebpf");
+    println!("cargo:rerun-if-env-changed=CLANG");
+    for name in OBJECTS {
+        let src = format!("ebpf/{name}.bpf.c");
+        let obj = out.join(format!("{name}.bpf.o"));
+        let status = Command::new(&clang)
+            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            // Debian keeps asm/ headers under the multiarch directory.
+            .args(["-I/usr/include/x86_64-linux-gnu", "-Iebpf", "-c", &src, "-o"])
+            .arg(&obj)
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {clang} to build {src}: {e}. Install clang and libbpf-dev (sudo ./install.sh does).")
+            });
+        assert!(status.success(), "{clang} failed to compile {src}");
+    }
+}

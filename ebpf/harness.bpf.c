@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Test harness for BPF_PROG_TEST_RUN. test_run gives cgroup programs a fresh,
+ * zeroed cgroup storage on every call, so the harness keeps the pod state in
+ * an array map the test can preset and read back, and takes "now" from the
+ * test instead of the clock. Everything else is the production logic.
+ */
+#include "shaper.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct harness_input {
+	struct pod_state pod;
+	__u64 now;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct harness_input);
+} harness SEC(".maps");
+
+static __always_inline struct harness_input *input(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&harness, &zero);
+}
+
+SEC("cgroup_skb/egress")
+int harness_egress(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+
+	if (!in)
+		return SKB_DROP;
+	return shape_egress(&in->pod, skb, in->now);
+}
+
+SEC("cgroup_skb/ingress")
+int harness_ingress(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+
+	if (!in)
+		return SKB_DROP;
+	return shape_ingress(&in->pod, skb, in->now);
+}

@@ -1,0 +1,133 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * The datapath of bpf-ratelimit: three programs attached to a pod's cgroup.
+ *
+ *   shape_egress   cgroup_skb/egress   token bucket backstop for the pod's sends
+ *   shape_ingress  cgroup_skb/ingress  ECN-marking policer for what the pod receives
+ *   pace_tcp       sockops             paces each sending TCP socket at its share
+ *                                      of the egress rate, so TCP never hits the
+ *                                      backstop; asks for ECN on the pod's SYNs
+ *
+ * One copy is loaded per node and pinned; each pod gets its own attachments,
+ * and its limits and counters live in cgroup storage keyed by the pod cgroup.
+ */
+#include <stdbool.h>
+#include "shaper.h"
+
+#ifndef SOL_SOCKET
+#define SOL_SOCKET 1
+#endif
+#ifndef SO_MAX_PACING_RATE
+#define SO_MAX_PACING_RATE 47
+#endif
+
+/* Senders are counted per window of 2^26 ns (about 67 ms): long enough that
+ * a flow paced at a small share acknowledges data at least once per window. */
+#define SENDER_WINDOW_SHIFT 26
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+struct {
+	__uint(type, BPF_MAP_TYPE_CGROUP_STORAGE);
+	__type(key, __u64); /* u64 key: one value per cgroup, shared by all programs */
+	__type(value, struct pod_state);
+} pod_state SEC(".maps");
+
+/* What the sock_ops program remembers about one TCP socket. */
+struct flow_state {
+	__u64 window; /* the last sender window this socket was counted in */
+	__u64 rate;   /* the pacing rate last set on it, bytes per second */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct flow_state);
+} flow_state SEC(".maps");
+
+SEC("cgroup_skb/egress")
+int shape_egress_prog(struct __sk_buff *skb)
+{
+	return shape_egress(bpf_get_local_storage(&pod_state, 0), skb, bpf_ktime_get_ns());
+}
+
+SEC("cgroup_skb/ingress")
+int shape_ingress_prog(struct __sk_buff *skb)
+{
+	return shape_ingress(bpf_get_local_storage(&pod_state, 0), skb, bpf_ktime_get_ns());
+}
+
+/*
+ * Sets the socket's pacing rate to the pod's egress rate divided among the
+ * sockets that sent recently. count_as_sender is false at connection set-up:
+ * a socket that only receives must not take a share.
+ */
+static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod,
+				      bool count_as_sender)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct flow_state *flow;
+	__u64 window, rate;
+	__u32 senders, rate32;
+
+	if (!sk)
+		return;
+	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!flow)
+		return;
+	window = bpf_ktime_get_ns() >> SENDER_WINDOW_SHIFT;
+
+	bpf_spin_lock(&pod->lock);
+	if (pod->window != window) {
+		pod->senders_before = pod->window + 1 == window ? pod->senders_now : 0;
+		pod->senders_now = 0;
+		pod->window = window;
+	}
+	if (count_as_sender && flow->window != window) {
+		flow->window = window;
+		pod->senders_now++;
+	}
+	senders = pod->senders_now > pod->senders_before ? pod->senders_now : pod->senders_before;
+	if (senders == 0)
+		senders = 1;
+	rate = pod->egress.rate / senders;
+	bpf_spin_unlock(&pod->lock);
+
+	if (rate == flow->rate)
+		return;
+	flow->rate = rate;
+	rate32 = rate > 0xffffffffULL ? 0xffffffffU : (__u32)rate;
+	bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate32, sizeof(rate32));
+}
+
+SEC("sockops")
+int pace_tcp(struct bpf_sock_ops *skops)
+{
+	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
+
+	if (!pod)
+		return 1;
+	switch (skops->op) {
+	case BPF_SOCK_OPS_NEEDS_ECN:
+		/* With ECN the ingress policer can mark instead of drop. */
+		if (pod->ingress.rate)
+			skops->reply = 1;
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (pod->egress.rate == 0)
+			break;
+		/* RTT callbacks come with every ACK of sent data: they tell us
+		 * which sockets are sending, and when to re-split the rate. */
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						     BPF_SOCK_OPS_RTT_CB_FLAG);
+		pace_flow(skops, pod, false);
+		break;
+	case BPF_SOCK_OPS_RTT_CB:
+		if (pod->egress.rate)
+			pace_flow(skops, pod, true);
+		break;
+	}
+	return 1;
+}

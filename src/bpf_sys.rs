@@ -1,0 +1,129 @@
+//! The few bpf(2) calls aya 0.14 does not offer: cgroup storage with the
+//! shared u64 key (aya only supports the per-attach-type key), element
+//! updates under the value's bpf_spin_lock, and a cgroup link's target.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+const BPF_EXIST: u64 = 2;
+/// Copy the value while holding its bpf_spin_lock (the lock itself is skipped).
+const BPF_F_LOCK: u64 = 4;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
+    // SAFETY: attr is a live, correctly laid out bpf_attr prefix for cmd, and
+    // the kernel reads at most size_of::<T>() bytes of it.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Marker for plain-old-data map values: any bit pattern is valid.
+///
+/// # Safety
+/// The type must be `repr(C)`, without padding that matters, and valid for all bit patterns.
+pub unsafe trait Pod: Copy + Default {}
+
+/// Reads a value under its spin lock.
+pub fn lookup_locked<V: Pod>(map: BorrowedFd<'_>, key: u64) -> io::Result<V> {
+    let mut value = V::default();
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u64 as u64,
+        value: &mut value as *mut V as u64,
+        flags: BPF_F_LOCK,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    Ok(value)
+}
+
+/// Overwrites an existing value under its spin lock.
+pub fn update_locked<V: Pod>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u64 as u64,
+        value: value as *const V as u64,
+        flags: BPF_F_LOCK | BPF_EXIST,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+/// The part of struct bpf_link_info we read: header and the cgroup variant.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug)]
+pub struct CgroupLinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    _pad: u32,
+    pub cgroup_id: u64,
+    pub attach_type: u32,
+    _pad2: u32,
+}
+
+pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
+    let mut info = CgroupLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<CgroupLinkInfo>() as u32,
+        info: &mut info as *mut CgroupLinkInfo as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned BPF object (program, map or link).
+pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
+    // SAFETY: as in sys_bpf; on success the return value is a new fd we own.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut attr as *mut ObjGetAttr, std::mem::size_of::<ObjGetAttr>())
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
+}

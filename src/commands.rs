@@ -1,0 +1,192 @@
+//! ADD, DEL, CHECK, GC and STATUS: each reads a Request and returns the
+//! stdout reply or a CniError.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::cgroup;
+use crate::cni::{code, Command, CniError, Env};
+use crate::datapath::{self, PinRoot, LINK_PINS};
+use crate::limits::{self, Limits};
+use crate::netconf::NetConf;
+
+/// Everything one invocation was given.
+pub struct Request {
+    pub command: Command,
+    pub env: Env,
+    pub conf: NetConf,
+}
+
+pub fn run(req: &Request) -> Result<String, CniError> {
+    match req.command {
+        Command::Add => cmd_add(req),
+        Command::Del => cmd_del(req).map(|_| String::new()),
+        Command::Check => cmd_check(req).map(|_| String::new()),
+        Command::Gc => cmd_gc(req).map(|_| String::new()),
+        Command::Status => cmd_status(req).map(|_| String::new()),
+        Command::Version => unreachable!("VERSION is answered before a Request is built"),
+    }
+}
+
+fn datapath_error(msg: &str, e: anyhow::Error) -> CniError {
+    CniError::from_anyhow(code::DATAPATH, msg, &e)
+}
+
+fn pod_cgroup(req: &Request) -> Result<PathBuf, CniError> {
+    let root = cgroup::cgroup2_root(req.conf.cgroup_root.as_deref())?;
+    cgroup::find_pod_cgroup(&root, req.conf.cgroup_path.as_deref(), req.env.args.get("K8S_POD_UID").map(String::as_str))
+}
+
+/// prevResult passed through unchanged except for cniVersion.
+fn pass_prev_result(conf: &NetConf) -> Result<String, CniError> {
+    let mut result = conf.prev_result.clone().ok_or_else(|| {
+        CniError::config("no prevResult: bpf-ratelimit is a chained plugin and must come after the main plugin in a conflist")
+    })?;
+    let Value::Object(obj) = &mut result else {
+        return Err(CniError::config("prevResult is not a JSON object"));
+    };
+    obj.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
+    Ok(result.to_string())
+}
+
+fn cmd_add(req: &Request) -> Result<String, CniError> {
+    let reply = pass_prev_result(&req.conf)?;
+    let limits = limits::resolve(&req.conf)?;
+    if limits.is_empty() {
+        log::info!("container {}: no bandwidth limit requested, nothing attached", req.env.container_id);
+        return Ok(reply);
+    }
+    let cgroup_dir = pod_cgroup(req)?;
+    let root = PinRoot::create(&req.conf.pin_root).map_err(|e| datapath_error("cannot use the bpf filesystem", e))?;
+    datapath::attach_pod(&root, &req.env.container_id, &req.env.ifname, &cgroup_dir, &limits)
+        .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
+    log::info!(
+        "container {} ({}): shaping {} with {}",
+        req.env.container_id,
+        req.env.ifname,
+        cgroup_dir.display(),
+        describe(&limits)
+    );
+    Ok(reply)
+}
+
+pub fn describe(limits: &Limits) -> String {
+    let one = |l: Option<limits::Limit>| match l {
+        None => "unlimited".to_string(),
+        Some(l) => format!("{}bit/s burst {} bytes", crate::quantity::format_rate(l.rate), l.burst / 8),
+    };
+    format!("ingress {}, egress {}", one(limits.ingress), one(limits.egress))
+}
+
+/// DEL unpins the attachment's links (detaching them) and succeeds whether
+/// or not anything was there; the pod cgroup may already be gone.
+fn cmd_del(req: &Request) -> Result<(), CniError> {
+    let Some(root) = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?
+    else {
+        return Ok(());
+    };
+    let removed = root
+        .remove_pod(&req.env.container_id, &req.env.ifname)
+        .map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
+    root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))?;
+    log::info!(
+        "container {} ({}): {}",
+        req.env.container_id,
+        req.env.ifname,
+        if removed { "detached" } else { "nothing attached" }
+    );
+    Ok(())
+}
+
+fn cmd_check(req: &Request) -> Result<(), CniError> {
+    if req.conf.prev_result.is_none() {
+        return Err(CniError::config("CHECK needs prevResult"));
+    }
+    let limits = limits::resolve(&req.conf)?;
+    let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg, "");
+    let root = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?;
+    let attachment = match &root {
+        None => None,
+        Some(root) => {
+            let cgroup_dir = if limits.is_empty() { None } else { Some(pod_cgroup(req)?) };
+            let cgroup_id = cgroup_dir.as_deref().map(cgroup::cgroup_id).transpose().map_err(|e| {
+                CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string())
+            })?;
+            datapath::inspect_pod(root, &req.env.container_id, &req.env.ifname, cgroup_id.unwrap_or(0))
+                .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
+                .map(|a| (a, cgroup_id))
+        }
+    };
+    match (limits.is_empty(), attachment) {
+        (true, None) => Ok(()),
+        (true, Some(_)) => Err(failed("the pod has no bandwidth limit but a shaper is attached".into())),
+        (false, None) => Err(failed(format!("no shaper is attached for container {}", req.env.container_id))),
+        (false, Some((a, cgroup_id))) => {
+            let cgroup_id = cgroup_id.unwrap_or(0);
+            for name in LINK_PINS {
+                match a.links.iter().find(|(n, _)| *n == name) {
+                    None => return Err(failed(format!("the {name} link is missing"))),
+                    Some((_, info)) if info.cgroup_id != cgroup_id => {
+                        return Err(failed(format!(
+                            "the {name} link is attached to cgroup id {} instead of the pod cgroup ({cgroup_id})",
+                            info.cgroup_id
+                        )))
+                    }
+                    Some(_) => {}
+                }
+            }
+            match a.state {
+                None => Err(failed("the pod's limits are missing from its cgroup storage".into())),
+                Some(s) if !s.enforces(&limits) => Err(failed(format!(
+                    "the pod's limits differ: requested {}, attached ingress {:?} egress {:?} (bits/s, bits)",
+                    describe(&limits),
+                    s.ingress.limit(),
+                    s.egress.limit()
+                ))),
+                Some(_) => Ok(()),
+            }
+        }
+    }
+}
+
+fn require_1_1(req: &Request, what: &str) -> Result<(), CniError> {
+    if req.conf.cni_version != "1.1.0" {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{what} needs cniVersion 1.1.0, the config says {}", req.conf.cni_version),
+            "",
+        ));
+    }
+    Ok(())
+}
+
+/// GC unpins every attachment that the runtime does not list as valid.
+fn cmd_gc(req: &Request) -> Result<(), CniError> {
+    require_1_1(req, "GC")?;
+    let Some(valid) = &req.conf.valid_attachments else {
+        return Err(CniError::config("GC needs cni.dev/valid-attachments"));
+    };
+    let Some(root) = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?
+    else {
+        return Ok(());
+    };
+    let attachments = root.attachments().map_err(|e| datapath_error("cannot list attachments", e))?;
+    for (id, ifname) in attachments {
+        if !valid.contains(&(id.clone(), ifname.clone())) {
+            root.remove_pod(&id, &ifname).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
+            log::info!("GC: removed stale attachment {id} ({ifname})");
+        }
+    }
+    root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))
+}
+
+/// STATUS: cgroup2, bpffs and loading the datapath all work.
+fn cmd_status(req: &Request) -> Result<(), CniError> {
+    require_1_1(req, "STATUS")?;
+    let unavailable = |msg: &str, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
+    cgroup::cgroup2_root(req.conf.cgroup_root.as_deref()).map_err(|e| unavailable("cgroup v2 is not usable", e.to_string()))?;
+    datapath::ensure_bpffs(&req.conf.pin_root).map_err(|e| unavailable("the bpf filesystem is not usable", format!("{e:#}")))?;
+    datapath::load().map_err(|e| unavailable("the kernel cannot load the eBPF datapath", format!("{e:#}")))?;
+    Ok(())
+}

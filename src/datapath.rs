@@ -1,0 +1,354 @@
+//! The eBPF datapath: loading it once per node, attaching it to pod cgroups,
+//! and the pins that let later processes (DEL, CHECK, GC) find both.
+//!
+//! Layout under the pin root (default /sys/fs/bpf/bpf-ratelimit):
+//!
+//! ```text
+//! .                                 flock()ed by every command, so ADD/DEL/GC never race
+//! datapath/<version>/               one loaded copy of ebpf/shaper.bpf.c per plugin build
+//!     shape_egress_prog  shape_ingress_prog  pace_tcp  pod_state  flow_state
+//! pods/<containerID>/<ifname>/      one directory per CNI attachment
+//!     egress  ingress  sockops      bpf_links on the pod cgroup
+//!     state                         the pod_state map these links' programs use
+//! ```
+//!
+//! Removing a pod's link pins detaches it, and the kernel frees the pod's
+//! cgroup storage with the last attachment. When the last pod goes, the
+//! datapath is unpinned too, so an idle node holds nothing.
+
+use std::fs::{self, File};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapData;
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps};
+use aya::{Ebpf, EbpfLoader};
+
+use crate::bpf_sys::{self, CgroupLinkInfo};
+use crate::limits::Limits;
+use crate::state::{monotonic_ns, PodState};
+
+/// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
+pub static SHAPER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.bpf.o"));
+/// The BPF_PROG_TEST_RUN harness, built from ebpf/harness.bpf.c.
+pub static HARNESS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/harness.bpf.o"));
+
+const PROG_EGRESS: &str = "shape_egress_prog";
+const PROG_INGRESS: &str = "shape_ingress_prog";
+const PROG_SOCKOPS: &str = "pace_tcp";
+const MAP_POD_STATE: &str = "pod_state";
+const MAP_FLOW_STATE: &str = "flow_state";
+const DATAPATH_PINS: [&str; 5] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, MAP_POD_STATE, MAP_FLOW_STATE];
+
+/// The link pins in a pod's directory, and the map pin beside them.
+pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
+pub const STATE_PIN: &str = "state";
+
+const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Identifies this build's datapath, so an upgraded plugin loads its own copy
+/// while pods attached by the old one keep theirs.
+pub fn datapath_version() -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in SHAPER_OBJ {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+}
+
+/// Makes sure `pin_root` can live on a bpf filesystem, mounting one at
+/// /sys/fs/bpf when the pin root is under it and nothing is mounted there.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
+    let mut existing = pin_root;
+    while !existing.exists() {
+        existing = existing.parent().unwrap_or(Path::new("/"));
+    }
+    if is_bpffs(existing) {
+        return Ok(());
+    }
+    let default = Path::new(DEFAULT_BPFFS);
+    if pin_root.starts_with(default) && pin_root != default {
+        fs::create_dir_all(default).with_context(|| format!("cannot create {DEFAULT_BPFFS}"))?;
+        use nix::mount::{mount, MsFlags};
+        mount(
+            Some("bpf"),
+            default,
+            Some("bpf"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        )
+        .with_context(|| format!("cannot mount bpffs at {DEFAULT_BPFFS} (mount -t bpf bpf {DEFAULT_BPFFS})"))?;
+        log::info!("mounted bpffs at {DEFAULT_BPFFS}");
+        return Ok(());
+    }
+    bail!(
+        "pinRoot {} is not on a bpf filesystem; mount one there (mount -t bpf bpf DIR) or use a pinRoot under {DEFAULT_BPFFS}",
+        pin_root.display()
+    )
+}
+
+/// The pin root, locked for the lifetime of this value.
+pub struct PinRoot {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl PinRoot {
+    /// Opens the pin root for ADD: mounts bpffs and creates it if needed.
+    pub fn create(path: &Path) -> Result<Self> {
+        ensure_bpffs(path)?;
+        fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
+        Self::lock(path)
+    }
+
+    /// Opens an existing pin root; `None` when there is none, so nothing is attached.
+    pub fn existing(path: &Path) -> Result<Option<Self>> {
+        if !path.is_dir() || !is_bpffs(path) {
+            return Ok(None);
+        }
+        Self::lock(path).map(Some)
+    }
+
+    fn lock(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("cannot open pin root {}", path.display()))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("cannot lock the pin root");
+        }
+        Ok(Self { path: path.to_path_buf(), _lock: file })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn pods_dir(&self) -> PathBuf {
+        self.path.join("pods")
+    }
+
+    fn datapath_root(&self) -> PathBuf {
+        self.path.join("datapath")
+    }
+
+    /// The directory of one attachment. Both parts were validated by cni::Env.
+    pub fn pod_dir(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.pods_dir().join(container_id).join(ifname)
+    }
+
+    /// Every attachment that has pins, as (containerID, ifname).
+    pub fn attachments(&self) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        let Ok(ids) = fs::read_dir(self.pods_dir()) else { return Ok(out) };
+        for id in ids {
+            let id = id?;
+            let Ok(ifaces) = fs::read_dir(id.path()) else { continue };
+            for iface in ifaces {
+                let iface = iface?;
+                out.push((id.file_name().to_string_lossy().into_owned(), iface.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Unpins an attachment, which detaches its links. Returns whether it existed.
+    pub fn remove_pod(&self, container_id: &str, ifname: &str) -> Result<bool> {
+        let dir = self.pod_dir(container_id, ifname);
+        let existed = remove_pin_dir(&dir)?;
+        if let Some(parent) = dir.parent() {
+            // Other interfaces of the same container may remain.
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(existed)
+    }
+
+    /// Unpins the datapath when no pod uses it any more.
+    pub fn remove_datapath_if_unused(&self) -> Result<()> {
+        if self.attachments()?.is_empty() {
+            let _ = fs::remove_dir(self.pods_dir());
+            let root = self.datapath_root();
+            if let Ok(versions) = fs::read_dir(&root) {
+                for v in versions {
+                    remove_pin_dir(&v?.path())?;
+                }
+            }
+            let _ = fs::remove_dir(&root);
+        }
+        Ok(())
+    }
+
+    /// The directory of this build's datapath, loading and pinning it first if
+    /// it is not there. Loading runs the verifier; later ADDs only attach.
+    pub fn datapath(&self) -> Result<PathBuf> {
+        let dir = self.datapath_root().join(datapath_version());
+        if DATAPATH_PINS.iter().all(|p| dir.join(p).exists()) {
+            return Ok(dir);
+        }
+        // A crash during an earlier load can leave a partial directory.
+        remove_pin_dir(&dir)?;
+        let tmp = self.datapath_root().join(format!(".loading-{}", std::process::id()));
+        remove_pin_dir(&tmp)?;
+        fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let loaded = load_and_pin(&tmp);
+        if let Err(e) = loaded {
+            let _ = remove_pin_dir(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &dir).with_context(|| format!("cannot move the datapath into {}", dir.display()))?;
+        log::info!("loaded the datapath into {}", dir.display());
+        Ok(dir)
+    }
+}
+
+/// Removes a directory of pins (files only, one level). Missing is fine.
+fn remove_pin_dir(dir: &Path) -> Result<bool> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot unpin {}", path.display())),
+        }
+    }
+    match fs::remove_dir(dir) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
+    }
+}
+
+/// Loads the shaper object (maps and all three programs) into the kernel.
+pub fn load() -> Result<Ebpf> {
+    let mut ebpf = EbpfLoader::new().load(SHAPER_OBJ).context("cannot load the eBPF object")?;
+    for name in [PROG_EGRESS, PROG_INGRESS] {
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("the kernel refused program {name}"))?;
+    }
+    let prog: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?.try_into()?;
+    prog.load().with_context(|| format!("the kernel refused program {PROG_SOCKOPS}"))?;
+    Ok(ebpf)
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name).with_context(|| format!("program {name} is missing from the eBPF object"))
+}
+
+fn load_and_pin(dir: &Path) -> Result<()> {
+    let mut ebpf = load()?;
+    for name in [PROG_EGRESS, PROG_INGRESS] {
+        let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
+        prog.pin(dir.join(name)).with_context(|| format!("cannot pin {name}"))?;
+    }
+    let prog: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?.try_into()?;
+    prog.pin(dir.join(PROG_SOCKOPS)).with_context(|| format!("cannot pin {PROG_SOCKOPS}"))?;
+    for name in [MAP_POD_STATE, MAP_FLOW_STATE] {
+        let map = ebpf.map(name).with_context(|| format!("map {name} is missing from the eBPF object"))?;
+        map.pin(dir.join(name)).with_context(|| format!("cannot pin map {name}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the datapath to a pod cgroup and writes the pod's limits. On any
+/// failure nothing of this attachment remains.
+pub fn attach_pod(root: &PinRoot, container_id: &str, ifname: &str, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
+    let datapath = root.datapath()?;
+    // A repeated ADD replaces the attachment rather than stacking another.
+    root.remove_pod(container_id, ifname)?;
+    let pod_dir = root.pod_dir(container_id, ifname);
+    let result = attach_and_pin(&datapath, &pod_dir, cgroup_dir, limits);
+    if result.is_err() {
+        let _ = root.remove_pod(container_id, ifname);
+        let _ = root.remove_datapath_if_unused();
+    }
+    result
+}
+
+fn attach_and_pin(datapath: &Path, pod_dir: &Path, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
+    let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
+    let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
+    let attach_err = || {
+        format!(
+            "cannot attach to {}; is another bpf-ratelimit attachment already shaping this cgroup?",
+            cgroup_dir.display()
+        )
+    };
+
+    // Links live only in this process until pinned: an early return drops
+    // them, and dropping an unpinned link detaches it.
+    let mut links: Vec<FdLink> = Vec::with_capacity(3);
+    for (name, attach_type) in [(PROG_EGRESS, CgroupSkbAttachType::Egress), (PROG_INGRESS, CgroupSkbAttachType::Ingress)] {
+        let mut prog = CgroupSkb::from_pin(datapath.join(name), attach_type)
+            .with_context(|| format!("cannot open pinned program {name}"))?;
+        let id = prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).with_context(attach_err)?;
+        links.push(FdLink::try_from(prog.take_link(id)?)?);
+    }
+    let mut prog = SockOps::from_pin(datapath.join(PROG_SOCKOPS)).context("cannot open pinned sock_ops program")?;
+    let id = prog.attach(&cgroup, CgroupAttachMode::Single).with_context(attach_err)?;
+    links.push(FdLink::try_from(prog.take_link(id)?)?);
+
+    let map = MapData::from_pin(datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
+    let value_size = map.info().context("cannot read pod_state map info")?.value_size() as usize;
+    if value_size != std::mem::size_of::<PodState>() {
+        bail!(
+            "the pod_state map holds {value_size}-byte values but this build expects {}; the eBPF object and the plugin disagree",
+            std::mem::size_of::<PodState>()
+        );
+    }
+    bpf_sys::update_locked(map.fd().as_fd(), cgroup_id, &PodState::new(limits, monotonic_ns()))
+        .context("cannot write the pod's limits into its cgroup storage")?;
+
+    fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
+    for (link, name) in links.into_iter().zip(LINK_PINS) {
+        link.pin(pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
+    }
+    map.pin(pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;
+    Ok(())
+}
+
+/// What is attached for one pod, as read back from its pins.
+#[derive(Debug)]
+pub struct PodAttachment {
+    /// (pin name, link info); a missing pin has no entry.
+    pub links: Vec<(&'static str, CgroupLinkInfo)>,
+    pub state: Option<PodState>,
+}
+
+pub fn inspect_pod(root: &PinRoot, container_id: &str, ifname: &str, cgroup_id: u64) -> Result<Option<PodAttachment>> {
+    let dir = root.pod_dir(container_id, ifname);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut links = Vec::new();
+    for name in LINK_PINS {
+        if let Ok(fd) = bpf_sys::obj_get(&dir.join(name)) {
+            links.push((name, bpf_sys::link_info(fd.as_fd()).with_context(|| format!("cannot read link {name}"))?));
+        }
+    }
+    let state = bpf_sys::obj_get(&dir.join(STATE_PIN))
+        .ok()
+        .and_then(|fd| bpf_sys::lookup_locked::<PodState>(fd.as_fd(), cgroup_id).ok());
+    Ok(Some(PodAttachment { links, state }))
+}
+
+/// Reads a pod's state given only its pins (for `stats`): the cgroup comes from its egress link.
+pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, PodState)> {
+    let link = bpf_sys::obj_get(&dir.join(LINK_PINS[0])).context("cannot open the egress link pin")?;
+    let info = bpf_sys::link_info(link.as_fd())?;
+    let map = bpf_sys::obj_get(&dir.join(STATE_PIN)).context("cannot open the state pin")?;
+    let state = bpf_sys::lookup_locked::<PodState>(map.as_fd(), info.cgroup_id)
+        .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
+    Ok((info.cgroup_id, state))
+}

@@ -1,0 +1,98 @@
+//! The `bpf-ratelimit` binary: a CNI plugin when CNI_COMMAND is set, else a
+//! small CLI (`demo`, `stats`, `version`).
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use bpf_ratelimit::cni::{self, Command, CniError, Env};
+use bpf_ratelimit::commands::{self, Request};
+use bpf_ratelimit::netconf::NetConf;
+
+fn main() -> ExitCode {
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return run_cni();
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("version") | Some("--version") | Some("-V") => {
+            println!("bpf-ratelimit {} (datapath {})", env!("CARGO_PKG_VERSION"), bpf_ratelimit::datapath::datapath_version());
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+const USAGE: &str = "\
+bpf-ratelimit: a chained CNI plugin that limits pod bandwidth with eBPF.
+
+The container runtime runs it with CNI_COMMAND set (ADD, DEL, CHECK, GC,
+STATUS, VERSION) and the network configuration on stdin.
+
+Commands for people:
+  bpf-ratelimit version            print the version";
+
+fn run_cni() -> ExitCode {
+    let mut stdin = Vec::new();
+    let command = std::env::var("CNI_COMMAND").unwrap_or_default();
+    let result = std::io::stdin()
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::new(cni::code::DECODE, "cannot read stdin", e.to_string()))
+        .and_then(|_| Command::parse(&command));
+    let command = match result {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &version_hint(&stdin)),
+    };
+    if command == Command::Version {
+        let requested: Option<String> = serde_json::from_slice::<serde_json::Value>(&stdin)
+            .ok()
+            .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(String::from));
+        return reply(&cni::version_reply(requested.as_deref()));
+    }
+    let conf = match NetConf::parse(&stdin) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &version_hint(&stdin)),
+    };
+    bpf_ratelimit::logging::init(conf.log_level.as_deref(), conf.log_file.as_deref());
+    let env = match Env::read(command, |k| std::env::var(k).ok()) {
+        Ok(env) => env,
+        Err(e) => return fail(&e, &conf.cni_version),
+    };
+    let req = Request { command, env, conf };
+    let started = std::time::Instant::now();
+    let outcome = commands::run(&req);
+    log::debug!("{command:?} took {:?}", started.elapsed());
+    match outcome {
+        Ok(out) => reply(&out),
+        Err(e) => fail(&e, &req.conf.cni_version),
+    }
+}
+
+/// The cniVersion for an error reply when the config could not be parsed.
+fn version_hint(stdin: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(String::from))
+        .filter(|v| cni::is_supported_version(v))
+        .unwrap_or_else(|| "1.1.0".into())
+}
+
+fn reply(out: &str) -> ExitCode {
+    if !out.is_empty() {
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "{out}");
+        let _ = stdout.flush();
+    }
+    ExitCode::SUCCESS
+}
+
+fn fail(e: &CniError, cni_version: &str) -> ExitCode {
+    log::error!("{e}");
+    if !log::log_enabled!(log::Level::Error) {
+        eprintln!("bpf-ratelimit: {e}");
+    }
+    println!("{}", e.to_json(cni_version));
+    ExitCode::from(u8::try_from(e.code).unwrap_or(u8::MAX))
+}

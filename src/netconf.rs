@@ -1,0 +1,237 @@
+//! The network configuration on stdin: our plugin's keys, runtimeConfig
+//! (bandwidth, cgroupPath, pod annotations) and prevResult, read leniently
+//! where runtimes differ (key case) and strictly where values matter.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+
+use crate::cni::{self, truncate, CniError};
+
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/bpf-ratelimit";
+pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
+
+/// Bandwidth keys as the reference `bandwidth` plugin names them: rates in
+/// bits/s, bursts in bits. `None` means the key was absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BandwidthKeys {
+    pub ingress_rate: Option<u64>,
+    pub ingress_burst: Option<u64>,
+    pub egress_rate: Option<u64>,
+    pub egress_burst: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub log_file: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub cgroup_root: Option<PathBuf>,
+    pub pin_root: PathBuf,
+    /// Plugin defaults: the bandwidth keys at the top level of the config.
+    pub defaults: BandwidthKeys,
+    /// runtimeConfig.bandwidth, from the runtime (the bandwidth capability).
+    pub runtime_bandwidth: BandwidthKeys,
+    /// runtimeConfig.cgroupPath (the cgroupPath capability).
+    pub cgroup_path: Option<String>,
+    /// runtimeConfig["io.kubernetes.cri.pod-annotations"].
+    pub pod_annotations: BTreeMap<String, String>,
+    /// prevResult, kept as raw JSON so every key survives.
+    pub prev_result: Option<Value>,
+    /// GC: cni.dev/valid-attachments as (containerID, ifname).
+    pub valid_attachments: Option<BTreeSet<(String, String)>>,
+}
+
+impl NetConf {
+    pub fn parse(stdin: &[u8]) -> Result<Self, CniError> {
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(cni::code::DECODE, "cannot decode the network configuration on stdin", e.to_string())
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(CniError::new(cni::code::DECODE, "the network configuration is not a JSON object", ""));
+        };
+        let mut conf = NetConf {
+            cni_version: string_field(&obj, "cniVersion")?.unwrap_or_default(),
+            name: string_field(&obj, "name")?.unwrap_or_default(),
+            log_file: string_field(&obj, "logFile")?.map(PathBuf::from),
+            log_level: string_field(&obj, "logLevel")?,
+            cgroup_root: string_field(&obj, "cgroupRoot")?.map(PathBuf::from),
+            pin_root: string_field(&obj, "pinRoot")?
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
+            defaults: bandwidth_keys(&obj, "the plugin config")?,
+            prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
+            ..Default::default()
+        };
+        if conf.cni_version.is_empty() {
+            return Err(CniError::config("cniVersion is missing from the network configuration"));
+        }
+        if !cni::is_supported_version(&conf.cni_version) {
+            return Err(CniError::new(
+                cni::code::INCOMPATIBLE_VERSION,
+                format!(
+                    "cniVersion {:?} is not supported; this plugin supports {}",
+                    truncate(&conf.cni_version, 20),
+                    cni::SUPPORTED_VERSIONS.join(", ")
+                ),
+                "",
+            ));
+        }
+        for (key, path) in [("pinRoot", Some(&conf.pin_root)), ("cgroupRoot", conf.cgroup_root.as_ref())] {
+            if let Some(p) = path {
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                    return Err(CniError::config(format!(
+                        "{key} must be an absolute path without '..', got {:?}",
+                        p
+                    )));
+                }
+            }
+        }
+        if let Some(rc) = obj.get("runtimeConfig").filter(|v| !v.is_null()) {
+            let Value::Object(rc) = rc else {
+                return Err(CniError::config("runtimeConfig is not an object"));
+            };
+            if let Some(bw) = get_ci(rc, "bandwidth").filter(|v| !v.is_null()) {
+                let Value::Object(bw) = bw else {
+                    return Err(CniError::config("runtimeConfig.bandwidth is not an object"));
+                };
+                conf.runtime_bandwidth = bandwidth_keys(bw, "runtimeConfig.bandwidth")?;
+            }
+            conf.cgroup_path = string_field(rc, "cgroupPath")?.filter(|s| !s.is_empty());
+            if let Some(ann) = rc.get(POD_ANNOTATIONS_KEY).filter(|v| !v.is_null()) {
+                let Value::Object(ann) = ann else {
+                    return Err(CniError::config(format!("runtimeConfig[{POD_ANNOTATIONS_KEY:?}] is not an object")));
+                };
+                for (k, v) in ann {
+                    // Other tools' annotations may hold anything; keep only strings.
+                    if let Value::String(s) = v {
+                        conf.pod_annotations.insert(k.clone(), s.clone());
+                    }
+                }
+            }
+        }
+        if let Some(valid) = obj.get("cni.dev/valid-attachments").filter(|v| !v.is_null()) {
+            conf.valid_attachments = Some(parse_valid_attachments(valid)?);
+        }
+        Ok(conf)
+    }
+}
+
+/// Looks a key up case-insensitively: containerd writes `IngressRate`, the
+/// reference plugin documents `ingressRate`.
+fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+}
+
+fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(CniError::config(format!("{key} must be a string, got {other}"))),
+    }
+}
+
+fn bandwidth_keys(obj: &Map<String, Value>, source: &str) -> Result<BandwidthKeys, CniError> {
+    let num = |key: &str| -> Result<Option<u64>, CniError> {
+        match get_ci(obj, key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19).map(|f| f as u64))
+                .map(Some)
+                .ok_or_else(|| {
+                    CniError::config(format!("{key} in {source} must be a non-negative whole number, got {n}"))
+                }),
+            Some(other) => Err(CniError::config(format!(
+                "{key} in {source} must be a number (bits/s for rates, bits for bursts), got {}",
+                truncate(&other.to_string(), 40)
+            ))),
+        }
+    };
+    Ok(BandwidthKeys {
+        ingress_rate: num("ingressRate")?,
+        ingress_burst: num("ingressBurst")?,
+        egress_rate: num("egressRate")?,
+        egress_burst: num("egressBurst")?,
+    })
+}
+
+fn parse_valid_attachments(v: &Value) -> Result<BTreeSet<(String, String)>, CniError> {
+    let bad = || CniError::config("cni.dev/valid-attachments must be a list of {containerID, ifname} objects");
+    let list = v.as_array().ok_or_else(bad)?;
+    list.iter()
+        .map(|item| {
+            let id = item.get("containerID").and_then(Value::as_str).ok_or_else(bad)?;
+            let ifname = item.get("ifname").and_then(Value::as_str).ok_or_else(bad)?;
+            Ok((id.to_string(), ifname.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<NetConf, CniError> {
+        NetConf::parse(v.to_string().as_bytes())
+    }
+
+    #[test]
+    fn reads_all_sources_and_keeps_prev_result_raw() {
+        let c = parse(serde_json::json!({
+            "cniVersion": "1.0.0", "name": "n", "type": "bpf-ratelimit",
+            "ingressRate": 1000000, "egressBurst": 2000,
+            "runtimeConfig": {
+                "bandwidth": {"IngressRate": 10000000, "IngressBurst": 4294967295u64, "egressRate": 5000000},
+                "cgroupPath": "/kubepods/pod1",
+                "io.kubernetes.cri.pod-annotations": {"rate": "5M", "other": 1}
+            },
+            "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "custom": true}]}
+        }))
+        .unwrap();
+        assert_eq!(c.defaults.ingress_rate, Some(1_000_000));
+        assert_eq!(c.defaults.egress_burst, Some(2000));
+        assert_eq!(c.runtime_bandwidth.ingress_rate, Some(10_000_000));
+        assert_eq!(c.runtime_bandwidth.ingress_burst, Some(4294967295));
+        assert_eq!(c.runtime_bandwidth.egress_rate, Some(5_000_000));
+        assert_eq!(c.cgroup_path.as_deref(), Some("/kubepods/pod1"));
+        assert_eq!(c.pod_annotations.get("rate").map(String::as_str), Some("5M"));
+        assert!(!c.pod_annotations.contains_key("other"));
+        assert_eq!(c.prev_result.unwrap()["interfaces"][0]["custom"], true);
+        assert_eq!(c.pin_root, PathBuf::from(DEFAULT_PIN_ROOT));
+    }
+
+    #[test]
+    fn decoding_and_config_errors_have_spec_codes() {
+        assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, cni::code::DECODE);
+        assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, cni::code::DECODE);
+        assert_eq!(parse(serde_json::json!({"name": "x"})).unwrap_err().code, cni::code::INVALID_CONFIG);
+        assert_eq!(
+            parse(serde_json::json!({"cniVersion": "0.2.0"})).unwrap_err().code,
+            cni::code::INCOMPATIBLE_VERSION
+        );
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "ingressRate": "10M"})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
+        assert!(e.msg.contains("ingressRate"), "{e}");
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "egressRate": -5})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "pinRoot": "/sys/fs/bpf/../../etc"})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "pinRoot": "relative"})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn valid_attachments_parse() {
+        let c = parse(serde_json::json!({
+            "cniVersion": "1.1.0",
+            "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]
+        }))
+        .unwrap();
+        assert!(c.valid_attachments.unwrap().contains(&("a".into(), "eth0".into())));
+        let e = parse(serde_json::json!({"cniVersion": "1.1.0", "cni.dev/valid-attachments": [{"x": 1}]}));
+        assert_eq!(e.unwrap_err().code, cni::code::INVALID_CONFIG);
+    }
+}
