@@ -7,7 +7,8 @@
 //! .                                 flock()ed by every command, so ADD/DEL/GC never race
 //! datapath/<version>/               one loaded copy of ebpf/shaper.bpf.c per plugin build
 //!     shape_egress_prog  shape_ingress_prog  pace_tcp  pod_state  flow_state
-//! pods/<containerID>/<ifname>/      one directory per CNI attachment
+//! pods/<containerID>/<ifname>/      one directory per CNI attachment (names escaped,
+//!                                   because bpffs refuses '.' in names)
 //!     egress  ingress  sockops      bpf_links on the pod cgroup
 //!     state                         the pod_state map these links' programs use
 //! ```
@@ -140,7 +141,7 @@ impl PinRoot {
 
     /// The directory of one attachment. Both parts were validated by cni::Env.
     pub fn pod_dir(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.pods_dir().join(container_id).join(ifname)
+        self.pods_dir().join(escape_name(container_id)).join(escape_name(ifname))
     }
 
     /// Every attachment that has pins, as (containerID, ifname).
@@ -152,7 +153,10 @@ impl PinRoot {
             let Ok(ifaces) = fs::read_dir(id.path()) else { continue };
             for iface in ifaces {
                 let iface = iface?;
-                out.push((id.file_name().to_string_lossy().into_owned(), iface.file_name().to_string_lossy().into_owned()));
+                out.push((
+                    unescape_name(&id.file_name().to_string_lossy()),
+                    unescape_name(&iface.file_name().to_string_lossy()),
+                ));
             }
         }
         out.sort();
@@ -194,7 +198,7 @@ impl PinRoot {
         }
         // A crash during an earlier load can leave a partial directory.
         remove_pin_dir(&dir)?;
-        let tmp = self.datapath_root().join(format!(".loading-{}", std::process::id()));
+        let tmp = self.datapath_root().join(format!("loading-{}", std::process::id()));
         remove_pin_dir(&tmp)?;
         fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let loaded = load_and_pin(&tmp);
@@ -206,6 +210,16 @@ impl PinRoot {
         log::info!("loaded the datapath into {}", dir.display());
         Ok(dir)
     }
+}
+
+/// bpffs refuses names with '.', which container IDs and interface names may
+/// hold: '.' becomes "%2e" and '%' "%25", so the mapping is reversible.
+pub fn escape_name(name: &str) -> String {
+    name.replace('%', "%25").replace('.', "%2e")
+}
+
+pub fn unescape_name(name: &str) -> String {
+    name.replace("%2e", ".").replace("%25", "%")
 }
 
 /// Removes a directory of pins (files only, one level). Missing is fine.
@@ -351,4 +365,18 @@ pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, PodState)> {
     let state = bpf_sys::lookup_locked::<PodState>(map.as_fd(), info.cgroup_id)
         .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
     Ok((info.cgroup_id, state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_escape_reversibly_without_dots() {
+        for name in ["abc", "a.b", "eth0.100", "x%2ey", "%", "..."] {
+            let e = escape_name(name);
+            assert!(!e.contains('.'), "{e}");
+            assert_eq!(unescape_name(&e), name);
+        }
+    }
 }

@@ -18,6 +18,17 @@ fn main() -> ExitCode {
             println!("bpf-ratelimit {} (datapath {})", env!("CARGO_PKG_VERSION"), bpf_ratelimit::datapath::datapath_version());
             ExitCode::SUCCESS
         }
+        Some("demo") => match parse_demo(&args[1..]).and_then(|o| bpf_ratelimit::demo::run(&o)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bpf-ratelimit demo: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Some("help") | Some("--help") | Some("-h") => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
         _ => {
             eprintln!("{USAGE}");
             ExitCode::from(2)
@@ -32,7 +43,26 @@ The container runtime runs it with CNI_COMMAND set (ADD, DEL, CHECK, GC,
 STATUS, VERSION) and the network configuration on stdin.
 
 Commands for people:
+  bpf-ratelimit demo [--rate 10M] [--seconds 5]
+                                   shape a throwaway netns pod through ADD/DEL and
+                                   print configured versus measured TCP rates (root, iperf3)
   bpf-ratelimit version            print the version";
+
+fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::demo::DemoOptions> {
+    let mut opts = bpf_ratelimit::demo::DemoOptions { rate: "10M".into(), seconds: 5 };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rate" => opts.rate = value()?.clone(),
+            "--seconds" => {
+                opts.seconds = value()?.parse().map_err(|_| anyhow::anyhow!("--seconds takes a whole number"))?
+            }
+            other => anyhow::bail!("unknown option {other:?}\n\n{USAGE}"),
+        }
+    }
+    Ok(opts)
+}
 
 fn run_cni() -> ExitCode {
     let mut stdin = Vec::new();

@@ -1,0 +1,300 @@
+//! Throwaway "pods" for the demo, the integration tests and the benchmark:
+//! a network namespace and a cgroup for the pod, a server namespace joined
+//! to it by a veth pair, iperf3 on both ends, and a way to call the plugin
+//! exactly as a runtime does. Everything is removed on drop.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+pub const SERVER_IP: &str = "10.251.0.1";
+pub const POD_IP: &str = "10.251.0.2";
+const IPERF_PORT: &str = "5201";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and fails with its stderr when it fails.
+pub fn run(cmd: &mut Command) -> Result<Output> {
+    let out = cmd.output().with_context(|| format!("cannot run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
+pub fn ip(args: &[&str]) -> Result<Output> {
+    run(Command::new("ip").args(args))
+}
+
+/// The cgroup v2 mount of this host.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    crate::cgroup::cgroup2_root(None).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub struct Testbed {
+    pub name: String,
+    pub server_ns: String,
+    pub pod_ns: String,
+    /// The pod's cgroup: the plugin attaches here, iperf3 clients run here.
+    pub cgroup: PathBuf,
+    servers: Vec<Child>,
+}
+
+impl Testbed {
+    /// Creates `<prefix>-srv` and `<prefix>-pod` namespaces joined by a veth
+    /// pair, and a cgroup for the pod under `<cgroup2>/bpf-ratelimit-test/`.
+    pub fn create(prefix: &str) -> Result<Self> {
+        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let cgroup = cgroup2_mount()?.join("bpf-ratelimit-test").join(&name);
+        let mut bed = Testbed {
+            server_ns: format!("{name}-srv"),
+            pod_ns: format!("{name}-pod"),
+            name,
+            cgroup,
+            servers: Vec::new(),
+        };
+        bed.setup().with_context(|| format!("cannot set up testbed {}", bed.name))?;
+        Ok(bed)
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        ip(&["netns", "add", &self.server_ns])?;
+        ip(&["netns", "add", &self.pod_ns])?;
+        ip(&["link", "add", "eth0", "netns", &self.server_ns, "type", "veth", "peer", "name", "eth0", "netns", &self.pod_ns])?;
+        for (ns, addr) in [(&self.server_ns, SERVER_IP), (&self.pod_ns, POD_IP)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        std::fs::create_dir_all(&self.cgroup).with_context(|| format!("cannot create cgroup {}", self.cgroup.display()))?;
+        Ok(())
+    }
+
+    pub fn pod_netns_path(&self) -> PathBuf {
+        netns_path(&self.pod_ns)
+    }
+
+    /// Starts an iperf3 server in the server namespace (outside the pod cgroup).
+    pub fn start_server(&mut self) -> Result<()> {
+        let child = in_netns(Command::new("iperf3"), &netns_path(&self.server_ns), None)?
+            .args(["-s", "-p", IPERF_PORT, "-B", SERVER_IP])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start iperf3 -s (is iperf3 installed?)")?;
+        self.servers.push(child);
+        wait_for_port(&netns_path(&self.pod_ns), SERVER_IP, IPERF_PORT)?;
+        Ok(())
+    }
+
+    /// A command that will run inside the pod's cgroup and network namespace.
+    pub fn pod_command(&self, program: &str) -> Result<Command> {
+        in_netns(Command::new(program), &self.pod_netns_path(), Some(&self.cgroup))
+    }
+
+    /// Runs an iperf3 client in the pod against the server and returns its JSON.
+    pub fn iperf3(&self, extra: &[&str], seconds: u32) -> Result<Value> {
+        let secs = seconds.to_string();
+        let mut cmd = self.pod_command("iperf3")?;
+        cmd.args(["-c", SERVER_IP, "-p", IPERF_PORT, "-J", "-t", &secs, "--connect-timeout", "3000"]).args(extra);
+        let out = run_with_timeout(cmd, Duration::from_secs(u64::from(seconds) + 20))?;
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("iperf3 printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        if let Some(err) = v.get("error") {
+            bail!("iperf3 failed: {err}");
+        }
+        Ok(v)
+    }
+
+    /// TCP goodput in bits/s, with the first second omitted (slow start and
+    /// the initial burst). `reverse` measures ingress (server → pod).
+    pub fn tcp_rate(&self, reverse: bool, seconds: u32, streams: u32) -> Result<TcpResult> {
+        let p = streams.to_string();
+        let mut args = vec!["-O", "1", "-P", &p];
+        if reverse {
+            args.push("-R");
+        }
+        let v = self.iperf3(&args, seconds)?;
+        let end = &v["end"];
+        Ok(TcpResult {
+            bits_per_second: end["sum_received"]["bits_per_second"].as_f64().context("no sum_received in iperf3 output")?,
+            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TcpResult {
+    pub bits_per_second: f64,
+    pub retransmits: u64,
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = ip(&["netns", "del", &self.pod_ns]);
+        let _ = ip(&["netns", "del", &self.server_ns]);
+        remove_cgroup(&self.cgroup);
+        if let Some(parent) = self.cgroup.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Removes a cgroup once the processes in it have exited.
+pub fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.exists() && std::fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/var/run/netns").join(name)
+}
+
+/// Makes `cmd` join `netns` (and first the cgroup, if given) before exec.
+/// The cgroup is joined by writing "0" to cgroup.procs, which moves the
+/// writer: the process is in the pod cgroup before it opens any socket.
+/// (`ip netns exec` would remount /sys and hide the cgroup mount.)
+pub fn in_netns(mut cmd: Command, netns: &Path, cgroup: Option<&Path>) -> Result<Command> {
+    let ns: OwnedFd = File::open(netns).with_context(|| format!("cannot open netns {}", netns.display()))?.into();
+    let procs: Option<OwnedFd> = cgroup
+        .map(|c| {
+            OpenOptions::new()
+                .write(true)
+                .open(c.join("cgroup.procs"))
+                .with_context(|| format!("cannot open {}/cgroup.procs", c.display()))
+                .map(OwnedFd::from)
+        })
+        .transpose()?;
+    // SAFETY: the closure only makes async-signal-safe syscalls on fds that
+    // stay open until exec (they are moved into the closure).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(p) = &procs {
+                if libc::write(p.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+fn wait_for_port(netns: &Path, ip: &str, port: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let probe = in_netns(Command::new("bash"), netns, None)?
+            .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
+            .stderr(Stdio::null())
+            .status()?;
+        if probe.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("iperf3 server on {ip}:{port} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command, killing it if it outlives `timeout`.
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot run {cmd:?}"))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if child.try_wait()?.is_some() {
+            return Ok(child.wait_with_output()?);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            bail!("{cmd:?} timed out after {timeout:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One plugin invocation, as a runtime makes it.
+pub struct Invocation<'a> {
+    pub plugin: &'a Path,
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns: &'a Path,
+    pub cni_args: &'a str,
+    pub config: &'a Value,
+}
+
+#[derive(Debug)]
+pub struct PluginOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl PluginOutput {
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("plugin stdout is not JSON: {:?}", self.stdout))
+    }
+}
+
+impl Invocation<'_> {
+    pub fn run(&self) -> Result<PluginOutput> {
+        let mut child = Command::new(self.plugin)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_NETNS", self.netns)
+            .env("CNI_ARGS", self.cni_args)
+            .env("CNI_PATH", "/opt/cni/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run plugin {}", self.plugin.display()))?;
+        let started = Instant::now();
+        child.stdin.take().expect("stdin").write_all(self.config.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        Ok(PluginOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: started.elapsed(),
+        })
+    }
+}
+
+/// A prevResult like the bridge plugin's, for a pod at POD_IP.
+pub fn sample_prev_result(cni_version: &str) -> Value {
+    serde_json::json!({
+        "cniVersion": cni_version,
+        "interfaces": [
+            {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
+            {"name": "veth1234", "mac": "aa:bb:cc:dd:ee:02"},
+            {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/x"}
+        ],
+        "ips": [{"address": format!("{POD_IP}/24"), "gateway": SERVER_IP, "interface": 2}],
+        "routes": [{"dst": "0.0.0.0/0"}],
+        "dns": {}
+    })
+}
