@@ -6,7 +6,12 @@
  *   shape_ingress  cgroup_skb/ingress  ECN-marking policer for what the pod receives
  *   pace_tcp       sockops             paces each sending TCP socket at its share
  *                                      of the egress rate, so TCP never hits the
- *                                      backstop; asks for ECN on the pod's SYNs
+ *                                      backstop
+ *
+ * pace_tcp does not answer BPF_SOCK_OPS_NEEDS_ECN: doing so makes the kernel
+ * send the SYN itself ECN-capable, and Linux peers then refuse ECN (measured
+ * here: SYN [SEW] answered by a plain SYN-ACK). Flows that negotiate ECN on
+ * their own are marked by the policers instead of dropped.
  *
  * One copy is loaded per node and pinned; each pod gets its own attachments,
  * and its limits and counters live in cgroup storage keyed by the pod cgroup.
@@ -109,11 +114,6 @@ int pace_tcp(struct bpf_sock_ops *skops)
 	if (!pod)
 		return 1;
 	switch (skops->op) {
-	case BPF_SOCK_OPS_NEEDS_ECN:
-		/* With ECN the ingress policer can mark instead of drop. */
-		if (pod->ingress.rate)
-			skops->reply = 1;
-		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (pod->egress.rate == 0)

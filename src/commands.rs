@@ -190,3 +190,23 @@ fn cmd_status(req: &Request) -> Result<(), CniError> {
     datapath::load().map_err(|e| unavailable("the kernel cannot load the eBPF datapath", format!("{e:#}")))?;
     Ok(())
 }
+
+/// Every attachment's limits and counters (bytes and packets passed, dropped
+/// and ECN-marked per direction), as JSON for people and the benchmark.
+pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let pin_root = pin_root.unwrap_or(std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT));
+    let mut pods = Vec::new();
+    if let Some(root) = PinRoot::existing(pin_root)? {
+        for (id, ifname) in root.attachments()? {
+            let dir = root.pod_dir(&id, &ifname);
+            let entry = match datapath::pod_state_from_pins(&dir) {
+                Ok((cgroup_id, state)) => serde_json::json!({
+                    "containerID": id, "ifname": ifname, "cgroupId": cgroup_id, "state": state,
+                }),
+                Err(e) => serde_json::json!({"containerID": id, "ifname": ifname, "error": format!("{e:#}")}),
+            };
+            pods.push(entry);
+        }
+    }
+    Ok(serde_json::to_string_pretty(&serde_json::json!({ "pods": pods }))?)
+}

@@ -25,6 +25,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("stats") => match bpf_ratelimit::commands::stats(args.get(1).map(std::path::Path::new)) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("bpf-ratelimit stats: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -46,6 +56,7 @@ Commands for people:
   bpf-ratelimit demo [--rate 10M] [--seconds 5]
                                    shape a throwaway netns pod through ADD/DEL and
                                    print configured versus measured TCP rates (root, iperf3)
+  bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
   bpf-ratelimit version            print the version";
 
 fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::demo::DemoOptions> {
