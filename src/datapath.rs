@@ -106,8 +106,14 @@ impl PinRoot {
     /// Opens the pin root for ADD: mounts bpffs and creates it if needed.
     pub fn create(path: &Path) -> Result<Self> {
         ensure_bpffs(path)?;
-        fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
-        Self::lock(path)
+        // The last DEL removes the pin root; retry if that raced with us.
+        for _ in 0..10 {
+            fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
+            if let Some(root) = Self::lock(path)? {
+                return Ok(root);
+            }
+        }
+        bail!("pin root {} keeps disappearing", path.display())
     }
 
     /// Opens an existing pin root; `None` when there is none, so nothing is attached.
@@ -115,16 +121,23 @@ impl PinRoot {
         if !path.is_dir() || !is_bpffs(path) {
             return Ok(None);
         }
-        Self::lock(path).map(Some)
+        Self::lock(path)
     }
 
-    fn lock(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open pin root {}", path.display()))?;
+    /// Locks the directory; `None` if it was removed while we waited.
+    fn lock(path: &Path) -> Result<Option<Self>> {
+        use std::os::unix::fs::MetadataExt;
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open pin root {}", path.display())),
+        };
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
             return Err(std::io::Error::last_os_error()).context("cannot lock the pin root");
         }
-        Ok(Self { path: path.to_path_buf(), _lock: file })
+        let same = fs::metadata(path).ok().map(|m| m.ino()) == Some(file.metadata()?.ino());
+        Ok(same.then(|| Self { path: path.to_path_buf(), _lock: file }))
     }
 
     pub fn path(&self) -> &Path {
@@ -174,7 +187,8 @@ impl PinRoot {
         Ok(existed)
     }
 
-    /// Unpins the datapath when no pod uses it any more.
+    /// Unpins the datapath, and removes the pin root, when no pod uses them.
+    /// Waiting commands notice the removal in `lock` and start over.
     pub fn remove_datapath_if_unused(&self) -> Result<()> {
         if self.attachments()?.is_empty() {
             let _ = fs::remove_dir(self.pods_dir());
@@ -185,6 +199,7 @@ impl PinRoot {
                 }
             }
             let _ = fs::remove_dir(&root);
+            let _ = fs::remove_dir(&self.path);
         }
         Ok(())
     }

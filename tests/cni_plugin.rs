@@ -1,0 +1,283 @@
+//! The built binary, run exactly as a runtime runs it (env + stdin JSON),
+//! against real cgroups, network namespaces, BPF links and iperf3 traffic.
+//! Run as root: `cargo test --release -- --test-threads=1`.
+
+mod common;
+
+use common::{assert_ratio, cgroup_links, Pod};
+use serde_json::json;
+
+fn limits(rate: &str) -> serde_json::Value {
+    json!({"kubernetes.io/ingress-bandwidth": rate, "kubernetes.io/egress-bandwidth": rate})
+}
+
+/// Measures one direction; retries once, because a busy 2-core machine can
+/// starve iperf3 for a moment. This is a correctness check, not a benchmark.
+fn measure(pod: &Pod, reverse: bool, rate: f64, what: &str) {
+    let mut last = 0.0;
+    for attempt in 0..2 {
+        let r = pod.bed.tcp_rate(reverse, 5, 1).expect("iperf3");
+        last = r.bits_per_second;
+        if (0.9..=1.1).contains(&(last / rate)) {
+            break;
+        }
+        println!("{what}: attempt {attempt} measured {:.3} of the rate, retrying", last / rate);
+    }
+    assert_ratio(what, last, rate, 0.9, 1.1);
+}
+
+fn shapes_both_directions(rate: &str, bits: f64) {
+    let links_before = cgroup_links();
+    let mut pod = Pod::new("rate");
+    pod.bed.start_server().unwrap();
+    pod.add(limits(rate));
+    assert!(pod.cgroup_attachments().contains("shape_egress"), "{}", pod.cgroup_attachments());
+    measure(&pod, false, bits, &format!("egress TCP at {rate}"));
+    measure(&pod, true, bits, &format!("ingress TCP at {rate}"));
+    pod.del();
+    assert_eq!(pod.cgroup_attachments(), "", "attachments remain after DEL");
+    assert_eq!(pod.pins(), Vec::<String>::new(), "pins remain after DEL");
+    assert_eq!(cgroup_links(), links_before, "bpftool link list changed");
+}
+
+#[test]
+fn shapes_tcp_both_directions_at_10m() {
+    shapes_both_directions("10M", 10e6);
+}
+
+#[test]
+fn shapes_tcp_both_directions_at_100m() {
+    shapes_both_directions("100M", 100e6);
+}
+
+#[test]
+fn pod_without_limits_gets_nothing_attached_and_prev_result_back() {
+    let pod = Pod::new("nolimit");
+    let out = pod.add(json!({}));
+    let reply = out.json().unwrap();
+    let mut expected = bpf_ratelimit::testbed::sample_prev_result("1.0.0");
+    expected["cniVersion"] = json!("1.0.0");
+    assert_eq!(reply, expected, "prevResult must pass through unchanged");
+    assert_eq!(pod.cgroup_attachments(), "");
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+}
+
+#[test]
+fn add_replies_with_the_configs_version_and_keeps_every_key() {
+    let pod = Pod::new("version");
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let mut conf = pod.config(limits("50M"));
+        conf["cniVersion"] = json!(version);
+        conf["prevResult"]["extraKey"] = json!({"kept": [1, 2]});
+        let out = pod.invoke("ADD", &conf);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        let reply = out.json().unwrap();
+        assert_eq!(reply["cniVersion"], version);
+        assert_eq!(reply["extraKey"]["kept"], json!([1, 2]));
+        assert_eq!(reply["ips"][0]["address"], "10.251.0.2/24");
+        assert!(out.stderr.is_empty() || !out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    pod.del();
+    assert!(pod.pins().is_empty());
+}
+
+#[test]
+fn del_is_idempotent_and_restores_the_link_list() {
+    let before = cgroup_links();
+    let pod = Pod::new("del");
+    // DEL before any ADD, and with no pin root at all, succeeds.
+    pod.del();
+    pod.add(limits("20M"));
+    assert_eq!(cgroup_links().len(), before.len() + 3, "ADD attaches egress, ingress and sock_ops links");
+    let pins = pod.pins();
+    for expected in ["egress", "ingress", "sockops", "state"] {
+        assert!(pins.iter().any(|p| p.ends_with(expected)), "missing pin {expected} in {pins:?}");
+    }
+    // ADD again for the same attachment replaces it rather than stacking.
+    pod.add(limits("30M"));
+    assert_eq!(cgroup_links().len(), before.len() + 3);
+    for _ in 0..3 {
+        pod.del();
+    }
+    assert_eq!(cgroup_links(), before);
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(pod.cgroup_attachments(), "");
+}
+
+#[test]
+fn del_after_the_cgroup_is_gone_succeeds_and_cleans_up() {
+    let before = cgroup_links();
+    let pod = Pod::new("gone");
+    pod.add(limits("20M"));
+    // The kubelet may remove the pod cgroup before the runtime calls DEL.
+    std::fs::remove_dir(&pod.bed.cgroup).unwrap();
+    pod.del();
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(cgroup_links(), before);
+    std::fs::create_dir(&pod.bed.cgroup).unwrap(); // for the testbed's own cleanup
+}
+
+#[test]
+fn check_passes_for_the_requested_limits_and_fails_otherwise() {
+    let pod = Pod::new("check");
+    pod.add(limits("20M"));
+    let ok = pod.invoke("CHECK", &pod.config(limits("20M")));
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+
+    let changed = pod.invoke("CHECK", &pod.config(limits("30M")));
+    assert_eq!(changed.code, 102, "{}", changed.stdout);
+    assert!(changed.json().unwrap()["msg"].as_str().unwrap().contains("limits differ"));
+
+    std::fs::remove_file(pod.pin_root.join(format!("pods/{}/eth0/ingress", pod.bed.name.replace('.', "%2e")))).unwrap();
+    let missing = pod.invoke("CHECK", &pod.config(limits("20M")));
+    assert_eq!(missing.code, 102, "{}", missing.stdout);
+    assert!(missing.stdout.contains("ingress link is missing"), "{}", missing.stdout);
+
+    pod.del();
+    let none = pod.invoke("CHECK", &pod.config(limits("20M")));
+    assert_eq!(none.code, 102);
+    assert!(none.stdout.contains("no shaper is attached"), "{}", none.stdout);
+    let unlimited = pod.invoke("CHECK", &pod.config(json!({})));
+    assert_eq!(unlimited.code, 0, "{}", unlimited.stdout);
+}
+
+#[test]
+fn gc_removes_only_attachments_not_listed_as_valid() {
+    let before = cgroup_links();
+    let a = Pod::new("gca");
+    let mut b = Pod::new("gcb");
+    b.pin_root = a.pin_root.clone(); // both pods in one pin root, as on a node
+    a.add(limits("20M"));
+    b.add(limits("20M"));
+    let mut gc = a.config(json!({}));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": a.bed.name, "ifname": "eth0"}]);
+    let out = a.invoke("GC", &gc);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(a.cgroup_attachments().contains("shape_egress"));
+    assert_eq!(b.cgroup_attachments(), "", "GC must detach the stale attachment");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(a.invoke("GC", &gc).code, 0);
+    assert!(a.pins().is_empty(), "{:?}", a.pins());
+    assert_eq!(cgroup_links(), before);
+    // GC needs spec 1.1.0.
+    let mut old = gc.clone();
+    old["cniVersion"] = json!("1.0.0");
+    assert_eq!(a.invoke("GC", &old).code, 1);
+}
+
+#[test]
+fn status_reports_availability_with_code_50() {
+    let pod = Pod::new("status");
+    let mut conf = pod.config(json!({}));
+    conf["cniVersion"] = json!("1.1.0");
+    let ok = pod.invoke("STATUS", &conf);
+    assert_eq!(ok.code, 0, "{}{}", ok.stdout, ok.stderr);
+    conf["cgroupRoot"] = json!("/tmp");
+    let bad = pod.invoke("STATUS", &conf);
+    assert_eq!(bad.code, 50, "{}", bad.stdout);
+    assert!(bad.stdout.contains("cgroup"), "{}", bad.stdout);
+    conf.as_object_mut().unwrap().remove("cgroupRoot");
+    conf["pinRoot"] = json!("/tmp/not-bpffs/x");
+    let bad = pod.invoke("STATUS", &conf);
+    assert_eq!(bad.code, 50, "{}", bad.stdout);
+    assert!(bad.stdout.contains("bpf filesystem"), "{}", bad.stdout);
+}
+
+#[test]
+fn version_lists_all_supported_versions() {
+    let pod = Pod::new("ver");
+    let out = pod.invoke("VERSION", &json!({"cniVersion": "1.0.0"}));
+    assert_eq!(out.code, 0);
+    let v = out.json().unwrap();
+    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+}
+
+/// Bad input: a CNI error JSON on stdout, the code as exit status, no panic,
+/// and nothing left behind.
+#[test]
+fn bad_input_gives_cni_errors_and_leaves_nothing() {
+    let before = cgroup_links();
+    let pod = Pod::new("bad");
+    let expect = |out: bpf_ratelimit::testbed::PluginOutput, code: i32, needle: &str| {
+        assert_eq!(out.code, code, "stdout {} stderr {}", out.stdout, out.stderr);
+        let v = out.json().unwrap();
+        assert_eq!(v["code"], code);
+        let text = format!("{} {}", v["msg"].as_str().unwrap_or_default(), v["details"].as_str().unwrap_or_default());
+        assert!(text.contains(needle), "{needle:?} not in {text}");
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    };
+    let plugin = common::plugin();
+    let netns = pod.bed.pod_netns_path();
+    let raw = |stdin: &str, id: &str| {
+        let mut child = std::process::Command::new(&plugin)
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", &netns)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        bpf_ratelimit::testbed::PluginOutput {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+            elapsed: Default::default(),
+        }
+    };
+    expect(raw("{not json", "abc"), 6, "decode");
+    expect(raw(&pod.config(limits("10M")).to_string(), "../../etc"), 4, "CNI_CONTAINERID");
+    expect(pod.invoke("ADD", &pod.config(json!({"rate": "fast"}))), 7, "\"rate\"");
+    expect(pod.invoke("ADD", &pod.config(json!({"bpf-ratelimit.io/ingress-burst": "x", "kubernetes.io/ingress-bandwidth": "1M"}))), 7, "ingress-burst");
+    let mut conf = pod.config(limits("10M"));
+    conf["runtimeConfig"]["cgroupPath"] = json!("/no/such/pod");
+    expect(pod.invoke("ADD", &conf), 100, "/no/such/pod");
+    conf["runtimeConfig"]["cgroupPath"] = json!("/../../etc");
+    expect(pod.invoke("ADD", &conf), 7, "cgroupPath");
+    conf["runtimeConfig"].as_object_mut().unwrap().remove("cgroupPath");
+    expect(pod.invoke("ADD", &conf), 100, "K8S_POD_UID");
+    let mut conf = pod.config(limits("10M"));
+    conf.as_object_mut().unwrap().remove("prevResult");
+    expect(pod.invoke("ADD", &conf), 7, "chained");
+    let mut conf = pod.config(limits("10M"));
+    conf["pinRoot"] = json!("/tmp/brl-not-bpffs");
+    expect(pod.invoke("ADD", &conf), 101, "bpf filesystem");
+    assert!(!std::path::Path::new("/tmp/brl-not-bpffs").exists());
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(pod.cgroup_attachments(), "");
+    assert_eq!(cgroup_links(), before);
+}
+
+#[test]
+fn finds_the_pod_cgroup_by_uid_for_both_drivers() {
+    let pod = Pod::new("uid");
+    let uid = "0b5e7c4a-1f2d-4c3b-9a8e-7d6c5b4a3f21";
+    let u = uid.replace('-', "_");
+    for rel in [
+        format!("kubepods/besteffort/pod{uid}"),
+        format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+        format!("kubepods.slice/kubepods-pod{u}.slice"),
+    ] {
+        let dir = pod.bed.cgroup.join(&rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conf = pod.config(limits("10M"));
+        conf["cgroupRoot"] = json!(pod.bed.cgroup);
+        conf["runtimeConfig"].as_object_mut().unwrap().remove("cgroupPath");
+        let out = common::Pod::invoke_with_args(&pod, &conf, &format!("K8S_POD_UID={uid}"));
+        assert_eq!(out.code, 0, "{rel}: {}{}", out.stdout, out.stderr);
+        assert!(common::bpftool_cgroup_show(&dir).contains("shape_egress"), "{rel}");
+        pod.del();
+        assert_eq!(common::bpftool_cgroup_show(&dir), "");
+        // Remove the nested directories, deepest first.
+        let mut p = dir.as_path();
+        while p != pod.bed.cgroup {
+            std::fs::remove_dir(p).unwrap();
+            p = p.parent().unwrap();
+        }
+    }
+}
