@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Installs bpf-ratelimit on a Debian machine:
+#   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …),
+#   2. a bpffs mount at /sys/fs/bpf if there is none,
+#   3. a release build, copied to $CNI_BIN_DIR (default /opt/cni/bin),
+# then prints the conflist snippet to add.
+#
+#   sudo ./install.sh             install
+#   sudo ./install.sh --demo      install, then shape a throwaway pod and print configured vs measured rate
+#   sudo ./install.sh --deps-only only the apt packages and the bpffs mount (used by .ci/run)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DEMO=0
+DEPS_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --demo) DEMO=1 ;;
+    --deps-only) DEPS_ONLY=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install.sh: run as root (sudo ./install.sh): it installs packages and loads eBPF programs" >&2
+  exit 1
+fi
+
+PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 jq)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+  echo "==> mounting bpffs at /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+[ "$DEPS_ONLY" = 1 ] && exit 0
+
+if ! command -v cargo >/dev/null; then
+  echo "install.sh: cargo is not on PATH. Install a stable Rust toolchain (rustup) and run again," >&2
+  echo "            keeping your PATH: sudo env PATH=\"\$PATH\" ./install.sh" >&2
+  exit 1
+fi
+
+echo "==> building (release)"
+cargo build --release --locked --quiet
+
+CNI_BIN_DIR="${CNI_BIN_DIR:-/opt/cni/bin}"
+mkdir -p "$CNI_BIN_DIR"
+install -m 0755 target/release/bpf-ratelimit "$CNI_BIN_DIR/bpf-ratelimit"
+echo "==> installed $CNI_BIN_DIR/bpf-ratelimit ($("$CNI_BIN_DIR/bpf-ratelimit" version))"
+
+cat <<'SNIPPET'
+
+Append this to the "plugins" list of your CNI conflist, after the main plugin
+(see conflist/ for complete examples):
+
+    {
+      "type": "bpf-ratelimit",
+      "capabilities": {
+        "bandwidth": true,
+        "cgroupPath": true,
+        "io.kubernetes.cri.pod-annotations": true
+      }
+    }
+
+Then annotate pods, e.g. kubernetes.io/ingress-bandwidth: 10M
+SNIPPET
+
+if [ "$DEMO" = 1 ]; then
+  echo
+  echo "==> demo: a throwaway pod limited to 10M in both directions"
+  "$CNI_BIN_DIR/bpf-ratelimit" demo --rate 10M
+fi
