@@ -102,7 +102,8 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_sta
 	if (rate == flow->rate)
 		return;
 	flow->rate = rate;
-	rate32 = rate > 0xffffffffULL ? 0xffffffffU : (__u32)rate;
+	/* ~0U would mean "unpaced"; the largest real rate is ~34 Gbit/s. */
+	rate32 = rate >= 0xffffffffULL ? 0xfffffffeU : (__u32)rate;
 	bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate32, sizeof(rate32));
 }
 

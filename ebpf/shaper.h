@@ -4,7 +4,7 @@
  * (shaper.bpf.c) and the BPF_PROG_TEST_RUN harness (harness.bpf.c), so that
  * the tests exercise exactly the code that shapes pods.
  *
- * The layout of struct pod_state is mirrored by src/datapath/state.rs. Change
+ * The layout of struct pod_state is mirrored by src/state.rs. Change
  * both together and bump POD_STATE_LAYOUT.
  */
 #ifndef BPF_RATELIMIT_SHAPER_H

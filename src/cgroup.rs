@@ -100,7 +100,7 @@ pub fn cgroup_path_candidate(cgroup_path: &str) -> Result<PathBuf, CniError> {
 }
 
 pub fn expand_systemd_slice(slice: &str) -> PathBuf {
-    let stem = slice.trim_end_matches(".slice");
+    let stem = slice.strip_suffix(".slice").unwrap_or(slice);
     let mut path = PathBuf::new();
     let mut prefix = String::new();
     for part in stem.split('-') {

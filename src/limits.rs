@@ -118,8 +118,10 @@ fn resolve_direction(conf: &NetConf, dir: Direction) -> Result<Option<Limit>, Cn
     };
     set(&mut rate, default_rate, format!("{rate_key} in the plugin config"));
     set(&mut burst, default_burst_key.filter(|b| !is_sentinel(*b)), format!("{burst_key} in the plugin config"));
-    set(&mut rate, rt_rate, format!("{rate_key} in runtimeConfig.bandwidth"));
-    set(&mut burst, rt_burst.filter(|b| !is_sentinel(*b)), format!("{burst_key} in runtimeConfig.bandwidth"));
+    // containerd sends 0 for a direction the pod did not annotate; that must
+    // not erase the plugin's own default.
+    set(&mut rate, rt_rate.filter(|r| *r != 0), format!("{rate_key} in runtimeConfig.bandwidth"));
+    set(&mut burst, rt_burst.filter(|b| *b != 0 && !is_sentinel(*b)), format!("{burst_key} in runtimeConfig.bandwidth"));
 
     let ann = &conf.pod_annotations;
     if dir == Direction::Ingress {
@@ -225,6 +227,15 @@ mod tests {
     }
 
     #[test]
+    fn runtime_zero_keeps_the_plugin_default() {
+        let c = conf(serde_json::json!({"egressRate": 5_000_000, "runtimeConfig": {"bandwidth": {
+            "IngressRate": 10_000_000, "IngressBurst": 0, "EgressRate": 0, "EgressBurst": 0}}}));
+        let l = resolve(&c).unwrap();
+        assert_eq!(l.egress.unwrap().rate, 5_000_000);
+        assert_eq!(l.ingress.unwrap().burst, default_burst(Direction::Ingress, 10_000_000));
+    }
+
+    #[test]
     fn sentinels_mean_default_burst() {
         for sentinel in BURST_SENTINELS {
             let c = conf(serde_json::json!({"runtimeConfig": {"bandwidth": {
@@ -236,7 +247,8 @@ mod tests {
 
     #[test]
     fn default_bursts_scale_with_rate_above_a_floor() {
-        assert_eq!(default_burst(Direction::Ingress, 10_000_000), INGRESS_BURST_MIN_BYTES * 8);
+        assert_eq!(default_burst(Direction::Ingress, 1_000_000), INGRESS_BURST_MIN_BYTES * 8);
+        assert_eq!(default_burst(Direction::Ingress, 10_000_000), 2_500_000);
         assert_eq!(default_burst(Direction::Ingress, 1_000_000_000), 250_000_000);
         assert_eq!(default_burst(Direction::Egress, 10_000_000), EGRESS_BURST_MIN_BYTES * 8);
         assert_eq!(default_burst(Direction::Egress, 1_000_000_000), 10_000_000);

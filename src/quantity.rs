@@ -48,31 +48,34 @@ pub fn parse(input: &str) -> Result<u64, QuantityError> {
         .parse()
         .map_err(|_| err("the number is malformed"))?;
     let mut den: u128 = 10u128.pow(frac_part.len() as u32);
-    let mut num: u128 = mantissa;
-    match suffix {
-        "" => {}
-        "m" => den *= 1000,
-        "k" => num *= 1_000,
-        "M" => num *= 1_000_000,
-        "G" => num *= 1_000_000_000,
-        "T" => num *= 1_000_000_000_000,
-        "P" => num *= 1_000_000_000_000_000,
-        "E" => num *= 1_000_000_000_000_000_000,
-        "Ki" => num <<= 10,
-        "Mi" => num <<= 20,
-        "Gi" => num <<= 30,
-        "Ti" => num <<= 40,
-        "Pi" => num <<= 50,
-        "Ei" => num <<= 60,
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "m" => {
+            den *= 1000;
+            1
+        }
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
         s if s.starts_with(['e', 'E']) => {
             let exp: u32 = s[1..].parse().map_err(|_| err("the exponent is malformed"))?;
             if exp > 20 {
                 return Err(err("it is too large"));
             }
-            num *= 10u128.pow(exp);
+            10u128.pow(exp)
         }
         _ => return Err(err("the suffix is unknown")),
-    }
+    };
+    let num = mantissa.checked_mul(multiplier).ok_or_else(|| err("it is too large"))?;
     let value = num.div_ceil(den);
     u64::try_from(value).map_err(|_| err("it is too large"))
 }
@@ -114,7 +117,8 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_the_input_named() {
-        for bad in ["", "fast", "10MB", "-1M", "1.2.3M", "M", "1e99", "99999999999E", "10 M", "1x"] {
+        for bad in ["", "fast", "10MB", "-1M", "1.2.3M", "M", "1e99", "99999999999E", "10 M", "1x",
+                    "999999999999999999999999999999E", "999999999999999999999999999999Ei", "99999999999999999999e20"] {
             let e = parse(bad).unwrap_err();
             assert!(e.0.contains("is not a quantity"), "{bad}: {e}");
         }
