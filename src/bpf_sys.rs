@@ -48,8 +48,10 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
 /// The type must be `repr(C)`, without padding that matters, and valid for all bit patterns.
 pub unsafe trait Pod: Copy + Default {}
 
-/// Reads a value under its spin lock.
+/// Reads a value under its spin lock. The map must hold u64 keys and values
+/// of exactly V's size (a map of another plugin build may not).
 pub fn lookup_locked<V: Pod>(map: BorrowedFd<'_>, key: u64) -> io::Result<V> {
+    check_sizes::<V>(map)?;
     let mut value = V::default();
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
@@ -64,6 +66,7 @@ pub fn lookup_locked<V: Pod>(map: BorrowedFd<'_>, key: u64) -> io::Result<V> {
 
 /// Overwrites an existing value under its spin lock.
 pub fn update_locked<V: Pod>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Result<()> {
+    check_sizes::<V>(map)?;
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
         key: &key as *const u64 as u64,
@@ -72,6 +75,25 @@ pub fn update_locked<V: Pod>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Re
         ..Default::default()
     };
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
+}
+
+fn check_sizes<V>(map: BorrowedFd<'_>) -> io::Result<()> {
+    // struct bpf_map_info starts: type, id, key_size, value_size (u32 each).
+    let mut info = [0u32; 20];
+    let mut attr = InfoAttr {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: std::mem::size_of_val(&info) as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let (key_size, value_size) = (info[2] as usize, info[3] as usize);
+    if key_size != 8 || value_size != std::mem::size_of::<V>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("map has {key_size}-byte keys and {value_size}-byte values, expected 8 and {}", std::mem::size_of::<V>()),
+        ));
+    }
+    Ok(())
 }
 
 /// The part of struct bpf_link_info we read: header and the cgroup variant.

@@ -146,7 +146,12 @@ impl Env {
         if env.netns.is_empty() && command != Command::Del {
             return Err(CniError::env("CNI_NETNS is not set"));
         }
-        env.args = parse_cni_args(&get("CNI_ARGS").unwrap_or_default())?;
+        env.args = match parse_cni_args(&get("CNI_ARGS").unwrap_or_default()) {
+            Ok(args) => args,
+            // DEL does not use CNI_ARGS and must not fail on them.
+            Err(_) if command == Command::Del => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
         Ok(env)
     }
 }
@@ -157,12 +162,15 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     if id.is_empty() {
         return Err(CniError::env("CNI_CONTAINERID is not set"));
     }
-    let ok = id.len() <= 256
+    // Each '.' is escaped to three bytes in the pin directory name (bpffs
+    // refuses dots), which must fit in 255 bytes.
+    let escaped_len = id.len() + 2 * id.matches('.').count();
+    let ok = escaped_len <= 255
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
         && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
     if !ok {
         return Err(CniError::env(format!(
-            "invalid CNI_CONTAINERID {:?}: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-' (at most 256)",
+            "invalid CNI_CONTAINERID {:?}: it must start with a letter or digit and hold only letters, digits, '_', '.' and '-' (at most 255 bytes, dots counting three)",
             truncate(id, 80)
         )));
     }

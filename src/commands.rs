@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::cgroup;
 use crate::cni::{code, Command, CniError, Env};
-use crate::datapath::{self, PinRoot, LINK_PINS};
+use crate::datapath::{self, AttachmentId, PinRoot, LINK_PINS};
 use crate::limits::{self, Limits};
 use crate::netconf::NetConf;
 
@@ -26,6 +26,16 @@ pub fn run(req: &Request) -> Result<String, CniError> {
         Command::Gc => cmd_gc(req).map(|_| String::new()),
         Command::Status => cmd_status(req).map(|_| String::new()),
         Command::Version => unreachable!("VERSION is answered before a Request is built"),
+    }
+}
+
+impl Request {
+    pub fn attachment(&self) -> AttachmentId {
+        AttachmentId {
+            network: self.conf.name.clone(),
+            container_id: self.env.container_id.clone(),
+            ifname: self.env.ifname.clone(),
+        }
     }
 }
 
@@ -59,7 +69,7 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
     }
     let cgroup_dir = pod_cgroup(req)?;
     let root = PinRoot::create(&req.conf.pin_root).map_err(|e| datapath_error("cannot use the bpf filesystem", e))?;
-    datapath::attach_pod(&root, &req.env.container_id, &req.env.ifname, &cgroup_dir, &limits)
+    datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
     log::info!(
         "container {} ({}): shaping {} with {}",
@@ -87,9 +97,13 @@ fn cmd_del(req: &Request) -> Result<(), CniError> {
         return Ok(());
     };
     let removed = root
-        .remove_pod(&req.env.container_id, &req.env.ifname)
+        .remove_pod(&req.attachment())
         .map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
-    root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))?;
+    // The pod is detached; a shared datapath that cannot be unpinned now is
+    // retried by the next DEL or GC and must not block this pod's teardown.
+    if let Err(e) = root.remove_datapath_if_unused() {
+        log::warn!("cannot unpin the unused datapath: {e:#}");
+    }
     log::info!(
         "container {} ({}): {}",
         req.env.container_id,
@@ -113,7 +127,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
             let cgroup_id = cgroup_dir.as_deref().map(cgroup::cgroup_id).transpose().map_err(|e| {
                 CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string())
             })?;
-            datapath::inspect_pod(root, &req.env.container_id, &req.env.ifname, cgroup_id.unwrap_or(0))
+            datapath::inspect_pod(root, &req.attachment(), cgroup_id.unwrap_or(0))
                 .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
                 .map(|a| (a, cgroup_id))
         }
@@ -172,10 +186,11 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
         return Ok(());
     };
     let attachments = root.attachments().map_err(|e| datapath_error("cannot list attachments", e))?;
-    for (id, ifname) in attachments {
-        if !valid.contains(&(id.clone(), ifname.clone())) {
-            root.remove_pod(&id, &ifname).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
-            log::info!("GC: removed stale attachment {id} ({ifname})");
+    // valid-attachments speaks for this network only.
+    for a in attachments.iter().filter(|a| a.network == req.conf.name) {
+        if !valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+            root.remove_pod(a).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
+            log::info!("GC: removed stale attachment {} ({})", a.container_id, a.ifname);
         }
     }
     root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))
@@ -197,13 +212,17 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
     let pin_root = pin_root.unwrap_or(std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT));
     let mut pods = Vec::new();
     if let Some(root) = PinRoot::existing(pin_root)? {
-        for (id, ifname) in root.attachments()? {
-            let dir = root.pod_dir(&id, &ifname);
+        for a in root.attachments()? {
+            let dir = root.pod_dir(&a);
             let entry = match datapath::pod_state_from_pins(&dir) {
                 Ok((cgroup_id, state)) => serde_json::json!({
-                    "containerID": id, "ifname": ifname, "cgroupId": cgroup_id, "state": state,
+                    "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
+                    "cgroupId": cgroup_id, "state": state,
                 }),
-                Err(e) => serde_json::json!({"containerID": id, "ifname": ifname, "error": format!("{e:#}")}),
+                Err(e) => serde_json::json!({
+                    "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
+                    "error": format!("{e:#}"),
+                }),
             };
             pods.push(entry);
         }

@@ -7,8 +7,10 @@
 //! .                                 flock()ed by every command, so ADD/DEL/GC never race
 //! datapath/<version>/               one loaded copy of ebpf/shaper.bpf.c per plugin build
 //!     shape_egress_prog  shape_ingress_prog  pace_tcp  pod_state  flow_state
-//! pods/<containerID>/<ifname>/      one directory per CNI attachment (names escaped,
-//!                                   because bpffs refuses '.' in names)
+//! pods/<network>/<containerID>/<ifname>/
+//!                                   one directory per CNI attachment (names escaped,
+//!                                   because bpffs refuses '.' in names); the network
+//!                                   level keeps GC of one network off another's pods
 //!     egress  ingress  sockops      bpf_links on the pod cgroup
 //!     state                         the pod_state map these links' programs use
 //! ```
@@ -96,6 +98,14 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     )
 }
 
+/// One CNI attachment: the network (the config's name), container and interface.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AttachmentId {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
 /// The pin root, locked for the lifetime of this value.
 pub struct PinRoot {
     path: PathBuf,
@@ -106,6 +116,9 @@ impl PinRoot {
     /// Opens the pin root for ADD: mounts bpffs and creates it if needed.
     pub fn create(path: &Path) -> Result<Self> {
         ensure_bpffs(path)?;
+        if is_mount_root(path) {
+            bail!("pinRoot {} is the root of a bpf filesystem; use a directory of its own, such as /sys/fs/bpf/bpf-ratelimit", path.display());
+        }
         // The last DEL removes the pin root; retry if that raced with us.
         for _ in 0..10 {
             fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
@@ -118,7 +131,8 @@ impl PinRoot {
 
     /// Opens an existing pin root; `None` when there is none, so nothing is attached.
     pub fn existing(path: &Path) -> Result<Option<Self>> {
-        if !path.is_dir() || !is_bpffs(path) {
+        // A mount root cannot be ours: create() refuses it.
+        if !path.is_dir() || !is_bpffs(path) || is_mount_root(path) {
             return Ok(None);
         }
         Self::lock(path)
@@ -152,24 +166,27 @@ impl PinRoot {
         self.path.join("datapath")
     }
 
-    /// The directory of one attachment. Both parts were validated by cni::Env.
-    pub fn pod_dir(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.pods_dir().join(escape_name(container_id)).join(escape_name(ifname))
+    /// The directory of one attachment. Every part was validated by cni/netconf.
+    pub fn pod_dir(&self, id: &AttachmentId) -> PathBuf {
+        self.pods_dir()
+            .join(escape_name(&id.network))
+            .join(escape_name(&id.container_id))
+            .join(escape_name(&id.ifname))
     }
 
-    /// Every attachment that has pins, as (containerID, ifname).
-    pub fn attachments(&self) -> Result<Vec<(String, String)>> {
+    /// Every attachment that has pins.
+    pub fn attachments(&self) -> Result<Vec<AttachmentId>> {
         let mut out = Vec::new();
-        let Ok(ids) = fs::read_dir(self.pods_dir()) else { return Ok(out) };
-        for id in ids {
-            let id = id?;
-            let Ok(ifaces) = fs::read_dir(id.path()) else { continue };
-            for iface in ifaces {
-                let iface = iface?;
-                out.push((
-                    unescape_name(&id.file_name().to_string_lossy()),
-                    unescape_name(&iface.file_name().to_string_lossy()),
-                ));
+        let names = |dir: &Path| -> Vec<(String, PathBuf)> {
+            fs::read_dir(dir)
+                .map(|rd| rd.flatten().map(|e| (unescape_name(&e.file_name().to_string_lossy()), e.path())).collect())
+                .unwrap_or_default()
+        };
+        for (network, net_dir) in names(&self.pods_dir()) {
+            for (container_id, id_dir) in names(&net_dir) {
+                for (ifname, _) in names(&id_dir) {
+                    out.push(AttachmentId { network: network.clone(), container_id: container_id.clone(), ifname });
+                }
             }
         }
         out.sort();
@@ -177,12 +194,17 @@ impl PinRoot {
     }
 
     /// Unpins an attachment, which detaches its links. Returns whether it existed.
-    pub fn remove_pod(&self, container_id: &str, ifname: &str) -> Result<bool> {
-        let dir = self.pod_dir(container_id, ifname);
+    pub fn remove_pod(&self, id: &AttachmentId) -> Result<bool> {
+        let dir = self.pod_dir(id);
         let existed = remove_pin_dir(&dir)?;
-        if let Some(parent) = dir.parent() {
-            // Other interfaces of the same container may remain.
-            let _ = fs::remove_dir(parent);
+        // Other interfaces of the same container, or other containers of the
+        // same network, may remain; remove_dir fails on a non-empty directory.
+        let mut parent = dir.parent();
+        for _ in 0..2 {
+            if let Some(p) = parent {
+                let _ = fs::remove_dir(p);
+                parent = p.parent();
+            }
         }
         Ok(existed)
     }
@@ -216,14 +238,23 @@ impl PinRoot {
         let tmp = self.datapath_root().join(format!("loading-{}", std::process::id()));
         remove_pin_dir(&tmp)?;
         fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let loaded = load_and_pin(&tmp);
+        let loaded = load_and_pin(&tmp).and_then(|()| {
+            fs::rename(&tmp, &dir).with_context(|| format!("cannot move the datapath into {}", dir.display()))
+        });
         if let Err(e) = loaded {
             let _ = remove_pin_dir(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &dir).with_context(|| format!("cannot move the datapath into {}", dir.display()))?;
         log::info!("loaded the datapath into {}", dir.display());
         Ok(dir)
+    }
+}
+
+fn is_mount_root(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
+        _ => false,
     }
 }
 
@@ -292,17 +323,37 @@ fn load_and_pin(dir: &Path) -> Result<()> {
 
 /// Attaches the datapath to a pod cgroup and writes the pod's limits. On any
 /// failure nothing of this attachment remains.
-pub fn attach_pod(root: &PinRoot, container_id: &str, ifname: &str, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
-    let datapath = root.datapath()?;
+pub fn attach_pod(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
     // A repeated ADD replaces the attachment rather than stacking another.
-    root.remove_pod(container_id, ifname)?;
-    let pod_dir = root.pod_dir(container_id, ifname);
-    let result = attach_and_pin(&datapath, &pod_dir, cgroup_dir, limits);
+    root.remove_pod(id)?;
+    let result = refuse_second_attachment(root, id, cgroup_dir)
+        .and_then(|()| root.datapath())
+        .and_then(|datapath| attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, limits));
     if result.is_err() {
-        let _ = root.remove_pod(container_id, ifname);
+        let _ = root.remove_pod(id);
         let _ = root.remove_datapath_if_unused();
     }
     result
+}
+
+/// Cgroup links stack: a second attachment on the same cgroup (another
+/// network, or a sandbox whose DEL never came) would charge every packet to
+/// two buckets. Refuse it and name the owner.
+fn refuse_second_attachment(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<()> {
+    let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
+    for other in root.attachments()?.into_iter().filter(|a| a != id) {
+        let Ok(link) = bpf_sys::obj_get(&root.pod_dir(&other).join(LINK_PINS[0])) else { continue };
+        if bpf_sys::link_info(link.as_fd()).is_ok_and(|i| i.cgroup_id == cgroup_id) {
+            bail!(
+                "cgroup {} is already shaped by network {:?}, container {}, interface {}; run DEL for that attachment first",
+                cgroup_dir.display(),
+                other.network,
+                other.container_id,
+                other.ifname
+            );
+        }
+    }
+    Ok(())
 }
 
 fn attach_and_pin(datapath: &Path, pod_dir: &Path, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
@@ -355,8 +406,8 @@ pub struct PodAttachment {
     pub state: Option<PodState>,
 }
 
-pub fn inspect_pod(root: &PinRoot, container_id: &str, ifname: &str, cgroup_id: u64) -> Result<Option<PodAttachment>> {
-    let dir = root.pod_dir(container_id, ifname);
+pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<Option<PodAttachment>> {
+    let dir = root.pod_dir(id);
     if !dir.is_dir() {
         return Ok(None);
     }

@@ -92,7 +92,8 @@ fn run_cni() -> ExitCode {
             .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(String::from));
         return reply(&cni::version_reply(requested.as_deref()));
     }
-    let conf = match NetConf::parse(&stdin) {
+    let parsed = if command == Command::Del { NetConf::parse_for_del(&stdin) } else { NetConf::parse(&stdin) };
+    let conf = match parsed {
         Ok(c) => c,
         Err(e) => return fail(&e, &version_hint(&stdin)),
     };

@@ -79,6 +79,7 @@ impl NetConf {
                 "",
             ));
         }
+        validate_network_name(&conf.name)?;
         for (key, path) in [("pinRoot", Some(&conf.pin_root)), ("cgroupRoot", conf.cgroup_root.as_ref())] {
             if let Some(p) = path {
                 if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
@@ -116,6 +117,46 @@ impl NetConf {
             conf.valid_attachments = Some(parse_valid_attachments(valid)?);
         }
         Ok(conf)
+    }
+}
+
+/// The network name becomes a pin directory name: the spec's alphabet only.
+fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        return Err(CniError::config(format!(
+            "invalid network name {:?}: 1 to 128 letters, digits, '_', '.' or '-'",
+            truncate(name, 40)
+        )));
+    }
+    Ok(())
+}
+
+impl NetConf {
+    /// For DEL, which must not fail on keys it does not need: only
+    /// cniVersion, name and pinRoot are read, each falling back to a default.
+    pub fn parse_for_del(stdin: &[u8]) -> Result<Self, CniError> {
+        if let Ok(conf) = Self::parse(stdin) {
+            return Ok(conf);
+        }
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::new(cni::code::DECODE, "cannot decode the network configuration on stdin", e.to_string())
+        })?;
+        let text = |k: &str| value.get(k).and_then(Value::as_str).map(String::from);
+        let name = text("name").unwrap_or_default();
+        validate_network_name(&name)?;
+        let pin_root = text("pinRoot").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT));
+        if !pin_root.is_absolute() || pin_root.components().any(|c| c == std::path::Component::ParentDir) {
+            return Err(CniError::config(format!("pinRoot must be an absolute path without '..', got {pin_root:?}")));
+        }
+        Ok(NetConf {
+            cni_version: text("cniVersion").filter(|v| cni::is_supported_version(v)).unwrap_or_else(|| "1.1.0".into()),
+            name,
+            pin_root,
+            ..Default::default()
+        })
     }
 }
 
@@ -206,32 +247,45 @@ mod tests {
     #[test]
     fn decoding_and_config_errors_have_spec_codes() {
         assert_eq!(NetConf::parse(b"{not json").unwrap_err().code, cni::code::DECODE);
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "name": "../x"})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
         assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, cni::code::DECODE);
         assert_eq!(parse(serde_json::json!({"name": "x"})).unwrap_err().code, cni::code::INVALID_CONFIG);
+        assert_eq!(parse(serde_json::json!({"cniVersion": "1.0.0"})).unwrap_err().code, cni::code::INVALID_CONFIG);
         assert_eq!(
             parse(serde_json::json!({"cniVersion": "0.2.0"})).unwrap_err().code,
             cni::code::INCOMPATIBLE_VERSION
         );
-        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "ingressRate": "10M"})).unwrap_err();
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "ingressRate": "10M"})).unwrap_err();
         assert_eq!(e.code, cni::code::INVALID_CONFIG);
         assert!(e.msg.contains("ingressRate"), "{e}");
-        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "egressRate": -5})).unwrap_err();
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "egressRate": -5})).unwrap_err();
         assert_eq!(e.code, cni::code::INVALID_CONFIG);
-        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "pinRoot": "/sys/fs/bpf/../../etc"})).unwrap_err();
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "pinRoot": "/sys/fs/bpf/../../etc"})).unwrap_err();
         assert_eq!(e.code, cni::code::INVALID_CONFIG);
-        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "pinRoot": "relative"})).unwrap_err();
+        let e = parse(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "pinRoot": "relative"})).unwrap_err();
         assert_eq!(e.code, cni::code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn del_reads_only_what_it_needs() {
+        let bad = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "ingressRate": "garbage",
+                                     "pinRoot": "/sys/fs/bpf/x"});
+        assert!(NetConf::parse(bad.to_string().as_bytes()).is_err());
+        let c = NetConf::parse_for_del(bad.to_string().as_bytes()).unwrap();
+        assert_eq!(c.pin_root, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(c.name, "n");
     }
 
     #[test]
     fn valid_attachments_parse() {
         let c = parse(serde_json::json!({
-            "cniVersion": "1.1.0",
+            "cniVersion": "1.1.0", "name": "n",
             "cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}]
         }))
         .unwrap();
         assert!(c.valid_attachments.unwrap().contains(&("a".into(), "eth0".into())));
-        let e = parse(serde_json::json!({"cniVersion": "1.1.0", "cni.dev/valid-attachments": [{"x": 1}]}));
+        let e = parse(serde_json::json!({"cniVersion": "1.1.0", "name": "n", "cni.dev/valid-attachments": [{"x": 1}]}));
         assert_eq!(e.unwrap_err().code, cni::code::INVALID_CONFIG);
     }
 }

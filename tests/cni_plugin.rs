@@ -128,7 +128,7 @@ fn check_passes_for_the_requested_limits_and_fails_otherwise() {
     assert_eq!(changed.code, 102, "{}", changed.stdout);
     assert!(changed.json().unwrap()["msg"].as_str().unwrap().contains("limits differ"));
 
-    std::fs::remove_file(pod.pin_root.join(format!("pods/{}/eth0/ingress", pod.bed.name.replace('.', "%2e")))).unwrap();
+    std::fs::remove_file(pod.pin_root.join(format!("pods/test/{}/eth0/ingress", pod.bed.name))).unwrap();
     let missing = pod.invoke("CHECK", &pod.config(limits("20M")));
     assert_eq!(missing.code, 102, "{}", missing.stdout);
     assert!(missing.stdout.contains("ingress link is missing"), "{}", missing.stdout);
@@ -280,4 +280,38 @@ fn finds_the_pod_cgroup_by_uid_for_both_drivers() {
             p = p.parent().unwrap();
         }
     }
+}
+
+#[test]
+fn a_second_attachment_on_the_same_cgroup_is_refused_and_gc_stays_in_its_network() {
+    let before = cgroup_links();
+    let pod = Pod::new("twice");
+    pod.add(limits("20M"));
+    // Another network (e.g. a Multus secondary) chaining us on the same pod.
+    let mut other = pod.config(limits("10M"));
+    other["name"] = json!("other-net");
+    let out = pod.invoke("ADD", &other);
+    assert_eq!(out.code, 101, "{}", out.stdout);
+    assert!(out.stdout.contains("already shaped"), "{}", out.stdout);
+    assert_eq!(cgroup_links().len(), before.len() + 3, "the refused ADD attached nothing");
+    // GC for the other network does not touch this network's attachment.
+    other["cniVersion"] = json!("1.1.0");
+    other["cni.dev/valid-attachments"] = json!([]);
+    assert_eq!(pod.invoke("GC", &other).code, 0);
+    assert!(pod.cgroup_attachments().contains("shape_egress"));
+    pod.del();
+    assert_eq!(cgroup_links(), before);
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+}
+
+#[test]
+fn del_succeeds_with_config_it_does_not_need() {
+    let pod = Pod::new("dellenient");
+    pod.add(limits("20M"));
+    let mut conf = pod.config(json!({}));
+    conf["ingressRate"] = json!("not a number");
+    let out = pod.invoke("DEL", &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(pod.cgroup_attachments(), "");
 }
