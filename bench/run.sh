@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs bpf-ratelimit and the reference bandwidth plugin side by side and
+# writes bench/results/{results.json,results.md,throughput.svg}.
+#   sudo ./bench/run.sh [--rates 10M,100M,1G] [--seconds 6] [--pods 100] [--out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: run as root" >&2; exit 1; }
+./install.sh --deps-only
+cargo build --release --locked --quiet --bin bpf-ratelimit --example bench
+exec target/release/examples/bench "$@"
