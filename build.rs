@@ -13,7 +13,8 @@ fn main() {
         let src = format!("ebpf/{name}.bpf.c");
         let obj = out.join(format!("{name}.bpf.o"));
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
+            // -mcpu=v3: BPF atomics with fetch (compare-and-swap), kernel >= 5.12.
+            .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
             // Debian keeps asm/ headers under the multiarch directory.
             .args(["-I/usr/include/x86_64-linux-gnu", "-Iebpf", "-c", &src, "-o"])
             .arg(&obj)

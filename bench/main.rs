@@ -237,10 +237,20 @@ impl Progress {
     }
 }
 
-fn iperf(pod: &CniPod, server: &str, args: &[&str], seconds: u32) -> Result<Value> {
-    let mut cmd = pod.command("iperf3")?;
+/// Every run is made with `-R` from the receiving side, so iperf3's
+/// intervals are receiver-side (what was delivered, not what was written
+/// into a socket buffer):
+/// - egress: the client runs in the server namespace, against an iperf3
+///   server inside the pod (its accepted sockets belong to the pod cgroup);
+/// - ingress: the client runs in the pod, against the server.
+fn iperf(pod: &CniPod, server: &Server, egress: bool, args: &[&str], seconds: u32) -> Result<Value> {
+    let (mut cmd, target) = if egress {
+        (in_netns(Command::new("iperf3"), &server.netns, None)?, pod.ip.clone())
+    } else {
+        (pod.command("iperf3")?, server.ip.clone())
+    };
     let secs = seconds.to_string();
-    cmd.args(["-c", server, "-J", "-t", &secs, "--connect-timeout", "3000"]).args(args);
+    cmd.args(["-c", &target, "-R", "-J", "-t", &secs, "--connect-timeout", "3000"]).args(args);
     let out = run_with_timeout(cmd, Duration::from_secs(u64::from(seconds) + 30))?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = v.get("error") {
@@ -302,10 +312,16 @@ fn bpf_prog_stats() -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Where the unshaped side runs.
+struct Server {
+    ip: String,
+    netns: PathBuf,
+}
+
 fn measure(
     pod: &CniPod,
     plugin: Plugin,
-    server: &str,
+    server: &Server,
     rate_name: &str,
     rate: u64,
     reverse: bool,
@@ -314,26 +330,24 @@ fn measure(
     burst_bytes: f64,
 ) -> Result<Row> {
     let dir = if reverse { "ingress" } else { "egress" };
+    let egress = !reverse;
     let tag = format!("{} {rate_name} {dir}", plugin.label());
-    let mut base: Vec<&str> = vec![];
-    if reverse {
-        base.push("-R");
-    }
+    let base: Vec<&str> = vec![];
     let r = rate as f64;
     let mut row = Row { plugin: plugin.label().into(), rate: rate_name.into(), direction: dir.into(), burst_bytes, ..Default::default() };
 
     // First second from a full bucket (the pod was just added, or idle for a while).
     progress.step(&format!("{tag}: bytes in the first second"));
-    let v = iperf(pod, server, &[base.as_slice(), &["-i", "1"]].concat(), 2)?;
+    let v = iperf(pod, server, egress, &[base.as_slice(), &["-i", "1"]].concat(), 2)?;
     row.first_second_bytes = v["intervals"][0]["sum"]["bytes"].as_f64().unwrap_or(f64::NAN);
     row.first_second_ratio = row.first_second_bytes / (r / 8.0 + burst_bytes);
 
     progress.step(&format!("{tag}: idle RTT"));
-    row.rtt_idle_ms = mean(&ping_times(start_ping(pod, server, 1)?)?);
+    row.rtt_idle_ms = mean(&ping_times(start_ping(pod, &server.ip, 1)?)?);
 
     progress.step(&format!("{tag}: TCP, 1 flow, with a ping probe"));
-    let ping = start_ping(pod, server, opts.seconds)?;
-    let v = iperf(pod, server, &[base.as_slice(), &["-O", "1", "-i", "0.2"]].concat(), opts.seconds)?;
+    let ping = start_ping(pod, &server.ip, opts.seconds)?;
+    let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-i", "0.2"]].concat(), opts.seconds)?;
     let times = ping_times(ping)?;
     // Drop the probe's first second, like iperf3's -O 1.
     let loaded: Vec<f64> = times.iter().copied().skip(100).collect();
@@ -350,13 +364,13 @@ fn measure(
     }
 
     progress.step(&format!("{tag}: TCP, 8 flows"));
-    let v = iperf(pod, server, &[base.as_slice(), &["-O", "1", "-P", "8"]].concat(), opts.seconds)?;
+    let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-P", "8"]].concat(), opts.seconds)?;
     row.tcp8_ratio = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(f64::NAN) / r;
     row.retransmits_8flow = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
 
     progress.step(&format!("{tag}: UDP offered at 2x"));
     let offered = (2 * rate).to_string();
-    let v = iperf(pod, server, &[base.as_slice(), &["-O", "1", "-u", "-b", &offered]].concat(), opts.seconds)?;
+    let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-u", "-b", &offered]].concat(), opts.seconds)?;
     row.udp_2x_delivered_ratio = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(f64::NAN) / r;
     Ok(row)
 }
@@ -428,6 +442,16 @@ fn parse_args() -> Result<Options> {
     Ok(opts)
 }
 
+/// Kills a background process (an iperf3 server) when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct BenchEnv {
     work: PathBuf,
     bpf_stats_was: String,
@@ -475,14 +499,8 @@ fn run() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    struct Kill(Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let _server_guard = Kill(iperf_server);
+    let server_at = Server { ip: server.ip.clone(), netns: server.netns.clone() };
     std::thread::sleep(Duration::from_millis(300));
 
     let mut rows = Vec::new();
@@ -491,6 +509,10 @@ fn run() -> Result<()> {
         for plugin in [Plugin::Ours, Plugin::Reference] {
             let mut pod = CniPod::new(&format!("brlb-{}-{}", plugin_tag(plugin), std::process::id()), chain(&cni, plugin), runtime_config(Some(*rate)))?;
             cni.add(&mut pod)?;
+            let _pod_server = Kill(
+                pod.command("iperf3")?.args(["-s", "-B", &pod.ip]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
+            );
+            std::thread::sleep(Duration::from_millis(300));
             let before = bpf_prog_stats();
             let result = (|| -> Result<Vec<Row>> {
                 let mut out = Vec::new();
@@ -502,7 +524,7 @@ fn run() -> Result<()> {
                         ) as f64 / 8.0,
                         Plugin::Reference => CONTAINERD_NO_BURST as f64 / 8.0,
                     };
-                    out.push(measure(&pod, plugin, &server.ip, rate_name, *rate, reverse, &opts, &mut progress, burst)?);
+                    out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst)?);
                 }
                 Ok(out)
             })();

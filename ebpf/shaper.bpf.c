@@ -67,14 +67,19 @@ int shape_ingress_prog(struct __sk_buff *skb)
  * Sets the socket's pacing rate to the pod's egress rate divided among the
  * sockets that sent recently. count_as_sender is false at connection set-up:
  * a socket that only receives must not take a share.
+ *
+ * This runs on every ACK, on another CPU than the pod's sends, so it takes no
+ * lock: the window roll-over is a compare-and-swap, counts are atomic adds,
+ * and a socket already counted in this window returns at once. A lost race
+ * miscounts one window (~67 ms); the egress bucket is the backstop.
  */
 static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod,
 				      bool count_as_sender)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct flow_state *flow;
-	__u64 window, rate;
-	__u32 senders, rate32;
+	__u64 window, seen, rate;
+	__u32 senders, before, rate32;
 
 	if (!sk)
 		return;
@@ -82,22 +87,25 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_sta
 	if (!flow)
 		return;
 	window = bpf_ktime_get_ns() >> SENDER_WINDOW_SHIFT;
+	if (count_as_sender && flow->window == window)
+		return;
 
-	bpf_spin_lock(&pod->lock);
-	if (pod->window != window) {
-		pod->senders_before = pod->window + 1 == window ? pod->senders_now : 0;
+	seen = pod->window;
+	if (seen != window && __sync_val_compare_and_swap(&pod->window, seen, window) == seen) {
+		pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
 		pod->senders_now = 0;
-		pod->window = window;
 	}
-	if (count_as_sender && flow->window != window) {
+	if (count_as_sender) {
 		flow->window = window;
-		pod->senders_now++;
+		__sync_fetch_and_add(&pod->senders_now, 1);
 	}
-	senders = pod->senders_now > pod->senders_before ? pod->senders_now : pod->senders_before;
+	senders = pod->senders_now;
+	before = pod->senders_before;
+	if (before > senders)
+		senders = before;
 	if (senders == 0)
 		senders = 1;
 	rate = pod->egress.rate / senders;
-	bpf_spin_unlock(&pod->lock);
 
 	if (rate == flow->rate)
 		return;

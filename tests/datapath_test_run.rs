@@ -208,3 +208,4 @@ fn sustained_overload_passes_the_rate_and_drops_the_rest() {
     assert!(i.passed_bytes <= 1_010_000 && i.passed_bytes >= 1_000_000, "passed {}", i.passed_bytes);
     assert_eq!(i.passed_bytes + i.dropped_bytes, 2_000_000);
 }
+
