@@ -5,6 +5,7 @@
  * an array map the test can preset and read back, and takes "now" from the
  * test instead of the clock. Everything else is the production logic.
  */
+#include <stdbool.h>
 #include "shaper.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -35,7 +36,11 @@ int harness_egress(struct __sk_buff *skb)
 
 	if (!in)
 		return SKB_DROP;
-	return shape_egress(&in->pod, skb, in->now);
+	__u8 proto = 0;
+
+	/* The IPv4 protocol byte stands in for the socket's protocol. */
+	bpf_skb_load_bytes(skb, 9, &proto, 1);
+	return shape_egress(&in->pod, skb, in->now, proto == 6);
 }
 
 SEC("cgroup_skb/ingress")

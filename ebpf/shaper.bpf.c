@@ -16,8 +16,11 @@
  * One copy is loaded per node and pinned; each pod gets its own attachments,
  * and its limits and counters live in cgroup storage keyed by the pod cgroup.
  */
-#include <stdbool.h>
 #include "shaper.h"
+
+#ifndef IPPROTO_TCP
+#define IPPROTO_TCP 6
+#endif
 
 #ifndef SOL_SOCKET
 #define SOL_SOCKET 1
@@ -26,9 +29,14 @@
 #define SO_MAX_PACING_RATE 47
 #endif
 
-/* Senders are counted per window of 2^26 ns (about 67 ms): long enough that
- * a flow paced at a small share acknowledges data at least once per window. */
-#define SENDER_WINDOW_SHIFT 26
+/* Senders are counted per window of 2^27 ns (about 134 ms), and the larger
+ * of this window's and the last window's count is used: long enough that a
+ * flow paced at a small share sends at least once per window. */
+#define SENDER_WINDOW_SHIFT 27
+
+/* An IPv4 or IPv6 TCP skb longer than this carries data; pure ACKs, even
+ * with timestamps and SACK blocks, are shorter. */
+#define MIN_DATA_SKB_LEN 128
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -51,10 +59,49 @@ struct {
 	__type(value, struct flow_state);
 } flow_state SEC(".maps");
 
+/*
+ * Counts the socket as a sender in the current window the first time it
+ * sends data in it. Done here, on the send path, because ACK callbacks
+ * (sock_ops RTT_CB) thin out exactly when flows are held back, which made
+ * 8 flows count as 2 to 4 and each take too large a share.
+ *
+ * Lock-free: the pod lock is for the buckets. The window roll-over is a
+ * compare-and-swap and counts are atomic adds; a lost race miscounts one
+ * window, and the egress bucket is the backstop.
+ */
+static __always_inline void count_sender(struct __sk_buff *skb, struct bpf_sock *sk,
+					 struct pod_state *pod)
+{
+	struct flow_state *flow;
+	__u64 window, seen;
+
+	if (!pod || pod->egress.rate == 0 || skb->len <= MIN_DATA_SKB_LEN)
+		return;
+	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!flow)
+		return;
+	window = bpf_ktime_get_ns() >> SENDER_WINDOW_SHIFT;
+	if (flow->window == window)
+		return;
+	flow->window = window;
+	seen = pod->window;
+	if (seen != window && __sync_val_compare_and_swap(&pod->window, seen, window) == seen) {
+		pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
+		pod->senders_now = 0;
+	}
+	__sync_fetch_and_add(&pod->senders_now, 1);
+}
+
 SEC("cgroup_skb/egress")
 int shape_egress_prog(struct __sk_buff *skb)
 {
-	return shape_egress(bpf_get_local_storage(&pod_state, 0), skb, bpf_ktime_get_ns());
+	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
+	struct bpf_sock *sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
+	bool tcp = sk && sk->protocol == IPPROTO_TCP;
+
+	if (tcp)
+		count_sender(skb, sk, pod);
+	return shape_egress(pod, skb, bpf_ktime_get_ns(), tcp);
 }
 
 SEC("cgroup_skb/ingress")
@@ -65,40 +112,23 @@ int shape_ingress_prog(struct __sk_buff *skb)
 
 /*
  * Sets the socket's pacing rate to the pod's egress rate divided among the
- * sockets that sent recently. count_as_sender is false at connection set-up:
- * a socket that only receives must not take a share.
- *
- * This runs on every ACK, on another CPU than the pod's sends, so it takes no
- * lock: the window roll-over is a compare-and-swap, counts are atomic adds,
- * and a socket already counted in this window returns at once. A lost race
- * miscounts one window (~67 ms); the egress bucket is the backstop.
+ * sockets that sent data recently (counted by count_sender). Runs at
+ * connection set-up and on every ACK; setsockopt only when the share changed.
+ * No lock: the counts are read racily, which at worst delays a change by
+ * one ACK.
  */
-static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod,
-				      bool count_as_sender)
+static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct flow_state *flow;
-	__u64 window, seen, rate;
 	__u32 senders, before, rate32;
+	__u64 rate;
 
 	if (!sk)
 		return;
 	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!flow)
 		return;
-	window = bpf_ktime_get_ns() >> SENDER_WINDOW_SHIFT;
-	if (count_as_sender && flow->window == window)
-		return;
-
-	seen = pod->window;
-	if (seen != window && __sync_val_compare_and_swap(&pod->window, seen, window) == seen) {
-		pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
-		pod->senders_now = 0;
-	}
-	if (count_as_sender) {
-		flow->window = window;
-		__sync_fetch_and_add(&pod->senders_now, 1);
-	}
 	senders = pod->senders_now;
 	before = pod->senders_before;
 	if (before > senders)
@@ -106,7 +136,6 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_sta
 	if (senders == 0)
 		senders = 1;
 	rate = pod->egress.rate / senders;
-
 	if (rate == flow->rate)
 		return;
 	flow->rate = rate;
@@ -127,15 +156,15 @@ int pace_tcp(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		if (pod->egress.rate == 0)
 			break;
-		/* RTT callbacks come with every ACK of sent data: they tell us
-		 * which sockets are sending, and when to re-split the rate. */
+		/* RTT callbacks come with every ACK of sent data: the moments
+		 * to re-split the rate among the senders. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						     BPF_SOCK_OPS_RTT_CB_FLAG);
-		pace_flow(skops, pod, false);
+		pace_flow(skops, pod);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
 		if (pod->egress.rate)
-			pace_flow(skops, pod, true);
+			pace_flow(skops, pod);
 		break;
 	}
 	return 1;

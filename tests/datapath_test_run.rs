@@ -22,6 +22,7 @@ unsafe impl aya::Pod for HarnessInput {}
 const PASS: u32 = 1;
 const DROP: u32 = 0;
 const DROP_CN: u32 = 2;
+const PASS_CN: u32 = 3;
 const SEC: u64 = 1_000_000_000;
 
 /// IPv4 header length + payload = skb->len as the program sees it.
@@ -55,7 +56,11 @@ impl Harness {
     /// Runs one packet with an IP payload of `ip_len` bytes; returns the
     /// verdict and the packet as the program left it.
     fn run(&mut self, prog: &str, ip_len: usize, tos: u8) -> (u32, Vec<u8>) {
-        let pkt = ipv4_packet(ip_len, tos);
+        self.run_proto(prog, ip_len, tos, UDP)
+    }
+
+    fn run_proto(&mut self, prog: &str, ip_len: usize, tos: u8, proto: u8) -> (u32, Vec<u8>) {
+        let pkt = ipv4_packet(ip_len, tos, proto);
         let mut out = vec![0u8; pkt.len()];
         let p: &CgroupSkb = self.ebpf.program(prog).unwrap().try_into().unwrap();
         let opts = TestRunOptions { data_in: Some(&pkt), data_out: Some(&mut out), ..TestRunOptions::new() };
@@ -64,7 +69,10 @@ impl Harness {
     }
 }
 
-fn ipv4_packet(ip_len: usize, tos: u8) -> Vec<u8> {
+const UDP: u8 = 17;
+const TCP: u8 = 6;
+
+fn ipv4_packet(ip_len: usize, tos: u8, proto: u8) -> Vec<u8> {
     let mut p = vec![0u8; ETH_HLEN + ip_len];
     p[12] = 0x08; // ethertype IPv4
     let ip = &mut p[ETH_HLEN..];
@@ -72,7 +80,7 @@ fn ipv4_packet(ip_len: usize, tos: u8) -> Vec<u8> {
     ip[1] = tos;
     ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
     ip[8] = 64;
-    ip[9] = 17; // UDP
+    ip[9] = proto;
     ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
     ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
     p
@@ -209,3 +217,22 @@ fn sustained_overload_passes_the_rate_and_drops_the_rest() {
     assert_eq!(i.passed_bytes + i.dropped_bytes, 2_000_000);
 }
 
+
+#[test]
+fn egress_tcp_over_the_rate_passes_on_credit_with_cn_down_to_one_burst_of_debt() {
+    let mut h = Harness::new();
+    h.set(input(Bucket::default(), bucket(1_000_000, 3_000, 1_000, SEC), SEC));
+    // Over the rate: TCP passes with congestion notification, into debt.
+    assert_eq!(h.run_proto("harness_egress", 1500, NOT_ECT, TCP).0, PASS_CN);
+    assert_eq!(h.get().pod.egress.tokens, -500);
+    assert_eq!(h.run_proto("harness_egress", 2500, NOT_ECT, TCP).0, PASS_CN);
+    assert_eq!(h.get().pod.egress.tokens, -3_000);
+    // Beyond one burst of debt, TCP is dropped too.
+    assert_eq!(h.run_proto("harness_egress", 100, NOT_ECT, TCP).0, DROP_CN);
+    // UDP never borrows; ingress never borrows.
+    assert_eq!(h.run_proto("harness_egress", 100, NOT_ECT, UDP).0, DROP_CN);
+    let e = h.get().pod.egress;
+    assert_eq!((e.passed_packets, e.dropped_packets), (2, 2));
+    h.set(input(bucket(1_000_000, 3_000, 1_000, SEC), Bucket::default(), SEC));
+    assert_eq!(h.run_proto("harness_ingress", 1500, NOT_ECT, TCP).0, DROP);
+}
