@@ -243,14 +243,23 @@ impl Progress {
 /// - egress: the client runs in the server namespace, against an iperf3
 ///   server inside the pod (its accepted sockets belong to the pod cgroup);
 /// - ingress: the client runs in the pod, against the server.
+///
+/// UDP egress is the exception (`udp_egress`): the client in the pod sends.
+/// iperf3's server aborts a -R UDP test when sendmsg reports the drop
+/// (ENOBUFS, as for a full qdisc), while its client carries on; the final
+/// sum_received is the server's receiver-side count either way.
 fn iperf(pod: &CniPod, server: &Server, egress: bool, args: &[&str], seconds: u32) -> Result<Value> {
-    let (mut cmd, target) = if egress {
+    let udp_egress = egress && args.contains(&"-u");
+    let (mut cmd, target) = if egress && !udp_egress {
         (in_netns(Command::new("iperf3"), &server.netns, None)?, pod.ip.clone())
     } else {
         (pod.command("iperf3")?, server.ip.clone())
     };
     let secs = seconds.to_string();
-    cmd.args(["-c", &target, "-R", "-J", "-t", &secs, "--connect-timeout", "3000"]).args(args);
+    cmd.args(["-c", &target, "-J", "-t", &secs, "--connect-timeout", "3000"]).args(args);
+    if !udp_egress {
+        cmd.arg("-R");
+    }
     let out = run_with_timeout(cmd, Duration::from_secs(u64::from(seconds) + 30))?;
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("iperf3: {}", String::from_utf8_lossy(&out.stderr)))?;
     if let Some(e) = v.get("error") {
