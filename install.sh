@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs bpf-ratelimit on a Debian machine:
-#   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …),
+#   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …;
+#      containerd, runc, containernetworking-plugins, gcc and protoc for the containerd e2e test),
 #   2. a bpffs mount at /sys/fs/bpf if there is none,
 #   3. a release build, copied to $CNI_BIN_DIR (default /opt/cni/bin),
 # then prints the conflist snippet to add.
@@ -27,7 +28,10 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 iputils-ping jq containernetworking-plugins)
+PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 iputils-ping jq
+  # tests/containerd_e2e.rs and bench/: a private containerd with runc and the reference CNI plugins,
+  # gcc + libc6-dev for its static pause binary, protoc for the CRI client's build script.
+  containerd runc containernetworking-plugins gcc libc6-dev protobuf-compiler)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
