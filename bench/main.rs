@@ -209,6 +209,8 @@ struct Row {
     first_second_bytes: f64,
     burst_bytes: f64,
     first_second_ratio: f64,
+    /// Bytes in the first second ÷ (rate × 1 s): how far a fresh pod overshoots.
+    first_second_over_rate: f64,
     /// (seconds, bits/s) every 0.2 s of the 1-flow TCP run.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     series: Vec<(f64, f64)>,
@@ -337,6 +339,7 @@ fn measure(
     opts: &Options,
     progress: &mut Progress,
     burst_bytes: f64,
+    idle_rtt_ms: f64,
 ) -> Result<Row> {
     let dir = if reverse { "ingress" } else { "egress" };
     let egress = !reverse;
@@ -350,10 +353,11 @@ fn measure(
     let v = iperf(pod, server, egress, &[base.as_slice(), &["-i", "1"]].concat(), 2)?;
     row.first_second_bytes = v["intervals"][0]["sum"]["bytes"].as_f64().unwrap_or(f64::NAN);
     row.first_second_ratio = row.first_second_bytes / (r / 8.0 + burst_bytes);
+    row.first_second_over_rate = row.first_second_bytes / (r / 8.0);
+    row.rtt_idle_ms = idle_rtt_ms;
+    drain();
 
-    progress.step(&format!("{tag}: idle RTT"));
-    row.rtt_idle_ms = mean(&ping_times(start_ping(pod, &server.ip, 1)?)?);
-
+    drain();
     progress.step(&format!("{tag}: TCP, 1 flow, with a ping probe"));
     let ping = start_ping(pod, &server.ip, opts.seconds)?;
     let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-i", "0.2"]].concat(), opts.seconds)?;
@@ -372,16 +376,25 @@ fn measure(
         row.series.push((t, s["bits_per_second"].as_f64().unwrap_or(0.0)));
     }
 
+    drain();
     progress.step(&format!("{tag}: TCP, 8 flows"));
     let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-P", "8"]].concat(), opts.seconds)?;
     row.tcp8_ratio = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(f64::NAN) / r;
     row.retransmits_8flow = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
 
+    drain();
     progress.step(&format!("{tag}: UDP offered at 2x"));
     let offered = (2 * rate).to_string();
     let v = iperf(pod, server, egress, &[base.as_slice(), &["-O", "1", "-u", "-b", &offered]].concat(), opts.seconds)?;
     row.udp_2x_delivered_ratio = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(f64::NAN) / r;
+    drain();
     Ok(row)
+}
+
+/// Lets queues from the previous test drain (the reference plugin's TBF
+/// holds seconds of data at 10M) and buckets refill.
+fn drain() {
+    std::thread::sleep(Duration::from_secs(2));
 }
 
 fn timing(cni: &Cni, plugin: Plugin, n: usize, progress: &mut Progress) -> Result<Timing> {
@@ -498,7 +511,7 @@ fn run() -> Result<()> {
     };
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     let cni = Cni::new(&env.work)?;
-    let per_rate = 2 * 2 * 5;
+    let per_rate = 2 * (1 + 2 * 4);
     let mut progress = Progress { done: 0, total: opts.rates.len() * per_rate + 2 * (opts.pods_for_timing / 10 + 1), started: Instant::now() };
 
     let mut server = CniPod::new(&format!("brlb-srv-{}", std::process::id()), vec![cni.bridge()], json!({}))?;
@@ -522,6 +535,8 @@ fn run() -> Result<()> {
                 pod.command("iperf3")?.args(["-s", "-B", &pod.ip]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
             );
             std::thread::sleep(Duration::from_millis(300));
+            progress.step(&format!("{} {rate_name}: idle RTT", plugin.label()));
+            let idle_rtt_ms = mean(&ping_times(start_ping(&pod, &server_at.ip, 2)?)?);
             let before = bpf_prog_stats();
             let result = (|| -> Result<Vec<Row>> {
                 let mut out = Vec::new();
@@ -533,7 +548,7 @@ fn run() -> Result<()> {
                         ) as f64 / 8.0,
                         Plugin::Reference => CONTAINERD_NO_BURST as f64 / 8.0,
                     };
-                    out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst)?);
+                    out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst, idle_rtt_ms)?);
                 }
                 Ok(out)
             })();
@@ -574,15 +589,15 @@ fn run() -> Result<()> {
 
 fn markdown(rows: &[Row], bpf: &BTreeMap<String, f64>, timings: &[Timing]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| plugin | rate | dir | TCP 1 flow ÷ limit | TCP 8 flows ÷ limit | retrans 1 / 8 flows | ping RTT idle / loaded mean / p99 (ms) | added RTT (ms) | UDP 2× delivered ÷ limit | 1st second ÷ (rate·1s + burst) | burst (bytes) |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| plugin | rate | dir | TCP 1 flow ÷ limit | TCP 8 flows ÷ limit | retrans 1 / 8 flows | ping RTT idle / loaded mean / p99 (ms) | added RTT (ms) | UDP 2× delivered ÷ limit | 1st second ÷ (rate·1s + burst) | 1st second ÷ rate·1s | burst (bytes) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.3} | {} / {} | {:.3} / {:.3} / {:.3} | {:.3} | {:.3} | {:.3} | {:.0} |",
+            "| {} | {} | {} | {:.3} | {:.3} | {} / {} | {:.3} / {:.3} / {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} |",
             r.plugin, r.rate, r.direction, r.tcp1_ratio, r.tcp8_ratio, r.retransmits_1flow, r.retransmits_8flow,
             r.rtt_idle_ms, r.rtt_loaded_mean_ms, r.rtt_loaded_p99_ms, r.rtt_added_mean_ms, r.udp_2x_delivered_ratio,
-            r.first_second_ratio, r.burst_bytes
+            r.first_second_ratio, r.first_second_over_rate, r.burst_bytes
         );
     }
     let _ = writeln!(s, "\nBPF cost per packet (bpf-ratelimit cgroup_skb programs, run_time_ns ÷ run_cnt, all tests at that rate):\n");
