@@ -22,7 +22,6 @@ unsafe impl aya::Pod for HarnessInput {}
 const PASS: u32 = 1;
 const DROP: u32 = 0;
 const DROP_CN: u32 = 2;
-const PASS_CN: u32 = 3;
 const SEC: u64 = 1_000_000_000;
 
 /// IPv4 header length + payload = skb->len as the program sees it.
@@ -219,20 +218,21 @@ fn sustained_overload_passes_the_rate_and_drops_the_rest() {
 
 
 #[test]
-fn egress_tcp_over_the_rate_passes_on_credit_with_cn_down_to_one_burst_of_debt() {
+fn egress_tcp_over_the_rate_passes_on_credit_down_to_one_burst_of_debt() {
     let mut h = Harness::new();
     h.set(input(Bucket::default(), bucket(1_000_000, 3_000, 1_000, SEC), SEC));
-    // Over the rate: TCP passes with congestion notification, into debt.
-    assert_eq!(h.run_proto("harness_egress", 1500, NOT_ECT, TCP).0, PASS_CN);
-    assert_eq!(h.get().pod.egress.tokens, -500);
-    assert_eq!(h.run_proto("harness_egress", 2500, NOT_ECT, TCP).0, PASS_CN);
-    assert_eq!(h.get().pod.egress.tokens, -3_000);
+    // TCP is charged its payload: the skb less 52 bytes of IPv4 + TCP headers.
+    // Over the rate it passes on credit, into debt.
+    assert_eq!(h.run_proto("harness_egress", 1500, NOT_ECT, TCP).0, PASS);
+    assert_eq!(h.get().pod.egress.tokens, 1_000 - 1_448);
+    assert_eq!(h.run_proto("harness_egress", 2500, NOT_ECT, TCP).0, PASS);
+    assert_eq!(h.get().pod.egress.tokens, 1_000 - 1_448 - 2_448);
     // Beyond one burst of debt, TCP is dropped too.
-    assert_eq!(h.run_proto("harness_egress", 100, NOT_ECT, TCP).0, DROP_CN);
-    // UDP never borrows; ingress never borrows.
+    assert_eq!(h.run_proto("harness_egress", 200, NOT_ECT, TCP).0, DROP_CN);
+    // UDP is charged the whole packet and never borrows; ingress never borrows.
     assert_eq!(h.run_proto("harness_egress", 100, NOT_ECT, UDP).0, DROP_CN);
     let e = h.get().pod.egress;
-    assert_eq!((e.passed_packets, e.dropped_packets), (2, 2));
+    assert_eq!((e.passed_packets, e.dropped_packets, e.dropped_bytes), (2, 2, 248));
     h.set(input(bucket(1_000_000, 3_000, 1_000, SEC), Bucket::default(), SEC));
     assert_eq!(h.run_proto("harness_ingress", 1500, NOT_ECT, TCP).0, DROP);
 }
