@@ -149,3 +149,115 @@ pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel returned a fresh descriptor.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
 }
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// BPF_CGROUP_INET_EGRESS
+pub const ATTACH_CGROUP_INET_EGRESS: u32 = 1;
+
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// Names of the programs attached directly to a cgroup for `attach_type`.
+/// One query plus two calls per attached program: cheap on a pod cgroup,
+/// unlike walking every attachment's pins.
+pub fn attached_prog_names(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    sys_bpf(BPF_PROG_QUERY, &mut attr)?;
+    let mut names = Vec::new();
+    for id in &ids[..(attr.prog_cnt as usize).min(ids.len())] {
+        let mut by_id = GetFdByIdAttr { id: *id, ..Default::default() };
+        // SAFETY: as in sys_bpf; a non-negative return is a new fd we own.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, &mut by_id as *mut GetFdByIdAttr, std::mem::size_of::<GetFdByIdAttr>())
+        };
+        if fd < 0 {
+            continue; // detached meanwhile
+        }
+        // SAFETY: fresh descriptor from the kernel.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        // struct bpf_prog_info: the name is 16 bytes at offset 64.
+        let mut info = [0u8; 80];
+        let mut info_attr = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
+        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut info_attr)?;
+        let name = &info[64..80];
+        let len = name.iter().position(|b| *b == 0).unwrap_or(16);
+        names.push(String::from_utf8_lossy(&name[..len]).into_owned());
+    }
+    Ok(names)
+}
+
+const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_LINK_CREATE: libc::c_long = 28;
+/// BPF_CGROUP_INET_INGRESS
+pub const ATTACH_CGROUP_INET_INGRESS: u32 = 0;
+/// BPF_CGROUP_SOCK_OPS
+pub const ATTACH_CGROUP_SOCK_OPS: u32 = 3;
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// Attaches a program to a cgroup as a bpf_link. Dropping the returned fd
+/// detaches it, unless it was pinned first.
+///
+/// ADD calls this directly rather than through aya, whose first use in a
+/// process runs a dozen feature-probing program and BTF loads: a plugin
+/// process attaches once and exits, so that was most of a warm ADD.
+pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type,
+        flags: 0,
+    };
+    // SAFETY: as in sys_bpf; a non-negative return is a new fd we own.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &mut attr as *mut LinkCreateAttr, std::mem::size_of::<LinkCreateAttr>())
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
+}
+
+/// Pins a BPF object (link, map, program) at a bpffs path.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    sys_bpf(BPF_OBJ_PIN, &mut attr)
+}

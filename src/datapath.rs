@@ -24,9 +24,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::maps::MapData;
-use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, SockOps};
+use aya::programs::{CgroupSkb, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf_sys::{self, CgroupLinkInfo};
@@ -196,7 +194,13 @@ impl PinRoot {
     /// Unpins an attachment, which detaches its links. Returns whether it existed.
     pub fn remove_pod(&self, id: &AttachmentId) -> Result<bool> {
         let dir = self.pod_dir(id);
+        // Hold the links open while unpinning: the last reference then drops
+        // when these fds close, in this process, which detaches the links
+        // before we return. An unpin alone drops it from a kernel work item,
+        // a moment later.
+        let held: Vec<_> = LINK_PINS.iter().filter_map(|n| bpf_sys::obj_get(&dir.join(n)).ok()).collect();
         let existed = remove_pin_dir(&dir)?;
+        drop(held);
         // Other interfaces of the same container, or other containers of the
         // same network, may remain; remove_dir fails on a non-empty directory.
         let mut parent = dir.parent();
@@ -340,6 +344,19 @@ pub fn attach_pod(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path, limits: 
 /// network, or a sandbox whose DEL never came) would charge every packet to
 /// two buckets. Refuse it and name the owner.
 fn refuse_second_attachment(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<()> {
+    // Fast path: one query on the cgroup. Kernel program names hold 15 bytes.
+    let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
+    let shaped = || -> Result<bool> {
+        let attached = bpf_sys::attached_prog_names(cgroup.as_fd(), bpf_sys::ATTACH_CGROUP_INET_EGRESS)
+            .with_context(|| format!("cannot query the programs attached to {}", cgroup_dir.display()))?;
+        Ok(attached.iter().any(|n| !n.is_empty() && PROG_EGRESS.starts_with(n.as_str())))
+    };
+    if !shaped()? {
+        return Ok(());
+    }
+    // Slow path, to name the owner in the error. Links whose pins were just
+    // removed (a repeated ADD) detach a moment later, from a kernel work
+    // item: with no owner among the pins, wait for that before refusing.
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
     for other in root.attachments()?.into_iter().filter(|a| a != id) {
         let Ok(link) = bpf_sys::obj_get(&root.pod_dir(&other).join(LINK_PINS[0])) else { continue };
@@ -353,48 +370,47 @@ fn refuse_second_attachment(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path
             );
         }
     }
-    Ok(())
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        if !shaped()? {
+            return Ok(());
+        }
+    }
+    bail!(
+        "cgroup {} already has the bpf-ratelimit shaper attached by something outside pin root {}; detach it first",
+        cgroup_dir.display(),
+        root.path().display()
+    )
 }
 
 fn attach_and_pin(datapath: &Path, pod_dir: &Path, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
-    let attach_err = || {
-        format!(
-            "cannot attach to {}; is another bpf-ratelimit attachment already shaping this cgroup?",
-            cgroup_dir.display()
-        )
-    };
 
     // Links live only in this process until pinned: an early return drops
     // them, and dropping an unpinned link detaches it.
-    let mut links: Vec<FdLink> = Vec::with_capacity(3);
-    for (name, attach_type) in [(PROG_EGRESS, CgroupSkbAttachType::Egress), (PROG_INGRESS, CgroupSkbAttachType::Ingress)] {
-        let mut prog = CgroupSkb::from_pin(datapath.join(name), attach_type)
-            .with_context(|| format!("cannot open pinned program {name}"))?;
-        let id = prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).with_context(attach_err)?;
-        links.push(FdLink::try_from(prog.take_link(id)?)?);
+    let mut links = Vec::with_capacity(3);
+    for (name, attach_type) in [
+        (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS),
+        (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS),
+        (PROG_SOCKOPS, bpf_sys::ATTACH_CGROUP_SOCK_OPS),
+    ] {
+        let prog = bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open pinned program {name}"))?;
+        let link = bpf_sys::link_create(prog.as_fd(), cgroup.as_fd(), attach_type)
+            .with_context(|| format!("cannot attach {name} to {}", cgroup_dir.display()))?;
+        links.push(link);
     }
-    let mut prog = SockOps::from_pin(datapath.join(PROG_SOCKOPS)).context("cannot open pinned sock_ops program")?;
-    let id = prog.attach(&cgroup, CgroupAttachMode::Single).with_context(attach_err)?;
-    links.push(FdLink::try_from(prog.take_link(id)?)?);
 
-    let map = MapData::from_pin(datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
-    let value_size = map.info().context("cannot read pod_state map info")?.value_size() as usize;
-    if value_size != std::mem::size_of::<PodState>() {
-        bail!(
-            "the pod_state map holds {value_size}-byte values but this build expects {}; the eBPF object and the plugin disagree",
-            std::mem::size_of::<PodState>()
-        );
-    }
-    bpf_sys::update_locked(map.fd().as_fd(), cgroup_id, &PodState::new(limits, monotonic_ns()))
+    let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
+    // update_locked checks that the map's value size is this build's PodState.
+    bpf_sys::update_locked(map.as_fd(), cgroup_id, &PodState::new(limits, monotonic_ns()))
         .context("cannot write the pod's limits into its cgroup storage")?;
 
     fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
-    for (link, name) in links.into_iter().zip(LINK_PINS) {
-        link.pin(pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
+    for (link, name) in links.iter().zip(LINK_PINS) {
+        bpf_sys::obj_pin(link.as_fd(), &pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
     }
-    map.pin(pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;
+    bpf_sys::obj_pin(map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;
     Ok(())
 }
 
