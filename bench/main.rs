@@ -369,11 +369,19 @@ fn measure(
     row.rtt_added_mean_ms = row.rtt_loaded_mean_ms - row.rtt_idle_ms;
     row.tcp1_ratio = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(f64::NAN) / r;
     row.retransmits_1flow = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
-    let mut t = 0.0;
+    // Omitted intervals (the first second) restart the clock in iperf3's
+    // output; place every interval by its own start so the series is continuous.
+    let mut offset = 0.0;
+    let mut omitted_end = 0.0;
     for i in v["intervals"].as_array().into_iter().flatten() {
         let s = &i["sum"];
-        t += s["seconds"].as_f64().unwrap_or(0.0);
-        row.series.push((t, s["bits_per_second"].as_f64().unwrap_or(0.0)));
+        let (start, end) = (s["start"].as_f64().unwrap_or(0.0), s["end"].as_f64().unwrap_or(0.0));
+        if s["omitted"].as_bool() == Some(true) {
+            omitted_end = end;
+        } else if offset == 0.0 && start < omitted_end {
+            offset = omitted_end;
+        }
+        row.series.push((offset + end, s["bits_per_second"].as_f64().unwrap_or(0.0)));
     }
 
     drain();
