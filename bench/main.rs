@@ -405,6 +405,16 @@ fn drain() {
     std::thread::sleep(Duration::from_secs(2));
 }
 
+/// The burst our plugin actually configured, read back from the pod's state
+/// with `bpf-ratelimit stats` (not recomputed here, so it cannot drift).
+fn configured_burst_bytes(ingress: bool) -> Result<f64> {
+    let plugin = std::env::current_exe()?.parent().unwrap().parent().unwrap().join("bpf-ratelimit");
+    let out = Command::new(plugin).args(["stats", &format!("/sys/fs/bpf/brl-bench-{}", std::process::id())]).output()?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpf-ratelimit stats printed no JSON")?;
+    let dir = if ingress { "ingress" } else { "egress" };
+    v["pods"][0]["state"][dir]["burst"].as_f64().context("no shaped pod in bpf-ratelimit stats")
+}
+
 fn timing(cni: &Cni, plugin: Plugin, n: usize, progress: &mut Progress) -> Result<Timing> {
     let mut adds = Vec::new();
     let mut dels = Vec::new();
@@ -550,10 +560,7 @@ fn run() -> Result<()> {
                 let mut out = Vec::new();
                 for reverse in [false, true] {
                     let burst = match plugin {
-                        Plugin::Ours => bpf_ratelimit::limits::default_burst(
-                            if reverse { bpf_ratelimit::limits::Direction::Ingress } else { bpf_ratelimit::limits::Direction::Egress },
-                            *rate,
-                        ) as f64 / 8.0,
+                        Plugin::Ours => configured_burst_bytes(reverse)?,
                         Plugin::Reference => CONTAINERD_NO_BURST as f64 / 8.0,
                     };
                     out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst, idle_rtt_ms)?);
