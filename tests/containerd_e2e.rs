@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::bpftool_cgroup_show;
+use common::{bpftool_cgroup_show, cgroup_links, CgroupLink as Link};
 use containerd::{Node, Pod};
 use serde_json::Value;
 
@@ -27,28 +27,6 @@ const INGRESS: &str = "kubernetes.io/ingress-bandwidth";
 const SLEEP: &[&str] = &["/bin/sleep", "infinity"];
 const EGRESS_RATE: f64 = 20e6;
 const INGRESS_RATE: f64 = 50e6;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Link {
-    id: u64,
-    prog_id: u64,
-    cgroup_id: u64,
-}
-
-fn cgroup_links() -> Vec<Link> {
-    let out = Command::new("bpftool").args(["-j", "link", "list"]).output().expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
-    v.as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["type"] == "cgroup")
-        .map(|l| Link {
-            id: l["id"].as_u64().unwrap_or(0),
-            prog_id: l["prog_id"].as_u64().unwrap_or(0),
-            cgroup_id: l["cgroup_id"].as_u64().unwrap_or(0),
-        })
-        .collect()
-}
 
 fn cgroup_id(dir: &Path) -> u64 {
     std::fs::metadata(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).ino()

@@ -136,15 +136,27 @@ pub fn bpftool_cgroup_show(cgroup: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Cgroup links in the system, as `bpftool link list` shows them.
-pub fn cgroup_links() -> Vec<String> {
+/// One cgroup bpf_link, as `bpftool link list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLink {
+    pub id: u64,
+    pub prog_id: u64,
+    pub cgroup_id: u64,
+}
+
+/// Every cgroup link in the system.
+pub fn cgroup_links() -> Vec<CgroupLink> {
     let out = Command::new("bpftool").args(["-j", "link", "list"]).output().expect("bpftool");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
     v.as_array()
         .unwrap()
         .iter()
         .filter(|l| l["type"] == "cgroup")
-        .map(|l| format!("{} prog {} cgroup {}", l["id"], l["prog_id"], l["cgroup_id"]))
+        .map(|l| CgroupLink {
+            id: l["id"].as_u64().unwrap_or(0),
+            prog_id: l["prog_id"].as_u64().unwrap_or(0),
+            cgroup_id: l["cgroup_id"].as_u64().unwrap_or(0),
+        })
         .collect()
 }
 
