@@ -115,24 +115,36 @@ fn wait_for_server(node: &Node, client: &Pod, server_ip: &str) {
     }
 }
 
-/// One direction, ±10% of the configured rate; a measurement outside that
-/// is repeated once, since other traffic on this 2-core machine can starve iperf3.
+/// The shaping-quality band (bench/README.md). Measured over 10 s after an
+/// omitted first second: the ingress policer's bucket moves a 5 s ratio by up
+/// to 5% (docs/shaping.md), 10 s by 2.5%.
+const BAND: (f64, f64) = (0.97, 1.02);
+const MEASURE_SECONDS: u32 = 10;
+
+/// One direction, inside BAND; a measurement outside it is repeated once,
+/// since other traffic on this 2-core machine can starve iperf3.
 fn measure(node: &Node, client: &Pod, server_ip: &str, reverse: bool, rate: f64, what: &str) -> f64 {
     let mut measured = 0.0;
     for attempt in 1..=2 {
-        measured = iperf3(node, client, server_ip, reverse, 5).unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", node.logs()));
+        measured = iperf3(node, client, server_ip, reverse, MEASURE_SECONDS + 1)
+            .unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", node.logs()));
         let ratio = measured / rate;
         println!(
             "{what}: configured {:.0} Mbit/s, measured {:.2} Mbit/s, ratio {ratio:.3} (attempt {attempt})",
             rate / 1e6,
             measured / 1e6
         );
-        if (0.9..=1.1).contains(&ratio) {
+        if (BAND.0..=BAND.1).contains(&ratio) {
             break;
         }
     }
     let ratio = measured / rate;
-    assert!((0.9..=1.1).contains(&ratio), "{what}: measured {measured:.0} bit/s is {ratio:.3} of {rate:.0}, outside ±10%");
+    assert!(
+        (BAND.0..=BAND.1).contains(&ratio),
+        "{what}: measured {measured:.0} bit/s is {ratio:.3} of {rate:.0}, outside {}..{}",
+        BAND.0,
+        BAND.1
+    );
     measured
 }
 
