@@ -7,6 +7,10 @@ const OBJECTS: &[&str] = &["shaper", "harness"];
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let clang = env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    // Debian keeps asm/ headers under the multiarch directory, e.g.
+    // /usr/include/x86_64-linux-gnu or /usr/include/aarch64-linux-gnu.
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into());
+    let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
     println!("cargo:rerun-if-changed=ebpf");
     println!("cargo:rerun-if-env-changed=CLANG");
     for name in OBJECTS {
@@ -15,8 +19,7 @@ fn main() {
         let status = Command::new(&clang)
             // -mcpu=v3: BPF atomics with fetch (compare-and-swap), kernel >= 5.12.
             .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
-            // Debian keeps asm/ headers under the multiarch directory.
-            .args(["-I/usr/include/x86_64-linux-gnu", "-Iebpf", "-c", &src, "-o"])
+            .args([multiarch.as_str(), "-Iebpf", "-c", &src, "-o"])
             .arg(&obj)
             .status()
             .unwrap_or_else(|e| {

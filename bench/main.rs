@@ -355,7 +355,6 @@ fn measure(
     row.first_second_ratio = row.first_second_bytes / (r / 8.0 + burst_bytes);
     row.first_second_over_rate = row.first_second_bytes / (r / 8.0);
     row.rtt_idle_ms = idle_rtt_ms;
-    drain();
 
     drain();
     progress.step(&format!("{tag}: TCP, 1 flow, with a ping probe"));
@@ -419,16 +418,31 @@ fn timing(cni: &Cni, plugin: Plugin, n: usize, progress: &mut Progress) -> Resul
     let mut adds = Vec::new();
     let mut dels = Vec::new();
     let mut pods = Vec::new();
-    for i in 0..n {
-        let mut pod = CniPod::new(&format!("brlt-{}-{}-{i}", plugin_tag(plugin), std::process::id()), chain(cni, plugin), runtime_config(Some(10_000_000)))?;
-        adds.push(cni.add(&mut pod)?.as_secs_f64() * 1e3);
-        pods.push(pod);
-        if i % 10 == 9 {
-            progress.step(&format!("{}: ADD {} pods", plugin.label(), i + 1));
+    let added = (|| -> Result<()> {
+        for i in 0..n {
+            let mut pod = CniPod::new(&format!("brlt-{}-{}-{i}", plugin_tag(plugin), std::process::id()), chain(cni, plugin), runtime_config(Some(10_000_000)))?;
+            let t = cni.add(&mut pod);
+            // Kept even when ADD failed, so that it is DELed below.
+            pods.push(pod);
+            adds.push(t?.as_secs_f64() * 1e3);
+            if i % 10 == 9 {
+                progress.step(&format!("{}: ADD {} pods", plugin.label(), i + 1));
+            }
+        }
+        Ok(())
+    })();
+    // DEL every pod, also after a failure: the reference plugin leaves ifb
+    // devices on the host otherwise.
+    let mut del_error = None;
+    for pod in pods.drain(..).rev() {
+        match cni.del(&pod) {
+            Ok(t) => dels.push(t.as_secs_f64() * 1e3),
+            Err(e) => del_error = Some(e),
         }
     }
-    for pod in pods.drain(..).rev() {
-        dels.push(cni.del(&pod)?.as_secs_f64() * 1e3);
+    added?;
+    if let Some(e) = del_error {
+        return Err(e);
     }
     progress.step(&format!("{}: DEL {n} pods", plugin.label()));
     Ok(Timing {

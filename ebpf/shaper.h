@@ -13,7 +13,12 @@
 #include <linux/bpf.h>
 #include <linux/types.h>
 #include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
 #include <stdbool.h>
+
+#ifndef ETH_P_IPV6
+#define ETH_P_IPV6 0x86DD
+#endif
 
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -21,17 +26,13 @@
  * (1000 s at the 100 Gbit/s maximum rate is 1.25e13 bytes). */
 #define MAX_REFILL_NS (1000ULL * NSEC_PER_SEC)
 
-/* Return codes of cgroup_skb programs. On egress, 2 and 3 also raise
- * congestion notification: TCP enters CWR and keeps a refused skb queued
- * instead of losing it, and UDP's sendmsg() sees a silent qdisc-like drop
- * rather than EPERM. */
+/* Return codes of cgroup_skb programs. On egress, 2 drops with congestion
+ * notification: TCP enters CWR and keeps the refused skb queued instead of
+ * losing it, and UDP's sendmsg() sees a silent qdisc-like drop rather than
+ * EPERM (or ENOBUFS, with IP_RECVERR, as for a full qdisc). */
 #define SKB_DROP    0
 #define SKB_PASS    1
 #define SKB_DROP_CN 2
-#define SKB_PASS_CN 3
-#ifndef BORROW_VERDICT
-#define BORROW_VERDICT SKB_PASS
-#endif
 
 /* Below 1/MARK_DIVISOR of the burst, conforming ECN-capable packets are
  * marked CE, so ECN senders back off before the bucket empties. */
@@ -144,7 +145,6 @@ static __always_inline void mark_congestion(struct __sk_buff *skb, struct bucket
 /* IPv4 + TCP with timestamps: 52 bytes; IPv6: 72. */
 #define TCP4_HEADERS 52
 #define TCP6_HEADERS 72
-#define ETH_P_IPV6_BE 0xdd86 /* htons(ETH_P_IPV6) on little-endian */
 
 /*
  * What an egress skb costs. TCP paces itself by payload bytes, so a TCP skb
@@ -154,7 +154,7 @@ static __always_inline void mark_congestion(struct __sk_buff *skb, struct bucket
  */
 static __always_inline __u64 egress_charge(struct __sk_buff *skb, bool tcp)
 {
-	__u64 headers = skb->protocol == ETH_P_IPV6_BE ? TCP6_HEADERS : TCP4_HEADERS;
+	__u64 headers = skb->protocol == bpf_htons(ETH_P_IPV6) ? TCP6_HEADERS : TCP4_HEADERS;
 
 	if (tcp && skb->len > headers)
 		return skb->len - headers;
@@ -166,11 +166,12 @@ static __always_inline __u64 egress_charge(struct __sk_buff *skb, bool tcp)
  * this bucket is the backstop for UDP and for the pod's aggregate. Refused
  * skbs are dropped with congestion notification.
  *
- * A TCP skb over the rate is passed on credit with congestion notification
- * (TCP enters CWR and slows down) rather than dropped: a TCP sender whose
- * skb is refused while nothing is in flight waits for its zero-window probe
- * timer (200 ms or more) before trying again, which cost 20-30% of the rate
- * with 8 flows. Beyond one burst of debt, TCP is dropped too.
+ * A TCP skb over the rate is passed on credit (plain pass, no congestion
+ * notification: pacing, not CWR, is what keeps TCP at its share) rather
+ * than dropped: a TCP sender whose skb is refused while nothing is in
+ * flight waits for its probe timer (200 ms or more) before trying again,
+ * which cost 12-20% of the rate with 8 flows. Beyond one burst of debt, TCP
+ * is dropped too.
  */
 static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff *skb, __u64 now,
 					bool tcp)
@@ -188,7 +189,7 @@ static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff 
 	if (res == TAKE_EXCEED)
 		return SKB_DROP_CN;
 	if (res == TAKE_BORROW)
-		return BORROW_VERDICT;
+		return SKB_PASS;
 	if (res == TAKE_CONFORM_LOW)
 		mark_congestion(skb, &pod->egress);
 	return SKB_PASS;

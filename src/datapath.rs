@@ -15,9 +15,11 @@
 //!     state                         the pod_state map these links' programs use
 //! ```
 //!
-//! Removing a pod's link pins detaches it, and the kernel frees the pod's
-//! cgroup storage with the last attachment. When the last pod goes, the
-//! datapath is unpinned too, so an idle node holds nothing.
+//! Removing a pod's link pins detaches it. The pod's cgroup storage value
+//! outlives the detach (measured: it stays in the map until the cgroup is
+//! removed, which the kubelet does, or the map is freed); a later ADD on the
+//! same cgroup overwrites it. When the last pod goes, the datapath is
+//! unpinned too, so an idle node holds nothing.
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
@@ -48,6 +50,7 @@ pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
 pub const STATE_PIN: &str = "state";
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+const MOUNT_LOCK: &str = "/run/bpf-ratelimit.mount.lock";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Identifies this build's datapath, so an upgraded plugin loads its own copy
@@ -65,18 +68,57 @@ pub fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
 }
 
-/// Makes sure `pin_root` can live on a bpf filesystem, mounting one at
-/// /sys/fs/bpf when the pin root is under it and nothing is mounted there.
-pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
-    let mut existing = pin_root;
+/// Whether the nearest existing ancestor of `path` is on a bpf filesystem.
+fn on_bpffs(path: &Path) -> bool {
+    let mut existing = path;
     while !existing.exists() {
         existing = existing.parent().unwrap_or(Path::new("/"));
     }
-    if is_bpffs(existing) {
+    is_bpffs(existing)
+}
+
+/// For STATUS, without side effects: `pin_root` is on bpffs, or ADD can
+/// mount one at /sys/fs/bpf because the kernel has the filesystem.
+pub fn bpffs_usable(pin_root: &Path) -> Result<()> {
+    if on_bpffs(pin_root) {
+        return Ok(());
+    }
+    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    let kernel_has_bpffs = filesystems.lines().any(|l| l.split_whitespace().last() == Some("bpf"));
+    if pin_root.starts_with(DEFAULT_BPFFS) && pin_root != Path::new(DEFAULT_BPFFS) && kernel_has_bpffs {
+        return Ok(());
+    }
+    bail!(
+        "pinRoot {} is not on a bpf filesystem{}",
+        pin_root.display(),
+        if kernel_has_bpffs { "; mount one there (mount -t bpf bpf DIR) or use a pinRoot under /sys/fs/bpf" } else { " and the kernel has none" }
+    )
+}
+
+/// Whether this build's datapath is loaded and pinned under `pin_root`.
+pub fn datapath_pinned(pin_root: &Path) -> bool {
+    let dir = pin_root.join("datapath").join(datapath_version());
+    DATAPATH_PINS.iter().all(|p| dir.join(p).exists())
+}
+
+/// Makes sure `pin_root` can live on a bpf filesystem, mounting one at
+/// /sys/fs/bpf when the pin root is under it and nothing is mounted there.
+pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
+    if on_bpffs(pin_root) {
         return Ok(());
     }
     let default = Path::new(DEFAULT_BPFFS);
     if pin_root.starts_with(default) && pin_root != default {
+        // Two first ADDs on a node must not both mount: the second mount
+        // would hide the first one's pins. The pin root cannot be the lock
+        // yet, so a lock file in /run is.
+        let _lock = File::create(MOUNT_LOCK).ok().filter(|f| {
+            // SAFETY: flock on a descriptor we own.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) == 0 }
+        });
+        if on_bpffs(pin_root) {
+            return Ok(());
+        }
         fs::create_dir_all(default).with_context(|| format!("cannot create {DEFAULT_BPFFS}"))?;
         use nix::mount::{mount, MsFlags};
         mount(

@@ -62,6 +62,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         bail!("DEL failed: {}{}", del.stdout, del.stderr);
     }
     let measured = measured?;
+    verify_gone(&bed)?;
     println!("{:<24} {:>12} {:>12} {:>7} {:>8}", "direction", "configured", "measured", "ratio", "retrans");
     for (name, r) in measured {
         println!(
@@ -74,6 +75,23 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
         );
     }
     println!("DEL took {:.1} ms; the pod's links and pins are gone.", del.elapsed.as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// Checks what the closing line claims: no pins and no program left.
+fn verify_gone(bed: &Testbed) -> Result<()> {
+    use std::os::fd::AsFd;
+    let cgroup = std::fs::File::open(&bed.cgroup)?;
+    for attach_type in [crate::bpf_sys::ATTACH_CGROUP_INET_EGRESS, crate::bpf_sys::ATTACH_CGROUP_INET_INGRESS] {
+        let left = crate::bpf_sys::attached_prog_names(cgroup.as_fd(), attach_type)?;
+        if !left.is_empty() {
+            bail!("after DEL the pod cgroup still has programs attached: {left:?}");
+        }
+    }
+    let pins = std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT).join("pods/demo").join(&bed.name);
+    if pins.exists() {
+        bail!("after DEL {} still exists", pins.display());
+    }
     Ok(())
 }
 
