@@ -42,6 +42,18 @@ fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<()> {
     }
 }
 
+/// A bpf(2) command that returns a new file descriptor on success.
+fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: as in sys_bpf; a non-negative return is a new fd we own.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a fresh descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
+}
+
 /// Marker for plain-old-data map values: any bit pattern is valid.
 ///
 /// # Safety
@@ -134,20 +146,15 @@ struct ObjGetAttr {
 
 /// Opens a pinned BPF object (program, map or link).
 pub fn obj_get(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let c = path_cstring(path)?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
-    // SAFETY: as in sys_bpf; on success the return value is a new fd we own.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut attr as *mut ObjGetAttr, std::mem::size_of::<ObjGetAttr>())
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a fresh descriptor.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
+    sys_bpf_fd(BPF_OBJ_GET, &mut attr)
+}
+
+fn path_cstring(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
 }
 
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
@@ -179,7 +186,6 @@ struct GetFdByIdAttr {
 /// One query plus two calls per attached program: cheap on a pod cgroup,
 /// unlike walking every attachment's pins.
 pub fn attached_prog_names(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let mut ids = [0u32; 64];
     let mut attr = QueryAttr {
         target_fd: cgroup.as_raw_fd() as u32,
@@ -192,15 +198,9 @@ pub fn attached_prog_names(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Resu
     let mut names = Vec::new();
     for id in &ids[..(attr.prog_cnt as usize).min(ids.len())] {
         let mut by_id = GetFdByIdAttr { id: *id, ..Default::default() };
-        // SAFETY: as in sys_bpf; a non-negative return is a new fd we own.
-        let fd = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_PROG_GET_FD_BY_ID, &mut by_id as *mut GetFdByIdAttr, std::mem::size_of::<GetFdByIdAttr>())
-        };
-        if fd < 0 {
+        let Ok(fd) = sys_bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut by_id) else {
             continue; // detached meanwhile
-        }
-        // SAFETY: fresh descriptor from the kernel.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        };
         // struct bpf_prog_info: the name is 16 bytes at offset 64.
         let mut info = [0u8; 80];
         let mut info_attr = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
@@ -235,29 +235,18 @@ struct LinkCreateAttr {
 /// process runs a dozen feature-probing program and BTF loads: a plugin
 /// process attaches once and exits, so that was most of a warm ADD.
 pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: cgroup.as_raw_fd() as u32,
         attach_type,
         flags: 0,
     };
-    // SAFETY: as in sys_bpf; a non-negative return is a new fd we own.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_LINK_CREATE, &mut attr as *mut LinkCreateAttr, std::mem::size_of::<LinkCreateAttr>())
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor from the kernel.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(ret as i32) })
+    sys_bpf_fd(BPF_LINK_CREATE, &mut attr)
 }
 
 /// Pins a BPF object (link, map, program) at a bpffs path.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let c = path_cstring(path)?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
     sys_bpf(BPF_OBJ_PIN, &mut attr)
 }

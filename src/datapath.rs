@@ -276,7 +276,7 @@ impl PinRoot {
     /// it is not there. Loading runs the verifier; later ADDs only attach.
     pub fn datapath(&self) -> Result<PathBuf> {
         let dir = self.datapath_root().join(datapath_version());
-        if DATAPATH_PINS.iter().all(|p| dir.join(p).exists()) {
+        if datapath_pinned(&self.path) {
             return Ok(dir);
         }
         // A crash during an earlier load can leave a partial directory.

@@ -80,15 +80,9 @@ impl NetConf {
             ));
         }
         validate_network_name(&conf.name)?;
-        for (key, path) in [("pinRoot", Some(&conf.pin_root)), ("cgroupRoot", conf.cgroup_root.as_ref())] {
-            if let Some(p) = path {
-                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-                    return Err(CniError::config(format!(
-                        "{key} must be an absolute path without '..', got {:?}",
-                        p
-                    )));
-                }
-            }
+        validate_root_path("pinRoot", &conf.pin_root)?;
+        if let Some(root) = &conf.cgroup_root {
+            validate_root_path("cgroupRoot", root)?;
         }
         if let Some(rc) = obj.get("runtimeConfig").filter(|v| !v.is_null()) {
             let Value::Object(rc) = rc else {
@@ -120,6 +114,13 @@ impl NetConf {
     }
 }
 
+fn validate_root_path(key: &str, p: &std::path::Path) -> Result<(), CniError> {
+    if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+        return Err(CniError::config(format!("{key} must be an absolute path without '..', got {p:?}")));
+    }
+    Ok(())
+}
+
 /// The network name becomes a pin directory name: the spec's alphabet only.
 fn validate_network_name(name: &str) -> Result<(), CniError> {
     let ok = !name.is_empty()
@@ -148,9 +149,7 @@ impl NetConf {
         let name = text("name").unwrap_or_default();
         validate_network_name(&name)?;
         let pin_root = text("pinRoot").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT));
-        if !pin_root.is_absolute() || pin_root.components().any(|c| c == std::path::Component::ParentDir) {
-            return Err(CniError::config(format!("pinRoot must be an absolute path without '..', got {pin_root:?}")));
-        }
+        validate_root_path("pinRoot", &pin_root)?;
         Ok(NetConf {
             cni_version: text("cniVersion").filter(|v| cni::is_supported_version(v)).unwrap_or_else(|| "1.1.0".into()),
             name,

@@ -273,7 +273,7 @@ fn finds_the_pod_cgroup_by_uid_for_both_drivers() {
         let mut conf = pod.config(limits("10M"));
         conf["cgroupRoot"] = json!(pod.bed.cgroup);
         conf["runtimeConfig"].as_object_mut().unwrap().remove("cgroupPath");
-        let out = common::Pod::invoke_with_args(&pod, &conf, &format!("K8S_POD_UID={uid}"));
+        let out = pod.invoke_full("ADD", &pod.bed.name, &format!("K8S_POD_UID={uid}"), &conf);
         assert_eq!(out.code, 0, "{rel}: {}{}", out.stdout, out.stderr);
         assert!(common::bpftool_cgroup_show(&dir).contains("shape_egress"), "{rel}");
         pod.del();

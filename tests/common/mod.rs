@@ -59,24 +59,14 @@ impl Pod {
     }
 
     pub fn invoke_as(&self, command: &str, container_id: &str, config: &Value) -> PluginOutput {
+        self.invoke_full(command, container_id, "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test", config)
+    }
+
+    pub fn invoke_full(&self, command: &str, container_id: &str, cni_args: &str, config: &Value) -> PluginOutput {
         Invocation {
             plugin: &plugin(),
             command,
             container_id,
-            ifname: "eth0",
-            netns: &self.bed.pod_netns_path(),
-            cni_args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
-            config,
-        }
-        .run()
-        .expect("plugin runs")
-    }
-
-    pub fn invoke_with_args(&self, config: &Value, cni_args: &str) -> PluginOutput {
-        Invocation {
-            plugin: &plugin(),
-            command: "ADD",
-            container_id: &self.bed.name,
             ifname: "eth0",
             netns: &self.bed.pod_netns_path(),
             cni_args,
