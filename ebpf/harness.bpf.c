@@ -13,6 +13,16 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 struct harness_input {
 	struct pod_state pod;
 	__u64 now;
+	/* harness_pacing: the pacing policy's inputs, */
+	__u64 current_rate;
+	__u64 pending;
+	__u64 last_window;
+	__u64 last_bytes;
+	__u64 window;
+	__u32 bulk;
+	/* and its outputs. */
+	__u32 out_is_bulk;
+	__u64 out_rate;
 };
 
 struct {
@@ -34,9 +44,12 @@ int harness_egress(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
 
+	__u8 proto = 0;
+
 	if (!in)
 		return SKB_DROP;
-	__u8 proto = 0;
+	if (!crosses_pod_interface(&in->pod, skb))
+		return SKB_PASS;
 
 	/* The IPv4 protocol byte stands in for the socket's protocol. */
 	bpf_skb_load_bytes(skb, 9, &proto, 1);
@@ -51,4 +64,18 @@ int harness_ingress(struct __sk_buff *skb)
 	if (!in)
 		return SKB_DROP;
 	return shape_ingress(&in->pod, skb, in->now);
+}
+
+/* The egress pacing policy (pace_tcp's decisions) is plain arithmetic on the
+ * pod state; sock_ops programs cannot be test-run, so this evaluates it. */
+SEC("cgroup_skb/egress")
+int harness_pacing(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+
+	if (!in)
+		return SKB_DROP;
+	in->out_is_bulk = is_bulk_sender(&in->pod, in->last_window, in->last_bytes, in->window);
+	in->out_rate = pacing_rate(&in->pod, in->now, in->current_rate, in->bulk, in->pending);
+	return SKB_PASS;
 }

@@ -1,12 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * The datapath of bpf-ratelimit: three programs attached to a pod's cgroup.
+ * The datapath of bpf-ratelimit: programs attached to a pod's cgroup, plus
+ * one on the pod's interface.
  *
- *   shape_egress   cgroup_skb/egress   token bucket backstop for the pod's sends
- *   shape_ingress  cgroup_skb/ingress  ECN-marking policer for what the pod receives
- *   pace_tcp       sockops             paces each sending TCP socket at its share
- *                                      of the egress rate, so TCP never hits the
- *                                      backstop
+ *   shape_egress        cgroup_skb/egress   token bucket for the pod's sends;
+ *                                           classifies TCP senders
+ *   shape_ingress       cgroup_skb/ingress  ECN-marking policer for what the
+ *                                           pod receives
+ *   pace_tcp            sockops             paces each sending TCP socket at
+ *                                           its share once the burst is spent
+ *   refuse_qdisc_bypass cgroup/setsockopt   PACKET_QDISC_BYPASS would skip the
+ *                                           interface's egress hook below
+ *   refuse_raw_frames   tcx egress on the   drops frames from AF_PACKET sockets,
+ *                       pod's interface     which skip the IP output path and so
+ *                                           every cgroup hook
+ *
+ * Only skbs on the pod's interface are shaped or charged; loopback and
+ * pod-internal traffic pass untouched (crosses_pod_interface).
  *
  * pace_tcp does not answer BPF_SOCK_OPS_NEEDS_ECN: doing so makes the kernel
  * send the SYN itself ECN-capable, and Linux peers then refuse ECN (measured
@@ -21,18 +31,22 @@
 #ifndef IPPROTO_TCP
 #define IPPROTO_TCP 6
 #endif
-
+#ifndef AF_PACKET
+#define AF_PACKET 17
+#endif
 #ifndef SOL_SOCKET
 #define SOL_SOCKET 1
 #endif
 #ifndef SO_MAX_PACING_RATE
 #define SO_MAX_PACING_RATE 47
 #endif
+#define SOL_PACKET 263
+#define PACKET_QDISC_BYPASS 20
+#define PAGE_SIZE 4096
 
-/* Senders are counted per window of 2^27 ns (about 134 ms), and the larger
- * of this window's and the last window's count is used: long enough that a
- * flow paced at a small share sends at least once per window. */
-#define SENDER_WINDOW_SHIFT 27
+/* TCX verdicts (linux/bpf.h >= 6.6; Debian's headers predate them). */
+#define TCX_NEXT -1
+#define TCX_DROP 2
 
 /* An IPv4 or IPv6 TCP skb longer than this carries data; pure ACKs, even
  * with timestamps and SACK blocks, are shorter. */
@@ -46,10 +60,14 @@ struct {
 	__type(value, struct pod_state);
 } pod_state SEC(".maps");
 
-/* What the sock_ops program remembers about one TCP socket. */
+/* What the datapath remembers about one TCP socket that sends on the pod's
+ * interface. Sockets without one (loopback, pod-internal) are never paced. */
 struct flow_state {
-	__u64 window; /* the last sender window this socket was counted in */
-	__u64 rate;   /* the pacing rate last set on it, bytes per second */
+	__u64 window; /* the last sender window this socket sent data in */
+	__u64 bytes;  /* payload it sent in that window */
+	__u64 rate;   /* the pacing rate last set: bytes/s, UNPACED, 0 if never set */
+	__u32 bulk;   /* a bulk sender in `window` */
+	__u32 pad;
 };
 
 struct {
@@ -60,48 +78,50 @@ struct {
 } flow_state SEC(".maps");
 
 /*
- * Counts the socket as a sender in the current window the first time it
- * sends data in it. Done here, on the send path, because ACK callbacks
- * (sock_ops RTT_CB) thin out exactly when flows are held back, which made
- * 8 flows count as 2 to 4 and each take too large a share.
- *
- * Lock-free: the pod lock is for the buckets. The window roll-over is a
- * compare-and-swap and counts are atomic adds; a lost race miscounts one
- * window, and the egress bucket is the backstop.
+ * Accounts a TCP skb leaving on the pod's interface to its socket: creates
+ * the socket's flow state (which makes it eligible for pacing), classifies it
+ * as a bulk or light sender at its first data skb of a window, and adds its
+ * payload to what it sent in the window. Done here, on the send path, because ACK
+ * callbacks thin out exactly when flows are held back.
  */
-static __always_inline void count_sender(struct __sk_buff *skb, struct bpf_sock *sk,
-					 struct pod_state *pod)
+static __always_inline void account_tcp_send(struct __sk_buff *skb, struct bpf_sock *sk,
+					     struct pod_state *pod, __u64 now)
 {
 	struct flow_state *flow;
-	__u64 window, seen;
+	__u64 window;
 
-	if (!pod || pod->egress.rate == 0 || skb->len <= MIN_DATA_SKB_LEN)
+	if (pod->egress.rate == 0)
 		return;
 	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!flow)
+	if (!flow || skb->len <= MIN_DATA_SKB_LEN)
 		return;
-	window = bpf_ktime_get_ns() >> SENDER_WINDOW_SHIFT;
-	if (flow->window == window)
-		return;
-	flow->window = window;
-	seen = pod->window;
-	if (seen != window && __sync_val_compare_and_swap(&pod->window, seen, window) == seen) {
-		pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
-		pod->senders_now = 0;
+	window = now >> SENDER_WINDOW_SHIFT;
+	roll_sender_window(pod, window);
+	if (flow->window != window) {
+		flow->bulk = is_bulk_sender(pod, flow->window, flow->bytes, window);
+		flow->window = window;
+		flow->bytes = 0;
+		if (flow->bulk)
+			__sync_fetch_and_add(&pod->senders_now, 1);
 	}
-	__sync_fetch_and_add(&pod->senders_now, 1);
+	flow->bytes += egress_charge(skb, true);
 }
 
 SEC("cgroup_skb/egress")
 int shape_egress_prog(struct __sk_buff *skb)
 {
 	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
-	struct bpf_sock *sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
-	bool tcp = sk && sk->protocol == IPPROTO_TCP;
+	struct bpf_sock *sk;
+	__u64 now = bpf_ktime_get_ns();
+	bool tcp;
 
+	if (!crosses_pod_interface(pod, skb))
+		return SKB_PASS;
+	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
+	tcp = sk && sk->protocol == IPPROTO_TCP;
 	if (tcp)
-		count_sender(skb, sk, pod);
-	return shape_egress(pod, skb, bpf_ktime_get_ns(), tcp);
+		account_tcp_send(skb, sk, pod, now);
+	return shape_egress(pod, skb, now, tcp);
 }
 
 SEC("cgroup_skb/ingress")
@@ -110,62 +130,94 @@ int shape_ingress_prog(struct __sk_buff *skb)
 	return shape_ingress(bpf_get_local_storage(&pod_state, 0), skb, bpf_ktime_get_ns());
 }
 
-/*
- * Sets the socket's pacing rate to the pod's egress rate divided among the
- * sockets that sent data recently (counted by count_sender). Runs at
- * connection set-up and on every ACK; setsockopt only when the share changed.
- * No lock: the counts are read racily, which at worst delays a change by
- * one ACK.
- */
-static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod)
+/* Applies pacing_rate() to a socket, with setsockopt only on a change. */
+static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_state *pod, __u64 pending)
 {
-	struct bpf_sock *sk = skops->sk;
 	struct flow_state *flow;
-	__u32 senders, before, rate32;
-	__u64 rate;
+	__u64 current, rate;
+	__u32 rate32;
 
-	if (!sk)
+	if (!skops->sk)
 		return;
-	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	/* No flow state: the socket never sent on the pod's interface. */
+	flow = bpf_sk_storage_get(&flow_state, skops->sk, 0, 0);
 	if (!flow)
 		return;
-	senders = pod->senders_now;
-	before = pod->senders_before;
-	if (before > senders)
-		senders = before;
-	if (senders == 0)
-		senders = 1;
-	rate = pod->egress.rate / senders;
-	if (rate == flow->rate)
+	current = flow->rate ? flow->rate : UNPACED;
+	rate = pacing_rate(pod, bpf_ktime_get_ns(), current, flow->bulk, pending);
+	if (rate == current)
 		return;
 	flow->rate = rate;
-	/* ~0U would mean "unpaced"; the largest real rate is ~34 Gbit/s. */
-	rate32 = rate >= 0xffffffffULL ? 0xfffffffeU : (__u32)rate;
+	/* ~0U means "unpaced"; the largest real rate is ~34 Gbit/s. */
+	rate32 = rate >= UNPACED ? 0xffffffffU : (__u32)rate;
+	if (rate != UNPACED && rate32 == 0xffffffffU)
+		rate32 = 0xfffffffeU;
 	bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate32, sizeof(rate32));
 }
 
+/*
+ * Re-evaluates a socket's pacing on every ACK of sent data (RTT callback) and
+ * on every outgoing data segment (header-option length callback, which
+ * reserves no option space): the segment callback stops an unpaced burst as
+ * soon as the bucket runs low, and the ACK callback lifts pacing once the
+ * bucket has refilled, so the next request after idle leaves at full speed.
+ */
 SEC("sockops")
 int pace_tcp(struct bpf_sock_ops *skops)
 {
 	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
 
-	if (!pod)
+	if (!pod || pod->egress.rate == 0)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		if (pod->egress.rate == 0)
-			break;
-		/* RTT callbacks come with every ACK of sent data: the moments
-		 * to re-split the rate among the senders. */
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-						     BPF_SOCK_OPS_RTT_CB_FLAG);
-		pace_flow(skops, pod);
+						     BPF_SOCK_OPS_RTT_CB_FLAG |
+						     BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		if (skops->skb_len == 0)
+			break; /* a pure ACK, or an MSS computation */
+		pace_flow(skops, pod, skops->skb_len);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
-		if (pod->egress.rate)
-			pace_flow(skops, pod);
+		pace_flow(skops, pod, 0);
 		break;
 	}
+	return 1;
+}
+
+/*
+ * AF_PACKET sockets hand frames straight to the device, past the IP output
+ * path and so past shape_egress; containerd grants CAP_NET_RAW by default.
+ * Attached to the pod's interface (tcx egress), this drops those frames:
+ * the sender's sendmsg() fails with ENOBUFS. (Refusing socket() itself needs
+ * the BPF LSM, which kernel lockdown forbids on many nodes.) Frames from IP
+ * sockets, already shaped, go on.
+ */
+SEC("classifier")
+int refuse_raw_frames(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	if (sk && sk->family == AF_PACKET)
+		return TCX_DROP;
+	return TCX_NEXT;
+}
+
+/*
+ * PACKET_QDISC_BYPASS makes an AF_PACKET socket transmit without the
+ * device's egress hook, and so past refuse_raw_frames: refused with EPERM.
+ */
+SEC("cgroup/setsockopt")
+int refuse_qdisc_bypass(struct bpf_sockopt *ctx)
+{
+	if (ctx->level == SOL_PACKET && ctx->optname == PACKET_QDISC_BYPASS)
+		return 0;
+	/* Options longer than a page are not copied for us; let the kernel
+	 * use the caller's buffer. */
+	if (ctx->optlen > PAGE_SIZE)
+		ctx->optlen = 0;
 	return 1;
 }

@@ -35,7 +35,8 @@
 #define SKB_DROP_CN 2
 
 /* Below 1/MARK_DIVISOR of the burst, conforming ECN-capable packets are
- * marked CE, so ECN senders back off before the bucket empties. */
+ * marked CE, so ECN senders back off before the bucket empties (ingress, and
+ * egress UDP; egress TCP is paced instead, see shape_egress). */
 #define MARK_DIVISOR 2
 
 /* A token bucket for one direction of one pod, with its counters. */
@@ -53,20 +54,50 @@ struct bucket {
 };
 
 /* Per-pod state: one cgroup storage value, shared by every program attached
- * to the pod's cgroup (kernel >= 5.9 with a u64 storage key). */
+ * to the pod's cgroup (kernel >= 5.9 with a u64 storage key).
+ *
+ * Fields are only ever appended, so a newer plugin can still read the
+ * common prefix of a pod attached by an older one. */
 struct pod_state {
 	struct bpf_spin_lock lock;
 	__u32 layout; /* POD_STATE_LAYOUT, written by user space */
-	/* Count of TCP sockets that sent data in the current and the previous
-	 * window of 2^SENDER_WINDOW_SHIFT ns; the egress rate is split among them. */
+	/* The sender window (2^SENDER_WINDOW_SHIFT ns) the counts below are for,
+	 * and the bulk TCP senders counted in it and in the window before: the
+	 * egress rate is split among them. */
 	__u64 window;
 	__u32 senders_now;
 	__u32 senders_before;
 	struct bucket ingress;
 	struct bucket egress;
+	/* Layout 2. */
+	__u32 ifindex; /* the pod's interface in its netns; 0 shapes every interface */
+	__u32 flags;   /* reserved, 0 */
 };
 
-#define POD_STATE_LAYOUT 1
+#define POD_STATE_LAYOUT 2
+
+/* src/state.rs mirrors this struct; a size mismatch fails the build here and
+ * the layout test there. */
+_Static_assert(sizeof(struct pod_state) == 192, "struct pod_state must match src/state.rs");
+
+/* The loopback device has this index in every network namespace. */
+#define LOOPBACK_IFINDEX 1
+
+/*
+ * Whether an skb crosses the pod's network interface, the only traffic that
+ * is shaped and charged: loopback and traffic to the pod's own addresses
+ * (a sidecar talking to its app) go through lo and are left alone, as tc on
+ * the host's veth would never see them. With no interface recorded, every
+ * non-loopback skb counts.
+ */
+static __always_inline bool crosses_pod_interface(const struct pod_state *pod, const struct __sk_buff *skb)
+{
+	if (!pod)
+		return false;
+	if (pod->ifindex)
+		return skb->ifindex == pod->ifindex;
+	return skb->ifindex != LOOPBACK_IFINDEX;
+}
 
 enum take_result {
 	TAKE_CONFORM,      /* within the rate */
@@ -75,16 +106,19 @@ enum take_result {
 	TAKE_EXCEED,       /* over the rate */
 };
 
-static __always_inline void bucket_refill(struct bucket *b, __u64 now)
+/* Tokens the bucket would hold at `now` after a refill, without writing:
+ * readers outside the lock (the pacing decision) need the level the next
+ * packet will see, not the one the last packet left, which is stale after
+ * an idle period. */
+static __always_inline __s64 bucket_level(const struct bucket *b, __u64 now)
 {
 	__u64 elapsed, add;
 	__s64 tokens;
 
 	/* Another CPU may have refilled with a slightly later timestamp. */
 	if (now <= b->last_ns)
-		return;
+		return b->tokens;
 	elapsed = now - b->last_ns;
-	b->last_ns = now;
 	if (elapsed > MAX_REFILL_NS)
 		elapsed = MAX_REFILL_NS;
 	/* Split into whole seconds and the rest so that rate * ns stays in u64. */
@@ -93,7 +127,14 @@ static __always_inline void bucket_refill(struct bucket *b, __u64 now)
 	tokens = b->tokens + (__s64)add;
 	if (tokens > (__s64)b->burst)
 		tokens = (__s64)b->burst;
-	b->tokens = tokens;
+	return tokens;
+}
+
+static __always_inline void bucket_refill(struct bucket *b, __u64 now)
+{
+	b->tokens = bucket_level(b, now);
+	if (now > b->last_ns)
+		b->last_ns = now;
 }
 
 /*
@@ -166,9 +207,9 @@ static __always_inline __u64 egress_charge(struct __sk_buff *skb, bool tcp)
  * this bucket is the backstop for UDP and for the pod's aggregate. Refused
  * skbs are dropped with congestion notification.
  *
- * A TCP skb over the rate is passed on credit (plain pass, no congestion
- * notification: pacing, not CWR, is what keeps TCP at its share) rather
- * than dropped: a TCP sender whose skb is refused while nothing is in
+ * A TCP skb over the rate is passed on credit (CE-marked if its flow is
+ * ECN-capable, else a plain pass: pacing, not CWR, is what keeps TCP at its
+ * share) rather than dropped: a TCP sender whose skb is refused while nothing is in
  * flight waits for its probe timer (200 ms or more) before trying again,
  * which cost 12-20% of the rate with 8 flows. Beyond one burst of debt, TCP
  * is dropped too.
@@ -186,13 +227,22 @@ static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff 
 	bpf_spin_lock(&pod->lock);
 	res = bucket_take(&pod->egress, egress_charge(skb, tcp), now, tcp);
 	bpf_spin_unlock(&pod->lock);
-	if (res == TAKE_EXCEED)
+	switch (res) {
+	case TAKE_EXCEED:
 		return SKB_DROP_CN;
-	if (res == TAKE_BORROW)
-		return SKB_PASS;
-	if (res == TAKE_CONFORM_LOW)
+	case TAKE_BORROW:
+		/* In debt: an ECN-capable TCP flow is told to slow down. */
 		mark_congestion(skb, &pod->egress);
-	return SKB_PASS;
+		return SKB_PASS;
+	case TAKE_CONFORM_LOW:
+		/* Paced TCP runs the bucket between empty and half full by
+		 * design (see pace_tcp), so only UDP is marked here. */
+		if (!tcp)
+			mark_congestion(skb, &pod->egress);
+		return SKB_PASS;
+	default:
+		return SKB_PASS;
+	}
 }
 
 /*
@@ -204,6 +254,8 @@ static __always_inline int shape_ingress(struct pod_state *pod, struct __sk_buff
 {
 	enum take_result res;
 
+	if (!crosses_pod_interface(pod, skb))
+		return SKB_PASS;
 	if (!pod || pod->ingress.rate == 0) {
 		if (pod)
 			bucket_count_unlimited(&pod->ingress, skb->len);
@@ -217,6 +269,128 @@ static __always_inline int shape_ingress(struct pod_state *pod, struct __sk_buff
 	if (res == TAKE_CONFORM_LOW)
 		mark_congestion(skb, &pod->ingress);
 	return SKB_PASS;
+}
+
+/*
+ * Egress TCP pacing policy, used by pace_tcp (sock_ops) and by the harness.
+ *
+ * Senders are counted per window of 2^SENDER_WINDOW_SHIFT ns (~134 ms): long
+ * enough that a flow paced at a small share sends at least once per window.
+ * At its first data skb in a window a socket is classified from what it sent
+ * in its previous window: a bulk sender used at least half of its share, a
+ * light one (a keep-alive pool, a health check) less. The rate is split
+ * among the bulk senders only, so twenty idle connections no longer take
+ * twenty shares from one upload. What light senders and UDP use on top is
+ * borrowed from the bucket, and the debt feedback in pacing_rate gives it
+ * back (max-min fairness without per-flow rate estimates).
+ */
+#define SENDER_WINDOW_SHIFT 27
+
+/* SO_MAX_PACING_RATE's "no limit". */
+#define UNPACED 0xffffffffULL
+
+static __always_inline __u32 bulk_senders(const struct pod_state *pod)
+{
+	__u32 senders = pod->senders_now;
+
+	if (pod->senders_before > senders)
+		senders = pod->senders_before;
+	return senders;
+}
+
+/* A bulk sender's share: the rate split among the bulk senders. A light
+ * sender is paced as if it were one more bulk sender: it uses less by
+ * definition, and should it want more it gets an even share and counts as
+ * bulk from its next window on. */
+static __always_inline __u64 fair_share(const struct pod_state *pod, bool bulk)
+{
+	__u32 senders = bulk_senders(pod);
+
+	if (!bulk || senders == 0)
+		senders++;
+	return pod->egress.rate / senders;
+}
+
+/*
+ * Whether a socket starting to send in `window` is a bulk sender, given the
+ * window it last sent in and the payload it sent there. A socket without
+ * history (last_window 0) counts as bulk for its first window; one that was
+ * silent for a whole window is light.
+ */
+static __always_inline bool is_bulk_sender(const struct pod_state *pod, __u64 last_window,
+					   __u64 last_bytes, __u64 window)
+{
+	__u64 share_bytes;
+
+	if (last_window == 0)
+		return true;
+	if (last_window + 1 != window)
+		return false;
+	share_bytes = (fair_share(pod, true) << SENDER_WINDOW_SHIFT) / NSEC_PER_SEC;
+	return last_bytes * 2 >= share_bytes;
+}
+
+/* In debt, shares shrink in proportion (down to 1/8 at one burst of debt),
+ * so the aggregate settles where the debt pays for what light senders and
+ * UDP use. Fractions are in 1/1024. */
+#define DEBT_MIN_FRACTION 128
+
+static __always_inline __u64 repay_debt(__u64 share, __s64 level, __u64 burst)
+{
+	__u64 owed, fraction;
+
+	if (level >= 0 || burst == 0)
+		return share;
+	owed = (__u64)(-level);
+	if (owed >= burst)
+		return share * DEBT_MIN_FRACTION >> 10;
+	fraction = ((burst - owed) << 10) / burst;
+	if (fraction < DEBT_MIN_FRACTION)
+		fraction = DEBT_MIN_FRACTION;
+	return share * fraction >> 10;
+}
+
+/*
+ * The pacing rate a sending socket should have now (bytes/s, or UNPACED),
+ * given the one it has, whether it is a bulk sender, and the payload it is
+ * about to send (0 when called for an ACK). The burst is
+ * honoured as a token bucket promises: while the pod's egress bucket is at
+ * least 3/4 full, sockets send at full speed; below 1/4 they are paced at
+ * their share; in between they keep their mode (hysteresis, so a pod at its
+ * rate does not flap).
+ */
+static __always_inline __u64 pacing_rate(const struct pod_state *pod, __u64 now, __u64 current, bool bulk,
+					 __u64 pending)
+{
+	/* The level after the skb about to leave (`pending` bytes): the gap
+	 * TCP leaves after an skb is set by the rate in force as it leaves. */
+	__s64 level = bucket_level(&pod->egress, now) - (__s64)pending;
+	/* BPF has no signed division: quarters of the (unsigned) burst. */
+	__s64 quarter = (__s64)(pod->egress.burst / 4);
+	__u64 share;
+
+	if (level >= 3 * quarter)
+		return UNPACED;
+	if (level >= quarter && current == UNPACED)
+		return UNPACED;
+	share = repay_debt(fair_share(pod, bulk), level, pod->egress.burst);
+	return share ? share : 1;
+}
+
+/*
+ * Starts a new sender window if `window` is past the pod's: the count of the
+ * window just ended becomes "before" (or zero if it was not the previous one).
+ * Lock-free: a compare-and-swap elects one CPU to roll over; a lost race
+ * miscounts one window, and the egress bucket is the backstop.
+ */
+static __always_inline void roll_sender_window(struct pod_state *pod, __u64 window)
+{
+	__u64 seen = pod->window;
+
+	if (seen == window || __sync_val_compare_and_swap(&pod->window, seen, window) != seen)
+		return;
+	pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
+	pod->senders_now = 0;
 }
 
 #endif

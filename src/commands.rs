@@ -5,9 +5,10 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use crate::bpf_sys;
 use crate::cgroup;
 use crate::cni::{code, Command, CniError, Env};
-use crate::datapath::{self, AttachmentId, PinRoot, LINK_PINS};
+use crate::datapath::{self, AttachmentId, PinRoot, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
 use crate::limits::{self, Limits};
 use crate::netconf::NetConf;
 
@@ -69,7 +70,12 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
     }
     let cgroup_dir = pod_cgroup(req)?;
     let root = PinRoot::create(&req.conf.pin_root).map_err(|e| datapath_error("cannot use the bpf filesystem", e))?;
-    datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &limits)
+    let network = PodNetwork {
+        netns: std::path::Path::new(&req.env.netns),
+        ifname: &req.env.ifname,
+        allow_raw_sockets: req.conf.allow_raw_sockets,
+    };
+    datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
     log::info!(
         "container {} ({}): shaping {} with {}",
@@ -148,6 +154,23 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                         )))
                     }
                     Some(_) => {}
+                }
+            }
+            let guard = |name: &str| a.links.iter().find(|(n, _)| *n == name).map(|(_, info)| info);
+            if !req.conf.allow_raw_sockets {
+                match guard(RAW_GUARD_PINS[0]) {
+                    Some(info) if info.cgroup_id == cgroup_id => {}
+                    _ => return Err(failed("the link refusing PACKET_QDISC_BYPASS is missing or elsewhere".into())),
+                }
+                let ifindex = a.state.map(|s| s.ifindex).unwrap_or(0);
+                match guard(RAW_GUARD_PINS[1]) {
+                    Some(info) if info.link_type == bpf_sys::BPF_LINK_TYPE_TCX && info.tcx_ifindex() == ifindex => {}
+                    _ => {
+                        return Err(failed(format!(
+                            "the link dropping raw (AF_PACKET) frames is missing from interface {}",
+                            req.env.ifname
+                        )))
+                    }
                 }
             }
             match a.state {

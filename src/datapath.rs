@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use aya::programs::{CgroupSkb, SockOps};
+use aya::programs::{CgroupSkb, CgroupSockopt, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf_sys::{self, CgroupLinkInfo};
@@ -41,13 +41,27 @@ pub static HARNESS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const PROG_EGRESS: &str = "shape_egress_prog";
 const PROG_INGRESS: &str = "shape_ingress_prog";
 const PROG_SOCKOPS: &str = "pace_tcp";
+const PROG_SETSOCKOPT: &str = "refuse_qdisc_bypass";
+const PROG_RAW: &str = "refuse_raw_frames";
 const MAP_POD_STATE: &str = "pod_state";
 const MAP_FLOW_STATE: &str = "flow_state";
-const DATAPATH_PINS: [&str; 5] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, MAP_POD_STATE, MAP_FLOW_STATE];
+const DATAPATH_PINS: [&str; 7] =
+    [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, MAP_POD_STATE, MAP_FLOW_STATE];
 
-/// The link pins in a pod's directory, and the map pin beside them.
+/// The cgroup link pins every attachment has, and the map pin beside them.
 pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
 pub const STATE_PIN: &str = "state";
+/// The links that keep raw frames under the limit, unless the config sets
+/// `allowRawSockets`: a cgroup link refusing PACKET_QDISC_BYPASS, and a tcx
+/// link on the pod's interface dropping AF_PACKET frames.
+pub const RAW_GUARD_PINS: [&str; 2] = ["setsockopt", "raw"];
+/// The pod's interface, as CNI_NETNS and CNI_IFNAME named it at ADD.
+pub struct PodNetwork<'a> {
+    pub netns: &'a Path,
+    pub ifname: &'a str,
+    /// Whether AF_PACKET sockets may send (the `allowRawSockets` key).
+    pub allow_raw_sockets: bool,
+}
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const MOUNT_LOCK: &str = "/run/bpf-ratelimit.mount.lock";
@@ -240,7 +254,8 @@ impl PinRoot {
         // when these fds close, in this process, which detaches the links
         // before we return. An unpin alone drops it from a kernel work item,
         // a moment later.
-        let held: Vec<_> = LINK_PINS.iter().filter_map(|n| bpf_sys::obj_get(&dir.join(n)).ok()).collect();
+        let held: Vec<_> =
+            LINK_PINS.iter().chain(&RAW_GUARD_PINS).filter_map(|n| bpf_sys::obj_get(&dir.join(n)).ok()).collect();
         let existed = remove_pin_dir(&dir)?;
         drop(held);
         // Other interfaces of the same container, or other containers of the
@@ -345,6 +360,10 @@ pub fn load() -> Result<Ebpf> {
     }
     let prog: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?.try_into()?;
     prog.load().with_context(|| format!("the kernel refused program {PROG_SOCKOPS}"))?;
+    let prog: &mut CgroupSockopt = program(&mut ebpf, PROG_SETSOCKOPT)?.try_into()?;
+    prog.load().with_context(|| format!("the kernel refused program {PROG_SETSOCKOPT}"))?;
+    let prog: &mut SchedClassifier = program(&mut ebpf, PROG_RAW)?.try_into()?;
+    prog.load().with_context(|| format!("the kernel refused program {PROG_RAW}"))?;
     Ok(ebpf)
 }
 
@@ -360,6 +379,10 @@ fn load_and_pin(dir: &Path) -> Result<()> {
     }
     let prog: &mut SockOps = program(&mut ebpf, PROG_SOCKOPS)?.try_into()?;
     prog.pin(dir.join(PROG_SOCKOPS)).with_context(|| format!("cannot pin {PROG_SOCKOPS}"))?;
+    let prog: &mut CgroupSockopt = program(&mut ebpf, PROG_SETSOCKOPT)?.try_into()?;
+    prog.pin(dir.join(PROG_SETSOCKOPT)).with_context(|| format!("cannot pin {PROG_SETSOCKOPT}"))?;
+    let prog: &mut SchedClassifier = program(&mut ebpf, PROG_RAW)?.try_into()?;
+    prog.pin(dir.join(PROG_RAW)).with_context(|| format!("cannot pin {PROG_RAW}"))?;
     for name in [MAP_POD_STATE, MAP_FLOW_STATE] {
         let map = ebpf.map(name).with_context(|| format!("map {name} is missing from the eBPF object"))?;
         map.pin(dir.join(name)).with_context(|| format!("cannot pin map {name}"))?;
@@ -369,12 +392,18 @@ fn load_and_pin(dir: &Path) -> Result<()> {
 
 /// Attaches the datapath to a pod cgroup and writes the pod's limits. On any
 /// failure nothing of this attachment remains.
-pub fn attach_pod(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
+pub fn attach_pod(
+    root: &PinRoot,
+    id: &AttachmentId,
+    cgroup_dir: &Path,
+    network: &PodNetwork<'_>,
+    limits: &Limits,
+) -> Result<()> {
     // A repeated ADD replaces the attachment rather than stacking another.
     root.remove_pod(id)?;
     let result = refuse_second_attachment(root, id, cgroup_dir)
         .and_then(|()| root.datapath())
-        .and_then(|datapath| attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, limits));
+        .and_then(|datapath| attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, network, limits));
     if result.is_err() {
         let _ = root.remove_pod(id);
         let _ = root.remove_datapath_if_unused();
@@ -425,31 +454,66 @@ fn refuse_second_attachment(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path
     )
 }
 
-fn attach_and_pin(datapath: &Path, pod_dir: &Path, cgroup_dir: &Path, limits: &Limits) -> Result<()> {
+fn attach_and_pin(
+    datapath: &Path,
+    pod_dir: &Path,
+    cgroup_dir: &Path,
+    network: &PodNetwork<'_>,
+    limits: &Limits,
+) -> Result<()> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
+    let open_prog = |name: &str| {
+        bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open pinned program {name}"))
+    };
 
     // Links live only in this process until pinned: an early return drops
     // them, and dropping an unpinned link detaches it.
-    let mut links = Vec::with_capacity(3);
-    for (name, attach_type) in [
-        (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS),
-        (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS),
-        (PROG_SOCKOPS, bpf_sys::ATTACH_CGROUP_SOCK_OPS),
-    ] {
-        let prog = bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open pinned program {name}"))?;
-        let link = bpf_sys::link_create(prog.as_fd(), cgroup.as_fd(), attach_type)
+    let mut links = Vec::with_capacity(5);
+    let mut cgroup_links = vec![
+        (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS, LINK_PINS[0]),
+        (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS, LINK_PINS[1]),
+        (PROG_SOCKOPS, bpf_sys::ATTACH_CGROUP_SOCK_OPS, LINK_PINS[2]),
+    ];
+    if !network.allow_raw_sockets {
+        cgroup_links.push((PROG_SETSOCKOPT, bpf_sys::ATTACH_CGROUP_SETSOCKOPT, RAW_GUARD_PINS[0]));
+    }
+    for (name, attach_type, pin) in cgroup_links {
+        let link = bpf_sys::link_create(open_prog(name)?.as_fd(), cgroup.as_fd(), attach_type)
             .with_context(|| format!("cannot attach {name} to {}", cgroup_dir.display()))?;
-        links.push(link);
+        links.push((link, pin));
+    }
+
+    // The pod's interface: its index scopes shaping to it, and the raw-frame
+    // guard attaches to it, both from inside the pod's netns.
+    let raw_prog = if network.allow_raw_sockets { None } else { Some(open_prog(PROG_RAW)?) };
+    let interface = crate::netns::in_netns(network.netns, || {
+        let ifindex = crate::netns::ifindex(network.ifname)?;
+        let raw_link = raw_prog
+            .as_ref()
+            .map(|prog| {
+                bpf_sys::link_create_tcx(prog.as_fd(), ifindex, bpf_sys::ATTACH_TCX_EGRESS).with_context(|| {
+                    format!(
+                        "cannot attach {PROG_RAW} to {} (tcx needs Linux >= 6.6; set allowRawSockets to run without it)",
+                        network.ifname
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(crate::netns::PodInterface { ifindex, raw_link })
+    })
+    .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
+    if let Some(link) = interface.raw_link {
+        links.push((link, RAW_GUARD_PINS[1]));
     }
 
     let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
     // update_locked checks that the map's value size is this build's PodState.
-    bpf_sys::update_locked(map.as_fd(), cgroup_id, &PodState::new(limits, monotonic_ns()))
+    bpf_sys::update_locked(map.as_fd(), cgroup_id, &PodState::new(limits, interface.ifindex, monotonic_ns()))
         .context("cannot write the pod's limits into its cgroup storage")?;
 
     fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
-    for (link, name) in links.iter().zip(LINK_PINS) {
+    for (link, name) in &links {
         bpf_sys::obj_pin(link.as_fd(), &pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
     }
     bpf_sys::obj_pin(map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;
@@ -470,7 +534,7 @@ pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<
         return Ok(None);
     }
     let mut links = Vec::new();
-    for name in LINK_PINS {
+    for name in LINK_PINS.into_iter().chain(RAW_GUARD_PINS) {
         if let Ok(fd) = bpf_sys::obj_get(&dir.join(name)) {
             links.push((name, bpf_sys::link_info(fd.as_fd()).with_context(|| format!("cannot read link {name}"))?));
         }

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod limits;
 pub mod logging;
 pub mod netconf;
+pub mod netns;
 pub mod quantity;
 pub mod state;
 pub mod testbed;

@@ -30,6 +30,8 @@ pub struct NetConf {
     pub log_level: Option<String>,
     pub cgroup_root: Option<PathBuf>,
     pub pin_root: PathBuf,
+    /// `allowRawSockets`: let AF_PACKET sockets send, unshaped. Off by default.
+    pub allow_raw_sockets: bool,
     /// Plugin defaults: the bandwidth keys at the top level of the config.
     pub defaults: BandwidthKeys,
     /// runtimeConfig.bandwidth, from the runtime (the bandwidth capability).
@@ -61,6 +63,7 @@ impl NetConf {
             pin_root: string_field(&obj, "pinRoot")?
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
+            allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             defaults: bandwidth_keys(&obj, "the plugin config")?,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             ..Default::default()
@@ -170,6 +173,14 @@ fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, C
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(CniError::config(format!("{key} must be a string, got {other}"))),
+    }
+}
+
+fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(CniError::config(format!("{key} must be true or false, got {}", truncate(&other.to_string(), 40)))),
     }
 }
 

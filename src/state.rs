@@ -6,7 +6,9 @@ use serde::Serialize;
 use crate::bpf_sys::Pod;
 use crate::limits::{Limit, Limits};
 
-pub const POD_STATE_LAYOUT: u32 = 1;
+/// Bumped whenever fields are appended to struct pod_state. Layout 2 added
+/// the pod's interface.
+pub const POD_STATE_LAYOUT: u32 = 2;
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -32,11 +34,17 @@ pub struct PodState {
     #[serde(skip)]
     pub lock: u32,
     pub layout: u32,
+    /// The sender window the counts are for, and the bulk TCP senders in it
+    /// and in the window before.
     pub window: u64,
     pub senders_now: u32,
     pub senders_before: u32,
     pub ingress: Bucket,
     pub egress: Bucket,
+    /// Layout 2: the pod's interface index inside its netns (0: every
+    /// interface but loopback is shaped).
+    pub ifindex: u32,
+    pub flags: u32,
 }
 
 // SAFETY: repr(C), integers only, every bit pattern valid.
@@ -67,9 +75,10 @@ impl Bucket {
 }
 
 impl PodState {
-    pub fn new(limits: &Limits, now_ns: u64) -> Self {
+    pub fn new(limits: &Limits, ifindex: u32, now_ns: u64) -> Self {
         PodState {
             layout: POD_STATE_LAYOUT,
+            ifindex,
             ingress: Bucket::full(limits.ingress, now_ns),
             egress: Bucket::full(limits.egress, now_ns),
             ..Default::default()
@@ -79,7 +88,7 @@ impl PodState {
     /// Whether the stored limits are the requested ones (rates and bursts,
     /// after the same byte rounding ADD applied).
     pub fn enforces(&self, limits: &Limits) -> bool {
-        let fresh = PodState::new(limits, 0);
+        let fresh = PodState::new(limits, 0, 0);
         self.layout == POD_STATE_LAYOUT
             && (self.ingress.rate, self.ingress.burst) == (fresh.ingress.rate, fresh.ingress.burst)
             && (self.egress.rate, self.egress.burst) == (fresh.egress.rate, fresh.egress.burst)
@@ -98,15 +107,17 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 4 (lock) + 4 + 8 + 4 + 4 + 2 * 10 * 8
-        assert_eq!(std::mem::size_of::<PodState>(), 184);
+        // 4 (lock) + 4 + 8 + 4 + 4 + 2 * 10 * 8, then layout 2's 4 + 4;
+        // ebpf/shaper.h asserts the same size.
+        assert_eq!(std::mem::size_of::<PodState>(), 192);
         assert_eq!(std::mem::size_of::<Bucket>(), 80);
     }
 
     #[test]
     fn new_state_is_full_and_in_bytes() {
         let limits = Limits { ingress: Some(Limit { rate: 10_000_000, burst: 8_000_001 }), egress: None };
-        let s = PodState::new(&limits, 42);
+        let s = PodState::new(&limits, 7, 42);
+        assert_eq!(s.ifindex, 7);
         assert_eq!(s.ingress.rate, 1_250_000);
         assert_eq!(s.ingress.burst, 1_000_001);
         assert_eq!(s.ingress.tokens, 1_000_001);

@@ -14,6 +14,14 @@ use bpf_ratelimit::state::{Bucket, PodState, POD_STATE_LAYOUT};
 struct HarnessInput {
     pod: PodState,
     now: u64,
+    current_rate: u64,
+    pending: u64,
+    last_window: u64,
+    last_bytes: u64,
+    window: u64,
+    bulk: u32,
+    out_is_bulk: u32,
+    out_rate: u64,
 }
 
 // SAFETY: repr(C), integers only.
@@ -35,7 +43,7 @@ impl Harness {
     fn new() -> Self {
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN tests need root");
         let mut ebpf = EbpfLoader::new().load(HARNESS_OBJ).expect("load harness object");
-        for name in ["harness_egress", "harness_ingress"] {
+        for name in ["harness_egress", "harness_ingress", "harness_pacing"] {
             let p: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e:#}"));
         }
@@ -59,10 +67,27 @@ impl Harness {
     }
 
     fn run_proto(&mut self, prog: &str, ip_len: usize, tos: u8, proto: u8) -> (u32, Vec<u8>) {
+        self.run_on(prog, ip_len, tos, proto, None)
+    }
+
+    /// Runs one packet as if on interface `ifindex` of the calling thread's
+    /// netns (None: loopback, test_run's default).
+    fn run_on(&mut self, prog: &str, ip_len: usize, tos: u8, proto: u8, ifindex: Option<u32>) -> (u32, Vec<u8>) {
         let pkt = ipv4_packet(ip_len, tos, proto);
         let mut out = vec![0u8; pkt.len()];
         let p: &CgroupSkb = self.ebpf.program(prog).unwrap().try_into().unwrap();
-        let opts = TestRunOptions { data_in: Some(&pkt), data_out: Some(&mut out), ..TestRunOptions::new() };
+        // struct __sk_buff up to and including ifindex (offset 40); test_run
+        // only accepts the fields it lets a context set, the rest zero.
+        let mut ctx = [0u8; 44];
+        if let Some(i) = ifindex {
+            ctx[40..44].copy_from_slice(&i.to_ne_bytes());
+        }
+        let opts = TestRunOptions {
+            data_in: Some(&pkt),
+            data_out: Some(&mut out),
+            ctx_in: ifindex.map(|_| &ctx[..]),
+            ..TestRunOptions::new()
+        };
         let r = p.test_run(opts).unwrap_or_else(|e| panic!("test_run {prog}: {e:#}"));
         (r.return_value, out)
     }
@@ -93,8 +118,16 @@ fn bucket(rate: u64, burst: u64, tokens: i64, last_ns: u64) -> Bucket {
     Bucket { rate, burst, tokens, last_ns, ..Default::default() }
 }
 
+/// BPF_PROG_TEST_RUN gives the skb the loopback device unless the context
+/// names another, so the pod's interface is loopback here.
+const TEST_RUN_IFINDEX: u32 = 1;
+
 fn input(ingress: Bucket, egress: Bucket, now: u64) -> HarnessInput {
-    HarnessInput { pod: PodState { layout: POD_STATE_LAYOUT, ingress, egress, ..Default::default() }, now }
+    HarnessInput {
+        pod: PodState { layout: POD_STATE_LAYOUT, ingress, egress, ifindex: TEST_RUN_IFINDEX, ..Default::default() },
+        now,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -235,4 +268,180 @@ fn egress_tcp_over_the_rate_passes_on_credit_down_to_one_burst_of_debt() {
     assert_eq!((e.passed_packets, e.dropped_packets, e.dropped_bytes), (2, 2, 248));
     h.set(input(bucket(1_000_000, 3_000, 1_000, SEC), Bucket::default(), SEC));
     assert_eq!(h.run_proto("harness_ingress", 1500, NOT_ECT, TCP).0, DROP);
+}
+
+/// A veth pair in a netns of its own, for runs on an interface that is not
+/// loopback; removed on drop.
+struct TestInterface {
+    netns: String,
+    ifindex: u32,
+}
+
+impl TestInterface {
+    fn new() -> Self {
+        let netns = format!("brl-tr-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?} failed");
+        };
+        ip(&["netns", "add", &netns]);
+        ip(&["-n", &netns, "link", "add", "pod0", "type", "veth", "peer", "name", "peer0"]);
+        let path = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
+        let ifindex = bpf_ratelimit::netns::in_netns(&path, || bpf_ratelimit::netns::ifindex("pod0")).unwrap();
+        TestInterface { netns, ifindex }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from(format!("/var/run/netns/{}", self.netns))
+    }
+}
+
+impl Drop for TestInterface {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
+}
+
+#[test]
+fn only_the_pod_interface_is_shaped_and_charged() {
+    let mut h = Harness::new();
+    let tight = bucket(1_000_000, 1_000, 0, SEC);
+    let dev = TestInterface::new();
+    let netns = dev.path();
+
+    // The pod's interface is recorded: loopback traffic (a sidecar over
+    // 127.0.0.1 or the pod's own address) passes uncharged both ways.
+    let mut state = input(tight, tight, SEC);
+    state.pod.ifindex = dev.ifindex;
+    h.set(state);
+    for prog in ["harness_egress", "harness_ingress"] {
+        assert_eq!(h.run_proto(prog, 1500, NOT_ECT, TCP).0, PASS, "{prog}: loopback is not shaped");
+    }
+    let s = h.get().pod;
+    for b in [s.egress, s.ingress] {
+        assert_eq!((b.tokens, b.passed_packets, b.dropped_packets), (0, 0, 0), "loopback is not charged or counted");
+    }
+    // The same packets on the pod's interface are shaped.
+    let verdicts = bpf_ratelimit::netns::in_netns(&netns, || {
+        Ok((
+            h.run_on("harness_egress", 1500, NOT_ECT, UDP, Some(dev.ifindex)).0,
+            h.run_on("harness_ingress", 1500, NOT_ECT, TCP, Some(dev.ifindex)).0,
+        ))
+    })
+    .unwrap();
+    assert_eq!(verdicts, (DROP_CN, DROP));
+
+    // With no interface recorded (0), everything but loopback is shaped.
+    let mut state = input(tight, tight, SEC);
+    state.pod.ifindex = 0;
+    h.set(state);
+    assert_eq!(h.run_proto("harness_egress", 1500, NOT_ECT, UDP).0, PASS, "loopback passes");
+    let dropped = bpf_ratelimit::netns::in_netns(&netns, || {
+        Ok(h.run_on("harness_ingress", 1500, NOT_ECT, TCP, Some(dev.ifindex)).0)
+    })
+    .unwrap();
+    assert_eq!(dropped, DROP);
+    assert_eq!(h.get().pod.ingress.dropped_packets, 1);
+    assert_eq!(h.get().pod.egress.passed_packets, 0);
+}
+
+#[test]
+fn egress_tcp_is_marked_only_when_borrowing_udp_when_low() {
+    let mut h = Harness::new();
+    // Below half the burst but not in debt: paced TCP runs here by design.
+    h.set(input(Bucket::default(), bucket(1_000_000, 100_000, 40_000, SEC), SEC));
+    let (verdict, out) = h.run_proto("harness_egress", 1500, ECT0, TCP);
+    assert_eq!((verdict, out[ETH_HLEN + 1] & 3), (PASS, ECT0), "low bucket: TCP passes unmarked");
+    let (verdict, out) = h.run_proto("harness_egress", 1500, ECT0, UDP);
+    assert_eq!((verdict, out[ETH_HLEN + 1] & 3), (PASS, CE), "low bucket: ECN-capable UDP is marked");
+    // Borrowing: an ECN-capable TCP skb is marked CE, others pass unmarked.
+    h.set(input(Bucket::default(), bucket(1_000_000, 100_000, 100, SEC), SEC));
+    let (verdict, out) = h.run_proto("harness_egress", 1500, ECT0, TCP);
+    assert_eq!((verdict, out[ETH_HLEN + 1] & 3), (PASS, CE));
+    let (verdict, out) = h.run_proto("harness_egress", 1500, NOT_ECT, TCP);
+    assert_eq!((verdict, out[ETH_HLEN + 1] & 3), (PASS, NOT_ECT));
+    assert_eq!(h.get().pod.egress.marked_packets, 1);
+}
+
+const UNPACED: u64 = 0xffff_ffff;
+/// One sender window of the pacing policy, 2^27 ns.
+const WINDOW_NS: u64 = 1 << 27;
+
+impl Harness {
+    /// Evaluates the pacing policy for `state`; returns (is_bulk_sender, pacing_rate).
+    fn pacing(&mut self, state: HarnessInput) -> (bool, u64) {
+        self.set(state);
+        let p: &CgroupSkb = self.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
+        let pkt = ipv4_packet(100, 0, UDP);
+        p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
+        let out = self.get();
+        (out.out_is_bulk != 0, out.out_rate)
+    }
+}
+
+fn pacing_input(tokens: i64, senders: u32, current_rate: u64, bulk: bool) -> HarnessInput {
+    let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, tokens, SEC), SEC);
+    s.pod.senders_now = senders;
+    s.current_rate = current_rate;
+    s.bulk = bulk as u32;
+    s
+}
+
+#[test]
+fn pacing_honours_the_burst_with_hysteresis() {
+    let mut h = Harness::new();
+    // At least 3/4 full: full speed, whatever the socket had.
+    assert_eq!(h.pacing(pacing_input(75_000, 1, 500_000, true)).1, UNPACED);
+    // Between 1/4 and 3/4: the socket keeps its mode.
+    assert_eq!(h.pacing(pacing_input(50_000, 1, UNPACED, true)).1, UNPACED);
+    assert_eq!(h.pacing(pacing_input(50_000, 1, 500_000, true)).1, 1_000_000);
+    // Below 1/4: paced at the share.
+    assert_eq!(h.pacing(pacing_input(24_999, 1, UNPACED, true)).1, 1_000_000);
+    // The skb about to leave counts: 80 kB in the bucket less a 60 kB skb is below 1/4.
+    let mut s = pacing_input(80_000, 1, UNPACED, true);
+    s.pending = 60_000;
+    assert_eq!(h.pacing(s).1, 1_000_000);
+    // The level is the one after the refill an idle period earned: 10 ms at
+    // 1 MB/s adds 10 kB to 70 kB.
+    let mut s = pacing_input(70_000, 1, 500_000, true);
+    s.now = SEC + 5_000_000;
+    assert_eq!(h.pacing(s).1, UNPACED);
+}
+
+#[test]
+fn pacing_splits_the_rate_among_bulk_senders_and_repays_debt() {
+    let mut h = Harness::new();
+    // Four bulk senders, counted in this window or the one before.
+    assert_eq!(h.pacing(pacing_input(0, 4, 1, true)).1, 250_000);
+    let mut s = pacing_input(0, 0, 1, true);
+    s.pod.senders_before = 4;
+    assert_eq!(h.pacing(s).1, 250_000);
+    // A light sender is paced as one more bulk sender; alone, it gets the rate.
+    assert_eq!(h.pacing(pacing_input(0, 4, 1, false)).1, 200_000);
+    assert_eq!(h.pacing(pacing_input(0, 0, 1, false)).1, 1_000_000);
+    assert_eq!(h.pacing(pacing_input(0, 0, 1, true)).1, 1_000_000);
+    // In debt, shares shrink in proportion: half a burst owed, half the share;
+    // a burst or more owed, an eighth.
+    assert_eq!(h.pacing(pacing_input(-50_000, 1, 1, true)).1, 500_000);
+    assert_eq!(h.pacing(pacing_input(-100_000, 1, 1, true)).1, 125_000);
+    assert_eq!(h.pacing(pacing_input(-99_999, 1, 1, true)).1, 125_000);
+}
+
+#[test]
+fn senders_are_bulk_from_half_their_share() {
+    let mut h = Harness::new();
+    let window = (5 * SEC) / WINDOW_NS;
+    // One bulk sender at 1 MB/s: its share per window is ~134 kB.
+    let share_bytes = (1_000_000u64 * WINDOW_NS) / SEC;
+    let classify = |h: &mut Harness, last_window: u64, last_bytes: u64| {
+        let mut s = pacing_input(0, 1, 1, true);
+        s.last_window = last_window;
+        s.last_bytes = last_bytes;
+        s.window = window;
+        h.pacing(s).0
+    };
+    assert!(classify(&mut h, 0, 0), "a new socket counts as bulk for its first window");
+    assert!(classify(&mut h, window - 1, share_bytes.div_ceil(2)), "half its share in the last window: bulk");
+    assert!(!classify(&mut h, window - 1, share_bytes / 2 - 100), "less: light");
+    assert!(!classify(&mut h, window - 2, share_bytes), "silent for a window: light");
 }
