@@ -29,6 +29,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 iputils-ping jq
+  # tests/workloads.rs: tests/tools/podload.py makes request/response and raw-socket traffic.
+  python3
   # tests/containerd_e2e.rs and bench/: a private containerd with runc and the reference CNI plugins,
   # gcc + libc6-dev for its static pause binary, protoc for the CRI client's build script.
   containerd runc containernetworking-plugins gcc libc6-dev protobuf-compiler)

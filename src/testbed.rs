@@ -17,6 +17,8 @@ use serde_json::Value;
 
 pub const SERVER_IP: &str = "10.251.0.1";
 pub const POD_IP: &str = "10.251.0.2";
+pub const SERVER_IP6: &str = "fd00:251::1";
+pub const POD_IP6: &str = "fd00:251::2";
 const IPERF_PORT: &str = "5201";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -69,8 +71,9 @@ impl Testbed {
         ip(&["netns", "add", &self.server_ns])?;
         ip(&["netns", "add", &self.pod_ns])?;
         ip(&["link", "add", "eth0", "netns", &self.server_ns, "type", "veth", "peer", "name", "eth0", "netns", &self.pod_ns])?;
-        for (ns, addr) in [(&self.server_ns, SERVER_IP), (&self.pod_ns, POD_IP)] {
+        for (ns, addr, addr6) in [(&self.server_ns, SERVER_IP, SERVER_IP6), (&self.pod_ns, POD_IP, POD_IP6)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -93,6 +96,18 @@ impl Testbed {
         self.servers.push(child);
         wait_for_port(&netns_path(&self.pod_ns), SERVER_IP, IPERF_PORT)?;
         Ok(())
+    }
+
+    /// A command that will run in the server's network namespace, outside the pod cgroup.
+    pub fn server_command(&self, program: &str) -> Result<Command> {
+        in_netns(Command::new(program), &netns_path(&self.server_ns), None)
+    }
+
+    /// Bytes the server's end of the veth received: what left the pod on the wire.
+    pub fn server_rx_bytes(&self) -> Result<u64> {
+        let out = ip(&["-n", &self.server_ns, "-s", "-j", "link", "show", "eth0"])?;
+        let v: Value = serde_json::from_slice(&out.stdout).context("ip -j printed no JSON")?;
+        v[0]["stats64"]["rx"]["bytes"].as_u64().context("no rx bytes in ip -s -j link")
     }
 
     /// A command that will run inside the pod's cgroup and network namespace.

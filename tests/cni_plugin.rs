@@ -93,14 +93,16 @@ fn del_is_idempotent_and_restores_the_link_list() {
     // DEL before any ADD, and with no pin root at all, succeeds.
     pod.del();
     pod.add(limits("20M"));
-    assert_eq!(cgroup_links().len(), before.len() + 3, "ADD attaches egress, ingress and sock_ops links");
+    // egress, ingress, sock_ops and setsockopt on the cgroup (the fifth, tcx
+    // on the pod's interface, is not a cgroup link).
+    assert_eq!(cgroup_links().len(), before.len() + 4, "ADD attaches egress, ingress, sock_ops and setsockopt links");
     let pins = pod.pins();
-    for expected in ["egress", "ingress", "sockops", "state"] {
+    for expected in ["egress", "ingress", "sockops", "setsockopt", "raw", "state"] {
         assert!(pins.iter().any(|p| p.ends_with(expected)), "missing pin {expected} in {pins:?}");
     }
     // ADD again for the same attachment replaces it rather than stacking.
     pod.add(limits("30M"));
-    assert_eq!(cgroup_links().len(), before.len() + 3);
+    assert_eq!(cgroup_links().len(), before.len() + 4);
     for _ in 0..3 {
         pod.del();
     }
@@ -298,7 +300,7 @@ fn a_second_attachment_on_the_same_cgroup_is_refused_and_gc_stays_in_its_network
     let out = pod.invoke("ADD", &other);
     assert_eq!(out.code, 101, "{}", out.stdout);
     assert!(out.stdout.contains("already shaped"), "{}", out.stdout);
-    assert_eq!(cgroup_links().len(), before.len() + 3, "the refused ADD attached nothing");
+    assert_eq!(cgroup_links().len(), before.len() + 4, "the refused ADD attached nothing");
     // GC for the other network does not touch this network's attachment.
     other["cniVersion"] = json!("1.1.0");
     other["cni.dev/valid-attachments"] = json!([]);

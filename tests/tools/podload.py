@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Traffic that real pods make, for the workload tests (tests/workloads.rs).
+
+iperf3 covers bulk flows; this covers the rest:
+
+  serve PORT                       request/response server: each request is
+                                   an 8-byte header (request and response
+                                   sizes, big-endian u32) and the request
+                                   bytes; the reply is the response bytes.
+  requests HOST PORT SIZE COUNT GAP_MS
+                                   one request of SIZE bytes every GAP_MS on
+                                   a keep-alive connection; prints latency
+                                   percentiles (ms) as JSON.
+  light HOST PORT CONNS BPS SECONDS
+                                   CONNS keep-alive connections each sending
+                                   BPS bits/s in 10 requests a second.
+  raw IFNAME COUNT SIZE            AF_PACKET frames on IFNAME; prints what
+                                   sendto() and PACKET_QDISC_BYPASS did.
+
+Every command ends by itself; the tests bound them with timeouts too.
+"""
+import errno
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+
+
+def recv_exact(conn, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(min(n - len(buf), 1 << 16))
+        if not chunk:
+            raise ConnectionError("peer closed")
+        buf += chunk
+    return bytes(buf)
+
+
+def serve(port):
+    srv = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("::", port))
+    srv.listen(128)
+
+    def handle(conn):
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            while True:
+                req, resp = struct.unpack("!II", recv_exact(conn, 8))
+                recv_exact(conn, req)
+                conn.sendall(b"r" * resp)
+        except (ConnectionError, OSError):
+            conn.close()
+
+    while True:
+        conn, _ = srv.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+
+def connect(host, port):
+    conn = socket.create_connection((host, port), timeout=5)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def requests(host, port, size, count, gap_ms):
+    conn = connect(host, port)
+    payload = struct.pack("!II", size, 64) + b"q" * size
+    samples, failed = [], 0
+    for _ in range(count):
+        start = time.monotonic()
+        try:
+            conn.sendall(payload)
+            recv_exact(conn, 64)
+            samples.append((time.monotonic() - start) * 1000)
+        except OSError:
+            failed += 1
+            conn = connect(host, port)
+        time.sleep(gap_ms / 1000)
+    samples.sort()
+    pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] if samples else None
+    print(json.dumps({"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": samples[-1] if samples else None,
+                      "samples": len(samples), "failed": failed}))
+
+
+def light(host, port, conns, bps, seconds):
+    size = max(1, bps // 8 // 10)
+    payload = struct.pack("!II", size, 16) + b"l" * size
+    socks = [connect(host, port) for _ in range(conns)]
+    deadline = time.monotonic() + seconds
+    sent = 0
+    while time.monotonic() < deadline:
+        tick = time.monotonic()
+        for s in socks:
+            s.sendall(payload)
+            sent += len(payload)
+        for s in socks:
+            recv_exact(s, 16)
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+    print(json.dumps({"bytes_sent": sent}))
+
+
+def raw(ifname, count, size):
+    out = {}
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+    s.bind((ifname, 0))
+    try:
+        s.setsockopt(263, 20, struct.pack("i", 1))  # SOL_PACKET, PACKET_QDISC_BYPASS
+        out["qdisc_bypass"] = "allowed"
+    except OSError as e:
+        out["qdisc_bypass"] = errno.errorcode.get(e.errno, str(e.errno))
+    frame = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01" + b"\x88\xb5" + b"x" * (size - 14)
+    sent, errors = 0, {}
+    for _ in range(count):
+        try:
+            s.send(frame)
+            sent += 1
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            errors[name] = errors.get(name, 0) + 1
+    out.update({"sent": sent, "errors": errors})
+    print(json.dumps(out))
+
+
+def main(argv):
+    cmd, args = argv[1], argv[2:]
+    if cmd == "serve":
+        serve(int(args[0]))
+    elif cmd == "requests":
+        requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+    elif cmd == "light":
+        light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+    elif cmd == "raw":
+        raw(args[0], int(args[1]), int(args[2]))
+    else:
+        sys.exit(f"unknown command {cmd!r}\n{__doc__}")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
