@@ -21,6 +21,8 @@ use bpf_ratelimit::testbed::{cgroup2_mount, in_netns, ip, remove_cgroup, run_wit
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod workloads;
+
 const BRIDGE: &str = "brlbench0";
 const SUBNET: &str = "10.253.0.0/24";
 const CONTAINERD_NO_BURST: u64 = 4_294_967_295;
@@ -46,6 +48,9 @@ struct Options {
     seconds: u32,
     pods_for_timing: usize,
     out_dir: PathBuf,
+    /// Which parts to run: the rate table and ADD/DEL timing, the workloads, or both.
+    rate_table: bool,
+    workloads: bool,
 }
 
 /// Runs CNI plugin chains the way libcni does: each plugin gets the previous
@@ -475,6 +480,8 @@ fn parse_args() -> Result<Options> {
         seconds: 6,
         pods_for_timing: 100,
         out_dir: PathBuf::from("bench/results"),
+        rate_table: true,
+        workloads: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -490,7 +497,12 @@ fn parse_args() -> Result<Options> {
             "--seconds" => opts.seconds = val()?.parse()?,
             "--pods" => opts.pods_for_timing = val()?.parse()?,
             "--out" => opts.out_dir = PathBuf::from(val()?),
-            other => bail!("unknown option {other}; options: --rates 10M,100M,1G --seconds 6 --pods 100 --out bench/results"),
+            "--only" => match val()?.as_str() {
+                "rates" => opts.workloads = false,
+                "workloads" => opts.rate_table = false,
+                other => bail!("--only takes rates or workloads, not {other}"),
+            },
+            other => bail!("unknown option {other}; options: --rates 10M,100M,1G --seconds 6 --pods 100 --out bench/results --only rates|workloads"),
         }
     }
     Ok(opts)
@@ -544,7 +556,9 @@ fn run() -> Result<()> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     let cni = Cni::new(&env.work)?;
     let per_rate = 2 * (1 + 2 * 4);
-    let mut progress = Progress { done: 0, total: opts.rates.len() * per_rate + 2 * (opts.pods_for_timing / 10 + 1), started: Instant::now() };
+    let rate_steps = if opts.rate_table { opts.rates.len() * per_rate + 2 * (opts.pods_for_timing / 10 + 1) } else { 0 };
+    let workload_steps = if opts.workloads { 2 * 7 } else { 0 };
+    let mut progress = Progress { done: 0, total: rate_steps + workload_steps, started: Instant::now() };
 
     let mut server = CniPod::new(&format!("brlb-srv-{}", std::process::id()), vec![cni.bridge()], json!({}))?;
     cni.add(&mut server)?;
@@ -559,7 +573,15 @@ fn run() -> Result<()> {
 
     let mut rows = Vec::new();
     let mut bpf_cost = BTreeMap::new();
-    for (rate_name, rate) in &opts.rates {
+    let mut workload_rows = Vec::new();
+    if opts.workloads {
+        let _servers = workloads::start_servers(&server_at)?;
+        for plugin in [Plugin::Ours, Plugin::Reference] {
+            workload_rows.push(workloads::measure(&cni, plugin, &server_at, &mut progress)?);
+        }
+    }
+    let rates = if opts.rate_table { opts.rates.clone() } else { Vec::new() };
+    for (rate_name, rate) in &rates {
         for plugin in [Plugin::Ours, Plugin::Reference] {
             let mut pod = CniPod::new(&format!("brlb-{}-{}", plugin_tag(plugin), std::process::id()), chain(&cni, plugin), runtime_config(Some(*rate)))?;
             cni.add(&mut pod)?;
@@ -597,17 +619,26 @@ fn run() -> Result<()> {
             rows.extend(result?);
         }
     }
-    let timings = vec![
-        timing(&cni, Plugin::Ours, opts.pods_for_timing, &mut progress)?,
-        timing(&cni, Plugin::Reference, opts.pods_for_timing, &mut progress)?,
-    ];
+    let timings = if opts.rate_table {
+        vec![
+            timing(&cni, Plugin::Ours, opts.pods_for_timing, &mut progress)?,
+            timing(&cni, Plugin::Reference, opts.pods_for_timing, &mut progress)?,
+        ]
+    } else {
+        Vec::new()
+    };
     cni.del(&server)?;
     eprintln!();
 
     std::fs::create_dir_all(&opts.out_dir)?;
-    let json_out = json!({"rows": rows, "bpf_ns_per_packet": bpf_cost, "timings": timings, "seconds": opts.seconds});
+    let json_out = json!({"rows": rows, "bpf_ns_per_packet": bpf_cost, "timings": timings, "seconds": opts.seconds,
+                          "workloads": workload_rows});
     std::fs::write(opts.out_dir.join("results.json"), serde_json::to_string_pretty(&json_out)?)?;
-    let md = markdown(&rows, &bpf_cost, &timings);
+    let mut md = markdown(&rows, &bpf_cost, &timings);
+    if !workload_rows.is_empty() {
+        md.push_str("\nThe traffic real pods make (10M pod unless stated; wire ratios after the first 2 s, past any burst):\n\n");
+        md.push_str(&workloads::markdown(&workload_rows));
+    }
     std::fs::write(opts.out_dir.join("results.md"), &md)?;
     std::fs::write(opts.out_dir.join("throughput.svg"), svg(&rows, &opts))?;
     println!("{md}");
