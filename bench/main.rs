@@ -649,6 +649,9 @@ fn run() -> Result<()> {
 
 fn markdown(rows: &[Row], bpf: &BTreeMap<String, f64>, timings: &[Timing]) -> String {
     let mut s = String::new();
+    if rows.is_empty() {
+        return s; // --only workloads
+    }
     let _ = writeln!(s, "| plugin | rate | dir | TCP 1 flow ÷ limit | TCP 8 flows ÷ limit | retrans 1 / 8 flows | ping RTT idle / loaded mean / p99 (ms) | added RTT (ms) | UDP 2× delivered ÷ limit | 1st second ÷ (rate·1s + burst) | 1st second ÷ rate·1s | burst (bytes) |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
