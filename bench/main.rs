@@ -21,6 +21,7 @@ use bpf_ratelimit::testbed::{cgroup2_mount, in_netns, ip, remove_cgroup, run_wit
 use serde::Serialize;
 use serde_json::{json, Value};
 
+mod ingress;
 mod workloads;
 
 const BRIDGE: &str = "brlbench0";
@@ -555,9 +556,9 @@ fn run() -> Result<()> {
     };
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     let cni = Cni::new(&env.work)?;
-    let per_rate = 2 * (1 + 2 * 4);
+    let per_rate = 2 * (1 + 2 * 4 + 2 * ingress::SENDERS.len());
     let rate_steps = if opts.rate_table { opts.rates.len() * per_rate + 2 * (opts.pods_for_timing / 10 + 1) } else { 0 };
-    let workload_steps = if opts.workloads { 2 * 7 } else { 0 };
+    let workload_steps = if opts.workloads { 2 * 8 } else { 0 };
     let mut progress = Progress { done: 0, total: rate_steps + workload_steps, started: Instant::now() };
 
     let mut server = CniPod::new(&format!("brlb-srv-{}", std::process::id()), vec![cni.bridge()], json!({}))?;
@@ -574,6 +575,7 @@ fn run() -> Result<()> {
     let mut rows = Vec::new();
     let mut bpf_cost = BTreeMap::new();
     let mut workload_rows = Vec::new();
+    let mut ingress_rows = Vec::new();
     if opts.workloads {
         let _servers = workloads::start_servers(&server_at)?;
         for plugin in [Plugin::Ours, Plugin::Reference] {
@@ -601,6 +603,7 @@ fn run() -> Result<()> {
                     };
                     out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst, idle_rtt_ms)?);
                 }
+                ingress_rows.extend(ingress::measure(&pod, plugin, &server_at, rate_name, *rate, opts.seconds, &mut progress)?);
                 Ok(out)
             })();
             if plugin == Plugin::Ours {
@@ -632,9 +635,13 @@ fn run() -> Result<()> {
 
     std::fs::create_dir_all(&opts.out_dir)?;
     let json_out = json!({"rows": rows, "bpf_ns_per_packet": bpf_cost, "timings": timings, "seconds": opts.seconds,
-                          "workloads": workload_rows});
+                          "workloads": workload_rows, "ingress_senders": ingress_rows});
     std::fs::write(opts.out_dir.join("results.json"), serde_json::to_string_pretty(&json_out)?)?;
     let mut md = markdown(&rows, &bpf_cost, &timings);
+    if !ingress_rows.is_empty() {
+        md.push_str("\nIngress from CUBIC and BBR senders (goodput ÷ limit / share of segments resent):\n\n");
+        md.push_str(&ingress::markdown(&ingress_rows));
+    }
     if !workload_rows.is_empty() {
         md.push_str("\nThe traffic real pods make (10M pod unless stated; wire ratios after the first 2 s, past any burst):\n\n");
         md.push_str(&workloads::markdown(&workload_rows));

@@ -34,6 +34,10 @@ pub struct WorkloadRow {
     pub loaded_request_p50_ms: f64,
     pub loaded_request_p99_ms: f64,
     pub loaded_request_failed: u64,
+    /// 16 KB responses to short requests beside the pod's own 10M download.
+    pub response_beside_download_p50_ms: f64,
+    pub response_beside_download_p99_ms: f64,
+    pub response_beside_download_failed: u64,
     /// 100M upload beside 20 connections at 16 kbit/s, ÷ what they leave.
     pub bulk_beside_light_ratio: f64,
     /// 5 MB of AF_PACKET frames offered at full speed from a 10M pod: the
@@ -122,6 +126,17 @@ pub fn measure(cni: &Cni, plugin: Plugin, server: &Server, progress: &mut Progre
         row.loaded_request_failed = v["failed"].as_u64().unwrap_or(0);
         upload.join().map_err(|_| anyhow::anyhow!("the upload thread panicked"))??;
 
+        progress.step(&format!("{label}: 16 KB responses beside the pod's download"));
+        drain();
+        let download = pod_cmd(&pod, "iperf3", &["-c", srv, "-R", "-t", "12"])?;
+        let download = std::thread::spawn(move || run_with_timeout(download, Duration::from_secs(40)));
+        std::thread::sleep(Duration::from_secs(2));
+        let v = json_of(pod_cmd(&pod, "python3", &[PODLOAD, "requests", srv, RR_PORT, "100", "50", "100", "16384"])?, 90)?;
+        row.response_beside_download_p50_ms = v["p50_ms"].as_f64().unwrap_or(f64::NAN);
+        row.response_beside_download_p99_ms = v["p99_ms"].as_f64().unwrap_or(f64::NAN);
+        row.response_beside_download_failed = v["failed"].as_u64().unwrap_or(0);
+        download.join().map_err(|_| anyhow::anyhow!("the download thread panicked"))??;
+
         progress.step(&format!("{label}: AF_PACKET frames"));
         drain();
         // 5 MB of frames as fast as the pod can send them.
@@ -179,12 +194,12 @@ pub fn start_servers(server: &Server) -> Result<Vec<Kill>> {
 
 pub fn markdown(rows: &[WorkloadRow]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "| plugin | sidecar over loopback, 10M pod (Gbit/s) | idle 16 KB request p50 / p99 (ms) | 16 KB requests beside own upload p50 / p99 (ms), failed | 100M upload beside 20 light conns ÷ what they leave | AF_PACKET on the wire ÷ limit | 64-byte NODELAY writes, wire ÷ limit | TCP + UDP, wire ÷ limit |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "| plugin | sidecar over loopback, 10M pod (Gbit/s) | idle 16 KB request p50 / p99 (ms) | 16 KB requests beside own upload p50 / p99 (ms), failed | 16 KB responses beside own download p50 / p99 (ms), failed | 100M upload beside 20 light conns ÷ what they leave | AF_PACKET on the wire ÷ limit | 64-byte NODELAY writes, wire ÷ limit | TCP + UDP, wire ÷ limit |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {:.2} | {:.2} / {:.2} | {:.1} / {:.1}, {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            "| {} | {:.2} | {:.2} / {:.2} | {:.1} / {:.1}, {} | {:.1} / {:.1}, {} | {:.3} | {:.3} | {:.3} | {:.3} |",
             r.plugin,
             r.sidecar_bps / 1e9,
             r.idle_request_p50_ms,
@@ -192,6 +207,9 @@ pub fn markdown(rows: &[WorkloadRow]) -> String {
             r.loaded_request_p50_ms,
             r.loaded_request_p99_ms,
             r.loaded_request_failed,
+            r.response_beside_download_p50_ms,
+            r.response_beside_download_p99_ms,
+            r.response_beside_download_failed,
             r.bulk_beside_light_ratio,
             r.raw_wire_ratio,
             r.nodelay_wire_ratio,

@@ -20,9 +20,11 @@ struct harness_input {
 	__u64 last_bytes;
 	__u64 window;
 	__u32 bulk;
-	/* and its outputs. */
+	/* and its outputs; the receive-window policy's too. */
 	__u32 out_is_bulk;
 	__u64 out_rate;
+	__u32 out_rwnd;
+	__u32 out_is_bulk_receiver;
 };
 
 struct {
@@ -77,5 +79,7 @@ int harness_pacing(struct __sk_buff *skb)
 		return SKB_DROP;
 	in->out_is_bulk = is_bulk_sender(&in->pod, in->last_window, in->last_bytes, in->window);
 	in->out_rate = pacing_rate(&in->pod, in->now, in->current_rate, in->bulk, in->pending);
+	in->out_rwnd = rwnd_for(&in->pod, in->bulk);
+	in->out_is_bulk_receiver = is_bulk_receiver(&in->pod, in->last_window, in->last_bytes, in->window);
 	return SKB_PASS;
 }

@@ -40,6 +40,11 @@
 #ifndef SO_MAX_PACING_RATE
 #define SO_MAX_PACING_RATE 47
 #endif
+#ifndef SO_RCVBUF
+#define SO_RCVBUF 8
+#endif
+#define SOL_TCP 6
+#define TCP_WINDOW_CLAMP 10
 #define SOL_PACKET 263
 #define PACKET_QDISC_BYPASS 20
 #define PAGE_SIZE 4096
@@ -67,6 +72,10 @@ struct flow_state {
 	__u64 bytes;  /* payload it sent in that window */
 	__u64 rate;   /* the pacing rate last set: bytes/s, UNPACED, 0 if never set */
 	__u32 bulk;   /* a bulk sender in `window` */
+	__u32 rx_bulk;   /* a bulk receiver in `rx_window` */
+	__u64 rx_window; /* the last receiver window this socket received data in */
+	__u64 rx_bytes;  /* bytes it received in that window */
+	__u32 rwnd;      /* the receive window last set, 0 if never set */
 	__u32 pad;
 };
 
@@ -124,10 +133,66 @@ int shape_egress_prog(struct __sk_buff *skb)
 	return shape_egress(pod, skb, now, tcp);
 }
 
+/*
+ * Accounts a TCP skb arriving on the pod's interface to its socket, for the
+ * receive windows of a queued ingress: classifies the socket as a bulk or
+ * light receiver at its first data skb of a window, and counts its bytes.
+ */
+static __always_inline void account_tcp_receive(struct __sk_buff *skb, struct bpf_sock *sk,
+						struct pod_state *pod, __u64 now)
+{
+	struct flow_state *flow;
+	__u64 window;
+
+	if (!(pod->flags & POD_INGRESS_QUEUED) || pod->ingress.rate == 0)
+		return;
+	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!flow || skb->len <= MIN_DATA_SKB_LEN)
+		return;
+	window = now >> SENDER_WINDOW_SHIFT;
+	roll_receiver_window(pod, window);
+	if (flow->rx_window != window) {
+		flow->rx_bulk = is_bulk_receiver(pod, flow->rx_window, flow->rx_bytes, window);
+		flow->rx_window = window;
+		flow->rx_bytes = 0;
+		if (flow->rx_bulk)
+			__sync_fetch_and_add(&pod->receivers_now, 1);
+	}
+	flow->rx_bytes += skb->len;
+}
+
 SEC("cgroup_skb/ingress")
 int shape_ingress_prog(struct __sk_buff *skb)
 {
-	return shape_ingress(bpf_get_local_storage(&pod_state, 0), skb, bpf_ktime_get_ns());
+	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
+	__u64 now = bpf_ktime_get_ns();
+	struct bpf_sock *sk;
+
+	if (!crosses_pod_interface(pod, skb))
+		return SKB_PASS;
+	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
+	if (sk && sk->protocol == IPPROTO_TCP)
+		account_tcp_receive(skb, sk, pod, now);
+	return shape_ingress(pod, skb, now);
+}
+
+/* Sets a socket's receive window: SO_RCVBUF (the kernel derives the window
+ * clamp from the buffer whenever its payload ratio changes, so a clamp
+ * alone does not hold; 3/4 of the window, which the kernel doubles) and
+ * TCP_WINDOW_CLAMP. On a change only. */
+static __always_inline void clamp_receive_window(struct bpf_sock_ops *skops, struct pod_state *pod,
+						 struct flow_state *flow)
+{
+	int rwnd = rwnd_for(pod, flow ? flow->rx_bulk : false);
+	int rcvbuf = rwnd / 4 * 3;
+
+	if (flow) {
+		if (flow->rwnd == (__u32)rwnd)
+			return;
+		flow->rwnd = rwnd;
+	}
+	bpf_setsockopt(skops, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &rwnd, sizeof(rwnd));
 }
 
 /* Applies pacing_rate() to a socket, with setsockopt only on a change. */
@@ -166,23 +231,46 @@ SEC("sockops")
 int pace_tcp(struct bpf_sock_ops *skops)
 {
 	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
+	bool paced, clamped;
 
-	if (!pod || pod->egress.rate == 0)
+	if (!pod)
+		return 1;
+	paced = pod->egress.rate != 0;
+	clamped = pod->ingress.rate != 0 && (pod->flags & POD_INGRESS_QUEUED);
+	if (!paced && !clamped)
 		return 1;
 	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		/* Before the SYN or SYN-ACK advertises the first window. The
+		 * socket has no flow state yet: a light receiver's window. */
+		if (clamped)
+			clamp_receive_window(skops, pod, NULL);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						     BPF_SOCK_OPS_RTT_CB_FLAG |
 						     BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+		if (clamped)
+			clamp_receive_window(skops, pod, NULL);
 		break;
 	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
-		if (skops->skb_len == 0)
+		/* Every outgoing segment, pure ACKs included: a window set
+		 * here is advertised by this very segment. */
+		if (clamped && skops->sk) {
+			struct flow_state *flow = bpf_sk_storage_get(&flow_state, skops->sk, 0, 0);
+
+			if (flow)
+				clamp_receive_window(skops, pod, flow);
+		}
+		if (!paced || skops->skb_len == 0)
 			break; /* a pure ACK, or an MSS computation */
 		pace_flow(skops, pod, skops->skb_len);
 		break;
 	case BPF_SOCK_OPS_RTT_CB:
-		pace_flow(skops, pod, 0);
+		if (paced)
+			pace_flow(skops, pod, 0);
 		break;
 	}
 	return 1;

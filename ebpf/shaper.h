@@ -71,14 +71,29 @@ struct pod_state {
 	struct bucket egress;
 	/* Layout 2. */
 	__u32 ifindex; /* the pod's interface in its netns; 0 shapes every interface */
-	__u32 flags;   /* reserved, 0 */
+	__u32 flags;   /* POD_INGRESS_QUEUED */
+	/* The receiver window the counts below are for, and the bulk TCP
+	 * receivers counted in it and in the window before: the ingress rate is
+	 * split among them into receive windows (rwnd_for). */
+	__u64 rx_window;
+	__u32 receivers_now;
+	__u32 receivers_before;
+	/* The host-side interface (in the node's netns) that holds the pod's
+	 * ingress queue, when POD_INGRESS_QUEUED. */
+	__u32 host_ifindex;
+	__u32 pad;
 };
+
+/* Ingress is shaped by a queue on the host side of the pod's veth (set up by
+ * ADD): shape_ingress only counts, and pace_tcp clamps receive windows so
+ * that senders stay inside that queue instead of overflowing it. */
+#define POD_INGRESS_QUEUED 1
 
 #define POD_STATE_LAYOUT 2
 
 /* src/state.rs mirrors this struct; a size mismatch fails the build here and
  * the layout test there. */
-_Static_assert(sizeof(struct pod_state) == 192, "struct pod_state must match src/state.rs");
+_Static_assert(sizeof(struct pod_state) == 216, "struct pod_state must match src/state.rs");
 
 /* The loopback device has this index in every network namespace. */
 #define LOOPBACK_IFINDEX 1
@@ -246,7 +261,9 @@ static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff 
 }
 
 /*
- * Ingress (world -> pod): a policer. Nothing can be queued here, so excess is
+ * Ingress (world -> pod). Where ADD could put a queue on the host side of
+ * the pod's veth (POD_INGRESS_QUEUED), that queue shapes and this only
+ * counts. Elsewhere it is a policer: nothing can be queued here, so excess is
  * dropped; ECN-capable flows are marked while the bucket runs low, so they
  * slow down before they lose packets.
  */
@@ -256,7 +273,7 @@ static __always_inline int shape_ingress(struct pod_state *pod, struct __sk_buff
 
 	if (!crosses_pod_interface(pod, skb))
 		return SKB_PASS;
-	if (!pod || pod->ingress.rate == 0) {
+	if (!pod || pod->ingress.rate == 0 || (pod->flags & POD_INGRESS_QUEUED)) {
 		if (pod)
 			bucket_count_unlimited(&pod->ingress, skb->len);
 		return SKB_PASS;
@@ -391,6 +408,68 @@ static __always_inline void roll_sender_window(struct pod_state *pod, __u64 wind
 		return;
 	pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
 	pod->senders_now = 0;
+}
+
+/*
+ * Ingress receive windows (POD_INGRESS_QUEUED only). At in-cluster RTTs a
+ * sender's congestion window never limits it, so it overflows any short
+ * queue: losses, retransmissions. Clamping the pod's receive window bounds
+ * what each sender has in flight, and so what waits in the queue. A bulk
+ * receiver (one that received at least half its share in its previous
+ * window) gets its share of the rate for RWND_MS; a light or new one, such
+ * as a request waiting for its response, gets RWND_LIGHT_BYTES so that a
+ * response is not held back by round trips. The queue's limit (ADD) holds
+ * the sum.
+ */
+#define RWND_MS 5
+#define RWND_MIN_BYTES (4 * 1448)
+#define RWND_LIGHT_BYTES (16 * 1024)
+
+static __always_inline __u32 bulk_receivers(const struct pod_state *pod)
+{
+	__u32 receivers = pod->receivers_now;
+
+	if (pod->receivers_before > receivers)
+		receivers = pod->receivers_before;
+	return receivers ? receivers : 1;
+}
+
+/* The receive window (bytes) of a socket receiving on the pod's interface. */
+static __always_inline __u32 rwnd_for(const struct pod_state *pod, bool bulk)
+{
+	__u64 w;
+
+	if (!bulk)
+		return RWND_LIGHT_BYTES;
+	w = pod->ingress.rate / bulk_receivers(pod) * RWND_MS / 1000;
+	if (w < RWND_MIN_BYTES)
+		w = RWND_MIN_BYTES;
+	if (w > (1U << 30))
+		w = 1U << 30;
+	return (__u32)w;
+}
+
+/* Whether a socket starting to receive in `window` is a bulk receiver,
+ * given the window it last received in and the bytes it received there. */
+static __always_inline bool is_bulk_receiver(const struct pod_state *pod, __u64 last_window,
+					     __u64 last_bytes, __u64 window)
+{
+	__u64 share_bytes;
+
+	if (last_window == 0 || last_window + 1 != window)
+		return false;
+	share_bytes = ((pod->ingress.rate / bulk_receivers(pod)) << SENDER_WINDOW_SHIFT) / NSEC_PER_SEC;
+	return last_bytes * 2 >= share_bytes;
+}
+
+static __always_inline void roll_receiver_window(struct pod_state *pod, __u64 window)
+{
+	__u64 seen = pod->rx_window;
+
+	if (seen == window || __sync_val_compare_and_swap(&pod->rx_window, seen, window) != seen)
+		return;
+	pod->receivers_before = seen + 1 == window ? pod->receivers_now : 0;
+	pod->receivers_now = 0;
 }
 
 #endif

@@ -74,11 +74,16 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
         netns: std::path::Path::new(&req.env.netns),
         ifname: &req.env.ifname,
         allow_raw_sockets: req.conf.allow_raw_sockets,
+        host_interface: if req.conf.ingress_queue {
+            crate::ingress_queue::host_interface(req.conf.prev_result.as_ref())
+        } else {
+            None
+        },
     };
-    datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
+    let mode = datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
     log::info!(
-        "container {} ({}): shaping {} with {}",
+        "container {} ({}): shaping {} with {}; {mode}",
         req.env.container_id,
         req.env.ifname,
         cgroup_dir.display(),
@@ -181,7 +186,13 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                     s.ingress.limit(),
                     s.egress.limit()
                 ))),
-                Some(_) => Ok(()),
+                Some(s) => match limits.ingress {
+                    Some(ingress) if s.flags & crate::state::POD_INGRESS_QUEUED != 0 => {
+                        crate::ingress_queue::verify(s.host_ifindex, ingress.rate)
+                            .map_err(|e| failed(format!("ingress is queued, but {e:#}")))
+                    }
+                    _ => Ok(()),
+                },
             }
         }
     }
@@ -246,7 +257,7 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
             let entry = match datapath::pod_state_from_pins(&dir) {
                 Ok((cgroup_id, state)) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
-                    "cgroupId": cgroup_id, "state": state,
+                    "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
                 }),
                 Err(e) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
@@ -257,4 +268,18 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
         }
     }
     Ok(serde_json::to_string_pretty(&serde_json::json!({ "pods": pods }))?)
+}
+
+/// How a pod's ingress limit is enforced, as `stats` names it.
+fn ingress_mode(state: &crate::state::PodState) -> String {
+    if state.ingress.rate == 0 {
+        "none".into()
+    } else if state.flags & crate::state::POD_INGRESS_QUEUED != 0 {
+        match crate::ingress_queue::ifname_of(state.host_ifindex) {
+            Some(name) => format!("queue on {name}"),
+            None => format!("queue on interface {} (gone)", state.host_ifindex),
+        }
+    } else {
+        "policer".into()
+    }
 }

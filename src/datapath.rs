@@ -61,6 +61,30 @@ pub struct PodNetwork<'a> {
     pub ifname: &'a str,
     /// Whether AF_PACKET sockets may send (the `allowRawSockets` key).
     pub allow_raw_sockets: bool,
+    /// The pod's host-side interface, where ingress may be queued (None:
+    /// none in prevResult, or `ingressQueue` is off).
+    pub host_interface: Option<String>,
+}
+
+/// How the pod's ingress limit is enforced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressMode {
+    /// No ingress limit.
+    None,
+    /// A queue on this host-side interface, with clamped receive windows.
+    Queue(String),
+    /// The BPF policer, and why no queue.
+    Policer(String),
+}
+
+impl std::fmt::Display for IngressMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IngressMode::None => write!(f, "ingress unlimited"),
+            IngressMode::Queue(i) => write!(f, "ingress queued on {i}"),
+            IngressMode::Policer(why) => write!(f, "ingress policed ({why})"),
+        }
+    }
 }
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
@@ -250,6 +274,15 @@ impl PinRoot {
     /// Unpins an attachment, which detaches its links. Returns whether it existed.
     pub fn remove_pod(&self, id: &AttachmentId) -> Result<bool> {
         let dir = self.pod_dir(id);
+        // The ingress queue lives on the host-side interface, which usually
+        // goes with the pod's netns; when it is still there, it is ours to remove.
+        if let Ok((_, state)) = pod_state_from_pins(&dir) {
+            if state.flags & crate::state::POD_INGRESS_QUEUED != 0 {
+                if let Err(e) = crate::ingress_queue::remove(state.host_ifindex) {
+                    log::warn!("cannot remove the ingress queue: {e:#}");
+                }
+            }
+        }
         // Hold the links open while unpinning: the last reference then drops
         // when these fds close, in this process, which detaches the links
         // before we return. An unpin alone drops it from a kernel work item,
@@ -398,7 +431,7 @@ pub fn attach_pod(
     cgroup_dir: &Path,
     network: &PodNetwork<'_>,
     limits: &Limits,
-) -> Result<()> {
+) -> Result<IngressMode> {
     // A repeated ADD replaces the attachment rather than stacking another.
     root.remove_pod(id)?;
     let result = refuse_second_attachment(root, id, cgroup_dir)
@@ -460,6 +493,42 @@ fn attach_and_pin(
     cgroup_dir: &Path,
     network: &PodNetwork<'_>,
     limits: &Limits,
+) -> Result<IngressMode> {
+    let (mode, queued_on) = set_up_ingress_queue(network, limits);
+    let attached = attach_and_pin_links(datapath, pod_dir, cgroup_dir, network, limits, queued_on);
+    if attached.is_err() {
+        if let Some(ifindex) = queued_on {
+            let _ = crate::ingress_queue::remove(ifindex);
+        }
+    }
+    attached.map(|()| mode)
+}
+
+/// Puts the ingress queue on the pod's host-side interface, where there is
+/// one free to take it; returns the mode and the interface's index.
+fn set_up_ingress_queue(network: &PodNetwork<'_>, limits: &Limits) -> (IngressMode, Option<u32>) {
+    let Some(limit) = limits.ingress else { return (IngressMode::None, None) };
+    let Some(ifname) = &network.host_interface else {
+        return (IngressMode::Policer("no host-side interface in prevResult".into()), None);
+    };
+    let queued = crate::ingress_queue::install(ifname, crate::ingress_queue::QueueSpec::for_rate(limit.rate))
+        .and_then(|()| crate::netns::ifindex(ifname));
+    match queued {
+        Ok(ifindex) => (IngressMode::Queue(ifname.clone()), Some(ifindex)),
+        Err(e) => {
+            log::warn!("cannot queue ingress on {ifname}, policing instead: {e:#}");
+            (IngressMode::Policer(format!("cannot queue on {ifname}: {e}")), None)
+        }
+    }
+}
+
+fn attach_and_pin_links(
+    datapath: &Path,
+    pod_dir: &Path,
+    cgroup_dir: &Path,
+    network: &PodNetwork<'_>,
+    limits: &Limits,
+    queued_on: Option<u32>,
 ) -> Result<()> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
@@ -509,8 +578,12 @@ fn attach_and_pin(
 
     let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
     // update_locked checks that the map's value size is this build's PodState.
-    bpf_sys::update_locked(map.as_fd(), cgroup_id, &PodState::new(limits, interface.ifindex, monotonic_ns()))
-        .context("cannot write the pod's limits into its cgroup storage")?;
+    let mut state = PodState::new(limits, interface.ifindex, monotonic_ns());
+    if let Some(host_ifindex) = queued_on {
+        state.flags |= crate::state::POD_INGRESS_QUEUED;
+        state.host_ifindex = host_ifindex;
+    }
+    bpf_sys::update_locked(map.as_fd(), cgroup_id, &state).context("cannot write the pod's limits into its cgroup storage")?;
 
     fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
     for (link, name) in &links {

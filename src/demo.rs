@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 
 use crate::quantity;
-use crate::testbed::{sample_prev_result, Invocation, Testbed};
+use crate::testbed::{Invocation, Testbed};
 
 pub struct DemoOptions {
     pub rate: String,
@@ -34,7 +34,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
                 "kubernetes.io/egress-bandwidth": opts.rate,
             }
         },
-        "prevResult": sample_prev_result("1.0.0"),
+        "prevResult": bed.prev_result("1.0.0"),
     });
     let netns = bed.pod_netns_path();
     let invoke = |command: &str| {

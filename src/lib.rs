@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod cni;
 pub mod commands;
 pub mod datapath;
+pub mod ingress_queue;
 pub mod demo;
 pub mod limits;
 pub mod logging;

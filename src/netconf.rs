@@ -32,6 +32,9 @@ pub struct NetConf {
     pub pin_root: PathBuf,
     /// `allowRawSockets`: let AF_PACKET sockets send, unshaped. Off by default.
     pub allow_raw_sockets: bool,
+    /// `ingressQueue`: queue ingress on the pod's host-side interface where
+    /// there is one (default), rather than police it.
+    pub ingress_queue: bool,
     /// Plugin defaults: the bandwidth keys at the top level of the config.
     pub defaults: BandwidthKeys,
     /// runtimeConfig.bandwidth, from the runtime (the bandwidth capability).
@@ -64,6 +67,7 @@ impl NetConf {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
+            ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
             defaults: bandwidth_keys(&obj, "the plugin config")?,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             ..Default::default()

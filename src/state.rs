@@ -7,7 +7,7 @@ use crate::bpf_sys::Pod;
 use crate::limits::{Limit, Limits};
 
 /// Bumped whenever fields are appended to struct pod_state. Layout 2 added
-/// the pod's interface.
+/// the pod's interface and the ingress queue's receive-window state.
 pub const POD_STATE_LAYOUT: u32 = 2;
 
 #[repr(C)]
@@ -44,8 +44,22 @@ pub struct PodState {
     /// Layout 2: the pod's interface index inside its netns (0: every
     /// interface but loopback is shaped).
     pub ifindex: u32,
+    /// POD_INGRESS_QUEUED: ingress is shaped by a queue on `host_ifindex`.
     pub flags: u32,
+    /// The receiver window the counts are for, and the bulk TCP receivers
+    /// in it and the window before.
+    pub rx_window: u64,
+    pub receivers_now: u32,
+    pub receivers_before: u32,
+    /// The host-side interface holding the pod's ingress queue.
+    pub host_ifindex: u32,
+    #[serde(skip)]
+    pub pad: u32,
 }
+
+/// `PodState::flags`: ingress is shaped by a queue on the host side of the
+/// pod's veth, and the datapath clamps receive windows instead of policing.
+pub const POD_INGRESS_QUEUED: u32 = 1;
 
 // SAFETY: repr(C), integers only, every bit pattern valid.
 unsafe impl Pod for PodState {}
@@ -107,9 +121,9 @@ mod tests {
 
     #[test]
     fn layout_matches_the_c_struct() {
-        // 4 (lock) + 4 + 8 + 4 + 4 + 2 * 10 * 8, then layout 2's 4 + 4;
+        // 4 (lock) + 4 + 8 + 4 + 4 + 2 * 10 * 8, then layout 2's 4 + 4 + 8 + 4 + 4 + 4 + 4;
         // ebpf/shaper.h asserts the same size.
-        assert_eq!(std::mem::size_of::<PodState>(), 192);
+        assert_eq!(std::mem::size_of::<PodState>(), 216);
         assert_eq!(std::mem::size_of::<Bucket>(), 80);
     }
 

@@ -45,6 +45,12 @@ pub struct Testbed {
     pub name: String,
     pub server_ns: String,
     pub pod_ns: String,
+    /// In the host netns: the bridge joining pod and server, and the host
+    /// ends of their veths. The pod's is what a bridge or ptp main plugin
+    /// leaves on the node: where ADD queues the pod's ingress.
+    pub bridge: String,
+    pub pod_host_veth: String,
+    pub server_host_veth: String,
     /// The pod's cgroup: the plugin attaches here, iperf3 clients run here.
     pub cgroup: PathBuf,
     servers: Vec<Child>,
@@ -54,11 +60,17 @@ impl Testbed {
     /// Creates `<prefix>-srv` and `<prefix>-pod` namespaces joined by a veth
     /// pair, and a cgroup for the pod under `<cgroup2>/bpf-ratelimit-test/`.
     pub fn create(prefix: &str) -> Result<Self> {
-        let name = format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst));
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("{prefix}-{}-{n}", std::process::id());
+        // Host interface names hold at most 15 bytes.
+        let tag = format!("{:x}x{n:x}", std::process::id());
         let cgroup = cgroup2_mount()?.join("bpf-ratelimit-test").join(&name);
         let mut bed = Testbed {
             server_ns: format!("{name}-srv"),
             pod_ns: format!("{name}-pod"),
+            bridge: format!("brlb{tag}"),
+            pod_host_veth: format!("brlp{tag}"),
+            server_host_veth: format!("brls{tag}"),
             name,
             cgroup,
             servers: Vec::new(),
@@ -70,7 +82,12 @@ impl Testbed {
     fn setup(&mut self) -> Result<()> {
         ip(&["netns", "add", &self.server_ns])?;
         ip(&["netns", "add", &self.pod_ns])?;
-        ip(&["link", "add", "eth0", "netns", &self.server_ns, "type", "veth", "peer", "name", "eth0", "netns", &self.pod_ns])?;
+        ip(&["link", "add", &self.bridge, "type", "bridge"])?;
+        ip(&["link", "set", &self.bridge, "up"])?;
+        for (ns, host) in [(&self.server_ns, &self.server_host_veth), (&self.pod_ns, &self.pod_host_veth)] {
+            ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", host])?;
+            ip(&["link", "set", host, "master", &self.bridge, "up"])?;
+        }
         for (ns, addr, addr6) in [(&self.server_ns, SERVER_IP, SERVER_IP6), (&self.pod_ns, POD_IP, POD_IP6)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&["-n", ns, "addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"])?;
@@ -158,8 +175,13 @@ impl Drop for Testbed {
             let _ = s.kill();
             let _ = s.wait();
         }
+        // Deleting a host end removes its veth pair now; a netns's own
+        // devices go later, from a kernel work item.
+        let _ = ip(&["link", "del", &self.pod_host_veth]);
+        let _ = ip(&["link", "del", &self.server_host_veth]);
         let _ = ip(&["netns", "del", &self.pod_ns]);
         let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["link", "del", &self.bridge]);
         remove_cgroup(&self.cgroup);
         if let Some(parent) = self.cgroup.parent() {
             let _ = std::fs::remove_dir(parent);
@@ -300,16 +322,20 @@ impl Invocation<'_> {
 }
 
 /// A prevResult like the bridge plugin's, for a pod at POD_IP.
-pub fn sample_prev_result(cni_version: &str) -> Value {
-    serde_json::json!({
-        "cniVersion": cni_version,
-        "interfaces": [
-            {"name": "cni0", "mac": "aa:bb:cc:dd:ee:01"},
-            {"name": "veth1234", "mac": "aa:bb:cc:dd:ee:02"},
-            {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": "/var/run/netns/x"}
-        ],
-        "ips": [{"address": format!("{POD_IP}/24"), "gateway": SERVER_IP, "interface": 2}],
-        "routes": [{"dst": "0.0.0.0/0"}],
-        "dns": {}
-    })
+impl Testbed {
+    /// The prevResult a bridge main plugin would give for this pod: the
+    /// bridge, the host end of the pod's veth, and eth0 in the sandbox.
+    pub fn prev_result(&self, cni_version: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": cni_version,
+            "interfaces": [
+                {"name": self.bridge, "mac": "aa:bb:cc:dd:ee:01"},
+                {"name": self.pod_host_veth, "mac": "aa:bb:cc:dd:ee:02"},
+                {"name": "eth0", "mac": "aa:bb:cc:dd:ee:03", "sandbox": self.pod_netns_path()}
+            ],
+            "ips": [{"address": format!("{POD_IP}/24"), "gateway": SERVER_IP, "interface": 2}],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {}
+        })
+    }
 }

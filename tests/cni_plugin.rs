@@ -60,7 +60,7 @@ fn pod_without_limits_gets_nothing_attached_and_prev_result_back() {
     let pod = Pod::new("nolimit");
     let out = pod.add(json!({}));
     let reply = out.json().unwrap();
-    let mut expected = bpf_ratelimit::testbed::sample_prev_result("1.0.0");
+    let mut expected = pod.bed.prev_result("1.0.0");
     expected["cniVersion"] = json!("1.0.0");
     assert_eq!(reply, expected, "prevResult must pass through unchanged");
     assert_eq!(pod.cgroup_attachments(), "");

@@ -22,6 +22,8 @@ struct HarnessInput {
     bulk: u32,
     out_is_bulk: u32,
     out_rate: u64,
+    out_rwnd: u32,
+    out_is_bulk_receiver: u32,
 }
 
 // SAFETY: repr(C), integers only.
@@ -441,6 +443,64 @@ fn senders_are_bulk_from_half_their_share() {
         h.pacing(s).0
     };
     assert!(classify(&mut h, 0, 0), "a new socket counts as bulk for its first window");
+    assert!(classify(&mut h, window - 1, share_bytes.div_ceil(2)), "half its share in the last window: bulk");
+    assert!(!classify(&mut h, window - 1, share_bytes / 2 - 100), "less: light");
+    assert!(!classify(&mut h, window - 2, share_bytes), "silent for a window: light");
+}
+
+#[test]
+fn a_queued_ingress_is_counted_not_policed() {
+    let mut h = Harness::new();
+    let mut state = input(bucket(1_000_000, 1_000, 0, SEC), Bucket::default(), SEC);
+    state.pod.flags = bpf_ratelimit::state::POD_INGRESS_QUEUED;
+    h.set(state);
+    // An empty bucket would drop; the host-side queue shapes instead.
+    assert_eq!(h.run_proto("harness_ingress", 1500, ECT0, TCP).0, PASS);
+    let i = h.get().pod.ingress;
+    assert_eq!((i.passed_packets, i.passed_bytes, i.dropped_packets, i.marked_packets, i.tokens), (1, 1500, 0, 0, 0));
+}
+
+#[test]
+fn receive_windows_split_the_rate_among_bulk_receivers() {
+    let mut h = Harness::new();
+    let rwnd = |h: &mut Harness, rate: u64, receivers: u32, bulk: bool| {
+        let mut s = input(bucket(rate, 100_000, 0, SEC), Bucket::default(), SEC);
+        s.pod.flags = bpf_ratelimit::state::POD_INGRESS_QUEUED;
+        s.pod.receivers_now = receivers;
+        s.bulk = bulk as u32;
+        h.set(s);
+        let p: &CgroupSkb = h.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
+        let pkt = ipv4_packet(100, 0, UDP);
+        p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
+        h.get().out_rwnd
+    };
+    // 125 MB/s (1G) for 5 ms, split among bulk receivers.
+    assert_eq!(rwnd(&mut h, 125_000_000, 1, true), 625_000);
+    assert_eq!(rwnd(&mut h, 125_000_000, 5, true), 125_000);
+    // At least four segments, however many share.
+    assert_eq!(rwnd(&mut h, 1_250_000, 8, true), 4 * 1448);
+    // A light receiver (a request awaiting its response) gets 16 KiB.
+    assert_eq!(rwnd(&mut h, 1_250_000, 8, false), 16 * 1024);
+}
+
+#[test]
+fn receivers_are_bulk_from_half_their_share() {
+    let mut h = Harness::new();
+    let window = (5 * SEC) / WINDOW_NS;
+    let share_bytes = (1_000_000u64 * WINDOW_NS) / SEC;
+    let classify = |h: &mut Harness, last_window: u64, last_bytes: u64| {
+        let mut s = input(bucket(1_000_000, 100_000, 0, SEC), Bucket::default(), SEC);
+        s.pod.receivers_now = 1;
+        s.last_window = last_window;
+        s.last_bytes = last_bytes;
+        s.window = window;
+        h.set(s);
+        let p: &CgroupSkb = h.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
+        let pkt = ipv4_packet(100, 0, UDP);
+        p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
+        h.get().out_is_bulk_receiver != 0
+    };
+    assert!(!classify(&mut h, 0, 0), "a new socket starts light: its first response is not held back");
     assert!(classify(&mut h, window - 1, share_bytes.div_ceil(2)), "half its share in the last window: bulk");
     assert!(!classify(&mut h, window - 1, share_bytes / 2 - 100), "less: light");
     assert!(!classify(&mut h, window - 2, share_bytes), "silent for a window: light");

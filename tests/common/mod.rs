@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use bpf_ratelimit::testbed::{sample_prev_result, Invocation, PluginOutput, Testbed};
+use bpf_ratelimit::testbed::{Invocation, PluginOutput, Testbed};
 use serde_json::{json, Value};
 
 pub fn plugin() -> PathBuf {
@@ -50,7 +50,7 @@ impl Pod {
                 "cgroupPath": self.cgroup_path,
                 "io.kubernetes.cri.pod-annotations": annotations,
             },
-            "prevResult": sample_prev_result("1.0.0"),
+            "prevResult": self.bed.prev_result("1.0.0"),
         })
     }
 

@@ -7,9 +7,10 @@ iperf3 covers bulk flows; this covers the rest:
                                    an 8-byte header (request and response
                                    sizes, big-endian u32) and the request
                                    bytes; the reply is the response bytes.
-  requests HOST PORT SIZE COUNT GAP_MS
+  requests HOST PORT SIZE COUNT GAP_MS [RESPONSE]
                                    one request of SIZE bytes every GAP_MS on
-                                   a keep-alive connection; prints latency
+                                   a keep-alive connection, answered with
+                                   RESPONSE bytes (64); prints latency
                                    percentiles (ms) as JSON.
   light HOST PORT CONNS BPS SECONDS
                                    CONNS keep-alive connections each sending
@@ -66,15 +67,15 @@ def connect(host, port):
     return conn
 
 
-def requests(host, port, size, count, gap_ms):
+def requests(host, port, size, count, gap_ms, response=64):
     conn = connect(host, port)
-    payload = struct.pack("!II", size, 64) + b"q" * size
+    payload = struct.pack("!II", size, response) + b"q" * size
     samples, failed = [], 0
     for _ in range(count):
         start = time.monotonic()
         try:
             conn.sendall(payload)
-            recv_exact(conn, 64)
+            recv_exact(conn, response)
             samples.append((time.monotonic() - start) * 1000)
         except OSError:
             failed += 1
@@ -130,7 +131,8 @@ def main(argv):
     if cmd == "serve":
         serve(int(args[0]))
     elif cmd == "requests":
-        requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
+        requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]),
+                 int(args[5]) if len(args) > 5 else 64)
     elif cmd == "light":
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":

@@ -1,0 +1,180 @@
+//! The pod's ingress queue: a TBF qdisc on the host side of the pod's veth.
+//!
+//! A cgroup ingress hook can only pass or drop, and at in-cluster RTTs that
+//! makes senders resend a large share of what they send (docs/shaping.md).
+//! Where the main plugin leaves a host-side veth (bridge, ptp), ADD puts a
+//! short queue there instead, and the datapath clamps the pod's receive
+//! windows so that senders stay inside it. Where there is none (macvlan,
+//! ipvlan, a main plugin that lists no host interface), or the interface
+//! already has a root qdisc (another shaper, such as the reference bandwidth
+//! plugin), the BPF policer stays in force; the logs, CHECK and `stats` say
+//! which.
+//!
+//! The qdisc is set up with iproute2's `tc`, as an operator would, and is
+//! recognised by its handle.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The root qdisc handle that marks a queue as ours ("b9a1:").
+pub const HANDLE: &str = "b9a1:";
+
+/// Frames carry 66 bytes of Ethernet, IP and TCP headers per 1448 bytes of
+/// payload; the queue counts frames, the limit is what the pod receives.
+const FRAME_PER_PAYLOAD: f64 = 1514.0 / 1448.0;
+/// The queue holds max(rate x QUEUE_MS, QUEUE_MIN_BYTES): room for every
+/// receiver's window (ebpf/shaper.h: RWND_*), so clamped senders never
+/// overflow it; they keep it near RWND_MS full.
+const QUEUE_MS: u64 = 20;
+const QUEUE_MIN_BYTES: u64 = 256 * 1024;
+/// TBF's bucket: 1 ms at the rate, at least four frames.
+const TBF_BURST_MIN_BYTES: u64 = 4 * 1514;
+
+/// The queue's parameters for an ingress limit of `rate` bits/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub rate_bits: u64,
+    pub burst_bytes: u64,
+    pub limit_bytes: u64,
+}
+
+impl QueueSpec {
+    pub fn for_rate(rate: u64) -> Self {
+        let bytes_per_s = rate / 8;
+        QueueSpec {
+            rate_bits: (rate as f64 * FRAME_PER_PAYLOAD) as u64,
+            burst_bytes: (bytes_per_s / 1000).max(TBF_BURST_MIN_BYTES),
+            limit_bytes: (bytes_per_s * QUEUE_MS / 1000).max(QUEUE_MIN_BYTES),
+        }
+    }
+}
+
+/// The host-side interface of the pod in prevResult: one without a
+/// `sandbox` that exists in this (the node's) netns and is not a bridge.
+pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
+    let interfaces = prev_result?.get("interfaces")?.as_array()?;
+    interfaces.iter().find_map(|i| {
+        if i.get("sandbox").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+            return None;
+        }
+        let name = i.get("name")?.as_str()?;
+        // A name that is no interface name is never handed to tc.
+        let valid = !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', '\0']) && name != "." && name != "..";
+        let sys = Path::new("/sys/class/net").join(name);
+        (valid && sys.exists() && !sys.join("bridge").exists()).then(|| name.to_string())
+    })
+}
+
+fn tc() -> Command {
+    let path = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc", "/bin/tc"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("tc");
+    Command::new(path)
+}
+
+fn run_tc(args: &[&str]) -> Result<String> {
+    let out = tc().args(args).output().context("cannot run tc (iproute2)")?;
+    if !out.status.success() {
+        bail!("tc {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
+/// the interface already has a root qdisc of its own.
+pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
+    run_tc(&[
+        "qdisc",
+        "add",
+        "dev",
+        ifname,
+        "root",
+        "handle",
+        HANDLE,
+        "tbf",
+        "rate",
+        &format!("{}bit", spec.rate_bits),
+        "burst",
+        &spec.burst_bytes.to_string(),
+        "limit",
+        &spec.limit_bytes.to_string(),
+    ])
+    .map(drop)
+}
+
+/// The interface's name, if `ifindex` still exists in this netns.
+pub fn ifname_of(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name into buf.
+    Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// The root qdisc of `ifname` as `tc -j` shows it, if it is ours.
+fn our_qdisc(ifname: &str) -> Result<Option<Value>> {
+    let out = run_tc(&["-j", "qdisc", "show", "dev", ifname, "root"])?;
+    let v: Value = serde_json::from_str(&out).context("tc -j printed no JSON")?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|q| q["kind"] == "tbf" && q["handle"].as_str() == Some(HANDLE))
+        .cloned())
+}
+
+/// Removes our queue from the interface `ifindex`, if both are still there.
+/// The interface usually goes with the pod's netns; that is not an error.
+pub fn remove(ifindex: u32) -> Result<()> {
+    let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
+    if our_qdisc(&ifname)?.is_some() {
+        run_tc(&["qdisc", "del", "dev", &ifname, "root", "handle", HANDLE])?;
+    }
+    Ok(())
+}
+
+/// For CHECK: the queue is on `ifindex` with the rate for `rate` bits/s.
+pub fn verify(ifindex: u32, rate: u64) -> Result<()> {
+    let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
+    let Some(q) = our_qdisc(&ifname)? else { bail!("the ingress queue is missing from {ifname}") };
+    let want = QueueSpec::for_rate(rate).rate_bits;
+    let have = q["options"]["rate"].as_u64().map(|bytes_per_s| bytes_per_s * 8);
+    // tc reports the rate in bytes/s, rounded.
+    if have.is_some_and(|h| h.abs_diff(want) > want / 100 + 8) {
+        bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", have.unwrap_or(0));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_sizes_scale_with_the_rate_above_floors() {
+        let q = QueueSpec::for_rate(10_000_000);
+        assert_eq!(q.rate_bits, 10_455_801);
+        assert_eq!(q.burst_bytes, TBF_BURST_MIN_BYTES);
+        assert_eq!(q.limit_bytes, QUEUE_MIN_BYTES);
+        let q = QueueSpec::for_rate(1_000_000_000);
+        assert_eq!(q.burst_bytes, 125_000);
+        assert_eq!(q.limit_bytes, 2_500_000);
+    }
+
+    #[test]
+    fn host_interface_skips_sandbox_bridges_and_missing_names() {
+        // "lo" exists in every netns and is no bridge; the others do not exist.
+        let prev = serde_json::json!({"interfaces": [
+            {"name": "eth0", "sandbox": "/var/run/netns/x"},
+            {"name": "no-such-if0"},
+            {"name": "../../etc"},
+            {"name": "lo"}
+        ]});
+        assert_eq!(host_interface(Some(&prev)).as_deref(), Some("lo"));
+        assert_eq!(host_interface(Some(&serde_json::json!({"interfaces": [{"name": "eth0", "sandbox": "/x"}]}))), None);
+        assert_eq!(host_interface(None), None);
+    }
+}
