@@ -35,12 +35,7 @@ fn stats(pod: &Pod) -> Value {
 /// One iperf3 download into the pod: (goodput bit/s, share of segments resent).
 fn download(pod: &Pod, cc: &str, flows: u32, seconds: u32) -> (f64, f64) {
     let p = flows.to_string();
-    let v = pod.bed.iperf3(&["-R", "-O", "1", "-P", &p, "-C", cc, "--get-server-output"], seconds + 1).expect("iperf3");
-    if std::env::var("BRL_DEBUG").is_ok() {
-        for i in v["server_output_json"]["intervals"].as_array().into_iter().flatten() {
-            println!("  {:.1}-{:.1}s retrans {}", i["sum"]["start"].as_f64().unwrap_or(0.0), i["sum"]["end"].as_f64().unwrap_or(0.0), i["sum"]["retransmits"]);
-        }
-    }
+    let v = pod.bed.iperf3(&["-R", "-O", "1", "-P", &p, "-C", cc], seconds + 1).expect("iperf3");
     let end = &v["end"];
     let bps = end["sum_received"]["bits_per_second"].as_f64().unwrap();
     let resent = end["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
