@@ -370,13 +370,19 @@ const UNPACED: u64 = 0xffff_ffff;
 const WINDOW_NS: u64 = 1 << 27;
 
 impl Harness {
-    /// Evaluates the pacing policy for `state`; returns (is_bulk_sender, pacing_rate).
-    fn pacing(&mut self, state: HarnessInput) -> (bool, u64) {
+    /// Evaluates the pacing and receive-window policies for `state`; returns
+    /// the state with their outputs filled in.
+    fn evaluate(&mut self, state: HarnessInput) -> HarnessInput {
         self.set(state);
         let p: &CgroupSkb = self.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
         let pkt = ipv4_packet(100, 0, UDP);
         p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
-        let out = self.get();
+        self.get()
+    }
+
+    /// The pacing policy for `state`: (is_bulk_sender, pacing_rate).
+    fn pacing(&mut self, state: HarnessInput) -> (bool, u64) {
+        let out = self.evaluate(state);
         (out.out_is_bulk != 0, out.out_rate)
     }
 }
@@ -468,11 +474,7 @@ fn receive_windows_split_the_rate_among_bulk_receivers() {
         s.pod.flags = bpf_ratelimit::state::POD_INGRESS_QUEUED;
         s.pod.receivers_now = receivers;
         s.bulk = bulk as u32;
-        h.set(s);
-        let p: &CgroupSkb = h.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
-        let pkt = ipv4_packet(100, 0, UDP);
-        p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
-        h.get().out_rwnd
+        h.evaluate(s).out_rwnd
     };
     // 125 MB/s (1G) for 5 ms, split among bulk receivers.
     assert_eq!(rwnd(&mut h, 125_000_000, 1, true), 625_000);
@@ -494,11 +496,7 @@ fn receivers_are_bulk_from_half_their_share() {
         s.last_window = last_window;
         s.last_bytes = last_bytes;
         s.window = window;
-        h.set(s);
-        let p: &CgroupSkb = h.ebpf.program("harness_pacing").unwrap().try_into().unwrap();
-        let pkt = ipv4_packet(100, 0, UDP);
-        p.test_run(TestRunOptions { data_in: Some(&pkt), ..TestRunOptions::new() }).unwrap();
-        h.get().out_is_bulk_receiver != 0
+        h.evaluate(s).out_is_bulk_receiver != 0
     };
     assert!(!classify(&mut h, 0, 0), "a new socket starts light: its first response is not held back");
     assert!(classify(&mut h, window - 1, share_bytes.div_ceil(2)), "half its share in the last window: bulk");
