@@ -11,7 +11,7 @@
  *                                           its share once the burst is spent
  *   refuse_qdisc_bypass cgroup/setsockopt   PACKET_QDISC_BYPASS would skip the
  *                                           interface's egress hook below
- *   refuse_raw_frames   tcx egress on the   drops frames from AF_PACKET sockets,
+ *   refuse_raw_frames   tc egress on the    drops frames from AF_PACKET sockets,
  *                       pod's interface     which skip the IP output path and so
  *                                           every cgroup hook
  *
@@ -31,6 +31,12 @@
 #ifndef IPPROTO_TCP
 #define IPPROTO_TCP 6
 #endif
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
 #ifndef AF_PACKET
 #define AF_PACKET 17
 #endif
@@ -49,9 +55,9 @@
 #define PACKET_QDISC_BYPASS 20
 #define PAGE_SIZE 4096
 
-/* TCX verdicts (linux/bpf.h >= 6.6; Debian's headers predate them). */
-#define TCX_NEXT -1
-#define TCX_DROP 2
+/* tc verdicts (linux/pkt_cls.h) for a direct-action classifier. */
+#define TC_ACT_UNSPEC -1
+#define TC_ACT_SHOT 2
 
 /* An IPv4 or IPv6 TCP skb longer than this carries data; pure ACKs, even
  * with timestamps and SACK blocks, are shorter. */
@@ -221,6 +227,33 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct pod_sta
 }
 
 /*
+ * Whether a socket talks within its own pod: over loopback, or to one of the
+ * pod's own addresses (its peer is then its own address). Such traffic never
+ * crosses the pod's interface, and its sockets are neither paced nor
+ * clamped. (Listening sockets are not clamped either: their children may be
+ * either kind; a child is clamped once established.)
+ */
+static __always_inline bool is_local_peer(const struct bpf_sock_ops *skops)
+{
+	if (skops->family == AF_INET)
+		/* remote_ip4 is in network order: its first octet is the low byte. */
+		return skops->remote_ip4 == skops->local_ip4 || (skops->remote_ip4 & 0xff) == 127;
+	if (skops->family == AF_INET6) {
+		__u32 r0 = skops->remote_ip6[0], r1 = skops->remote_ip6[1];
+		__u32 r2 = skops->remote_ip6[2], r3 = skops->remote_ip6[3];
+
+		if (r0 == skops->local_ip6[0] && r1 == skops->local_ip6[1] &&
+		    r2 == skops->local_ip6[2] && r3 == skops->local_ip6[3])
+			return true;
+		if (r0 == 0 && r1 == 0 && r2 == 0 && r3 == bpf_htonl(1))
+			return true; /* ::1 */
+		/* ::ffff:127.0.0.0/104, IPv4 loopback on an IPv6 socket */
+		return r0 == 0 && r1 == 0 && r2 == bpf_htonl(0xffff) && (r3 & 0xff) == 127;
+	}
+	return false;
+}
+
+/*
  * Re-evaluates a socket's pacing on every ACK of sent data (RTT callback) and
  * on every outgoing data segment (header-option length callback, which
  * reserves no option space): the segment callback stops an unpaced burst as
@@ -241,14 +274,16 @@ int pace_tcp(struct bpf_sock_ops *skops)
 		return 1;
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		/* Before the SYN or SYN-ACK advertises the first window. The
-		 * socket has no flow state yet: a light receiver's window. */
-		if (clamped)
+		/* Before the SYN advertises the first window. The socket has
+		 * no flow state yet: a light receiver's window. */
+		if (clamped && !is_local_peer(skops))
 			clamp_receive_window(skops, pod, NULL);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* A sidecar and its app: no callbacks, no pacing, no clamp. */
+		if (is_local_peer(skops))
+			break;
 		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						     BPF_SOCK_OPS_RTT_CB_FLAG |
 						     BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
@@ -279,7 +314,8 @@ int pace_tcp(struct bpf_sock_ops *skops)
 /*
  * AF_PACKET sockets hand frames straight to the device, past the IP output
  * path and so past shape_egress; containerd grants CAP_NET_RAW by default.
- * Attached to the pod's interface (tcx egress), this drops those frames:
+ * On the pod's interface (a cls_bpf filter on clsact egress, src/raw_guard.rs),
+ * this drops those frames:
  * the sender's sendmsg() fails with ENOBUFS. (Refusing socket() itself needs
  * the BPF LSM, which kernel lockdown forbids on many nodes.) Frames from IP
  * sockets, already shaped, go on.
@@ -290,8 +326,8 @@ int refuse_raw_frames(struct __sk_buff *skb)
 	struct bpf_sock *sk = skb->sk;
 
 	if (sk && sk->family == AF_PACKET)
-		return TCX_DROP;
-	return TCX_NEXT;
+		return TC_ACT_SHOT;
+	return TC_ACT_UNSPEC;
 }
 
 /*

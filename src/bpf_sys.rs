@@ -122,15 +122,6 @@ pub struct CgroupLinkInfo {
 }
 
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
-pub const BPF_LINK_TYPE_TCX: u32 = 11;
-
-impl CgroupLinkInfo {
-    /// For a tcx link (link_type BPF_LINK_TYPE_TCX), the union that holds a
-    /// cgroup link's cgroup_id holds the interface index in its first u32.
-    pub fn tcx_ifindex(&self) -> u32 {
-        self.cgroup_id as u32
-    }
-}
 
 pub fn link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
     let mut info = CgroupLinkInfo::default();
@@ -229,8 +220,6 @@ pub const ATTACH_CGROUP_INET_INGRESS: u32 = 0;
 pub const ATTACH_CGROUP_SOCK_OPS: u32 = 3;
 /// BPF_CGROUP_SETSOCKOPT
 pub const ATTACH_CGROUP_SETSOCKOPT: u32 = 22;
-/// BPF_TCX_EGRESS (kernel >= 6.6)
-pub const ATTACH_TCX_EGRESS: u32 = 47;
 
 #[repr(C)]
 #[derive(Default)]
@@ -254,14 +243,6 @@ pub fn link_create(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u3
         attach_type,
         flags: 0,
     };
-    sys_bpf_fd(BPF_LINK_CREATE, &mut attr)
-}
-
-/// Attaches a tc program to the egress of interface `ifindex` in the calling
-/// thread's network namespace, as a tcx bpf_link. The link holds no
-/// reference on the namespace: it goes defunct when the interface goes.
-pub fn link_create_tcx(prog: BorrowedFd<'_>, ifindex: u32, attach_type: u32) -> io::Result<std::os::fd::OwnedFd> {
-    let mut attr = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_fd: ifindex, attach_type, flags: 0 };
     sys_bpf_fd(BPF_LINK_CREATE, &mut attr)
 }
 

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::bpf_sys;
 use crate::cgroup;
 use crate::cni::{code, Command, CniError, Env};
 use crate::datapath::{self, AttachmentId, PinRoot, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
@@ -110,6 +109,11 @@ fn cmd_del(req: &Request) -> Result<(), CniError> {
     let removed = root
         .remove_pod(&req.attachment())
         .map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
+    // The raw-frame guard lives on the pod's interface, not among the pins;
+    // when the netns is already gone, so is the guard.
+    if removed && !req.env.netns.is_empty() {
+        crate::raw_guard::detach(std::path::Path::new(&req.env.netns), &req.env.ifname);
+    }
     // The pod is detached; a shared datapath that cannot be unpinned now is
     // retried by the next DEL or GC and must not block this pod's teardown.
     if let Err(e) = root.remove_datapath_if_unused() {
@@ -167,16 +171,8 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                     Some(info) if info.cgroup_id == cgroup_id => {}
                     _ => return Err(failed("the link refusing PACKET_QDISC_BYPASS is missing or elsewhere".into())),
                 }
-                let ifindex = a.state.map(|s| s.ifindex).unwrap_or(0);
-                match guard(RAW_GUARD_PINS[1]) {
-                    Some(info) if info.link_type == bpf_sys::BPF_LINK_TYPE_TCX && info.tcx_ifindex() == ifindex => {}
-                    _ => {
-                        return Err(failed(format!(
-                            "the link dropping raw (AF_PACKET) frames is missing from interface {}",
-                            req.env.ifname
-                        )))
-                    }
-                }
+                crate::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname)
+                    .map_err(|e| failed(format!("{e:#}")))?;
             }
             match a.state {
                 None => Err(failed("the pod's limits are missing from its cgroup storage".into())),

@@ -51,10 +51,10 @@ const DATAPATH_PINS: [&str; 7] =
 /// The cgroup link pins every attachment has, and the map pin beside them.
 pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
 pub const STATE_PIN: &str = "state";
-/// The links that keep raw frames under the limit, unless the config sets
-/// `allowRawSockets`: a cgroup link refusing PACKET_QDISC_BYPASS, and a tcx
-/// link on the pod's interface dropping AF_PACKET frames.
-pub const RAW_GUARD_PINS: [&str; 2] = ["setsockopt", "raw"];
+/// The link that keeps raw frames under the limit beside the filter on the
+/// pod's interface (raw_guard), unless the config sets `allowRawSockets`: a
+/// cgroup link refusing PACKET_QDISC_BYPASS, which would skip that filter.
+pub const RAW_GUARD_PINS: [&str; 1] = ["setsockopt"];
 /// The pod's interface, as CNI_NETNS and CNI_IFNAME named it at ADD.
 pub struct PodNetwork<'a> {
     pub netns: &'a Path,
@@ -538,7 +538,7 @@ fn attach_and_pin_links(
 
     // Links live only in this process until pinned: an early return drops
     // them, and dropping an unpinned link detaches it.
-    let mut links = Vec::with_capacity(5);
+    let mut links = Vec::with_capacity(4);
     let mut cgroup_links = vec![
         (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS, LINK_PINS[0]),
         (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS, LINK_PINS[1]),
@@ -554,31 +554,31 @@ fn attach_and_pin_links(
     }
 
     // The pod's interface: its index scopes shaping to it, and the raw-frame
-    // guard attaches to it, both from inside the pod's netns.
-    let raw_prog = if network.allow_raw_sockets { None } else { Some(open_prog(PROG_RAW)?) };
-    let interface = crate::netns::in_netns(network.netns, || {
-        let ifindex = crate::netns::ifindex(network.ifname)?;
-        let raw_link = raw_prog
-            .as_ref()
-            .map(|prog| {
-                bpf_sys::link_create_tcx(prog.as_fd(), ifindex, bpf_sys::ATTACH_TCX_EGRESS).with_context(|| {
-                    format!(
-                        "cannot attach {PROG_RAW} to {} (tcx needs Linux >= 6.6; set allowRawSockets to run without it)",
-                        network.ifname
-                    )
-                })
-            })
-            .transpose()?;
-        Ok(crate::netns::PodInterface { ifindex, raw_link })
-    })
-    .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
-    if let Some(link) = interface.raw_link {
-        links.push((link, RAW_GUARD_PINS[1]));
+    // guard filters its egress, both inside the pod's netns.
+    let ifindex = crate::netns::in_netns(network.netns, || crate::netns::ifindex(network.ifname))
+        .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
+    if !network.allow_raw_sockets {
+        crate::raw_guard::attach(network.netns, network.ifname, &datapath.join(PROG_RAW))?;
     }
+    let pinned = pin_pod(datapath, pod_dir, cgroup_id, &links, limits, ifindex, queued_on);
+    if pinned.is_err() && !network.allow_raw_sockets {
+        crate::raw_guard::detach(network.netns, network.ifname);
+    }
+    pinned
+}
 
+fn pin_pod(
+    datapath: &Path,
+    pod_dir: &Path,
+    cgroup_id: u64,
+    links: &[(std::os::fd::OwnedFd, &str)],
+    limits: &Limits,
+    ifindex: u32,
+    queued_on: Option<u32>,
+) -> Result<()> {
     let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
     // update_locked checks that the map's value size is this build's PodState.
-    let mut state = PodState::new(limits, interface.ifindex, monotonic_ns());
+    let mut state = PodState::new(limits, ifindex, monotonic_ns());
     if let Some(host_ifindex) = queued_on {
         state.flags |= crate::state::POD_INGRESS_QUEUED;
         state.host_ifindex = host_ifindex;
@@ -586,7 +586,7 @@ fn attach_and_pin_links(
     bpf_sys::update_locked(map.as_fd(), cgroup_id, &state).context("cannot write the pod's limits into its cgroup storage")?;
 
     fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
-    for (link, name) in &links {
+    for (link, name) in links {
         bpf_sys::obj_pin(link.as_fd(), &pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
     }
     bpf_sys::obj_pin(map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;

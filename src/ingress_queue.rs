@@ -14,7 +14,6 @@
 //! recognised by its handle.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -68,17 +67,8 @@ pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
     })
 }
 
-fn tc() -> Command {
-    let path = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc", "/bin/tc"].into_iter().find(|p| Path::new(p).exists()).unwrap_or("tc");
-    Command::new(path)
-}
-
 fn run_tc(args: &[&str]) -> Result<String> {
-    let out = tc().args(args).output().context("cannot run tc (iproute2)")?;
-    if !out.status.success() {
-        bail!("tc {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::tc::run(args)
 }
 
 /// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
@@ -130,10 +120,13 @@ fn our_qdisc(ifname: &str) -> Result<Option<Value>> {
 /// The interface usually goes with the pod's netns; that is not an error.
 pub fn remove(ifindex: u32) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
-    if our_qdisc(&ifname)?.is_some() {
-        run_tc(&["qdisc", "del", "dev", &ifname, "root", "handle", HANDLE])?;
+    // The kernel deletes a root qdisc only if its handle is the one given,
+    // so another shaper's qdisc is never touched; one call, as DEL is timed.
+    match run_tc(&["qdisc", "del", "dev", &ifname, "root", "handle", HANDLE]) {
+        Ok(_) => Ok(()),
+        Err(_) if our_qdisc(&ifname)?.is_none() => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 /// For CHECK: the queue is on `ifindex` with the rate for `rate` bits/s.

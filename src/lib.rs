@@ -18,5 +18,7 @@ pub mod logging;
 pub mod netconf;
 pub mod netns;
 pub mod quantity;
+pub mod raw_guard;
 pub mod state;
+pub mod tc;
 pub mod testbed;

@@ -4,7 +4,6 @@
 //! leaves the host namespace.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -33,11 +32,4 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
         0 => Err(anyhow!("interface {ifname:?} not found: {}", std::io::Error::last_os_error())),
         index => Ok(index),
     }
-}
-
-/// The pod's interface as ADD found it: its index, and the raw-frame link
-/// on it when one was attached.
-pub struct PodInterface {
-    pub ifindex: u32,
-    pub raw_link: Option<OwnedFd>,
 }

@@ -93,11 +93,11 @@ fn del_is_idempotent_and_restores_the_link_list() {
     // DEL before any ADD, and with no pin root at all, succeeds.
     pod.del();
     pod.add(limits("20M"));
-    // egress, ingress, sock_ops and setsockopt on the cgroup (the fifth, tcx
-    // on the pod's interface, is not a cgroup link).
+    // egress, ingress, sock_ops and setsockopt on the cgroup (the raw-frame
+    // guard is a tc filter on the pod's interface, not a link).
     assert_eq!(cgroup_links().len(), before.len() + 4, "ADD attaches egress, ingress, sock_ops and setsockopt links");
     let pins = pod.pins();
-    for expected in ["egress", "ingress", "sockops", "setsockopt", "raw", "state"] {
+    for expected in ["egress", "ingress", "sockops", "setsockopt", "state"] {
         assert!(pins.iter().any(|p| p.ends_with(expected)), "missing pin {expected} in {pins:?}");
     }
     // ADD again for the same attachment replaces it rather than stacking.

@@ -202,7 +202,7 @@ fn assert_shaped(node: &Node, pod: &Pod) -> Vec<Link> {
         assert!(show.contains(&prog[..prog.len().min(15)]), "{prog} is not attached to {}:\n{show}", pod.cgroup.display());
     }
     let pins = node.pod_pins(&pod.sandbox_id);
-    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/setsockopt", "eth0/raw", "eth0/state"] {
+    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/setsockopt", "eth0/state"] {
         assert!(pins.contains(&pin.to_string()), "pin {pin} missing for {}: {pins:?}", pod.name);
     }
     let id = cgroup_id(&pod.cgroup);

@@ -88,7 +88,8 @@ fn sidecar_traffic_over_loopback_is_neither_shaped_nor_charged() {
         let bps = iperf3_bps(&v);
         let charged = charged_bytes(&pod) - before;
         println!("app <-> sidecar over {addr} in a 10M pod: {:.2} Gbit/s, {charged} bytes charged", bps / 1e9);
-        assert!(bps >= 1e9, "loopback traffic over {addr} is shaped: {bps} bit/s");
+        // A 10M pod's windows or pacing would hold it far below this.
+        assert!(bps >= 5e9, "loopback traffic over {addr} is shaped: {bps} bit/s");
         assert!(charged < 100_000, "loopback traffic over {addr} was charged {charged} bytes");
     }
     pod.del();
