@@ -51,8 +51,10 @@ fn matrix(rate: &str, bits: f64) {
     for cc in ["cubic", "bbr"] {
         for flows in [1, 8] {
             let what = format!("ingress {rate}, {cc}, {flows} flow(s)");
+            // Up to three tries: at 1G, two cores carry the sender, the
+            // receiver and the queue, and anything else running starves one.
             let mut last = (0.0, 1.0);
-            for _ in 0..2 {
+            for _ in 0..3 {
                 last = download(&pod, cc, flows, 5);
                 if (0.97..=1.02).contains(&(last.0 / bits)) && last.1 <= 0.05 {
                     break;
