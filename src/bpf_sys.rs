@@ -252,3 +252,63 @@ pub fn obj_pin(fd: BorrowedFd<'_>, path: &std::path::Path) -> io::Result<()> {
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
     sys_bpf(BPF_OBJ_PIN, &mut attr)
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// Creates a one-entry array map holding `value`: a small record that can be
+/// pinned beside BPF objects on bpffs, which holds no regular files.
+pub fn record_create(name: &str, value: &[u8]) -> io::Result<std::os::fd::OwnedFd> {
+    let mut map_name = [0u8; 16];
+    for (d, s) in map_name.iter_mut().zip(name.bytes().take(15)) {
+        *d = s;
+    }
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: value.len() as u32,
+        max_entries: 1,
+        map_name,
+        ..Default::default()
+    };
+    let map = sys_bpf_fd(BPF_MAP_CREATE, &mut attr)?;
+    let key = 0u32;
+    let mut update = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: value.as_ptr() as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut update)?;
+    Ok(map)
+}
+
+/// Reads the value of a one-entry array map made by `record_create`.
+pub fn record_read(map: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+    let mut info = [0u32; 20];
+    let mut attr = InfoAttr { bpf_fd: map.as_raw_fd() as u32, info_len: std::mem::size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let mut value = vec![0u8; info[3] as usize];
+    let key = 0u32;
+    let mut lookup = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut lookup)?;
+    Ok(value)
+}

@@ -30,6 +30,12 @@ pub fn run(req: &Request) -> Result<String, CniError> {
 }
 
 impl Request {
+    /// K8S_POD_NAMESPACE from CNI_ARGS, which picks the operator's
+    /// per-namespace limits.
+    pub fn namespace(&self) -> Option<&str> {
+        self.env.args.get("K8S_POD_NAMESPACE").map(String::as_str).filter(|s| !s.is_empty())
+    }
+
     pub fn attachment(&self) -> AttachmentId {
         AttachmentId {
             network: self.conf.name.clone(),
@@ -62,7 +68,7 @@ fn pass_prev_result(conf: &NetConf) -> Result<String, CniError> {
 
 fn cmd_add(req: &Request) -> Result<String, CniError> {
     let reply = pass_prev_result(&req.conf)?;
-    let limits = limits::resolve(&req.conf)?;
+    let limits = limits::resolve(&req.conf, req.namespace())?;
     if limits.is_empty() {
         log::info!("container {}: no bandwidth limit requested, nothing attached", req.env.container_id);
         return Ok(reply);
@@ -81,6 +87,12 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
     };
     let mode = datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
+    let meta = crate::pod_meta::PodMeta::from_args(&req.env.args, limits::ceilings(&req.conf, req.namespace())?);
+    if let Err(e) = crate::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
+        let _ = root.remove_pod(&req.attachment());
+        let _ = root.remove_datapath_if_unused();
+        return Err(datapath_error("cannot record the pod's identity", e));
+    }
     log::info!(
         "container {} ({}): shaping {} with {}; {mode}",
         req.env.container_id,
@@ -132,7 +144,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
     if req.conf.prev_result.is_none() {
         return Err(CniError::config("CHECK needs prevResult"));
     }
-    let limits = limits::resolve(&req.conf)?;
+    let limits = limits::resolve(&req.conf, req.namespace())?;
     let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg, "");
     let root = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?;
     let attachment = match &root {

@@ -93,6 +93,29 @@ pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
     .map(drop)
 }
 
+/// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
+/// packets in it stay queued.
+pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
+    let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
+    run_tc(&[
+        "qdisc",
+        "change",
+        "dev",
+        &ifname,
+        "root",
+        "handle",
+        HANDLE,
+        "tbf",
+        "rate",
+        &format!("{}bit", spec.rate_bits),
+        "burst",
+        &spec.burst_bytes.to_string(),
+        "limit",
+        &spec.limit_bytes.to_string(),
+    ])
+    .map(drop)
+}
+
 /// The interface's name, if `ifindex` still exists in this netns.
 pub fn ifname_of(ifindex: u32) -> Option<String> {
     let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];

@@ -6,6 +6,7 @@
 //! → reply; `commands` holds the CNI verbs and `testbed` the throwaway pods
 //! used by the demo, the tests and the benchmark.
 
+pub mod admin;
 pub mod bpf_sys;
 pub mod cgroup;
 pub mod cni;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod logging;
 pub mod netconf;
 pub mod netns;
+pub mod pod_meta;
 pub mod quantity;
 pub mod raw_guard;
 pub mod state;

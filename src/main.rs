@@ -8,6 +8,8 @@ use bpf_ratelimit::cni::{self, Command, CniError, Env};
 use bpf_ratelimit::commands::{self, Request};
 use bpf_ratelimit::netconf::NetConf;
 
+mod cli;
+
 fn main() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
         return run_cni();
@@ -35,6 +37,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("list") => report(cli::list(&args[1..])),
+        Some("set") => report(cli::set(&args[1..])),
+        Some("metrics") => report(cli::metrics(&args[1..])),
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -57,7 +62,30 @@ Commands for people:
                                    shape a throwaway netns pod through ADD/DEL and
                                    print configured versus measured TCP rates (root, iperf3)
   bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
+  bpf-ratelimit list [--interval 1s] [--json] [--pin-root DIR]
+                                   one row per shaped pod: limits, current rates, bytes
+                                   passed and dropped/marked per direction
+  bpf-ratelimit set <namespace/name | pod UID> [--ingress R] [--egress R]
+                    [--ingress-burst B] [--egress-burst B] [--pin-root DIR]
+                                   change a running pod's limits live (the operator's
+                                   ceilings recorded at ADD still apply)
+  bpf-ratelimit metrics [--listen ADDR] [--pin-root DIR]
+                                   Prometheus text exposition, once or served on /metrics
   bpf-ratelimit version            print the version";
+
+/// Prints a command's output, or its error on stderr with exit code 1.
+fn report(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bpf-ratelimit: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::demo::DemoOptions> {
     let mut opts = bpf_ratelimit::demo::DemoOptions { rate: "10M".into(), seconds: 5 };

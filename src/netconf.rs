@@ -22,6 +22,57 @@ pub struct BandwidthKeys {
     pub egress_burst: Option<u64>,
 }
 
+/// What the operator set for one direction in the plugin config. Rates are
+/// bits/s, bursts bits; `None` means the key was absent.
+///
+/// - `rate`/`burst` (`ingressRate`, as the reference plugin names them) are
+///   the node-wide limit: both the default and the ceiling;
+/// - `default_*` (`defaultIngressRate`) apply when the pod asks for nothing;
+/// - `max_*` (`maxIngressRate`) clamp what the pod asks for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DirectionPolicy {
+    pub rate: Option<u64>,
+    pub burst: Option<u64>,
+    pub default_rate: Option<u64>,
+    pub default_burst: Option<u64>,
+    pub max_rate: Option<u64>,
+    pub max_burst: Option<u64>,
+}
+
+impl DirectionPolicy {
+    /// `over`'s keys where it sets them, else this one's.
+    fn overlaid(self, over: DirectionPolicy) -> DirectionPolicy {
+        DirectionPolicy {
+            rate: over.rate.or(self.rate),
+            burst: over.burst.or(self.burst),
+            default_rate: over.default_rate.or(self.default_rate),
+            default_burst: over.default_burst.or(self.default_burst),
+            max_rate: over.max_rate.or(self.max_rate),
+            max_burst: over.max_burst.or(self.max_burst),
+        }
+    }
+}
+
+/// The operator's limits for both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    pub ingress: DirectionPolicy,
+    pub egress: DirectionPolicy,
+}
+
+impl Policy {
+    pub fn direction(&self, dir: crate::limits::Direction) -> &DirectionPolicy {
+        match dir {
+            crate::limits::Direction::Ingress => &self.ingress,
+            crate::limits::Direction::Egress => &self.egress,
+        }
+    }
+
+    fn overlaid(self, over: Policy) -> Policy {
+        Policy { ingress: self.ingress.overlaid(over.ingress), egress: self.egress.overlaid(over.egress) }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct NetConf {
     pub cni_version: String,
@@ -35,8 +86,10 @@ pub struct NetConf {
     /// `ingressQueue`: queue ingress on the pod's host-side interface where
     /// there is one (default), rather than police it.
     pub ingress_queue: bool,
-    /// Plugin defaults: the bandwidth keys at the top level of the config.
-    pub defaults: BandwidthKeys,
+    /// The operator's limits at the top level of the config.
+    pub policy: Policy,
+    /// `namespaces`: per-namespace overrides of `policy`, by K8S_POD_NAMESPACE.
+    pub namespaces: BTreeMap<String, Policy>,
     /// runtimeConfig.bandwidth, from the runtime (the bandwidth capability).
     pub runtime_bandwidth: BandwidthKeys,
     /// runtimeConfig.cgroupPath (the cgroupPath capability).
@@ -68,10 +121,22 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
-            defaults: bandwidth_keys(&obj, "the plugin config")?,
+            policy: policy(&obj, "the plugin config")?,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             ..Default::default()
         };
+        if let Some(ns) = obj.get("namespaces").filter(|v| !v.is_null()) {
+            let Value::Object(ns) = ns else {
+                return Err(CniError::config("namespaces must be an object of namespace name to limits"));
+            };
+            for (name, v) in ns {
+                let Value::Object(keys) = v else {
+                    return Err(CniError::config(format!("namespaces[{:?}] must be an object", truncate(name, 63))));
+                };
+                let source = format!("namespaces[{:?}]", truncate(name, 63));
+                conf.namespaces.insert(name.clone(), policy(keys, &source)?);
+            }
+        }
         if conf.cni_version.is_empty() {
             return Err(CniError::config("cniVersion is missing from the network configuration"));
         }
@@ -188,23 +253,51 @@ fn bool_field(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>, CniEr
     }
 }
 
-fn bandwidth_keys(obj: &Map<String, Value>, source: &str) -> Result<BandwidthKeys, CniError> {
-    let num = |key: &str| -> Result<Option<u64>, CniError> {
-        match get_ci(obj, key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19).map(|f| f as u64))
-                .map(Some)
-                .ok_or_else(|| {
-                    CniError::config(format!("{key} in {source} must be a non-negative whole number, got {n}"))
-                }),
-            Some(other) => Err(CniError::config(format!(
-                "{key} in {source} must be a number (bits/s for rates, bits for bursts), got {}",
-                truncate(&other.to_string(), 40)
-            ))),
-        }
+/// A bits or bits/s number under `key`, matched case-insensitively.
+fn number(obj: &Map<String, Value>, key: &str, source: &str) -> Result<Option<u64>, CniError> {
+    match get_ci(obj, key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0 && *f < 1.8e19).map(|f| f as u64))
+            .map(Some)
+            .ok_or_else(|| CniError::config(format!("{key} in {source} must be a non-negative whole number, got {n}"))),
+        Some(other) => Err(CniError::config(format!(
+            "{key} in {source} must be a number (bits/s for rates, bits for bursts), got {}",
+            truncate(&other.to_string(), 40)
+        ))),
+    }
+}
+
+/// The operator's keys: `ingressRate`, `defaultIngressRate`, `maxIngressRate`
+/// and the same for bursts and for egress.
+fn policy(obj: &Map<String, Value>, source: &str) -> Result<Policy, CniError> {
+    let direction = |dir: &str, capitalised: &str| -> Result<DirectionPolicy, CniError> {
+        Ok(DirectionPolicy {
+            rate: number(obj, &format!("{dir}Rate"), source)?,
+            burst: number(obj, &format!("{dir}Burst"), source)?,
+            default_rate: number(obj, &format!("default{capitalised}Rate"), source)?,
+            default_burst: number(obj, &format!("default{capitalised}Burst"), source)?,
+            max_rate: number(obj, &format!("max{capitalised}Rate"), source)?,
+            max_burst: number(obj, &format!("max{capitalised}Burst"), source)?,
+        })
     };
+    Ok(Policy { ingress: direction("ingress", "Ingress")?, egress: direction("egress", "Egress")? })
+}
+
+impl NetConf {
+    /// The operator's limits for a pod in `namespace`: the top-level keys,
+    /// overridden by that namespace's entry in `namespaces`.
+    pub fn policy_for(&self, namespace: Option<&str>) -> Policy {
+        match namespace.and_then(|ns| self.namespaces.get(ns)) {
+            Some(over) => self.policy.overlaid(*over),
+            None => self.policy,
+        }
+    }
+}
+
+fn bandwidth_keys(obj: &Map<String, Value>, source: &str) -> Result<BandwidthKeys, CniError> {
+    let num = |key: &str| number(obj, key, source);
     Ok(BandwidthKeys {
         ingress_rate: num("ingressRate")?,
         ingress_burst: num("ingressBurst")?,
@@ -246,8 +339,8 @@ mod tests {
             "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "custom": true}]}
         }))
         .unwrap();
-        assert_eq!(c.defaults.ingress_rate, Some(1_000_000));
-        assert_eq!(c.defaults.egress_burst, Some(2000));
+        assert_eq!(c.policy.ingress.rate, Some(1_000_000));
+        assert_eq!(c.policy.egress.burst, Some(2000));
         assert_eq!(c.runtime_bandwidth.ingress_rate, Some(10_000_000));
         assert_eq!(c.runtime_bandwidth.ingress_burst, Some(4294967295));
         assert_eq!(c.runtime_bandwidth.egress_rate, Some(5_000_000));

@@ -239,7 +239,7 @@ fn bad_input_gives_cni_errors_and_leaves_nothing() {
     };
     expect(raw("{not json", "abc"), 6, "decode");
     expect(raw(&pod.config(limits("10M")).to_string(), "../../etc"), 4, "CNI_CONTAINERID");
-    expect(pod.invoke("ADD", &pod.config(json!({"rate": "fast"}))), 7, "\"rate\"");
+    expect(pod.invoke("ADD", &pod.config(json!({"kubernetes.io/egress-bandwidth": "fast"}))), 7, "egress-bandwidth");
     expect(pod.invoke("ADD", &pod.config(json!({"bpf-ratelimit.io/ingress-burst": "x", "kubernetes.io/ingress-bandwidth": "1M"}))), 7, "ingress-burst");
     let mut conf = pod.config(limits("10M"));
     conf["runtimeConfig"]["cgroupPath"] = json!("/no/such/pod");

@@ -1,0 +1,60 @@
+//! What ADD records beside a pod's state for the commands people run
+//! (`list`, `set`, `metrics`): its Kubernetes identity from CNI_ARGS and the
+//! operator's ceilings that applied to it, which `set` enforces too. Kept as
+//! JSON in a one-entry array map pinned as `meta` in the pod's pin directory,
+//! so DEL removes it with the rest.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::bpf_sys;
+use crate::limits::Ceilings;
+
+pub const META_PIN: &str = "meta";
+/// The record's size; the fields are capped well below it.
+const RECORD_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub ceilings: Ceilings,
+}
+
+impl PodMeta {
+    /// From CNI_ARGS, which the runtime fills from the pod: capped to
+    /// Kubernetes' own lengths, so that a hostile value cannot overflow the record.
+    pub fn from_args(args: &std::collections::BTreeMap<String, String>, ceilings: Ceilings) -> Self {
+        let arg = |k: &str, max: usize| -> String { args.get(k).map(|v| v.chars().take(max).collect()).unwrap_or_default() };
+        PodMeta { namespace: arg("K8S_POD_NAMESPACE", 63), name: arg("K8S_POD_NAME", 253), uid: arg("K8S_POD_UID", 36), ceilings }
+    }
+
+    /// `namespace/name`, or the container's pin name when the runtime gave no identity.
+    pub fn display_name(&self, fallback: &str) -> String {
+        if self.name.is_empty() {
+            fallback.to_string()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+pub fn pin(pod_dir: &Path, meta: &PodMeta) -> Result<()> {
+    let mut record = serde_json::to_vec(meta)?;
+    anyhow::ensure!(record.len() < RECORD_BYTES, "the pod's identity does not fit its record");
+    record.resize(RECORD_BYTES, 0);
+    let map = bpf_sys::record_create("brl_pod_meta", &record).context("cannot create the pod's meta record")?;
+    bpf_sys::obj_pin(map.as_fd(), &pod_dir.join(META_PIN)).context("cannot pin the pod's meta record")
+}
+
+/// The pod's record; a default one for pods attached before records existed.
+pub fn read(pod_dir: &Path) -> Result<PodMeta> {
+    let Ok(map) = bpf_sys::obj_get(&pod_dir.join(META_PIN)) else { return Ok(PodMeta::default()) };
+    let bytes = bpf_sys::record_read(map.as_fd()).context("cannot read the pod's meta record")?;
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    serde_json::from_slice(&bytes[..end]).context("the pod's meta record is not valid")
+}

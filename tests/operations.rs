@@ -1,0 +1,178 @@
+//! Operating the plugin: the operator's limits as ceilings pods cannot
+//! cross, the prototype's `rate` annotation ignored when it is not a rate,
+//! and the commands for people (`list`, `set`, `metrics`), against pods made
+//! through the real ADD path and shaped with real traffic.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bpf_ratelimit::testbed::SERVER_IP;
+use common::{assert_ratio, Pod};
+use serde_json::{json, Value};
+
+fn admin(pod: &Pod, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(common::plugin()).args(args).arg("--pin-root").arg(&pod.pin_root).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// A pod whose plugin config carries `policy`, annotated with `annotations`.
+fn pod_with(tag: &str, policy: Value, annotations: Value) -> Pod {
+    let mut pod = Pod::new(tag);
+    pod.bed.start_server().unwrap();
+    let mut conf = pod.config(annotations);
+    conf.as_object_mut().unwrap().extend(policy.as_object().unwrap().clone());
+    let out = pod.invoke("ADD", &conf);
+    assert_eq!(out.code, 0, "ADD: {}{}", out.stdout, out.stderr);
+    pod
+}
+
+fn measure(pod: &Pod, reverse: bool, rate: f64, what: &str) {
+    let mut last = 0.0;
+    for _ in 0..2 {
+        last = pod.bed.tcp_rate(reverse, 6, 1).unwrap().bits_per_second;
+        if (0.97..=1.02).contains(&(last / rate)) {
+            break;
+        }
+    }
+    assert_ratio(what, last, rate, 0.97, 1.02);
+}
+
+#[test]
+fn pod_annotations_cannot_raise_or_remove_the_operators_limit() {
+    let pod = pod_with("ceil-up", json!({"egressRate": 10_000_000}), json!({"kubernetes.io/egress-bandwidth": "100G"}));
+    measure(&pod, false, 10e6, "egress: conflist 10M, pod asks 100G");
+    pod.del();
+
+    let pod = pod_with("ceil-zero", json!({"ingressRate": 10_000_000}), json!({"rate": "0M"}));
+    assert!(pod.cgroup_attachments().contains("shape_ingress"), "rate: 0M removed the operator's limit");
+    measure(&pod, true, 10e6, "ingress: conflist 10M, pod asks rate: 0M");
+    pod.del();
+
+    let pod = pod_with("ceil-max", json!({"maxEgressRate": 10_000_000, "namespaces": {"default": {"maxEgressRate": 20_000_000}}}),
+                       json!({"kubernetes.io/egress-bandwidth": "50M"}));
+    measure(&pod, false, 20e6, "egress: namespace default's ceiling 20M, pod asks 50M");
+    pod.del();
+}
+
+#[test]
+fn a_rate_annotation_that_is_not_a_rate_is_ignored() {
+    let pod = Pod::new("rate-high");
+    let out = pod.invoke("ADD", &pod.config(json!({"rate": "high"})));
+    assert_eq!(out.code, 0, "rate: high must not fail the pod: {}", out.stdout);
+    assert_eq!(pod.cgroup_attachments(), "", "nothing to shape");
+    let out = pod.invoke("ADD", &pod.config(json!({"kubernetes.io/ingress-bandwidth": "high"})));
+    assert_eq!(out.code, 7, "namespaced annotations are still checked: {}", out.stdout);
+    pod.del();
+}
+
+/// iperf3 with 0.5 s intervals, in the background; returns the child.
+fn iperf3_intervals(pod: &Pod, reverse: bool, seconds: u32) -> std::process::Child {
+    let mut cmd = pod.bed.pod_command("iperf3").unwrap();
+    cmd.args(["-c", SERVER_IP, "-J", "-i", "0.5", "-t", &seconds.to_string()]);
+    if reverse {
+        cmd.arg("-R");
+    }
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+}
+
+/// Mean bit/s of the intervals that start within [from, to) seconds.
+fn mean_between(v: &Value, from: f64, to: f64) -> f64 {
+    let rates: Vec<f64> = v["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| (from..to).contains(&i["sum"]["start"].as_f64().unwrap()))
+        .map(|i| i["sum"]["bits_per_second"].as_f64().unwrap())
+        .collect();
+    rates.iter().sum::<f64>() / rates.len() as f64
+}
+
+#[test]
+fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings() {
+    let pod = pod_with("set", json!({"maxEgressRate": 80_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
+    let links_before = common::cgroup_links();
+    for (reverse, flag, what) in [(false, "--egress", "egress"), (true, "--ingress", "ingress")] {
+        let child = iperf3_intervals(&pod, reverse, 8);
+        std::thread::sleep(Duration::from_secs(3));
+        let (code, out, err) = admin(&pod, &["set", "default/test", flag, "50M"]);
+        assert_eq!(code, 0, "set: {out}{err}");
+        assert!(out.contains("default/test"), "{out}");
+        let v: Value = serde_json::from_slice(&child.wait_with_output().unwrap().stdout).unwrap();
+        let before = mean_between(&v, 1.0, 3.0);
+        let after = mean_between(&v, 5.0, 8.0);
+        println!("{what}: {:.2} Mbit/s before set, {:.2} Mbit/s from 2 s after set 50M", before / 1e6, after / 1e6);
+        assert_ratio(&format!("{what} before set"), before, 10e6, 0.9, 1.1);
+        assert_ratio(&format!("{what} from 2 s after set 50M"), after, 50e6, 0.9, 1.1);
+    }
+    assert_eq!(common::cgroup_links(), links_before, "set touched the attachments");
+    // The ceiling ADD recorded holds for set too.
+    let (code, out, _) = admin(&pod, &["set", "default/test", "--egress", "1G"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("egress 80Mbit/s") && out.contains("capped"), "{out}");
+    // Errors name what to fix, and change nothing.
+    let (code, _, err) = admin(&pod, &["set", "default/nobody", "--egress", "1M"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no shaped pod is named \"default/nobody\""), "{err}");
+    let (code, _, err) = admin(&pod, &["set", "default/test", "--egress", "lots"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--egress"), "{err}");
+    pod.del();
+}
+
+#[test]
+fn list_and_metrics_show_each_pod_while_it_is_shaped() {
+    let pod = pod_with("list", json!({}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "20M"}));
+    let child = iperf3_intervals(&pod, false, 5);
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "1"]);
+    assert_eq!(code, 0, "{err}");
+    let (_, table, _) = admin(&pod, &["list", "--interval", "0.5"]);
+    let (code, metrics, err) = admin(&pod, &["metrics"]);
+    assert_eq!(code, 0, "{err}");
+    let _ = child.wait_with_output();
+    println!("{table}\n{metrics}");
+
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    let row = &rows[0];
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!((row["namespace"].as_str(), row["pod"].as_str()), (Some("default"), Some("test")));
+    assert_eq!(row["egress"]["limitBitsPerSecond"], 10_000_000);
+    assert_eq!(row["ingress"]["limitBitsPerSecond"], 20_000_000);
+    assert_eq!(row["egress"]["burstBits"], bpf_ratelimit::limits::default_burst(bpf_ratelimit::limits::Direction::Egress, 10_000_000));
+    let rate = row["egress"]["rateBitsPerSecond"].as_f64().unwrap();
+    assert!((8e6..=11.5e6).contains(&rate), "egress rate while shaped at 10M: {rate}");
+    assert!(row["egress"]["passedBytes"].as_u64().unwrap() > 1_000_000);
+    assert_eq!(row["ingress"]["droppedBytes"], 0);
+
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("NAMESPACE/POD") && header.contains("EG RATE"), "{table}");
+    let line = table.lines().find(|l| l.starts_with("default/test")).unwrap_or_else(|| panic!("{table}"));
+    assert!(line.contains("10Mbit/s") && line.contains("20Mbit/s"), "{line}");
+
+    // A real Prometheus text parser reads it back, value by value.
+    let lines = metrics.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let sample = |name: &str, direction: &str| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("direction") == Some(direction))
+            .unwrap_or_else(|| panic!("no {name}{{direction={direction}}} in\n{metrics}"));
+        assert_eq!((s.labels.get("namespace"), s.labels.get("pod")), (Some("default"), Some("test")));
+        match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} has an unexpected type"),
+        }
+    };
+    assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "egress"), 10e6);
+    assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "ingress"), 20e6);
+    assert!(sample("bpf_ratelimit_passed_bytes_total", "egress") > 1e6);
+    assert!(sample("bpf_ratelimit_passed_packets_total", "egress") > 100.0);
+    assert_eq!(sample("bpf_ratelimit_dropped_bytes_total", "ingress"), 0.0);
+    assert!(metrics.contains("# TYPE bpf_ratelimit_passed_bytes counter"), "{metrics}");
+    pod.del();
+    let (_, empty, _) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+    assert_eq!(empty.trim(), "[]");
+}
