@@ -115,6 +115,21 @@ impl Testbed {
         Ok(())
     }
 
+    /// Starts an iperf3 server inside the pod (its cgroup and netns) on
+    /// `port`, killed with the testbed: for measuring what the pod sends
+    /// where it arrives (`iperf3 -R` from the server's side).
+    pub fn start_pod_server(&mut self, port: &str) -> Result<()> {
+        let child = self
+            .pod_command("iperf3")?
+            .args(["-s", "-p", port, "-B", POD_IP])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start iperf3 -s in the pod")?;
+        self.servers.push(child);
+        wait_for_port(&netns_path(&self.server_ns), POD_IP, port)
+    }
+
     /// A command that will run in the server's network namespace, outside the pod cgroup.
     pub fn server_command(&self, program: &str) -> Result<Command> {
         in_netns(Command::new(program), &netns_path(&self.server_ns), None)

@@ -67,13 +67,24 @@ fn a_rate_annotation_that_is_not_a_rate_is_ignored() {
     pod.del();
 }
 
-/// iperf3 with 0.5 s intervals, in the background; returns the child.
-fn iperf3_intervals(pod: &Pod, reverse: bool, seconds: u32) -> std::process::Child {
-    let mut cmd = pod.bed.pod_command("iperf3").unwrap();
-    cmd.args(["-c", SERVER_IP, "-J", "-i", "0.5", "-t", &seconds.to_string()]);
-    if reverse {
-        cmd.arg("-R");
-    }
+/// iperf3 with 0.5 s intervals measured where the data arrives (a sender's
+/// intervals count what it wrote into its socket buffer), in the
+/// background; returns the client. `ingress`: the pod receives from the
+/// server; otherwise a client in the server's netns receives from an iperf3
+/// server in the pod (dropped with the pod's testbed).
+fn iperf3_intervals(pod: &mut Pod, ingress: bool, seconds: u32) -> std::process::Child {
+    let secs = seconds.to_string();
+    let mut cmd = if ingress {
+        let mut c = pod.bed.pod_command("iperf3").unwrap();
+        c.args(["-c", SERVER_IP, "-R"]);
+        c
+    } else {
+        pod.bed.start_pod_server("5301").unwrap();
+        let mut c = pod.bed.server_command("iperf3").unwrap();
+        c.args(["-c", bpf_ratelimit::testbed::POD_IP, "-p", "5301", "-R"]);
+        c
+    };
+    cmd.args(["-J", "-i", "0.5", "-t", &secs]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
 }
 
@@ -91,10 +102,10 @@ fn mean_between(v: &Value, from: f64, to: f64) -> f64 {
 
 #[test]
 fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings() {
-    let pod = pod_with("set", json!({"maxEgressRate": 80_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
+    let mut pod = pod_with("set", json!({"maxEgressRate": 80_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
     let links_before = common::cgroup_links();
     for (reverse, flag, what) in [(false, "--egress", "egress"), (true, "--ingress", "ingress")] {
-        let child = iperf3_intervals(&pod, reverse, 8);
+        let child = iperf3_intervals(&mut pod, reverse, 8);
         std::thread::sleep(Duration::from_secs(3));
         let (code, out, err) = admin(&pod, &["set", "default/test", flag, "50M"]);
         assert_eq!(code, 0, "set: {out}{err}");
@@ -123,8 +134,8 @@ fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings()
 
 #[test]
 fn list_and_metrics_show_each_pod_while_it_is_shaped() {
-    let pod = pod_with("list", json!({}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "20M"}));
-    let child = iperf3_intervals(&pod, false, 5);
+    let mut pod = pod_with("list", json!({}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "20M"}));
+    let child = iperf3_intervals(&mut pod, false, 5);
     std::thread::sleep(Duration::from_secs(2));
     let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "1"]);
     assert_eq!(code, 0, "{err}");
@@ -169,7 +180,8 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "egress"), 10e6);
     assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "ingress"), 20e6);
     assert!(sample("bpf_ratelimit_passed_bytes_total", "egress") > 1e6);
-    assert!(sample("bpf_ratelimit_passed_packets_total", "egress") > 100.0);
+    // Packets are skbs: at in-cluster RTTs most are 64 KB GSO skbs.
+    assert!(sample("bpf_ratelimit_passed_packets_total", "egress") > 10.0);
     assert_eq!(sample("bpf_ratelimit_dropped_bytes_total", "ingress"), 0.0);
     assert!(metrics.contains("# TYPE bpf_ratelimit_passed_bytes counter"), "{metrics}");
     pod.del();
