@@ -12,6 +12,7 @@ pub mod cni;
 pub mod commands;
 pub mod datapath;
 pub mod demo;
+pub mod install;
 pub mod limits;
 pub mod logging;
 pub mod netconf;

@@ -35,6 +35,17 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(cmd @ ("install" | "uninstall")) => {
+            use bpf_ratelimit::install;
+            let apply = if cmd == "install" { install::install } else { install::uninstall };
+            match install::Options::parse(&args[1..], cmd == "install").and_then(|o| install::run(&o, apply)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpf-ratelimit {cmd}: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -57,7 +68,13 @@ Commands for people:
                                    shape a throwaway netns pod through ADD/DEL and
                                    print configured versus measured TCP rates (root, iperf3)
   bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
-  bpf-ratelimit version            print the version";
+  bpf-ratelimit version            print the version
+  bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
+                        [--conflist NAME] [--replace-bandwidth] [--wait]
+                                   copy this binary into the CNI bin dir and append the plugin
+                                   to the conflist the runtime loads first (or NAME)
+  bpf-ratelimit uninstall [--bin-dir DIR] [--conf-dir DIR] [--conflist NAME] [--wait]
+                                   take the plugin out of the conflist(s), then the binary";
 
 fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::demo::DemoOptions> {
     let mut opts = bpf_ratelimit::demo::DemoOptions { rate: "10M".into(), seconds: 5 };
