@@ -35,6 +35,8 @@ pub struct Options {
     pub conflist: Option<String>,
     /// Take out a reference `bandwidth` plugin instead of refusing.
     pub replace_bandwidth: bool,
+    /// Only place the binary (install.sh on a node with no network plugin yet).
+    pub binary_only: bool,
     /// Stay running (as the DaemonSet's container) until SIGTERM or SIGINT,
     /// re-applying every 10 s in case another installer rewrote the conflist.
     pub wait: bool,
@@ -47,6 +49,7 @@ impl Options {
             conf_dir: "/etc/cni/net.d".into(),
             conflist: None,
             replace_bandwidth: false,
+            binary_only: false,
             wait: false,
         };
         let mut it = args.iter();
@@ -63,6 +66,7 @@ impl Options {
                     o.conflist = Some(name);
                 }
                 "--replace-bandwidth" if install => o.replace_bandwidth = true,
+                "--binary-only" if install => o.binary_only = true,
                 "--wait" => o.wait = true,
                 other => bail!("unknown option {other:?} (see bpf-ratelimit help)"),
             }
@@ -186,6 +190,9 @@ fn converted_paths(path: &Path) -> (PathBuf, PathBuf) {
 
 /// Installs; returns what it did, one line each, for the log.
 pub fn install(opts: &Options) -> Result<Vec<String>> {
+    if opts.binary_only {
+        return Ok(vec![install_binary(&opts.bin_dir)?]);
+    }
     let path = target(opts)?;
     let mut loaded = load(&path)?;
     let file = path.display().to_string();

@@ -70,7 +70,7 @@ Commands for people:
   bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
   bpf-ratelimit version            print the version
   bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
-                        [--conflist NAME] [--replace-bandwidth] [--wait]
+                        [--conflist NAME] [--replace-bandwidth] [--binary-only] [--wait]
                                    copy this binary into the CNI bin dir and append the plugin
                                    to the conflist the runtime loads first (or NAME)
   bpf-ratelimit uninstall [--bin-dir DIR] [--conf-dir DIR] [--conflist NAME] [--wait]

@@ -311,3 +311,14 @@ fn refusals_name_the_file_and_change_nothing() {
     node.refused(&["--conflist", "../etc/passwd"], &["--conflist takes a file name"]);
     node.refused(&["--bogus"], &["unknown option"]);
 }
+
+#[test]
+fn binary_only_places_the_binary_and_touches_no_config() {
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    node.ok("install", &["--binary-only"]);
+    assert!(node.binary().exists());
+    assert_eq!(std::fs::read_to_string(node.conf("10-flannel.conflist")).unwrap(), FLANNEL);
+    // With nothing chaining it, uninstall removes it again.
+    node.ok("uninstall", &[]);
+    assert!(!node.binary().exists());
+}
