@@ -206,6 +206,13 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             }
         )
     })?;
+    // Multus writes (and, thick, rewrites) its own config, which sorts first;
+    // the plugin belongs in the default network's conflist that Multus delegates to.
+    if opts.conflist.is_none() && matches!(type_of(&plugins(list)[main]), "multus" | "multus-shim") {
+        bail!(
+            "{file} is Multus's own config, which Multus rewrites; name the default network's conflist (the one Multus delegates to) with --conflist"
+        );
+    }
     let mut done = Vec::new();
     let mut changed = false;
     if let Some(ours) = plugins(list).iter().position(|p| type_of(p) == PLUGIN_TYPE) {

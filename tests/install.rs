@@ -301,6 +301,13 @@ fn refusals_name_the_file_and_change_nothing() {
         node.refused(&[], needles);
         assert!(!node.binary().exists());
     }
+    // Multus's generated config sorts first; only an explicit --conflist goes there.
+    let multus = r#"{"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus-shim", "socketDir": "/run/multus/"}"#;
+    let node = Node::new(&[("00-multus.conf", multus), ("10-flannel.conflist", FLANNEL)]);
+    node.refused(&[], &["00-multus.conf", "Multus", "--conflist"]);
+    node.ok("install", &["--conflist", "10-flannel.conflist"]);
+    assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    assert_eq!(std::fs::read_to_string(node.conf("00-multus.conf")).unwrap(), multus);
     // A .conf whose .conflist name is taken.
     let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("10-mynet.conflist", BRIDGE)]);
     node.refused(&[], &["10-mynet.conflist", "exists already"]);
