@@ -223,6 +223,9 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             );
         }
         done.push(format!("{file} already chains bpf-ratelimit"));
+        if plugins(list).iter().any(|p| type_of(p) == "bandwidth") {
+            done.push(format!("warning: {file} also chains the reference bandwidth plugin; both shape every annotated pod, remove one"));
+        }
     } else {
         if let Some(bw) = plugins(list).iter().position(|p| type_of(p) == "bandwidth") {
             if !opts.replace_bandwidth {
