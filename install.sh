@@ -3,8 +3,10 @@
 #   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …;
 #      containerd, runc, containernetworking-plugins, gcc and protoc for the containerd e2e test),
 #   2. a bpffs mount at /sys/fs/bpf if there is none,
-#   3. a release build, copied to $CNI_BIN_DIR (default /opt/cni/bin),
-# then prints the conflist snippet to add.
+#   3. a release build, installed by `bpf-ratelimit install`: the binary goes to
+#      $CNI_BIN_DIR (default /opt/cni/bin), and the plugin is chained into the
+#      conflist the runtime loads first in $CNI_CONF_DIR (default /etc/cni/net.d);
+#      with no CNI config there yet, only the binary is placed and the snippet printed.
 #
 #   sudo ./install.sh             install
 #   sudo ./install.sh --demo      install, then shape a throwaway pod and print configured vs measured rate
@@ -18,7 +20,7 @@ for arg in "$@"; do
   case "$arg" in
     --demo) DEMO=1 ;;
     --deps-only) DEPS_ONLY=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,14 +65,18 @@ echo "==> building (release)"
 cargo build --release --locked --quiet
 
 CNI_BIN_DIR="${CNI_BIN_DIR:-/opt/cni/bin}"
-mkdir -p "$CNI_BIN_DIR"
-install -m 0755 target/release/bpf-ratelimit "$CNI_BIN_DIR/bpf-ratelimit"
-echo "==> installed $CNI_BIN_DIR/bpf-ratelimit ($("$CNI_BIN_DIR/bpf-ratelimit" version))"
+CNI_CONF_DIR="${CNI_CONF_DIR:-/etc/cni/net.d}"
+if compgen -G "$CNI_CONF_DIR/*.conf" >/dev/null || compgen -G "$CNI_CONF_DIR/*.conflist" >/dev/null \
+   || compgen -G "$CNI_CONF_DIR/*.json" >/dev/null; then
+  echo "==> bpf-ratelimit install (into $CNI_BIN_DIR and the first config in $CNI_CONF_DIR)"
+  target/release/bpf-ratelimit install --bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR"
+else
+  target/release/bpf-ratelimit install --bin-dir "$CNI_BIN_DIR" --binary-only
+  cat <<SNIPPET
 
-cat <<'SNIPPET'
-
-Append this to the "plugins" list of your CNI conflist, after the main plugin
-(see conflist/ for complete examples):
+No CNI config in $CNI_CONF_DIR yet. Once your network plugin has written its
+conflist, run: $CNI_BIN_DIR/bpf-ratelimit install --bin-dir $CNI_BIN_DIR --conf-dir $CNI_CONF_DIR
+or append this to its "plugins" list, after the main plugin (see conflist/):
 
     {
       "type": "bpf-ratelimit",
@@ -80,9 +86,10 @@ Append this to the "plugins" list of your CNI conflist, after the main plugin
         "io.kubernetes.cri.pod-annotations": true
       }
     }
-
-Then annotate pods, e.g. kubernetes.io/ingress-bandwidth: 10M
 SNIPPET
+fi
+echo "==> $CNI_BIN_DIR/bpf-ratelimit: $("$CNI_BIN_DIR/bpf-ratelimit" version)"
+echo "Annotate pods, e.g. kubernetes.io/ingress-bandwidth: 10M"
 
 if [ "$DEMO" = 1 ]; then
   echo

@@ -10,8 +10,11 @@ use std::fmt;
 
 use serde::Serialize;
 
-/// The spec versions this plugin speaks.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.4.0", "1.0.0", "1.1.0"];
+/// The spec versions this plugin speaks. 0.3.x is still what flannel's stock
+/// conflist says; a chained plugin passes prevResult through, and 0.3.0,
+/// 0.3.1 and 0.4.0 results share one format, so ADD and DEL need nothing
+/// version-specific.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Error codes from the CNI spec, plus our own (100 and up).
 pub mod code {
@@ -214,6 +217,26 @@ pub fn is_supported_version(v: &str) -> bool {
     SUPPORTED_VERSIONS.contains(&v)
 }
 
+/// The spec version that introduced a command: CHECK came with 0.4.0, GC
+/// and STATUS with 1.1.0. libcni (skel) answers a command the config's
+/// version lacks with code 1, "incompatible CNI version"; so do we.
+pub fn require_version_for(command: Command, cni_version: &str) -> Result<(), CniError> {
+    let needs = match command {
+        Command::Check => "0.4.0",
+        Command::Gc | Command::Status => "1.1.0",
+        Command::Add | Command::Del | Command::Version => return Ok(()),
+    };
+    let rank = |v: &str| SUPPORTED_VERSIONS.iter().position(|s| *s == v);
+    if rank(cni_version) < rank(needs) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI version",
+            format!("{command:?} needs cniVersion {needs} or later; the config says {}", truncate(cni_version, 20)),
+        ));
+    }
+    Ok(())
+}
+
 /// The VERSION reply.
 pub fn version_reply(requested: Option<&str>) -> String {
     let cni_version = requested.filter(|v| is_supported_version(v)).unwrap_or("1.1.0");
@@ -296,10 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn commands_need_the_version_that_introduced_them() {
+        for v in ["0.3.0", "0.3.1"] {
+            assert_eq!(require_version_for(Command::Check, v).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+            require_version_for(Command::Add, v).unwrap();
+            require_version_for(Command::Del, v).unwrap();
+        }
+        require_version_for(Command::Check, "0.4.0").unwrap();
+        for v in ["0.3.1", "0.4.0", "1.0.0"] {
+            assert_eq!(require_version_for(Command::Gc, v).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+            assert_eq!(require_version_for(Command::Status, v).unwrap_err().code, code::INCOMPATIBLE_VERSION);
+        }
+        require_version_for(Command::Status, "1.1.0").unwrap();
+    }
+
+    #[test]
     fn version_reply_lists_all() {
         let v: serde_json::Value = serde_json::from_str(&version_reply(Some("0.4.0"))).unwrap();
         assert_eq!(v["cniVersion"], "0.4.0");
-        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 3);
+        assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
+        let v: serde_json::Value = serde_json::from_str(&version_reply(Some("0.3.1"))).unwrap();
+        assert_eq!(v["cniVersion"], "0.3.1");
         let v: serde_json::Value = serde_json::from_str(&version_reply(Some("9.9.9"))).unwrap();
         assert_eq!(v["cniVersion"], "1.1.0");
     }

@@ -19,6 +19,7 @@ pub struct Request {
 }
 
 pub fn run(req: &Request) -> Result<String, CniError> {
+    crate::cni::require_version_for(req.command, &req.conf.cni_version)?;
     match req.command {
         Command::Add => cmd_add(req),
         Command::Del => cmd_del(req).map(|_| String::new()),

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod datapath;
 pub mod ingress_queue;
 pub mod demo;
+pub mod install;
 pub mod limits;
 pub mod logging;
 pub mod netconf;

@@ -40,6 +40,17 @@ fn main() -> ExitCode {
         Some("list") => report(cli::list(&args[1..])),
         Some("set") => report(cli::set(&args[1..])),
         Some("metrics") => report(cli::metrics(&args[1..])),
+        Some(cmd @ ("install" | "uninstall")) => {
+            use bpf_ratelimit::install;
+            let apply = if cmd == "install" { install::install } else { install::uninstall };
+            match install::Options::parse(&args[1..], cmd == "install").and_then(|o| install::run(&o, apply)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bpf-ratelimit {cmd}: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -71,7 +82,13 @@ Commands for people:
                                    ceilings recorded at ADD still apply)
   bpf-ratelimit metrics [--listen ADDR] [--pin-root DIR]
                                    Prometheus text exposition, once or served on /metrics
-  bpf-ratelimit version            print the version";
+  bpf-ratelimit version            print the version
+  bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
+                        [--conflist NAME] [--replace-bandwidth] [--binary-only] [--wait]
+                                   copy this binary into the CNI bin dir and append the plugin
+                                   to the conflist the runtime loads first (or NAME)
+  bpf-ratelimit uninstall [--bin-dir DIR] [--conf-dir DIR] [--conflist NAME] [--wait]
+                                   take the plugin out of the conflist(s), then the binary";
 
 /// Prints a command's output, or its error on stderr with exit code 1.
 fn report(result: anyhow::Result<String>) -> ExitCode {

@@ -197,7 +197,58 @@ fn version_lists_all_supported_versions() {
     let out = pod.invoke("VERSION", &json!({"cniVersion": "1.0.0"}));
     assert_eq!(out.code, 0);
     let v = out.json().unwrap();
-    assert_eq!(v["supportedVersions"], json!(["0.4.0", "1.0.0", "1.1.0"]));
+    assert_eq!(v["supportedVersions"], json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]));
+}
+
+/// The runtime's view of a conflist in conflist/: bpf-ratelimit's entry with
+/// the list's name and cniVersion, as libcni builds each plugin's config.
+fn chained_config(pod: &Pod, conflist: &str, annotations: serde_json::Value) -> serde_json::Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conflist").join(conflist);
+    let list: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let entry = list["plugins"].as_array().unwrap().iter().find(|p| p["type"] == "bpf-ratelimit").unwrap().clone();
+    let mut conf = pod.config(annotations);
+    for (k, v) in entry.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    conf
+}
+
+/// flannel's and Calico's stock conflists say 0.3.1: ADD and DEL work and pass
+/// a 0.3.1 prevResult (ips carry "version") through unchanged; CHECK, GC and
+/// STATUS, which 0.3.1 lacks, get code 1 as libcni's skel gives it.
+#[test]
+fn flannel_and_calico_chains_at_0_3_x() {
+    let before = cgroup_links();
+    let pod = Pod::new("v031");
+    for (conflist, version) in [
+        ("10-flannel-bpf-ratelimit.conflist", "0.3.1"),
+        ("10-calico-bpf-ratelimit.conflist", "0.3.1"),
+        ("10-flannel-bpf-ratelimit.conflist", "0.3.0"),
+    ] {
+        let mut conf = chained_config(&pod, conflist, limits("20M"));
+        conf["cniVersion"] = json!(version);
+        let mut prev = bpf_ratelimit::testbed::sample_prev_result(version);
+        prev["ips"][0]["version"] = json!("4");
+        conf["prevResult"] = prev.clone();
+        let out = pod.invoke("ADD", &conf);
+        assert_eq!(out.code, 0, "{conflist} {version}: {}{}", out.stdout, out.stderr);
+        assert_eq!(out.json().unwrap(), prev, "{conflist} {version}: prevResult must pass through unchanged");
+        assert!(pod.cgroup_attachments().contains("shape_egress"), "{conflist}: {}", pod.cgroup_attachments());
+        for command in ["CHECK", "GC", "STATUS"] {
+            let out = pod.invoke(command, &conf);
+            assert_eq!(out.code, 1, "{command} at {version}: {}", out.stdout);
+            let v = out.json().unwrap();
+            assert_eq!(v["msg"], "incompatible CNI version", "{command}: {v}");
+            assert_eq!(v["cniVersion"], version);
+        }
+        let out = pod.invoke("DEL", &conf);
+        assert_eq!(out.code, 0, "DEL at {version}: {}{}", out.stdout, out.stderr);
+        assert_eq!(pod.cgroup_attachments(), "");
+        assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    }
+    assert_eq!(cgroup_links(), before);
 }
 
 /// Bad input: a CNI error JSON on stdout, the code as exit status, no panic,

@@ -245,6 +245,41 @@ fn remove_and_check(node: &Node, pod: &Pod, links: &[Link]) {
     node.remove_pod_cgroups(pod);
 }
 
+// ---- The DaemonSet's container (deploy/daemonset.yaml, deploy/build-image.sh) ----
+
+/// Runs the DaemonSet's image as deploy/daemonset.yaml specifies its
+/// container, with the host paths under a temporary root holding flannel's
+/// stock conflist, and checks that it installed: the binary is there and the
+/// conflist chains the plugin. SIGTERM stops it at once and leaves the
+/// installation in place.
+fn daemonset_container_installs(node: &Node) {
+    let started = Instant::now();
+    let host_root = node.dir.join("daemonset-host");
+    let (bin_dir, conf_dir) = containerd::daemonset::host_dirs(&host_root);
+    std::fs::create_dir_all(&conf_dir).unwrap();
+    std::fs::write(conf_dir.join("10-flannel.conflist"), containerd::daemonset::FLANNEL).unwrap();
+    let outcome = containerd::daemonset::run_daemonset_container(node, &host_root)
+        .unwrap_or_else(|e| panic!("DaemonSet container: {e:#}\n{}", node.logs()));
+    println!("DaemonSet container log:\n{}", outcome.log.trim_end());
+    let installed = bin_dir.join("bpf-ratelimit");
+    assert_eq!(
+        std::fs::read(&installed).unwrap_or_else(|e| panic!("{}: {e}", installed.display())),
+        std::fs::read(common::plugin()).unwrap(),
+        "the container did not install this build's binary"
+    );
+    let conflist: Value = serde_json::from_slice(&std::fs::read(conf_dir.join("10-flannel.conflist")).unwrap()).unwrap();
+    let example: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("conflist/10-flannel-bpf-ratelimit.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(conflist, example, "the container did not chain the plugin into flannel's conflist");
+    assert!(outcome.log.contains("SIGTERM"), "the container did not log its SIGTERM exit: {}", outcome.log);
+    assert!(outcome.stop_took < Duration::from_secs(5), "SIGTERM took {:?}: the container only died by SIGKILL", outcome.stop_took);
+    println!("DaemonSet container installed and stopped on SIGTERM in {:?}; step took {:.1} s", outcome.stop_took, started.elapsed().as_secs_f64());
+}
+
+// ---- Pods under the runtime ----
+
 #[test]
 fn containerd_runs_bpf_ratelimit_for_real_pods() {
     let started = Instant::now();
@@ -261,6 +296,8 @@ fn containerd_runs_bpf_ratelimit_for_real_pods() {
         node.subnet,
         node.pin_root.display()
     );
+
+    daemonset_container_installs(&node);
 
     // A server pod without annotations, and a client limited differently per direction.
     let server = node.run_pod("server", &[], &["/usr/bin/iperf3", "-s"]).unwrap_or_else(|e| panic!("server pod: {e:#}\n{}", node.logs()));

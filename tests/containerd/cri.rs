@@ -117,6 +117,12 @@ impl Cri {
         self.call("StartContainer", self.runtime().start_container(StartContainerRequest { container_id: id.into() })).map(|_| ())
     }
 
+    /// StopContainer: the stop signal, then SIGKILL after `timeout_s`.
+    pub fn stop_container(&self, id: &str, timeout_s: i64) -> Result<(), CriError> {
+        self.call("StopContainer", self.runtime().stop_container(StopContainerRequest { container_id: id.into(), timeout: timeout_s }))
+            .map(|_| ())
+    }
+
     pub fn exec_sync(&self, container_id: &str, cmd: &[&str], timeout_s: i64) -> Result<Exec, CriError> {
         let req = ExecSyncRequest { container_id: container_id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout: timeout_s };
         let resp = self.call("ExecSync", self.runtime().exec_sync(req))?;

@@ -10,6 +10,7 @@
 //! the temporary directory.
 
 pub mod cri;
+pub mod daemonset;
 pub mod image;
 
 use std::collections::{BTreeSet, HashMap};
@@ -359,6 +360,12 @@ impl Node {
         let ip = status.network.map(|n| n.ip).filter(|ip| !ip.is_empty()).context("the sandbox has no IP")?;
         let netns = netns_from_info(&info).context("no network namespace path in PodSandboxStatus info")?;
         Ok(Pod { name: spec.name, uid: spec.uid, sandbox_id, container_id, ip, cgroup: spec.cgroup, netns })
+    }
+
+    /// Remembers a sandbox or container id made outside run_pod, so that
+    /// cleanup finds its shim socket.
+    pub fn track(&self, id: &str) {
+        self.ids.lock().unwrap().insert(id.to_string());
     }
 
     /// StopPodSandbox + RemovePodSandbox.

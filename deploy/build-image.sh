@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the DaemonSet's image (deploy/daemonset.yaml) as an OCI image
+# archive, with no registry pulls: one layer holding the bpf-ratelimit
+# binary at /usr/local/bin/bpf-ratelimit and the shared libraries ldd says
+# it loads, taken from this machine.
+#
+#   deploy/build-image.sh OUTPUT.tar [IMAGE_NAME] [BINARY]
+#       IMAGE_NAME  default bpf-ratelimit.local/bpf-ratelimit:<crate version>, as in daemonset.yaml
+#       BINARY      default target/release/bpf-ratelimit (cargo build --release first)
+#
+# Import it on a node with: ctr -n k8s.io images import OUTPUT.tar
+# The binary is copied onto the host, so build it on a distribution whose
+# glibc is no newer than the nodes'.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:?usage: build-image.sh OUTPUT.tar [IMAGE_NAME] [BINARY]}"
+version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
+name="${2:-bpf-ratelimit.local/bpf-ratelimit:$version}"
+binary="${3:-$repo/target/release/bpf-ratelimit}"
+tag="${name##*:}"
+[ "$tag" != "$name" ] || { echo "build-image.sh: IMAGE_NAME needs a tag (name:tag)" >&2; exit 2; }
+[ -x "$binary" ] || { echo "build-image.sh: $binary is missing: run cargo build --release first" >&2; exit 1; }
+for tool in ldd tar sha256sum; do
+  command -v "$tool" >/dev/null || { echo "build-image.sh: $tool is missing" >&2; exit 1; }
+done
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+root="$work/rootfs"
+layout="$work/layout"
+mkdir -p "$root/usr/local/bin" "$layout/blobs/sha256"
+install -m 0755 "$binary" "$root/usr/local/bin/bpf-ratelimit"
+# "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"   # the file itself, not the symlink
+done
+
+# Moves a file into the blob store; prints "<digest> <size>".
+blob() {
+  local hex size
+  hex="$(sha256sum "$1" | cut -d' ' -f1)"
+  size="$(stat -c %s "$1")"
+  mv "$1" "$layout/blobs/sha256/$hex"
+  echo "sha256:$hex $size"
+}
+
+tar --sort=name --numeric-owner --owner=0 --group=0 --mtime=@0 -C "$root" -cf "$work/layer.tar" .
+read -r layer_digest layer_size < <(blob "$work/layer.tar")
+printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/usr/local/bin/bpf-ratelimit"],"Cmd":["install","--wait"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["%s"]}}' \
+  "$layer_digest" > "$work/config.json"
+read -r config_digest config_size < <(blob "$work/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"%s","size":%s}]}' \
+  "$config_digest" "$config_size" "$layer_digest" "$layer_size" > "$work/manifest.json"
+read -r manifest_digest manifest_size < <(blob "$work/manifest.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"%s","size":%s,"platform":{"architecture":"amd64","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+  "$manifest_digest" "$manifest_size" "$name" "$tag" > "$layout/index.json"
+printf '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
+tar -C "$layout" -cf "$out" .
+echo "build-image.sh: wrote $name to $out" >&2

@@ -1,0 +1,168 @@
+//! The DaemonSet's container, run for real: deploy/build-image.sh builds its
+//! image, the private containerd imports it, and a host-network pod runs the
+//! container exactly as deploy/daemonset.yaml specifies it (command, args,
+//! security context, mounts), with its two host paths pointed at temporary
+//! directories instead of /opt/cni/bin and /etc/cni/net.d. Only the
+//! Kubernetes object itself is not exercised (no API server here).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bpf_ratelimit::testbed::run;
+use k8s_cri::v1 as api;
+use serde_json::Value;
+
+use super::{cri, Node};
+
+/// flannel's stock conflist (cniVersion 0.3.1, with portmap).
+pub const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}
+"#;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// deploy/daemonset.yaml as JSON.
+pub fn daemonset() -> Value {
+    let text = std::fs::read_to_string(repo().join("deploy/daemonset.yaml")).expect("deploy/daemonset.yaml");
+    serde_norway::from_str(&text).expect("deploy/daemonset.yaml parses")
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// What the test observed.
+pub struct Outcome {
+    pub stop_took: Duration,
+    pub log: String,
+}
+
+/// Builds and imports the image, runs the container with `host_root/opt/cni/bin`
+/// and `host_root/etc/cni/net.d` as its host paths, waits until it has
+/// installed, then stops it with SIGTERM (StopContainer, 10 s grace).
+pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome> {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let image = container["image"].as_str().context("no image in daemonset.yaml")?.to_string();
+
+    let archive = node.dir.join("images/daemonset.tar");
+    run(Command::new("bash")
+        .arg(repo().join("deploy/build-image.sh"))
+        .arg(&archive)
+        .arg(&image)
+        .arg(crate::common::plugin()))
+    .context("deploy/build-image.sh failed")?;
+    run(Command::new("ctr").arg("--address").arg(&node.socket).args(["-n", "k8s.io", "images", "import"]).arg(&archive))
+        .with_context(|| format!("cannot import {image}"))?;
+
+    // hostPath volumes, by volume name, re-rooted under host_root.
+    let mut mounts = Vec::new();
+    for m in container["volumeMounts"].as_array().context("no volumeMounts")? {
+        let volume = pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == m["name"])).context("mount without volume")?;
+        let host = volume["hostPath"]["path"].as_str().context("not a hostPath volume")?;
+        let host_path = host_root.join(host.trim_start_matches('/'));
+        std::fs::create_dir_all(&host_path)?; // type: DirectoryOrCreate
+        mounts.push(api::Mount {
+            container_path: m["mountPath"].as_str().context("no mountPath")?.into(),
+            host_path: host_path.display().to_string(),
+            readonly: m["readOnly"].as_bool().unwrap_or(false),
+            ..Default::default()
+        });
+    }
+
+    let host_network = api::NamespaceOption {
+        network: if pod["hostNetwork"] == true { api::NamespaceMode::Node } else { api::NamespaceMode::Pod } as i32,
+        pid: api::NamespaceMode::Container as i32,
+        ipc: api::NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    let spec = node.pod_spec("daemonset");
+    let log_dir = node.dir.join("logs").join(&spec.name);
+    std::fs::create_dir_all(&log_dir)?;
+    let sandbox = api::PodSandboxConfig {
+        metadata: Some(api::PodSandboxMetadata {
+            name: spec.name.clone(),
+            uid: spec.uid.clone(),
+            namespace: "kube-system".into(),
+            attempt: 0,
+        }),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(api::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{}", spec.cgroup_rel),
+            security_context: Some(api::LinuxSandboxSecurityContext {
+                namespace_options: Some(host_network.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let sandbox_id = node.cri().run_pod_sandbox(sandbox.clone()).map_err(cri::cri_err)?;
+    node.track(&sandbox_id);
+
+    let sc = &container["securityContext"];
+    let uid = |k: &str| sc[k].as_i64().map(|value| api::Int64Value { value });
+    let config = api::ContainerConfig {
+        metadata: Some(api::ContainerMetadata { name: container["name"].as_str().unwrap_or("install").into(), attempt: 0 }),
+        image: Some(api::ImageSpec { image: image.clone(), ..Default::default() }),
+        command: strings(&container["command"]),
+        args: strings(&container["args"]),
+        mounts,
+        log_path: "install.log".into(),
+        linux: Some(api::LinuxContainerConfig {
+            security_context: Some(api::LinuxContainerSecurityContext {
+                capabilities: Some(api::Capability {
+                    add_capabilities: strings(&sc["capabilities"]["add"]),
+                    drop_capabilities: strings(&sc["capabilities"]["drop"]),
+                    ..Default::default()
+                }),
+                privileged: sc["privileged"].as_bool().unwrap_or(false),
+                readonly_rootfs: sc["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+                no_new_privs: sc["allowPrivilegeEscalation"] == false,
+                run_as_user: uid("runAsUser"),
+                run_as_group: uid("runAsGroup"),
+                namespace_options: Some(host_network),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let container_id = node.cri().create_container(&sandbox_id, config, sandbox).map_err(cri::cri_err)?;
+    node.track(&container_id);
+    node.cri().start_container(&container_id).map_err(cri::cri_err)?;
+
+    // Installed, and waiting for SIGTERM.
+    let log_file = log_dir.join("install.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log_file).unwrap_or_default().contains("waiting for SIGTERM") {
+        if Instant::now() > deadline {
+            bail!("the DaemonSet container did not reach its wait: {}", std::fs::read_to_string(&log_file).unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopping = Instant::now();
+    node.cri().stop_container(&container_id, 10).map_err(cri::cri_err)?;
+    let stop_took = stopping.elapsed();
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    node.cri().stop_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
+    node.cri().remove_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
+    node.remove_pod_cgroup(&spec);
+    Ok(Outcome { stop_took, log })
+}
+
+/// The host paths under `host_root`.
+pub fn host_dirs(host_root: &Path) -> (PathBuf, PathBuf) {
+    (host_root.join("opt/cni/bin"), host_root.join("etc/cni/net.d"))
+}

@@ -1,0 +1,331 @@
+//! `bpf-ratelimit install` and `uninstall`, run as the built binary on
+//! temporary CNI bin and conf dirs holding the conflists of real networks
+//! (bridge, flannel, Calico, a single-plugin .conf). Needs no privileges.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::{json, Value};
+
+const BRIDGE: &str = r#"{
+  "cniVersion": "1.0.0",
+  "name": "k8s-pod-network",
+  "plugins": [
+    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/16"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ],
+  "zKeptKey": {"any": ["thing", 1]}
+}"#;
+
+/// flannel's stock kube-flannel.yml cni-conf.json.
+const FLANNEL: &str = r#"{
+  "name": "cbr0",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {
+      "type": "flannel",
+      "delegate": {
+        "hairpinMode": true,
+        "isDefaultGateway": true
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {
+        "portMappings": true
+      }
+    }
+  ]
+}
+"#;
+
+/// Calico's stock 10-calico.conflist, which chains the reference bandwidth plugin.
+const CALICO: &str = r#"{
+  "name": "k8s-pod-network",
+  "cniVersion": "0.3.1",
+  "plugins": [
+    {
+      "type": "calico",
+      "log_level": "info",
+      "log_file_path": "/var/log/calico/cni/cni.log",
+      "datastore_type": "kubernetes",
+      "nodename": "__KUBERNETES_NODE_NAME__",
+      "mtu": 0,
+      "ipam": {"type": "calico-ipam"},
+      "policy": {"type": "k8s"},
+      "kubernetes": {"kubeconfig": "/etc/cni/net.d/calico-kubeconfig"}
+    },
+    {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+    {"type": "portmap", "snat": true, "capabilities": {"portMappings": true}}
+  ]
+}"#;
+
+const BRIDGE_CONF: &str = r#"{
+    "cniVersion": "0.4.0",
+    "name": "mynet",
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": true,
+    "ipam": {"type": "host-local", "subnet": "10.22.0.0/16"}
+}
+"#;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A CNI bin dir and conf dir under one temporary directory, removed on drop.
+struct Node {
+    root: PathBuf,
+}
+
+struct Run {
+    code: i32,
+    stderr: String,
+}
+
+impl Node {
+    fn new(files: &[(&str, &str)]) -> Node {
+        let root = std::env::temp_dir().join(format!("brl-install-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::SeqCst)));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("net.d")).unwrap();
+        for (name, text) in files {
+            std::fs::write(root.join("net.d").join(name), text).unwrap();
+        }
+        Node { root }
+    }
+
+    fn conf(&self, name: &str) -> PathBuf {
+        self.root.join("net.d").join(name)
+    }
+
+    fn json(&self, name: &str) -> Value {
+        serde_json::from_slice(&std::fs::read(self.conf(name)).unwrap()).unwrap()
+    }
+
+    fn binary(&self) -> PathBuf {
+        self.root.join("bin/bpf-ratelimit")
+    }
+
+    fn run(&self, command: &str, extra: &[&str]) -> Run {
+        let out = Command::new(env!("CARGO_BIN_EXE_bpf-ratelimit"))
+            .arg(command)
+            .arg("--bin-dir")
+            .arg(self.root.join("bin"))
+            .arg("--conf-dir")
+            .arg(self.root.join("net.d"))
+            .args(extra)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .unwrap();
+        let run = Run { code: out.status.code().unwrap_or(-1), stderr: String::from_utf8_lossy(&out.stderr).into_owned() };
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+        assert!(out.stdout.is_empty(), "{command} printed to stdout: {}", String::from_utf8_lossy(&out.stdout));
+        run
+    }
+
+    fn ok(&self, command: &str, extra: &[&str]) -> String {
+        let r = self.run(command, extra);
+        assert_eq!(r.code, 0, "{command} {extra:?} failed: {}", r.stderr);
+        r.stderr
+    }
+
+    /// Every file in both dirs with its bytes and mode.
+    fn snapshot(&self) -> BTreeMap<String, (Vec<u8>, u32)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = BTreeMap::new();
+        for dir in ["bin", "net.d"] {
+            for e in std::fs::read_dir(self.root.join(dir)).unwrap().flatten() {
+                let mode = e.metadata().unwrap().permissions().mode();
+                files.insert(format!("{dir}/{}", e.file_name().to_string_lossy()), (std::fs::read(e.path()).unwrap(), mode));
+            }
+        }
+        files
+    }
+
+    /// Runs a refused install and checks that nothing changed.
+    fn refused(&self, extra: &[&str], needles: &[&str]) {
+        let before = self.snapshot();
+        let r = self.run("install", extra);
+        assert_ne!(r.code, 0, "install {extra:?} must be refused");
+        for needle in needles {
+            assert!(r.stderr.contains(needle), "{needle:?} not in: {}", r.stderr);
+        }
+        assert_eq!(self.snapshot(), before, "a refused install changed files");
+        println!("refused as it should: {}", r.stderr.trim());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn example(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conflist").join(name);
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn ours() -> Value {
+    json!({"type": "bpf-ratelimit", "capabilities": {"bandwidth": true, "cgroupPath": true, "io.kubernetes.cri.pod-annotations": true}})
+}
+
+/// Install, install again (nothing changes), uninstall (JSON-equal to the
+/// original, binary gone).
+fn round_trip(node: &Node, name: &str, original: &str, expected: &Value) {
+    node.ok("install", &[]);
+    assert_eq!(&node.json(name), expected);
+    assert_eq!(std::fs::read(node.binary()).unwrap(), std::fs::read(env!("CARGO_BIN_EXE_bpf-ratelimit")).unwrap());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(node.binary()).unwrap().permissions().mode() & 0o777, 0o755);
+    let after_first = node.snapshot();
+    let second = node.ok("install", &[]);
+    assert_eq!(node.snapshot(), after_first, "a second install changed files: {second}");
+    node.ok("uninstall", &[]);
+    let restored = node.json(name);
+    assert_eq!(restored, serde_json::from_str::<Value>(original).unwrap(), "uninstall did not restore {name}");
+    assert!(!node.binary().exists(), "uninstall left the binary");
+    assert!(node.snapshot().keys().all(|k| k == &format!("net.d/{name}")), "{:?}", node.snapshot().keys());
+}
+
+#[test]
+fn bridge_conflist_round_trip_keeps_every_key() {
+    let node = Node::new(&[("10-bridge.conflist", BRIDGE)]);
+    let mut expected: Value = serde_json::from_str(BRIDGE).unwrap();
+    expected["plugins"].as_array_mut().unwrap().push(ours());
+    round_trip(&node, "10-bridge.conflist", BRIDGE, &expected);
+}
+
+#[test]
+fn flannel_0_3_1_with_portmap_becomes_the_example_conflist() {
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    node.ok("install", &[]);
+    println!("before install:\n{FLANNEL}\nafter install:\n{}", std::fs::read_to_string(node.conf("10-flannel.conflist")).unwrap());
+    assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    // Key order is kept too (serde_json's preserve_order).
+    let text = std::fs::read_to_string(node.conf("10-flannel.conflist")).unwrap();
+    assert!(text.find("\"name\"").unwrap() < text.find("\"cniVersion\"").unwrap(), "{text}");
+    node.ok("uninstall", &[]);
+    round_trip(&node, "10-flannel.conflist", FLANNEL, &example("10-flannel-bpf-ratelimit.conflist"));
+}
+
+#[test]
+fn calico_with_the_bandwidth_plugin_is_refused_unless_replaced() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    node.refused(&[], &["10-calico.conflist", "bandwidth", "--replace-bandwidth"]);
+    assert!(!node.binary().exists());
+
+    node.ok("install", &["--replace-bandwidth"]);
+    let mut installed = node.json("10-calico.conflist");
+    let replaced = installed.as_object_mut().unwrap().remove("bpf-ratelimit.io/replaced-bandwidth").expect("the replaced entry is kept");
+    assert_eq!(replaced, json!({"index": 1, "plugin": {"type": "bandwidth", "capabilities": {"bandwidth": true}}}));
+    assert_eq!(installed, example("10-calico-bpf-ratelimit.conflist"));
+    let snap = node.snapshot();
+    node.ok("install", &["--replace-bandwidth"]);
+    node.ok("install", &[]);
+    assert_eq!(node.snapshot(), snap, "installing again changed files");
+
+    node.ok("uninstall", &[]);
+    assert_eq!(node.json("10-calico.conflist"), serde_json::from_str::<Value>(CALICO).unwrap());
+    assert!(!node.binary().exists());
+}
+
+#[test]
+fn single_plugin_conf_is_converted_and_restored_byte_for_byte() {
+    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("20-other.conflist", BRIDGE)]);
+    let stderr = node.ok("install", &[]);
+    assert!(stderr.contains("converted"), "{stderr}");
+    assert!(!node.conf("10-mynet.conf").exists(), "libcni would still load the .conf first");
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf.bpf-ratelimit-orig")).unwrap(), BRIDGE_CONF);
+    let list = node.json("10-mynet.conflist");
+    let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
+    assert_eq!(list, json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [conf, ours()]}));
+    // The other conflist is not the runtime's and stays untouched.
+    assert_eq!(std::fs::read_to_string(node.conf("20-other.conflist")).unwrap(), BRIDGE);
+
+    let snap = node.snapshot();
+    node.ok("install", &[]);
+    assert_eq!(node.snapshot(), snap);
+
+    node.ok("uninstall", &[]);
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), BRIDGE_CONF);
+    assert!(!node.conf("10-mynet.conflist").exists());
+    assert!(!node.conf("10-mynet.conf.bpf-ratelimit-orig").exists());
+    assert!(!node.binary().exists());
+}
+
+#[test]
+fn picks_the_file_libcni_loads_first_or_the_one_named() {
+    let node = Node::new(&[
+        ("00-notes.conf.bak", "not json"),
+        ("05-flannel.conflist", FLANNEL),
+        ("10-bridge.conflist", BRIDGE),
+        ("99-last.json", BRIDGE_CONF),
+    ]);
+    node.ok("install", &[]);
+    assert_eq!(node.json("05-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    assert_eq!(std::fs::read_to_string(node.conf("10-bridge.conflist")).unwrap(), BRIDGE);
+
+    node.ok("install", &["--conflist", "10-bridge.conflist"]);
+    assert_eq!(node.json("10-bridge.conflist")["plugins"][2], ours());
+    // Uninstalling one keeps the binary the other still runs.
+    let stderr = node.ok("uninstall", &["--conflist", "10-bridge.conflist"]);
+    assert!(node.binary().exists(), "{stderr}");
+    assert!(stderr.contains("05-flannel.conflist"), "{stderr}");
+    assert_eq!(node.json("10-bridge.conflist"), serde_json::from_str::<Value>(BRIDGE).unwrap());
+    // Without --conflist, every file that chains the plugin.
+    node.ok("uninstall", &[]);
+    assert_eq!(node.json("05-flannel.conflist"), serde_json::from_str::<Value>(FLANNEL).unwrap());
+    assert!(!node.binary().exists());
+}
+
+#[test]
+fn refusals_name_the_file_and_change_nothing() {
+    let only_chained = r#"{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "portmap"}]}"#;
+    let ours_first = r#"{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bpf-ratelimit"}, {"type": "bridge"}]}"#;
+    let list_in_conf = r#"{"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "bridge"}]}"#;
+    for (file, text, needles) in [
+        ("10-broken.conflist", "{\"name\": \"n\", \"plugins\": [", &["10-broken.conflist", "cannot parse"][..]),
+        ("10-array.conflist", "[1, 2]", &["10-array.conflist", "not a JSON object"]),
+        ("10-noplugins.conflist", r#"{"name": "n"}"#, &["10-noplugins.conflist", "\"plugins\""]),
+        ("10-notype.conflist", r#"{"name": "n", "plugins": [{"x": 1}]}"#, &["10-notype.conflist", "\"type\""]),
+        ("10-portmap.conflist", only_chained, &["10-portmap.conflist", "no main plugin"]),
+        ("10-empty.conflist", r#"{"name": "n", "plugins": []}"#, &["10-empty.conflist", "no main plugin"]),
+        ("10-first.conflist", ours_first, &["10-first.conflist", "before its main plugin"]),
+        ("10-list.conf", list_in_conf, &["10-list.conf", "rename it to .conflist"]),
+    ] {
+        let node = Node::new(&[(file, text)]);
+        node.refused(&[], needles);
+        assert!(!node.binary().exists());
+    }
+    // Multus's generated config sorts first; only an explicit --conflist goes there.
+    let multus = r#"{"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus-shim", "socketDir": "/run/multus/"}"#;
+    let node = Node::new(&[("00-multus.conf", multus), ("10-flannel.conflist", FLANNEL)]);
+    node.refused(&[], &["00-multus.conf", "Multus", "--conflist"]);
+    node.ok("install", &["--conflist", "10-flannel.conflist"]);
+    assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    assert_eq!(std::fs::read_to_string(node.conf("00-multus.conf")).unwrap(), multus);
+    // A .conf whose .conflist name is taken.
+    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("10-mynet.conflist", BRIDGE)]);
+    node.refused(&[], &["10-mynet.conflist", "exists already"]);
+    // Nothing to chain after, a missing file, bad options.
+    let node = Node::new(&[]);
+    node.refused(&[], &["no CNI config", "net.d"]);
+    node.refused(&["--conflist", "nope.conflist"], &["nope.conflist", "does not exist"]);
+    node.refused(&["--conflist", "../etc/passwd"], &["--conflist takes a file name"]);
+    node.refused(&["--bogus"], &["unknown option"]);
+}
+
+#[test]
+fn binary_only_places_the_binary_and_touches_no_config() {
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    node.ok("install", &["--binary-only"]);
+    assert!(node.binary().exists());
+    assert_eq!(std::fs::read_to_string(node.conf("10-flannel.conflist")).unwrap(), FLANNEL);
+    // With nothing chaining it, uninstall removes it again.
+    node.ok("uninstall", &[]);
+    assert!(!node.binary().exists());
+}
