@@ -229,7 +229,7 @@ fn flannel_and_calico_chains_at_0_3_x() {
     ] {
         let mut conf = chained_config(&pod, conflist, limits("20M"));
         conf["cniVersion"] = json!(version);
-        let mut prev = bpf_ratelimit::testbed::sample_prev_result(version);
+        let mut prev = pod.bed.prev_result(version);
         prev["ips"][0]["version"] = json!("4");
         conf["prevResult"] = prev.clone();
         let out = pod.invoke("ADD", &conf);
