@@ -273,64 +273,52 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
     Ok(done)
 }
 
-/// Prometheus text exposition of every shaped pod: limits as gauges,
+/// Prometheus text exposition (format 0.0.4, what node_exporter's textfile
+/// collector and every scraper read) of every shaped pod: limits as gauges,
 /// counters as counters, labelled by namespace, pod and direction.
 pub fn metrics(pin_root: &Path) -> Result<String> {
-    use prometheus_client::encoding::EncodeLabelSet;
-    use prometheus_client::metrics::counter::Counter;
-    use prometheus_client::metrics::family::Family;
-    use prometheus_client::metrics::gauge::Gauge;
-    use prometheus_client::registry::{Registry, Unit};
+    use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-    struct Labels {
-        namespace: String,
-        pod: String,
-        direction: String,
-    }
-
-    let mut registry = Registry::with_prefix("bpf_ratelimit");
-    let limit = Family::<Labels, Gauge>::default();
-    let burst = Family::<Labels, Gauge>::default();
-    let counters: Vec<(&str, &str, Unit, Family<Labels, Counter>)> = vec![
-        ("passed", "Bytes the shaper passed", Unit::Bytes, Family::default()),
-        ("dropped", "Bytes the shaper dropped", Unit::Bytes, Family::default()),
-        ("marked", "Bytes the shaper marked ECN CE", Unit::Bytes, Family::default()),
-        ("passed_packets", "Packets the shaper passed", Unit::Other("".into()), Family::default()),
-        ("dropped_packets", "Packets the shaper dropped", Unit::Other("".into()), Family::default()),
-        ("marked_packets", "Packets the shaper marked ECN CE", Unit::Other("".into()), Family::default()),
+    const LABELS: [&str; 3] = ["namespace", "pod", "direction"];
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str| -> Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), &LABELS)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let counter = |name: &str, help: &str| -> Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), &LABELS)?;
+        registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    };
+    let limit = gauge("bpf_ratelimit_limit_bits_per_second", "The pod's rate limit (0: unlimited)")?;
+    let burst = gauge("bpf_ratelimit_burst_bytes", "The pod's burst (token bucket size)")?;
+    let counters = [
+        counter("bpf_ratelimit_passed_bytes_total", "Bytes the shaper passed")?,
+        counter("bpf_ratelimit_dropped_bytes_total", "Bytes the shaper dropped over the limit")?,
+        counter("bpf_ratelimit_marked_bytes_total", "Bytes the shaper marked ECN CE (they passed, and count in passed too)")?,
+        counter("bpf_ratelimit_passed_packets_total", "Packets (skbs) the shaper passed")?,
+        counter("bpf_ratelimit_dropped_packets_total", "Packets (skbs) the shaper dropped")?,
+        counter("bpf_ratelimit_marked_packets_total", "Packets (skbs) the shaper marked ECN CE")?,
     ];
     let pods = match open_root(pin_root)? {
         Some(root) => pods(&root)?,
         None => Vec::new(),
     };
     for pod in &pods {
+        let name = if pod.meta.name.is_empty() { pod.id.container_id.clone() } else { pod.meta.name.clone() };
         for dir in Direction::BOTH {
             let b = pod.bucket(dir);
-            let labels = Labels {
-                namespace: pod.meta.namespace.clone(),
-                pod: if pod.meta.name.is_empty() { pod.id.container_id.clone() } else { pod.meta.name.clone() },
-                direction: dir.name().into(),
-            };
-            limit.get_or_create(&labels).set((b.rate * 8) as i64);
-            burst.get_or_create(&labels).set(b.burst as i64);
+            let labels = [pod.meta.namespace.as_str(), name.as_str(), dir.name()];
+            limit.with_label_values(&labels).set(i64::try_from(b.rate * 8).unwrap_or(i64::MAX));
+            burst.with_label_values(&labels).set(i64::try_from(b.burst).unwrap_or(i64::MAX));
             let values = [b.passed_bytes, b.dropped_bytes, b.marked_bytes, b.passed_packets, b.dropped_packets, b.marked_packets];
-            for ((_, _, _, family), v) in counters.iter().zip(values) {
-                family.get_or_create(&labels).inc_by(v);
+            for (family, v) in counters.iter().zip(values) {
+                family.with_label_values(&labels).inc_by(v);
             }
         }
     }
-    registry.register_with_unit("limit", "The pod's rate limit (0: unlimited)", Unit::Other("bits_per_second".into()), limit);
-    registry.register_with_unit("burst", "The pod's burst", Unit::Bytes, burst);
-    for (name, help, unit, family) in counters {
-        match unit {
-            Unit::Other(u) if u.is_empty() => registry.register(name, help, family),
-            unit => registry.register_with_unit(name, help, unit, family),
-        }
-    }
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &registry)?;
-    Ok(out)
+    Ok(TextEncoder::new().encode_to_string(&registry.gather())?)
 }
 
 /// Serves `metrics` on http://ADDR/metrics until killed: for a DaemonSet,
@@ -349,7 +337,7 @@ pub fn serve_metrics(pin_root: &Path, addr: &str) -> Result<()> {
         let path = request_line.split_whitespace().nth(1).unwrap_or("");
         let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
             match metrics(pin_root) {
-                Ok(b) => ("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", b),
+                Ok(b) => ("200 OK", prometheus::TEXT_FORMAT, b),
                 Err(e) => ("500 Internal Server Error", "text/plain", format!("{e:#}\n")),
             }
         } else {

@@ -329,7 +329,8 @@ fn containerd_runs_bpf_ratelimit_for_real_pods() {
 
     // Invalid annotations: RunPodSandbox fails with the plugin's message, nothing is left.
     for (annotations, needle) in [
-        (vec![(INGRESS, "fast")], r#"invalid pod annotation "kubernetes.io/ingress-bandwidth""#),
+        // (containerd checks kubernetes.io/*-bandwidth itself, before CNI.)
+        (vec![(EGRESS, "10M"), ("bpf-ratelimit.io/egress-burst", "-1")], r#"invalid pod annotation "bpf-ratelimit.io/egress-burst""#),
         (vec![(INGRESS, "10M"), ("bpf-ratelimit.io/ingress-burst", "lots")], r#"invalid pod annotation "bpf-ratelimit.io/ingress-burst""#),
     ] {
         let before = Leftovers::take(&node);

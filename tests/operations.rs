@@ -172,9 +172,11 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
             .find(|s| s.metric == name && s.labels.get("direction") == Some(direction))
             .unwrap_or_else(|| panic!("no {name}{{direction={direction}}} in\n{metrics}"));
         assert_eq!((s.labels.get("namespace"), s.labels.get("pod")), (Some("default"), Some("test")));
+        // Typed as declared: gauges for limits, counters for counts.
         match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            _ => panic!("{name} has an unexpected type"),
+            prometheus_parse::Value::Gauge(v) if name.contains("limit") || name.contains("burst") => v,
+            prometheus_parse::Value::Counter(v) if name.ends_with("_total") => v,
+            ref other => panic!("{name} is {other:?}"),
         }
     };
     assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "egress"), 10e6);
@@ -183,7 +185,7 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     // Packets are skbs: at in-cluster RTTs most are 64 KB GSO skbs.
     assert!(sample("bpf_ratelimit_passed_packets_total", "egress") > 10.0);
     assert_eq!(sample("bpf_ratelimit_dropped_bytes_total", "ingress"), 0.0);
-    assert!(metrics.contains("# TYPE bpf_ratelimit_passed_bytes counter"), "{metrics}");
+    assert!(metrics.contains("# TYPE bpf_ratelimit_passed_bytes_total counter"), "{metrics}");
     pod.del();
     let (_, empty, _) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
     assert_eq!(empty.trim(), "[]");
