@@ -207,20 +207,8 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
     }
 }
 
-fn require_1_1(req: &Request, what: &str) -> Result<(), CniError> {
-    if req.conf.cni_version != "1.1.0" {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            format!("{what} needs cniVersion 1.1.0, the config says {}", req.conf.cni_version),
-            "",
-        ));
-    }
-    Ok(())
-}
-
 /// GC unpins every attachment that the runtime does not list as valid.
 fn cmd_gc(req: &Request) -> Result<(), CniError> {
-    require_1_1(req, "GC")?;
     let Some(valid) = &req.conf.valid_attachments else {
         return Err(CniError::config("GC needs cni.dev/valid-attachments"));
     };
@@ -242,7 +230,6 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
 /// STATUS: cgroup2, bpffs and loading the datapath all work. It mounts and
 /// pins nothing.
 fn cmd_status(req: &Request) -> Result<(), CniError> {
-    require_1_1(req, "STATUS")?;
     let unavailable = |msg: &str, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
     cgroup::cgroup2_root(req.conf.cgroup_root.as_deref()).map_err(|e| unavailable("cgroup v2 is not usable", e.to_string()))?;
     datapath::bpffs_usable(&req.conf.pin_root)
