@@ -52,3 +52,21 @@ int harness_ingress(struct __sk_buff *skb)
 		return SKB_DROP;
 	return shape_ingress(&in->pod, skb, in->now);
 }
+
+/*
+ * ---- Test-only: IPv6 egress ------------------------------------------------
+ * As harness_egress, but the IPv6 next-header byte stands in for the
+ * socket's protocol, so IPv6 packets run through the production
+ * shape_egress too (tests/datapath_test_run.rs).
+ */
+SEC("cgroup_skb/egress")
+int harness_egress6(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+	__u8 next_header = 0;
+
+	if (!in)
+		return SKB_DROP;
+	bpf_skb_load_bytes(skb, 6, &next_header, 1);
+	return shape_egress(&in->pod, skb, in->now, next_header == 6);
+}
