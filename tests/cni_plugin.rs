@@ -456,3 +456,30 @@ fn status_loads_the_datapath_once_and_is_cheap_after() {
     println!("STATUS: first {:.1} ms; then p50 {:.2} ms, p99 {:.2} ms", first.elapsed.as_secs_f64() * 1e3, times[25], times[49]);
     assert!(times[25] < 10.0, "STATUS p50 {:.1} ms: it still loads the datapath", times[25]);
 }
+
+/// logFile is opened with O_NOFOLLOW (a planted symlink does not redirect a
+/// root process's writes) and created with mode 0640.
+#[test]
+fn log_file_is_created_0640_and_never_followed_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let pod = Pod::new("logfile");
+    let dir = std::env::temp_dir().join(format!("brl-logfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let (log, target, link) = (dir.join("plugin.log"), dir.join("target"), dir.join("link.log"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for path in [&log, &link] {
+        let mut conf = pod.config(json!({}));
+        conf["logFile"] = json!(path);
+        conf["logLevel"] = json!("info");
+        let out = pod.invoke("ADD", &conf);
+        assert_eq!(out.code, 0, "logging never fails a pod: {}{}", out.stdout, out.stderr);
+        if path == &link {
+            assert!(out.stderr.contains("cannot open logFile"), "{}", out.stderr);
+        }
+    }
+    assert!(!target.exists(), "the symlink was followed");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("no bandwidth limit requested"));
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
