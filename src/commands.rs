@@ -138,6 +138,8 @@ pub struct Found {
     pub links: Vec<(&'static str, CgroupLinkInfo)>,
     pub state: Option<PodState>,
     pub cgroup_id: u64,
+    /// The pod runs this build's datapath, not another release's.
+    pub this_release: bool,
 }
 
 /// CHECK's verdict, without I/O: what was requested against what was found.
@@ -147,17 +149,16 @@ pub fn check_verdict(requested: &Limits, found: Option<&Found>) -> Result<(), St
         (true, Some(_)) => Err("the pod has no bandwidth limit but a shaper is attached".into()),
         (false, None) => Err("no shaper is attached for this container".into()),
         (false, Some(f)) => {
-            for name in LINK_PINS {
-                match f.links.iter().find(|(n, _)| *n == name) {
-                    None => return Err(format!("the {name} link is missing")),
-                    Some((_, info)) if info.cgroup_id != f.cgroup_id => {
-                        return Err(format!(
-                            "the {name} link is attached to cgroup id {} instead of the pod cgroup ({})",
-                            info.cgroup_id, f.cgroup_id
-                        ))
-                    }
-                    Some(_) => {}
-                }
+            // A pod of another release has the links that release attached.
+            let required: &[&str] = if f.this_release { &LINK_PINS } else { &datapath::LINKS_OF_EVERY_RELEASE };
+            if let Some(name) = required.iter().find(|name| !f.links.iter().any(|(n, _)| n == *name)) {
+                return Err(format!("the {name} link is missing"));
+            }
+            if let Some((name, info)) = f.links.iter().find(|(_, i)| i.cgroup_id != f.cgroup_id) {
+                return Err(format!(
+                    "the {name} link is attached to cgroup id {} instead of the pod cgroup ({})",
+                    info.cgroup_id, f.cgroup_id
+                ));
             }
             match f.state {
                 None => Err("the pod's limits are missing from its cgroup storage".into()),
@@ -190,7 +191,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         if let Some(a) = datapath::inspect_pod(&root, &req.attachment(), cgroup_id)
             .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
         {
-            found = Some(Found { links: a.links, state: a.state, cgroup_id });
+            found = Some(Found { links: a.links, state: a.state, cgroup_id, this_release: a.this_release });
             break;
         }
     }
@@ -291,7 +292,12 @@ mod tests {
 
     fn found(requested: &Limits, cgroup_id: u64) -> Found {
         let link = CgroupLinkInfo { cgroup_id, ..Default::default() };
-        Found { links: LINK_PINS.iter().map(|n| (*n, link)).collect(), state: Some(PodState::new(requested)), cgroup_id }
+        Found {
+            links: LINK_PINS.iter().map(|n| (*n, link)).collect(),
+            state: Some(PodState::new(requested)),
+            cgroup_id,
+            this_release: true,
+        }
     }
 
     #[test]
@@ -314,6 +320,13 @@ mod tests {
         let mut f = found(&l, 7);
         f.links[1].1.cgroup_id = 8;
         assert!(err(Some(&f), &l).contains("attached to cgroup id 8"));
+        // Another release's pod needs only the links every release attaches.
+        let mut f = found(&l, 7);
+        f.links.retain(|(n, _)| datapath::LINKS_OF_EVERY_RELEASE.contains(n));
+        f.this_release = false;
+        assert_eq!(check_verdict(&l, Some(&f)), Ok(()));
+        f.links.retain(|(n, _)| *n != "ingress");
+        assert!(err(Some(&f), &l).contains("ingress link is missing"));
         let mut f = found(&l, 7);
         f.state = None;
         assert!(err(Some(&f), &l).contains("missing from its cgroup storage"));

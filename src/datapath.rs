@@ -56,6 +56,9 @@ const LOADING_PREFIX: &str = "loading-";
 /// The link pins in a pod's directory, and the map pin beside them.
 pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
 pub const STATE_PIN: &str = "state";
+/// The links every release attaches. A later release may attach more
+/// (LINK_PINS grows); CHECK requires those only of pods on its own datapath.
+pub const LINKS_OF_EVERY_RELEASE: [&str; 3] = ["egress", "ingress", "sockops"];
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const MOUNT_LOCK: &str = "/run/bpf-ratelimit.mount.lock";
@@ -563,6 +566,9 @@ pub struct PodAttachment {
     /// (pin name, link info); a missing pin has no entry.
     pub links: Vec<(&'static str, CgroupLinkInfo)>,
     pub state: Option<PodState>,
+    /// Whether its links run this build's datapath (else an older or newer
+    /// release's, which may attach fewer links). True when unknown.
+    pub this_release: bool,
 }
 
 pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<Option<PodAttachment>> {
@@ -580,7 +586,9 @@ pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<
         .ok()
         .and_then(|fd| bpf_sys::lookup_locked_bytes(fd.as_fd(), cgroup_id).ok())
         .and_then(|v| PodState::from_value(&v).ok());
-    Ok(Some(PodAttachment { links, state }))
+    let ours = datapath_prog_ids(&root.datapath_root().join(datapath_version()));
+    let this_release = links.iter().find(|(n, _)| *n == LINK_PINS[0]).is_none_or(|(_, l)| ours.contains(&l.prog_id));
+    Ok(Some(PodAttachment { links, state, this_release }))
 }
 
 /// Reads a pod's state given only its pins (for `stats`): the cgroup comes from its egress link.
