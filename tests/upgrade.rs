@@ -2,11 +2,13 @@
 //! replaced by release N+1, whose DEL, CHECK, GC and `stats` work on them,
 //! and each datapath version is unpinned when its last pod goes.
 //!
-//! Release N is this tree built with `BRL_DATAPATH_TAG=release-n` into
-//! target/upgrade-release-n (build.rs bakes the tag into the datapath
-//! version, so N loads and pins a datapath of its own); release N+1 is the
-//! binary under test. The first run builds N (about a minute), later runs
-//! reuse it. Run as root.
+//! Release N is the previous release's commit (PREVIOUS_RELEASE, layout 1)
+//! when its datapath differs from this tree's, so that a datapath change
+//! (a new pod_state layout, a new link) is tested across the upgrade;
+//! otherwise this tree built with `BRL_DATAPATH_TAG=release-n` (build.rs
+//! bakes the tag into the datapath version, so N loads and pins a datapath
+//! of its own). Release N+1 is the binary under test. The first run builds
+//! N (about a minute each), later runs reuse it. Run as root.
 
 mod common;
 
@@ -16,20 +18,49 @@ use std::process::Command;
 use common::{cgroup_links, Pod};
 use serde_json::{json, Value};
 
-fn build_release_n() -> PathBuf {
+/// The last commit before issue 10: pod_state layout 1, three links per pod.
+const PREVIOUS_RELEASE: &str = "04eb86794171be8be62e665a18c471bb487e26a6";
+
+/// Release N: the previous release's commit when its datapath differs from
+/// this tree's (after a datapath change, such as a new pod_state layout);
+/// otherwise this tree built with its own datapath version
+/// (BRL_DATAPATH_TAG). Each is built once into target/, then reused.
+fn build_release_n() -> (PathBuf, &'static str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = root.join("target/upgrade-release-n");
+    let commit_src = root.join(format!("target/upgrade-src-{}", &PREVIOUS_RELEASE[..12]));
+    if !commit_src.join("Cargo.toml").exists() {
+        std::fs::create_dir_all(&commit_src).unwrap();
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("git -C '{}' archive {PREVIOUS_RELEASE} | tar -x -C '{}'", root.display(), commit_src.display()))
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = std::fs::remove_dir_all(&commit_src);
+        }
+    }
+    if commit_src.join("Cargo.toml").exists() {
+        let old = build(&commit_src, "upgrade-release-commit", "");
+        if datapath_version_of(&old) != datapath_version_of(&common::plugin()) {
+            return (old, "the previous release's commit");
+        }
+    }
+    (build(root, "upgrade-release-n", "release-n"), "this tree with BRL_DATAPATH_TAG=release-n")
+}
+
+fn build(src: &Path, target_name: &str, tag: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join(target_name);
     let status = Command::new(env!("CARGO"))
         .args(["build", "--release", "--locked", "--bin", "bpf-ratelimit"])
-        .current_dir(root)
+        .current_dir(src)
         .env("CARGO_TARGET_DIR", &target)
-        .env("BRL_DATAPATH_TAG", "release-n")
+        .env("BRL_DATAPATH_TAG", tag)
         // A fixture, not a release: skip LTO to build it in half the time.
         .env("CARGO_PROFILE_RELEASE_LTO", "false")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
         .status()
         .expect("cargo runs");
-    assert!(status.success(), "building release N failed");
+    assert!(status.success(), "building release N from {} failed", src.display());
     target.join("release/bpf-ratelimit")
 }
 
@@ -60,7 +91,8 @@ fn datapath_dirs(pin_root: &Path) -> Vec<String> {
 #[test]
 fn pods_of_release_n_keep_their_limits_and_release_n_plus_1_manages_them() {
     common::require_privileges();
-    let (old, new) = (build_release_n(), common::plugin());
+    let ((old, which), new) = (build_release_n(), common::plugin());
+    println!("release N: {which}");
     let (v_old, v_new) = (datapath_version_of(&old), datapath_version_of(&new));
     assert_ne!(v_old, v_new, "the two builds must have different datapaths");
     let before = cgroup_links();
