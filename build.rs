@@ -13,6 +13,10 @@ fn main() {
     let multiarch = format!("-I/usr/include/{arch}-linux-gnu");
     println!("cargo:rerun-if-changed=ebpf");
     println!("cargo:rerun-if-env-changed=CLANG");
+    // A build with its own datapath version (datapath::datapath_version), as
+    // a different release would have: the upgrade test builds one.
+    println!("cargo:rerun-if-env-changed=BRL_DATAPATH_TAG");
+    println!("cargo:rustc-env=BRL_DATAPATH_TAG={}", env::var("BRL_DATAPATH_TAG").unwrap_or_default());
     for name in OBJECTS {
         let src = format!("ebpf/{name}.bpf.c");
         let obj = out.join(format!("{name}.bpf.o"));

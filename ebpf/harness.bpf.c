@@ -83,3 +83,23 @@ int harness_pacing(struct __sk_buff *skb)
 	in->out_is_bulk_receiver = is_bulk_receiver(&in->pod, in->last_window, in->last_bytes, in->window);
 	return SKB_PASS;
 }
+
+/*
+ * ---- Test-only: IPv6 egress ------------------------------------------------
+ * As harness_egress, but the IPv6 next-header byte stands in for the
+ * socket's protocol, so IPv6 packets run through the production
+ * shape_egress too (tests/datapath_test_run.rs).
+ */
+SEC("cgroup_skb/egress")
+int harness_egress6(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+	__u8 next_header = 0;
+
+	if (!in)
+		return SKB_DROP;
+	if (!crosses_pod_interface(&in->pod, skb))
+		return SKB_PASS;
+	bpf_skb_load_bytes(skb, 6, &next_header, 1);
+	return shape_egress(&in->pod, skb, in->now, next_header == 6);
+}

@@ -225,7 +225,7 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
             if let Some(note) = capped {
                 notes.push(note);
             }
-            let fresh = Bucket::full(Some(limit), 0);
+            let fresh = Bucket::full(Some(limit));
             current.rate = fresh.rate;
             current.burst = fresh.burst;
             // Tokens above the new burst are dropped; a newly limited
@@ -245,7 +245,8 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
         // moment, so at most the packets of a few microseconds go uncounted.
         let map = crate::bpf_sys::obj_get(&pod.dir.join(datapath::STATE_PIN)).context("cannot open the pod's state")?;
         use std::os::fd::AsFd;
-        let latest: PodState = crate::bpf_sys::lookup_locked(map.as_fd(), pod.cgroup_id).context("cannot read the pod's state")?;
+        let value = crate::bpf_sys::lookup_locked_bytes(map.as_fd(), pod.cgroup_id).context("cannot read the pod's state")?;
+        let latest = PodState::from_value(&value).map_err(anyhow::Error::msg)?;
         let mut write = latest;
         write.ingress = Bucket { passed_bytes: latest.ingress.passed_bytes, passed_packets: latest.ingress.passed_packets,
             dropped_bytes: latest.ingress.dropped_bytes, dropped_packets: latest.ingress.dropped_packets,

@@ -1,9 +1,13 @@
 //! The few bpf(2) calls aya 0.14 does not offer: cgroup storage with the
 //! shared u64 key (aya only supports the per-attach-type key), element
 //! updates under the value's bpf_spin_lock, and a cgroup link's target.
+//! The kernel's info structs come from aya-obj's generated bindings, the
+//! same ones aya uses, rather than hand-kept offsets.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya_obj::generated::{bpf_link_info, bpf_map_info, bpf_prog_info};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
@@ -60,15 +64,19 @@ fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<std::os::fd::Own
 /// The type must be `repr(C)`, without padding that matters, and valid for all bit patterns.
 pub unsafe trait Pod: Copy + Default {}
 
-/// Reads a value under its spin lock. The map must hold u64 keys and values
-/// of exactly V's size (a map of another plugin build may not).
-pub fn lookup_locked<V: Pod>(map: BorrowedFd<'_>, key: u64) -> io::Result<V> {
-    check_sizes::<V>(map)?;
-    let mut value = V::default();
+/// Reads a value under its spin lock, at the map's own value size: a map of
+/// another plugin build may hold an older or newer layout of the value,
+/// which the caller interprets (see state::PodState::from_value).
+pub fn lookup_locked_bytes(map: BorrowedFd<'_>, key: u64) -> io::Result<Vec<u8>> {
+    let info = map_info(map)?;
+    if info.key_size != 8 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("map has {}-byte keys, expected 8", info.key_size)));
+    }
+    let mut value = vec![0u8; info.value_size as usize];
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
         key: &key as *const u64 as u64,
-        value: &mut value as *mut V as u64,
+        value: value.as_mut_ptr() as u64,
         flags: BPF_F_LOCK,
         ..Default::default()
     };
@@ -89,16 +97,10 @@ pub fn update_locked<V: Pod>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Re
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
+/// Refuses to write a value of the wrong size: never into another build's map.
 fn check_sizes<V>(map: BorrowedFd<'_>) -> io::Result<()> {
-    // struct bpf_map_info starts: type, id, key_size, value_size (u32 each).
-    let mut info = [0u32; 20];
-    let mut attr = InfoAttr {
-        bpf_fd: map.as_raw_fd() as u32,
-        info_len: std::mem::size_of_val(&info) as u32,
-        info: info.as_mut_ptr() as u64,
-    };
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let (key_size, value_size) = (info[2] as usize, info[3] as usize);
+    let info = map_info(map)?;
+    let (key_size, value_size) = (info.key_size as usize, info.value_size as usize);
     if key_size != 8 || value_size != std::mem::size_of::<V>() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -108,30 +110,52 @@ fn check_sizes<V>(map: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
-/// The part of struct bpf_link_info we read: header and the cgroup variant.
-#[repr(C)]
-#[derive(Default, Clone, Copy, Debug)]
+/// BPF_OBJ_GET_INFO_BY_FD into one of the kernel's info structs. The kernel
+/// fills at most `info_len` bytes and zeroes nothing beyond, so start zeroed.
+fn obj_info<T: Copy>(fd: BorrowedFd<'_>) -> io::Result<T> {
+    // SAFETY: T is one of the generated bpf_*_info structs: integers and
+    // unions of integers, for which all-zero is a valid value.
+    let mut info: T = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: &mut info as *mut T as u64,
+    };
+    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+pub fn map_info(map: BorrowedFd<'_>) -> io::Result<bpf_map_info> {
+    obj_info(map)
+}
+
+pub fn prog_info(prog: BorrowedFd<'_>) -> io::Result<bpf_prog_info> {
+    obj_info(prog)
+}
+
+/// What we read of a cgroup bpf_link.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CgroupLinkInfo {
     pub link_type: u32,
     pub id: u32,
     pub prog_id: u32,
-    _pad: u32,
     pub cgroup_id: u64,
     pub attach_type: u32,
-    _pad2: u32,
 }
 
 pub const BPF_LINK_TYPE_CGROUP: u32 = 3;
 
 pub fn link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
-    let mut info = CgroupLinkInfo::default();
-    let mut attr = InfoAttr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<CgroupLinkInfo>() as u32,
-        info: &mut info as *mut CgroupLinkInfo as u64,
-    };
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info)
+    let info: bpf_link_info = obj_info(link)?;
+    // SAFETY: the union is read as its cgroup variant only for cgroup links.
+    let cgroup = (info.type_ == BPF_LINK_TYPE_CGROUP).then(|| unsafe { info.__bindgen_anon_1.cgroup });
+    Ok(CgroupLinkInfo {
+        link_type: info.type_,
+        id: info.id,
+        prog_id: info.prog_id,
+        cgroup_id: cgroup.map_or(0, |c| c.cgroup_id),
+        attach_type: cgroup.map_or(0, |c| c.attach_type),
+    })
 }
 
 const BPF_OBJ_GET: libc::c_long = 7;
@@ -182,10 +206,9 @@ struct GetFdByIdAttr {
     open_flags: u32,
 }
 
-/// Names of the programs attached directly to a cgroup for `attach_type`.
-/// One query plus two calls per attached program: cheap on a pod cgroup,
-/// unlike walking every attachment's pins.
-pub fn attached_prog_names(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<String>> {
+/// IDs of the programs attached directly to a cgroup for `attach_type`: one
+/// query, cheap on a pod cgroup, unlike walking every attachment's pins.
+pub fn attached_prog_ids(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
     let mut ids = [0u32; 64];
     let mut attr = QueryAttr {
         target_fd: cgroup.as_raw_fd() as u32,
@@ -195,21 +218,16 @@ pub fn attached_prog_names(cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Resu
         ..Default::default()
     };
     sys_bpf(BPF_PROG_QUERY, &mut attr)?;
-    let mut names = Vec::new();
-    for id in &ids[..(attr.prog_cnt as usize).min(ids.len())] {
-        let mut by_id = GetFdByIdAttr { id: *id, ..Default::default() };
-        let Ok(fd) = sys_bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut by_id) else {
-            continue; // detached meanwhile
-        };
-        // struct bpf_prog_info: the name is 16 bytes at offset 64.
-        let mut info = [0u8; 80];
-        let mut info_attr = InfoAttr { bpf_fd: fd.as_raw_fd() as u32, info_len: info.len() as u32, info: info.as_mut_ptr() as u64 };
-        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut info_attr)?;
-        let name = &info[64..80];
-        let len = name.iter().position(|b| *b == 0).unwrap_or(16);
-        names.push(String::from_utf8_lossy(&name[..len]).into_owned());
-    }
-    Ok(names)
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
+}
+
+/// The name of a loaded program, by ID (for messages and the demo's check).
+pub fn prog_name(id: u32) -> io::Result<String> {
+    let mut by_id = GetFdByIdAttr { id, ..Default::default() };
+    let fd = sys_bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut by_id)?;
+    let info = prog_info(std::os::fd::AsFd::as_fd(&fd))?;
+    let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    Ok(String::from_utf8_lossy(&name).into_owned())
 }
 
 const BPF_OBJ_PIN: libc::c_long = 6;

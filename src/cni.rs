@@ -16,6 +16,10 @@ use serde::Serialize;
 /// version-specific.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+/// The version of replies when the config gives none we speak (VERSION,
+/// errors before the config could be read, DEL's lenient parse).
+pub const DEFAULT_VERSION: &str = "1.1.0";
+
 /// Error codes from the CNI spec, plus our own (100 and up).
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
@@ -239,7 +243,7 @@ pub fn require_version_for(command: Command, cni_version: &str) -> Result<(), Cn
 
 /// The VERSION reply.
 pub fn version_reply(requested: Option<&str>) -> String {
-    let cni_version = requested.filter(|v| is_supported_version(v)).unwrap_or("1.1.0");
+    let cni_version = requested.filter(|v| is_supported_version(v)).unwrap_or(DEFAULT_VERSION);
     serde_json::json!({
         "cniVersion": cni_version,
         "supportedVersions": SUPPORTED_VERSIONS,
@@ -341,6 +345,6 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&version_reply(Some("0.3.1"))).unwrap();
         assert_eq!(v["cniVersion"], "0.3.1");
         let v: serde_json::Value = serde_json::from_str(&version_reply(Some("9.9.9"))).unwrap();
-        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["cniVersion"], DEFAULT_VERSION);
     }
 }

@@ -7,7 +7,9 @@ use serde_json::Value;
 
 use crate::cgroup;
 use crate::cni::{code, Command, CniError, Env};
+use crate::bpf_sys::CgroupLinkInfo;
 use crate::datapath::{self, AttachmentId, PinRoot, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
+use crate::state::PodState;
 use crate::limits::{self, Limits};
 use crate::netconf::NetConf;
 
@@ -20,6 +22,15 @@ pub struct Request {
 
 pub fn run(req: &Request) -> Result<String, CniError> {
     crate::cni::require_version_for(req.command, &req.conf.cni_version)?;
+    let missing = crate::privilege::missing();
+    if !missing.is_empty() {
+        let code = if req.command == Command::Status { code::NOT_AVAILABLE } else { code::DATAPATH };
+        return Err(CniError::new(
+            code,
+            format!("bpf-ratelimit lacks {}: it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (run it as root, as runtimes do)", missing.join(", ")),
+            "",
+        ));
+    }
     match req.command {
         Command::Add => cmd_add(req),
         Command::Del => cmd_del(req).map(|_| String::new()),
@@ -71,6 +82,8 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
     let reply = pass_prev_result(&req.conf)?;
     let limits = limits::resolve(&req.conf, req.namespace())?;
     if limits.is_empty() {
+        // A repeated ADD of this attachment without limits replaces one with.
+        del_everywhere(req).map_err(|e| datapath_error("cannot remove the earlier attachment", e))?;
         log::info!("container {}: no bandwidth limit requested, nothing attached", req.env.container_id);
         return Ok(reply);
     }
@@ -113,25 +126,11 @@ pub fn describe(limits: &Limits) -> String {
 }
 
 /// DEL unpins the attachment's links (detaching them) and succeeds whether
-/// or not anything was there; the pod cgroup may already be gone.
+/// or not anything was there; the pod cgroup may already be gone. It looks
+/// in every pin root this node used (pin_roots), so a changed `pinRoot`
+/// cannot strand a pod.
 fn cmd_del(req: &Request) -> Result<(), CniError> {
-    let Some(root) = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?
-    else {
-        return Ok(());
-    };
-    let removed = root
-        .remove_pod(&req.attachment())
-        .map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
-    // The raw-frame guard lives on the pod's interface, not among the pins;
-    // when the netns is already gone, so is the guard.
-    if removed && !req.env.netns.is_empty() {
-        crate::raw_guard::detach(std::path::Path::new(&req.env.netns), &req.env.ifname);
-    }
-    // The pod is detached; a shared datapath that cannot be unpinned now is
-    // retried by the next DEL or GC and must not block this pod's teardown.
-    if let Err(e) = root.remove_datapath_if_unused() {
-        log::warn!("cannot unpin the unused datapath: {e:#}");
-    }
+    let removed = del_everywhere(req).map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
     log::info!(
         "container {} ({}): {}",
         req.env.container_id,
@@ -141,70 +140,119 @@ fn cmd_del(req: &Request) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Removes this request's attachment from every known pin root; whether one existed.
+fn del_everywhere(req: &Request) -> anyhow::Result<bool> {
+    let mut removed = false;
+    for path in crate::pin_roots::known(&req.conf.pin_root) {
+        let Some(root) = PinRoot::existing(&path)? else { continue };
+        removed |= root.remove_pod(&req.attachment())?;
+        if removed && !req.env.netns.is_empty() {
+            // The raw-frame guard lives on the pod's interface, not among the
+            // pins; when the netns is already gone, so is the guard.
+            crate::raw_guard::detach(std::path::Path::new(&req.env.netns), &req.env.ifname);
+        }
+        // The pod is detached; a shared datapath that cannot be unpinned now
+        // is retried by the next DEL or GC and must not block this teardown.
+        if let Err(e) = root.remove_datapath_if_unused() {
+            log::warn!("cannot unpin an unused datapath under {}: {e:#}", path.display());
+        }
+    }
+    Ok(removed)
+}
+
+/// What CHECK found for the attachment: its links, the stored state, and the
+/// pod cgroup's ID (0 when no limit was requested, so no cgroup was looked up).
+pub struct Found {
+    pub links: Vec<(&'static str, CgroupLinkInfo)>,
+    pub state: Option<PodState>,
+    pub cgroup_id: u64,
+    /// The pod runs this build's datapath, not another release's.
+    pub this_release: bool,
+    /// The config lets AF_PACKET sockets send (`allowRawSockets`): no
+    /// setsockopt link is expected.
+    pub allow_raw_sockets: bool,
+}
+
+/// CHECK's verdict, without I/O: what was requested against what was found.
+pub fn check_verdict(requested: &Limits, found: Option<&Found>) -> Result<(), String> {
+    match (requested.is_empty(), found) {
+        (true, None) => Ok(()),
+        (true, Some(_)) => Err("the pod has no bandwidth limit but a shaper is attached".into()),
+        (false, None) => Err("no shaper is attached for this container".into()),
+        (false, Some(f)) => {
+            // A pod of another release has the links that release attached.
+            let required: &[&str] = if f.this_release { &LINK_PINS } else { &datapath::LINKS_OF_EVERY_RELEASE };
+            if let Some(name) = required.iter().find(|name| !f.links.iter().any(|(n, _)| n == *name)) {
+                return Err(format!("the {name} link is missing"));
+            }
+            if f.this_release && !f.allow_raw_sockets && !f.links.iter().any(|(n, _)| *n == RAW_GUARD_PINS[0]) {
+                return Err("the link refusing PACKET_QDISC_BYPASS is missing".into());
+            }
+            if let Some((name, info)) = f.links.iter().find(|(_, i)| i.cgroup_id != f.cgroup_id) {
+                return Err(format!(
+                    "the {name} link is attached to cgroup id {} instead of the pod cgroup ({})",
+                    info.cgroup_id, f.cgroup_id
+                ));
+            }
+            match f.state {
+                None => Err("the pod's limits are missing from its cgroup storage".into()),
+                Some(s) if !s.enforces(requested) => Err(format!(
+                    "the pod's limits differ: requested {}, attached ingress {:?} egress {:?} (bits/s, bits)",
+                    describe(requested),
+                    s.ingress.limit(),
+                    s.egress.limit()
+                )),
+                Some(_) => Ok(()),
+            }
+        }
+    }
+}
+
 fn cmd_check(req: &Request) -> Result<(), CniError> {
     if req.conf.prev_result.is_none() {
         return Err(CniError::config("CHECK needs prevResult"));
     }
     let limits = limits::resolve(&req.conf, req.namespace())?;
-    let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg, "");
-    let root = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?;
-    let attachment = match &root {
-        None => None,
-        Some(root) => {
-            let cgroup_dir = if limits.is_empty() { None } else { Some(pod_cgroup(req)?) };
-            let cgroup_id = cgroup_dir.as_deref().map(cgroup::cgroup_id).transpose().map_err(|e| {
-                CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string())
-            })?;
-            datapath::inspect_pod(root, &req.attachment(), cgroup_id.unwrap_or(0))
-                .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
-                .map(|a| (a, cgroup_id))
-        }
+    let cgroup_id = if limits.is_empty() {
+        0
+    } else {
+        let dir = pod_cgroup(req)?;
+        cgroup::cgroup_id(&dir).map_err(|e| CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string()))?
     };
-    match (limits.is_empty(), attachment) {
-        (true, None) => Ok(()),
-        (true, Some(_)) => Err(failed("the pod has no bandwidth limit but a shaper is attached".into())),
-        (false, None) => Err(failed(format!("no shaper is attached for container {}", req.env.container_id))),
-        (false, Some((a, cgroup_id))) => {
-            let cgroup_id = cgroup_id.unwrap_or(0);
-            for name in LINK_PINS {
-                match a.links.iter().find(|(n, _)| *n == name) {
-                    None => return Err(failed(format!("the {name} link is missing"))),
-                    Some((_, info)) if info.cgroup_id != cgroup_id => {
-                        return Err(failed(format!(
-                            "the {name} link is attached to cgroup id {} instead of the pod cgroup ({cgroup_id})",
-                            info.cgroup_id
-                        )))
-                    }
-                    Some(_) => {}
-                }
-            }
-            let guard = |name: &str| a.links.iter().find(|(n, _)| *n == name).map(|(_, info)| info);
-            if !req.conf.allow_raw_sockets {
-                match guard(RAW_GUARD_PINS[0]) {
-                    Some(info) if info.cgroup_id == cgroup_id => {}
-                    _ => return Err(failed("the link refusing PACKET_QDISC_BYPASS is missing or elsewhere".into())),
-                }
-                crate::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname)
-                    .map_err(|e| failed(format!("{e:#}")))?;
-            }
-            match a.state {
-                None => Err(failed("the pod's limits are missing from its cgroup storage".into())),
-                Some(s) if !s.enforces(&limits) => Err(failed(format!(
-                    "the pod's limits differ: requested {}, attached ingress {:?} egress {:?} (bits/s, bits)",
-                    describe(&limits),
-                    s.ingress.limit(),
-                    s.egress.limit()
-                ))),
-                Some(s) => match limits.ingress {
-                    Some(ingress) if s.flags & crate::state::POD_INGRESS_QUEUED != 0 => {
-                        crate::ingress_queue::verify(s.host_ifindex, ingress.rate)
-                            .map_err(|e| failed(format!("ingress is queued, but {e:#}")))
-                    }
-                    _ => Ok(()),
-                },
+    let mut found = None;
+    for path in crate::pin_roots::known(&req.conf.pin_root) {
+        let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
+        if let Some(a) = datapath::inspect_pod(&root, &req.attachment(), cgroup_id)
+            .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
+        {
+            found = Some(Found {
+                links: a.links,
+                state: a.state,
+                cgroup_id,
+                this_release: a.this_release,
+                allow_raw_sockets: req.conf.allow_raw_sockets,
+            });
+            break;
+        }
+    }
+    check_verdict(&limits, found.as_ref()).map_err(|msg| {
+        let msg = if found.is_none() && !limits.is_empty() { format!("no shaper is attached for container {}", req.env.container_id) } else { msg };
+        CniError::new(code::CHECK_FAILED, msg, "")
+    })?;
+    // What lives outside the pins: the raw-frame guard on the pod's
+    // interface, and a queued ingress's qdisc on the host side.
+    let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg, "");
+    if let Some(f) = found.as_ref().filter(|f| f.this_release) {
+        if !req.conf.allow_raw_sockets {
+            crate::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname).map_err(|e| failed(format!("{e:#}")))?;
+        }
+        if let (Some(s), Some(ingress)) = (f.state, limits.ingress) {
+            if s.flags & crate::state::POD_INGRESS_QUEUED != 0 {
+                crate::ingress_queue::verify(s.host_ifindex, ingress.rate).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
             }
         }
     }
+    Ok(())
 }
 
 /// GC unpins every attachment that the runtime does not list as valid.
@@ -212,19 +260,19 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
     let Some(valid) = &req.conf.valid_attachments else {
         return Err(CniError::config("GC needs cni.dev/valid-attachments"));
     };
-    let Some(root) = PinRoot::existing(&req.conf.pin_root).map_err(|e| datapath_error("cannot open the pin root", e))?
-    else {
-        return Ok(());
-    };
-    let attachments = root.attachments().map_err(|e| datapath_error("cannot list attachments", e))?;
-    // valid-attachments speaks for this network only.
-    for a in attachments.iter().filter(|a| a.network == req.conf.name) {
-        if !valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
-            root.remove_pod(a).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
-            log::info!("GC: removed stale attachment {} ({})", a.container_id, a.ifname);
+    for path in crate::pin_roots::known(&req.conf.pin_root) {
+        let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
+        let attachments = root.attachments().map_err(|e| datapath_error("cannot list attachments", e))?;
+        // valid-attachments speaks for this network only.
+        for a in attachments.iter().filter(|a| a.network == req.conf.name) {
+            if !valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+                root.remove_pod(a).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
+                log::info!("GC: removed stale attachment {} ({}) under {}", a.container_id, a.ifname, path.display());
+            }
         }
+        root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))?;
     }
-    root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))
+    Ok(())
 }
 
 /// STATUS: cgroup2, bpffs and loading the datapath all work. It mounts and
@@ -234,30 +282,38 @@ fn cmd_status(req: &Request) -> Result<(), CniError> {
     cgroup::cgroup2_root(req.conf.cgroup_root.as_deref()).map_err(|e| unavailable("cgroup v2 is not usable", e.to_string()))?;
     datapath::bpffs_usable(&req.conf.pin_root)
         .map_err(|e| unavailable("the bpf filesystem is not usable", format!("{e:#}")))?;
-    // A pinned datapath was verified when it was loaded; runtimes may call
-    // STATUS often, so only an unloaded node pays for a verifier run.
-    if !datapath::datapath_pinned(&req.conf.pin_root) {
+    // A pinned datapath was verified when it was loaded, and a load that
+    // passed once passes again on the same kernel and boot: runtimes poll
+    // STATUS, so only the first call per kernel and datapath pays for a
+    // verifier run (status_cache).
+    if !datapath::datapath_pinned(&req.conf.pin_root) && !crate::status_cache::verified() {
         datapath::load().map_err(|e| unavailable("the kernel cannot load the eBPF datapath", format!("{e:#}")))?;
+        crate::status_cache::record_verified();
     }
     Ok(())
 }
 
 /// Every attachment's limits and counters (bytes and packets passed, dropped
-/// and ECN-marked per direction), as JSON for people and the benchmark.
+/// and ECN-marked per direction), as JSON for people and the benchmark:
+/// under `pin_root`, or else under every pin root this node used.
 pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
-    let pin_root = pin_root.unwrap_or(std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT));
+    let roots = match pin_root {
+        Some(p) => vec![p.to_path_buf()],
+        None => crate::pin_roots::known(std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT)),
+    };
     let mut pods = Vec::new();
-    if let Some(root) = PinRoot::existing(pin_root)? {
+    for path in roots {
+        let Some(root) = PinRoot::existing(&path)? else { continue };
         for a in root.attachments()? {
             let dir = root.pod_dir(&a);
             let entry = match datapath::pod_state_from_pins(&dir) {
                 Ok((cgroup_id, state)) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
-                    "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
+                    "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
                 }),
                 Err(e) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
-                    "error": format!("{e:#}"),
+                    "pinRoot": path, "error": format!("{e:#}"),
                 }),
             };
             pods.push(entry);
@@ -277,5 +333,58 @@ fn ingress_mode(state: &crate::state::PodState) -> String {
         }
     } else {
         "policer".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::Limit;
+
+    fn limits(rate: u64) -> Limits {
+        Limits { ingress: Some(Limit { rate, burst: rate / 4 }), egress: Some(Limit { rate, burst: rate / 20 }) }
+    }
+
+    fn found(requested: &Limits, cgroup_id: u64) -> Found {
+        let link = CgroupLinkInfo { cgroup_id, ..Default::default() };
+        Found {
+            links: LINK_PINS.iter().map(|n| (*n, link)).collect(),
+            state: Some(PodState::new(requested, 0)),
+            cgroup_id,
+            this_release: true,
+            allow_raw_sockets: true,
+        }
+    }
+
+    #[test]
+    fn check_passes_when_links_and_limits_are_as_requested() {
+        let l = limits(20_000_000);
+        assert_eq!(check_verdict(&l, Some(&found(&l, 7))), Ok(()));
+        assert_eq!(check_verdict(&Limits::default(), None), Ok(()));
+    }
+
+    #[test]
+    fn check_names_what_differs() {
+        let l = limits(20_000_000);
+        let err = |f: Option<&Found>, want: &Limits| check_verdict(want, f).unwrap_err();
+        assert!(err(None, &l).contains("no shaper"));
+        assert!(err(Some(&found(&l, 7)), &Limits::default()).contains("no bandwidth limit but a shaper"));
+        assert!(err(Some(&found(&l, 7)), &limits(30_000_000)).contains("limits differ"));
+        let mut f = found(&l, 7);
+        f.links.retain(|(n, _)| *n != "sockops");
+        assert!(err(Some(&f), &l).contains("sockops link is missing"));
+        let mut f = found(&l, 7);
+        f.links[1].1.cgroup_id = 8;
+        assert!(err(Some(&f), &l).contains("attached to cgroup id 8"));
+        // Another release's pod needs only the links every release attaches.
+        let mut f = found(&l, 7);
+        f.links.retain(|(n, _)| datapath::LINKS_OF_EVERY_RELEASE.contains(n));
+        f.this_release = false;
+        assert_eq!(check_verdict(&l, Some(&f)), Ok(()));
+        f.links.retain(|(n, _)| *n != "ingress");
+        assert!(err(Some(&f), &l).contains("ingress link is missing"));
+        let mut f = found(&l, 7);
+        f.state = None;
+        assert!(err(Some(&f), &l).contains("missing from its cgroup storage"));
     }
 }

@@ -18,8 +18,14 @@
 //! Removing a pod's link pins detaches it. The pod's cgroup storage value
 //! outlives the detach (measured: it stays in the map until the cgroup is
 //! removed, which the kubelet does, or the map is freed); a later ADD on the
-//! same cgroup overwrites it. When the last pod goes, the datapath is
-//! unpinned too, so an idle node holds nothing.
+//! same cgroup overwrites it.
+//!
+//! Upgrades: each build loads its own `datapath/<version>/`; pods attached by
+//! an older build keep using the older one (their links hold its programs,
+//! their `state` pin its map). A datapath version is unpinned when no pod's
+//! link runs one of its programs (matched by program ID), so an old version
+//! goes with its last pod and an idle node holds nothing. `loading-<pid>`
+//! directories of loads that died part-way are removed on the way.
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, AsRawFd};
@@ -31,7 +37,7 @@ use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf_sys::{self, CgroupLinkInfo};
 use crate::limits::Limits;
-use crate::state::{monotonic_ns, PodState};
+use crate::state::PodState;
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
 pub static SHAPER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.bpf.o"));
@@ -47,6 +53,10 @@ const MAP_POD_STATE: &str = "pod_state";
 const MAP_FLOW_STATE: &str = "flow_state";
 const DATAPATH_PINS: [&str; 7] =
     [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, MAP_POD_STATE, MAP_FLOW_STATE];
+/// The programs of a datapath version that attach to pod cgroups or
+/// interfaces: their IDs tell this plugin's attachments from others'.
+const DATAPATH_PROGS: [&str; 5] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW];
+const LOADING_PREFIX: &str = "loading-";
 
 /// The cgroup link pins every attachment has, and the map pin beside them.
 pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
@@ -86,16 +96,21 @@ impl std::fmt::Display for IngressMode {
         }
     }
 }
+/// The links every release attaches. A later release may attach more
+/// (LINK_PINS grows); CHECK requires those only of pods on its own datapath.
+pub const LINKS_OF_EVERY_RELEASE: [&str; 3] = ["egress", "ingress", "sockops"];
 
 const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 const MOUNT_LOCK: &str = "/run/bpf-ratelimit.mount.lock";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Identifies this build's datapath, so an upgraded plugin loads its own copy
-/// while pods attached by the old one keep theirs.
+/// while pods attached by the old one keep theirs. `BRL_DATAPATH_TAG` at
+/// build time (build.rs) gives a build a version of its own: the upgrade
+/// test builds "release N" that way.
 pub fn datapath_version() -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in SHAPER_OBJ {
+    for b in SHAPER_OBJ.iter().chain(env!("BRL_DATAPATH_TAG").as_bytes()) {
         h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
@@ -150,10 +165,11 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
         // Two first ADDs on a node must not both mount: the second mount
         // would hide the first one's pins. The pin root cannot be the lock
         // yet, so a lock file in /run is.
-        let _lock = File::create(MOUNT_LOCK).ok().filter(|f| {
-            // SAFETY: flock on a descriptor we own.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) == 0 }
-        });
+        let _lock = File::create(MOUNT_LOCK).with_context(|| format!("cannot create the mount lock {MOUNT_LOCK}"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(_lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {MOUNT_LOCK}"));
+        }
         if on_bpffs(pin_root) {
             return Ok(());
         }
@@ -200,7 +216,8 @@ impl PinRoot {
         // The last DEL removes the pin root; retry if that raced with us.
         for _ in 0..10 {
             fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
-            if let Some(root) = Self::lock(path)? {
+            if let Some(root) = Self::lock(path, true)? {
+                crate::pin_roots::record(path);
                 return Ok(root);
             }
         }
@@ -213,20 +230,36 @@ impl PinRoot {
         if !path.is_dir() || !is_bpffs(path) || is_mount_root(path) {
             return Ok(None);
         }
-        Self::lock(path)
+        Self::lock(path, true)
     }
 
-    /// Locks the directory; `None` if it was removed while we waited.
-    fn lock(path: &Path) -> Result<Option<Self>> {
+    /// As `existing`, but `None` too when another command holds the lock:
+    /// for looking into a second pin root while holding one (never wait for
+    /// two locks, so two commands cannot deadlock).
+    pub fn existing_unless_busy(path: &Path) -> Result<Option<Self>> {
+        if !path.is_dir() || !is_bpffs(path) || is_mount_root(path) {
+            return Ok(None);
+        }
+        Self::lock(path, false)
+    }
+
+    /// Locks the directory; `None` if it was removed while we waited, or
+    /// (without `wait`) if it is busy.
+    fn lock(path: &Path, wait: bool) -> Result<Option<Self>> {
         use std::os::unix::fs::MetadataExt;
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot open pin root {}", path.display())),
         };
+        let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("cannot lock the pin root");
+        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if !wait && e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            return Err(e).context("cannot lock the pin root");
         }
         let same = fs::metadata(path).ok().map(|m| m.ino()) == Some(file.metadata()?.ino());
         Ok(same.then(|| Self { path: path.to_path_buf(), _lock: file }))
@@ -303,17 +336,37 @@ impl PinRoot {
         Ok(existed)
     }
 
-    /// Unpins the datapath, and removes the pin root, when no pod uses them.
+    /// Unpins every datapath version no pod's link runs, and leftovers of
+    /// loads that died part-way; removes the pin root when no pod is left.
     /// Waiting commands notice the removal in `lock` and start over.
     pub fn remove_datapath_if_unused(&self) -> Result<()> {
-        if self.attachments()?.is_empty() {
-            let _ = fs::remove_dir(self.pods_dir());
-            let root = self.datapath_root();
-            if let Ok(versions) = fs::read_dir(&root) {
-                for v in versions {
-                    remove_pin_dir(&v?.path())?;
+        let attachments = self.attachments()?;
+        let mut used = std::collections::HashSet::new();
+        for a in &attachments {
+            let dir = self.pod_dir(a);
+            for name in LINK_PINS {
+                if let Ok(info) = bpf_sys::obj_get(&dir.join(name)).and_then(|l| bpf_sys::link_info(l.as_fd())) {
+                    used.insert(info.prog_id);
                 }
             }
+        }
+        let root = self.datapath_root();
+        if let Ok(versions) = fs::read_dir(&root) {
+            for v in versions {
+                let v = v?;
+                let name = v.file_name().to_string_lossy().into_owned();
+                let unused = match name.strip_prefix(LOADING_PREFIX) {
+                    Some(pid) => !process_alive(pid),
+                    None => !datapath_prog_ids(&v.path()).iter().any(|id| used.contains(id)),
+                };
+                if unused {
+                    remove_pin_dir(&v.path())?;
+                    log::info!("unpinned datapath {name}: no pod uses it");
+                }
+            }
+        }
+        if attachments.is_empty() {
+            let _ = fs::remove_dir(self.pods_dir());
             let _ = fs::remove_dir(&root);
             let _ = fs::remove_dir(&self.path);
         }
@@ -329,7 +382,7 @@ impl PinRoot {
         }
         // A crash during an earlier load can leave a partial directory.
         remove_pin_dir(&dir)?;
-        let tmp = self.datapath_root().join(format!("loading-{}", std::process::id()));
+        let tmp = self.datapath_root().join(format!("{LOADING_PREFIX}{}", std::process::id()));
         remove_pin_dir(&tmp)?;
         fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let loaded = load_and_pin(&tmp).and_then(|()| {
@@ -342,6 +395,27 @@ impl PinRoot {
         log::info!("loaded the datapath into {}", dir.display());
         Ok(dir)
     }
+}
+
+/// The IDs of every program of every datapath version pinned under a pin root.
+fn pinned_prog_ids(pin_root: &Path) -> Vec<u32> {
+    let versions: Vec<PathBuf> =
+        fs::read_dir(pin_root.join("datapath")).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    versions.iter().flat_map(|v| datapath_prog_ids(v)).collect()
+}
+
+/// The IDs of the programs pinned in one datapath directory.
+fn datapath_prog_ids(dir: &Path) -> Vec<u32> {
+    DATAPATH_PROGS
+        .iter()
+        .filter_map(|p| bpf_sys::obj_get(&dir.join(p)).and_then(|fd| bpf_sys::prog_info(fd.as_fd())).ok())
+        .map(|info| info.id)
+        .collect()
+}
+
+/// Whether the process named by a `loading-<pid>` directory still runs.
+fn process_alive(pid: &str) -> bool {
+    pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && Path::new("/proc").join(p.to_string()).exists())
 }
 
 fn is_mount_root(path: &Path) -> bool {
@@ -434,7 +508,7 @@ pub fn attach_pod(
 ) -> Result<IngressMode> {
     // A repeated ADD replaces the attachment rather than stacking another.
     root.remove_pod(id)?;
-    let result = refuse_second_attachment(root, id, cgroup_dir)
+    let result = make_room_on_cgroup(root, id, cgroup_dir)
         .and_then(|()| root.datapath())
         .and_then(|datapath| attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, network, limits));
     if result.is_err() {
@@ -444,41 +518,73 @@ pub fn attach_pod(
     result
 }
 
-/// Cgroup links stack: a second attachment on the same cgroup (another
-/// network, or a sandbox whose DEL never came) would charge every packet to
-/// two buckets. Refuse it and name the owner.
-fn refuse_second_attachment(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<()> {
-    // Fast path: one query on the cgroup. Kernel program names hold 15 bytes.
+/// Cgroup links stack: a second attachment on the same cgroup would charge
+/// every packet to two buckets. An earlier sandbox of the same pod on the
+/// same network (its DEL never came) is stale and replaced; another network
+/// on the pod (a Multus secondary chaining us too) is refused, naming the
+/// owner. Our programs are recognised by ID, against every datapath version
+/// pinned here or in another pin root this node used.
+fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<()> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
-    let shaped = || -> Result<bool> {
-        let attached = bpf_sys::attached_prog_names(cgroup.as_fd(), bpf_sys::ATTACH_CGROUP_INET_EGRESS)
-            .with_context(|| format!("cannot query the programs attached to {}", cgroup_dir.display()))?;
-        Ok(attached.iter().any(|n| !n.is_empty() && PROG_EGRESS.starts_with(n.as_str())))
+    let attached = || -> Result<Vec<u32>> {
+        bpf_sys::attached_prog_ids(cgroup.as_fd(), bpf_sys::ATTACH_CGROUP_INET_EGRESS)
+            .with_context(|| format!("cannot query the programs attached to {}", cgroup_dir.display()))
     };
+    // Fast path: one query finds nothing attached.
+    if attached()?.is_empty() {
+        return Ok(());
+    }
+    let other_roots: Vec<PathBuf> = crate::pin_roots::known(root.path()).into_iter().filter(|p| p != root.path()).collect();
+    // Reading program IDs needs no lock: pins are removed, never rewritten.
+    let ours: Vec<u32> = std::iter::once(root.path()).chain(other_roots.iter().map(PathBuf::as_path)).flat_map(pinned_prog_ids).collect();
+    let shaped = || -> Result<bool> { Ok(attached()?.iter().any(|p| ours.contains(p))) };
     if !shaped()? {
         return Ok(());
     }
-    // Slow path, to name the owner in the error. Links whose pins were just
-    // removed (a repeated ADD) detach a moment later, from a kernel work
-    // item: with no owner among the pins, wait for that before refusing.
+    // Slow path: find the owner among the pins.
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
-    for other in root.attachments()?.into_iter().filter(|a| a != id) {
-        let Ok(link) = bpf_sys::obj_get(&root.pod_dir(&other).join(LINK_PINS[0])) else { continue };
-        if bpf_sys::link_info(link.as_fd()).is_ok_and(|i| i.cgroup_id == cgroup_id) {
-            bail!(
-                "cgroup {} is already shaped by network {:?}, container {}, interface {}; run DEL for that attachment first",
+    let clear = |r: &PinRoot| -> Result<()> {
+        for other in r.attachments()?.into_iter().filter(|a| a != id || r.path() != root.path()) {
+            let Ok(link) = bpf_sys::obj_get(&r.pod_dir(&other).join(LINK_PINS[0])) else { continue };
+            if !bpf_sys::link_info(link.as_fd()).is_ok_and(|i| i.cgroup_id == cgroup_id) {
+                continue;
+            }
+            if other.network != id.network {
+                bail!(
+                    "cgroup {} is already shaped by network {:?}, container {}, interface {}; run DEL for that attachment first",
+                    cgroup_dir.display(),
+                    other.network,
+                    other.container_id,
+                    other.ifname
+                );
+            }
+            drop(link);
+            log::warn!(
+                "cgroup {}: replacing the stale attachment of an earlier sandbox (container {}, interface {}, pin root {})",
                 cgroup_dir.display(),
-                other.network,
                 other.container_id,
-                other.ifname
+                other.ifname,
+                r.path().display()
             );
+            r.remove_pod(&other)?;
+        }
+        Ok(())
+    };
+    clear(root)?;
+    for p in &other_roots {
+        if let Some(r) = PinRoot::existing_unless_busy(p)? {
+            clear(&r)?;
+            r.remove_datapath_if_unused()?;
         }
     }
+    // Links whose pins were just removed by another process (a repeated
+    // ADD racing a DEL) detach a moment later, from a kernel work item:
+    // wait for that before refusing.
     for _ in 0..50 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
         if !shaped()? {
             return Ok(());
         }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
     bail!(
         "cgroup {} already has the bpf-ratelimit shaper attached by something outside pin root {}; detach it first",
@@ -578,7 +684,7 @@ fn pin_pod(
 ) -> Result<()> {
     let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
     // update_locked checks that the map's value size is this build's PodState.
-    let mut state = PodState::new(limits, ifindex, monotonic_ns());
+    let mut state = PodState::new(limits, ifindex);
     if let Some(host_ifindex) = queued_on {
         state.flags |= crate::state::POD_INGRESS_QUEUED;
         state.host_ifindex = host_ifindex;
@@ -599,6 +705,9 @@ pub struct PodAttachment {
     /// (pin name, link info); a missing pin has no entry.
     pub links: Vec<(&'static str, CgroupLinkInfo)>,
     pub state: Option<PodState>,
+    /// Whether its links run this build's datapath (else an older or newer
+    /// release's, which may attach fewer links). True when unknown.
+    pub this_release: bool,
 }
 
 pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<Option<PodAttachment>> {
@@ -614,8 +723,11 @@ pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<
     }
     let state = bpf_sys::obj_get(&dir.join(STATE_PIN))
         .ok()
-        .and_then(|fd| bpf_sys::lookup_locked::<PodState>(fd.as_fd(), cgroup_id).ok());
-    Ok(Some(PodAttachment { links, state }))
+        .and_then(|fd| bpf_sys::lookup_locked_bytes(fd.as_fd(), cgroup_id).ok())
+        .and_then(|v| PodState::from_value(&v).ok());
+    let ours = datapath_prog_ids(&root.datapath_root().join(datapath_version()));
+    let this_release = links.iter().find(|(n, _)| *n == LINK_PINS[0]).is_none_or(|(_, l)| ours.contains(&l.prog_id));
+    Ok(Some(PodAttachment { links, state, this_release }))
 }
 
 /// Reads a pod's state given only its pins (for `stats`): the cgroup comes from its egress link.
@@ -623,8 +735,9 @@ pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, PodState)> {
     let link = bpf_sys::obj_get(&dir.join(LINK_PINS[0])).context("cannot open the egress link pin")?;
     let info = bpf_sys::link_info(link.as_fd())?;
     let map = bpf_sys::obj_get(&dir.join(STATE_PIN)).context("cannot open the state pin")?;
-    let state = bpf_sys::lookup_locked::<PodState>(map.as_fd(), info.cgroup_id)
+    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), info.cgroup_id)
         .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
+    let state = PodState::from_value(&value).map_err(anyhow::Error::msg)?;
     Ok((info.cgroup_id, state))
 }
 

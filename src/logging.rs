@@ -38,7 +38,10 @@ pub fn init(level: Option<&str>, file: Option<&Path>) {
         Some("off") => log::LevelFilter::Off,
         _ => log::LevelFilter::Warn,
     };
-    let file = file.and_then(|p| match OpenOptions::new().create(true).append(true).open(p) {
+    // O_NOFOLLOW: a symlink planted at the log path must not redirect a
+    // root process's writes; 0640: logs name pods and are not for everyone.
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = file.and_then(|p| match OpenOptions::new().create(true).append(true).mode(0o640).custom_flags(libc::O_NOFOLLOW).open(p) {
         Ok(f) => Some(f),
         Err(e) => {
             eprintln!("bpf-ratelimit: cannot open logFile {}: {e}", p.display());

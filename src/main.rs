@@ -163,7 +163,7 @@ fn version_hint(stdin: &[u8]) -> String {
         .ok()
         .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(String::from))
         .filter(|v| cni::is_supported_version(v))
-        .unwrap_or_else(|| "1.1.0".into())
+        .unwrap_or_else(|| cni::DEFAULT_VERSION.into())
 }
 
 fn reply(out: &str) -> ExitCode {

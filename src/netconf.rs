@@ -152,6 +152,13 @@ impl NetConf {
             ));
         }
         validate_network_name(&conf.name)?;
+        let node_wide = BandwidthKeys {
+            ingress_rate: conf.policy.ingress.rate,
+            ingress_burst: conf.policy.ingress.burst,
+            egress_rate: conf.policy.egress.rate,
+            egress_burst: conf.policy.egress.burst,
+        };
+        validate_burst_has_rate(&node_wide, "the plugin config")?;
         validate_root_path("pinRoot", &conf.pin_root)?;
         if let Some(root) = &conf.cgroup_root {
             validate_root_path("cgroupRoot", root)?;
@@ -165,6 +172,7 @@ impl NetConf {
                     return Err(CniError::config("runtimeConfig.bandwidth is not an object"));
                 };
                 conf.runtime_bandwidth = bandwidth_keys(bw, "runtimeConfig.bandwidth")?;
+                validate_burst_has_rate(&conf.runtime_bandwidth, "runtimeConfig.bandwidth")?;
             }
             conf.cgroup_path = string_field(rc, "cgroupPath")?.filter(|s| !s.is_empty());
             if let Some(ann) = rc.get(POD_ANNOTATIONS_KEY).filter(|v| !v.is_null()) {
@@ -184,6 +192,19 @@ impl NetConf {
         }
         Ok(conf)
     }
+}
+
+/// A burst without a rate in the same source is an error, as in the
+/// reference bandwidth plugin ("if burst is set, rate must also be set").
+/// The runtimes' "no burst given" values are not a burst.
+pub fn validate_burst_has_rate(keys: &BandwidthKeys, source: &str) -> Result<(), CniError> {
+    let given = |b: Option<u64>| b.is_some_and(|b| b != 0 && !crate::limits::BURST_SENTINELS.contains(&b));
+    for (dir, rate, burst) in [("ingress", keys.ingress_rate, keys.ingress_burst), ("egress", keys.egress_rate, keys.egress_burst)] {
+        if given(burst) && rate.unwrap_or(0) == 0 {
+            return Err(CniError::config(format!("{dir}Burst in {source} is set without {dir}Rate: if burst is set, rate must also be set")));
+        }
+    }
+    Ok(())
 }
 
 fn validate_root_path(key: &str, p: &std::path::Path) -> Result<(), CniError> {
@@ -223,7 +244,7 @@ impl NetConf {
         let pin_root = text("pinRoot").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT));
         validate_root_path("pinRoot", &pin_root)?;
         Ok(NetConf {
-            cni_version: text("cniVersion").filter(|v| cni::is_supported_version(v)).unwrap_or_else(|| "1.1.0".into()),
+            cni_version: text("cniVersion").filter(|v| cni::is_supported_version(v)).unwrap_or_else(|| cni::DEFAULT_VERSION.into()),
             name,
             pin_root,
             ..Default::default()
@@ -330,7 +351,7 @@ mod tests {
     fn reads_all_sources_and_keeps_prev_result_raw() {
         let c = parse(serde_json::json!({
             "cniVersion": "1.0.0", "name": "n", "type": "bpf-ratelimit",
-            "ingressRate": 1000000, "egressBurst": 2000,
+            "ingressRate": 1000000, "egressRate": 3000000, "egressBurst": 2000,
             "runtimeConfig": {
                 "bandwidth": {"IngressRate": 10000000, "IngressBurst": 4294967295u64, "egressRate": 5000000},
                 "cgroupPath": "/kubepods/pod1",

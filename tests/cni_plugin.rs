@@ -373,3 +373,166 @@ fn del_succeeds_with_config_it_does_not_need() {
     assert!(pod.pins().is_empty(), "{:?}", pod.pins());
     assert_eq!(pod.cgroup_attachments(), "");
 }
+
+/// A new sandbox of the same pod (same cgroup, same network) whose earlier
+/// sandbox never got its DEL replaces the stale attachment instead of
+/// failing ADD forever.
+#[test]
+fn a_new_sandbox_replaces_the_stale_attachment_of_an_earlier_one() {
+    let before = cgroup_links();
+    let pod = Pod::new("resandbox");
+    pod.add(limits("20M"));
+    let stale = pod.pins();
+    let second = format!("{}-2", pod.bed.name);
+    let out = pod.invoke_as("ADD", &second, &pod.config(limits("30M")));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(cgroup_links().len(), before.len() + 3, "the stale links are detached, not stacked");
+    let pins = pod.pins();
+    assert!(pins.iter().all(|p| !p.contains(&format!("{}/", pod.bed.name)) || p.contains(&second)), "{pins:?}");
+    assert_ne!(pins, stale);
+    let check = pod.invoke_as("CHECK", &second, &pod.config(limits("30M")));
+    assert_eq!(check.code, 0, "{}", check.stdout);
+    // The first sandbox's DEL, arriving late, leaves the new one alone.
+    pod.del();
+    assert!(pod.cgroup_attachments().contains("shape_egress"));
+    let out = pod.invoke_as("DEL", &second, &pod.config(json!({})));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(cgroup_links(), before);
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+}
+
+/// A second ADD for the same container without limits removes the first
+/// ADD's attachment rather than leaving it behind.
+#[test]
+fn a_repeated_add_without_limits_removes_the_earlier_attachment() {
+    let before = cgroup_links();
+    let pod = Pod::new("readd");
+    pod.add(limits("20M"));
+    pod.add(json!({}));
+    assert_eq!(pod.cgroup_attachments(), "");
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(cgroup_links(), before);
+}
+
+/// DEL, CHECK and GC find an attachment after the config's pinRoot changed.
+#[test]
+fn del_check_and_gc_find_the_attachment_after_pin_root_changed() {
+    let before = cgroup_links();
+    let mut pod = Pod::new("moved");
+    pod.add(limits("20M"));
+    let old_root = pod.pin_root.clone();
+    pod.pin_root = std::path::PathBuf::from(format!("{}-new", old_root.display()));
+    let check = pod.invoke("CHECK", &pod.config(limits("20M")));
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    // A new sandbox under the new pin root replaces the stale one under the old.
+    let second = format!("{}-2", pod.bed.name);
+    let out = pod.invoke_as("ADD", &second, &pod.config(limits("20M")));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(!old_root.exists(), "the old pin root empties and goes: {:?}", common::walk(&old_root));
+    assert_eq!(cgroup_links().len(), before.len() + 3);
+    // Back to the old pin root in the config: GC and DEL still find it.
+    pod.pin_root = old_root.clone();
+    let mut gc = pod.config(json!({}));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": second, "ifname": "eth0"}]);
+    assert_eq!(pod.invoke("GC", &gc).code, 0);
+    assert!(pod.cgroup_attachments().contains("shape_egress"), "GC keeps the valid attachment");
+    let out = pod.invoke_as("DEL", &second, &pod.config(json!({})));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert_eq!(cgroup_links(), before);
+    pod.pin_root = std::path::PathBuf::from(format!("{}-new", old_root.display()));
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+}
+
+/// Run without privileges, every command but VERSION fails with a CNI error
+/// that names the missing capabilities.
+#[test]
+fn every_command_fails_naming_the_missing_capability_when_unprivileged() {
+    let pod = Pod::new("nopriv");
+    let plugin = common::plugin();
+    // The plugin binary must be reachable by nobody: copy it out of target/.
+    let copy = std::env::temp_dir().join(format!("brl-nopriv-{}", std::process::id()));
+    std::fs::copy(&plugin, &copy).unwrap();
+    let mut conf = pod.config(limits("10M"));
+    conf["cniVersion"] = json!("1.1.0");
+    conf["cni.dev/valid-attachments"] = json!([]);
+    for (command, code) in [("ADD", 101), ("DEL", 101), ("CHECK", 101), ("GC", 101), ("STATUS", 50)] {
+        let mut child = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&copy)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.bed.name)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.bed.pod_netns_path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux)");
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{command}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["code"], code);
+        let msg = v["msg"].as_str().unwrap();
+        for cap in ["CAP_BPF", "CAP_NET_ADMIN", "CAP_SYS_ADMIN"] {
+            assert!(msg.contains(cap), "{command}: {msg}");
+        }
+    }
+    std::fs::remove_file(&copy).unwrap();
+    assert!(pod.pins().is_empty());
+    assert_eq!(pod.cgroup_attachments(), "");
+}
+
+/// STATUS verifies the datapath once per kernel, boot and datapath version
+/// and then only checks the cache: runtimes poll it.
+#[test]
+fn status_loads_the_datapath_once_and_is_cheap_after() {
+    let pod = Pod::new("statuscache");
+    let mut conf = pod.config(json!({}));
+    conf["cniVersion"] = json!("1.1.0");
+    let _ = std::fs::remove_file("/run/bpf-ratelimit/status-verified");
+    let first = pod.invoke("STATUS", &conf);
+    assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
+    let cached = std::fs::read_to_string("/run/bpf-ratelimit/status-verified").expect("the verdict is cached");
+    assert!(cached.contains(&bpf_ratelimit::datapath::datapath_version()), "{cached}");
+    let mut times: Vec<f64> = (0..50)
+        .map(|_| {
+            let out = pod.invoke("STATUS", &conf);
+            assert_eq!(out.code, 0, "{}", out.stdout);
+            out.elapsed.as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    println!("STATUS: first {:.1} ms; then p50 {:.2} ms, p99 {:.2} ms", first.elapsed.as_secs_f64() * 1e3, times[25], times[49]);
+    assert!(times[25] < 10.0, "STATUS p50 {:.1} ms: it still loads the datapath", times[25]);
+}
+
+/// logFile is opened with O_NOFOLLOW (a planted symlink does not redirect a
+/// root process's writes) and created with mode 0640.
+#[test]
+fn log_file_is_created_0640_and_never_followed_through_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let pod = Pod::new("logfile");
+    let dir = std::env::temp_dir().join(format!("brl-logfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    let (log, target, link) = (dir.join("plugin.log"), dir.join("target"), dir.join("link.log"));
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for path in [&log, &link] {
+        let mut conf = pod.config(json!({}));
+        conf["logFile"] = json!(path);
+        conf["logLevel"] = json!("info");
+        let out = pod.invoke("ADD", &conf);
+        assert_eq!(out.code, 0, "logging never fails a pod: {}{}", out.stdout, out.stderr);
+        if path == &link {
+            assert!(out.stderr.contains("cannot open logFile"), "{}", out.stderr);
+        }
+    }
+    assert!(!target.exists(), "the symlink was followed");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("no bandwidth limit requested"));
+    assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -45,7 +45,7 @@ impl Harness {
     fn new() -> Self {
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN tests need root");
         let mut ebpf = EbpfLoader::new().load(HARNESS_OBJ).expect("load harness object");
-        for name in ["harness_egress", "harness_ingress", "harness_pacing"] {
+        for name in ["harness_egress", "harness_ingress", "harness_pacing", "harness_egress6"] {
             let p: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e:#}"));
         }
@@ -75,7 +75,15 @@ impl Harness {
     /// Runs one packet as if on interface `ifindex` of the calling thread's
     /// netns (None: loopback, test_run's default).
     fn run_on(&mut self, prog: &str, ip_len: usize, tos: u8, proto: u8, ifindex: Option<u32>) -> (u32, Vec<u8>) {
-        let pkt = ipv4_packet(ip_len, tos, proto);
+        self.run_packet_on(prog, ipv4_packet(ip_len, tos, proto), ifindex)
+    }
+
+    /// Runs one packet (from the Ethernet header on) through `prog`.
+    fn run_packet(&mut self, prog: &str, pkt: Vec<u8>) -> (u32, Vec<u8>) {
+        self.run_packet_on(prog, pkt, None)
+    }
+
+    fn run_packet_on(&mut self, prog: &str, pkt: Vec<u8>, ifindex: Option<u32>) -> (u32, Vec<u8>) {
         let mut out = vec![0u8; pkt.len()];
         let p: &CgroupSkb = self.ebpf.program(prog).unwrap().try_into().unwrap();
         // struct __sk_buff up to and including ifindex (offset 40); test_run
@@ -109,6 +117,8 @@ fn ipv4_packet(ip_len: usize, tos: u8, proto: u8) -> Vec<u8> {
     ip[9] = proto;
     ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
     ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
+    let sum = ipv4_header_sum(&ip[..20]);
+    ip[10..12].copy_from_slice(&(!sum).to_be_bytes());
     p
 }
 
@@ -165,6 +175,7 @@ fn low_bucket_marks_ecn_capable_packets_ce_and_passes_others_unmarked() {
         let (verdict, out) = h.run(prog, 1500, ECT0);
         assert_eq!(verdict, PASS, "{prog}");
         assert_eq!(out[ETH_HLEN + 1] & 3, CE, "{prog}: ECT packet below half the burst is marked CE");
+        assert_eq!(ipv4_header_sum(&out[ETH_HLEN..ETH_HLEN + 20]), 0xffff, "{prog}: the IP checksum is updated with the mark");
         let (verdict, out) = h.run(prog, 1500, NOT_ECT);
         assert_eq!(verdict, PASS, "{prog}");
         assert_eq!(out[ETH_HLEN + 1] & 3, NOT_ECT, "{prog}: non-ECT packet passes unmarked");
@@ -502,4 +513,102 @@ fn receivers_are_bulk_from_half_their_share() {
     assert!(classify(&mut h, window - 1, share_bytes.div_ceil(2)), "half its share in the last window: bulk");
     assert!(!classify(&mut h, window - 1, share_bytes / 2 - 100), "less: light");
     assert!(!classify(&mut h, window - 2, share_bytes), "silent for a window: light");
+}
+
+fn ipv4_header_sum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+fn ipv6_packet(ip_len: usize, tclass: u8, proto: u8) -> Vec<u8> {
+    let mut p = vec![0u8; ETH_HLEN + ip_len];
+    p[12..14].copy_from_slice(&[0x86, 0xdd]); // ethertype IPv6
+    let ip = &mut p[ETH_HLEN..];
+    ip[0] = 0x60 | (tclass >> 4);
+    ip[1] = tclass << 4;
+    ip[4..6].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+    ip[6] = proto;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    ip[24..40].copy_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    p
+}
+
+fn ipv6_ecn(pkt: &[u8]) -> u8 {
+    (pkt[ETH_HLEN + 1] >> 4) & 3
+}
+
+#[test]
+fn ipv6_is_charged_marked_and_dropped_in_both_directions() {
+    for prog in ["harness_egress6", "harness_ingress"] {
+        let mut h = Harness::new();
+        // Full bucket: passes, charged the whole IPv6 packet, unmarked.
+        let full = bucket(1_000_000, 100_000, 100_000, SEC);
+        h.set(input(full, full, SEC));
+        let (verdict, out) = h.run_packet(prog, ipv6_packet(1500, ECT0, UDP));
+        assert_eq!(verdict, PASS, "{prog}");
+        assert_eq!(ipv6_ecn(&out), ECT0, "{prog}: a full bucket does not mark");
+        let s = h.get().pod;
+        let b = if prog == "harness_ingress" { s.ingress } else { s.egress };
+        assert_eq!((b.tokens, b.passed_bytes, b.passed_packets), (98_500, 1500, 1), "{prog}");
+
+        // Low bucket: an ECN-capable packet is marked CE in its traffic class.
+        let low = bucket(1_000_000, 100_000, 40_000, SEC);
+        h.set(input(low, low, SEC));
+        let (verdict, out) = h.run_packet(prog, ipv6_packet(1500, ECT0, UDP));
+        assert_eq!(verdict, PASS, "{prog}");
+        assert_eq!(ipv6_ecn(&out), CE, "{prog}: IPv6 ECT packet below half the burst is marked CE");
+        assert_eq!(out[ETH_HLEN] >> 4, 6, "{prog}: still IPv6");
+        let (_, out) = h.run_packet(prog, ipv6_packet(1500, NOT_ECT, UDP));
+        assert_eq!(ipv6_ecn(&out), NOT_ECT, "{prog}: non-ECT passes unmarked");
+        let s = h.get().pod;
+        let b = if prog == "harness_ingress" { s.ingress } else { s.egress };
+        assert_eq!((b.marked_packets, b.marked_bytes), (1, 1500), "{prog}");
+
+        // Empty bucket: dropped (with congestion notification on egress).
+        let empty = bucket(1_000_000, 100_000, 1_000, SEC);
+        h.set(input(empty, empty, SEC));
+        let want = if prog == "harness_ingress" { DROP } else { DROP_CN };
+        assert_eq!(h.run_packet(prog, ipv6_packet(1500, NOT_ECT, UDP)).0, want, "{prog}");
+        let s = h.get().pod;
+        let b = if prog == "harness_ingress" { s.ingress } else { s.egress };
+        assert_eq!((b.dropped_packets, b.dropped_bytes, b.tokens), (1, 1500, 1_000), "{prog}");
+    }
+}
+
+#[test]
+fn ipv6_egress_tcp_is_charged_its_payload() {
+    let mut h = Harness::new();
+    h.set(input(Bucket::default(), bucket(1_000_000, 100_000, 100_000, SEC), SEC));
+    assert_eq!(h.run_packet("harness_egress6", ipv6_packet(1500, NOT_ECT, TCP)).0, PASS);
+    // 72 bytes of IPv6 + TCP headers with timestamps are not charged.
+    assert_eq!(h.get().pod.egress.tokens, 100_000 - (1500 - 72));
+}
+
+#[test]
+fn a_fresh_pod_with_last_ns_0_starts_with_a_full_bucket() {
+    use bpf_ratelimit::limits::{Limit, Limits};
+    let mut h = Harness::new();
+    let limits = Limits { ingress: Some(Limit { rate: 8_000_000, burst: 800_000 }), egress: Some(Limit { rate: 8_000_000, burst: 800_000 }) };
+    let pod = PodState::new(&limits, TEST_RUN_IFINDEX);
+    assert_eq!((pod.ingress.last_ns, pod.egress.last_ns), (0, 0));
+    // Whatever the kernel clock reads at the first packet (just booted, or
+    // up for days), the bucket is full: never more, never less.
+    for now in [1_000, 5 * SEC, 100_000 * SEC] {
+        h.set(HarnessInput { pod, now, ..Default::default() });
+        assert_eq!(h.run("harness_ingress", 1000, NOT_ECT).0, PASS, "now {now}");
+        let i = h.get().pod.ingress;
+        assert_eq!((i.last_ns, i.tokens), (now, 100_000 - 1000), "now {now}");
+    }
+    // Even an emptied bucket with last_ns 0 is refilled to the burst, the
+    // elapsed time capped at MAX_REFILL_NS so rate x elapsed cannot overflow.
+    let mut empty = pod;
+    empty.ingress.tokens = 0;
+    empty.ingress.rate = 12_500_000_000; // 100 Gbit/s, the largest rate
+    h.set(HarnessInput { pod: empty, now: u64::MAX / 2, ..Default::default() });
+    assert_eq!(h.run("harness_ingress", 1000, NOT_ECT).0, PASS);
+    assert_eq!(h.get().pod.ingress.tokens, 100_000 - 1000);
 }

@@ -63,8 +63,13 @@ impl Pod {
     }
 
     pub fn invoke_full(&self, command: &str, container_id: &str, cni_args: &str, config: &Value) -> PluginOutput {
+        self.invoke_binary(&plugin(), command, container_id, cni_args, config)
+    }
+
+    /// Runs another build of the plugin (the upgrade test's older release).
+    pub fn invoke_binary(&self, binary: &Path, command: &str, container_id: &str, cni_args: &str, config: &Value) -> PluginOutput {
         Invocation {
-            plugin: &plugin(),
+            plugin: binary,
             command,
             container_id,
             ifname: "eth0",
