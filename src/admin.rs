@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::datapath::{self, AttachmentId, PinRoot};
+use crate::datapath;
+use crate::pins::{AttachmentId, PinRoot};
 use crate::limits::{self, Direction, Limit};
 use crate::pod_meta::{self, PodMeta};
 use crate::quantity;

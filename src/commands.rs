@@ -8,7 +8,8 @@ use serde_json::Value;
 use crate::cgroup;
 use crate::cni::{code, Command, CniError, Env};
 use crate::bpf_sys::CgroupLinkInfo;
-use crate::datapath::{self, AttachmentId, PinRoot, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
+use crate::datapath::{self, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
+use crate::pins::{AttachmentId, PinRoot};
 use crate::state::PodState;
 use crate::limits::{self, Limits};
 use crate::netconf::NetConf;
@@ -280,7 +281,7 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
 fn cmd_status(req: &Request) -> Result<(), CniError> {
     let unavailable = |msg: &str, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
     cgroup::cgroup2_root(req.conf.cgroup_root.as_deref()).map_err(|e| unavailable("cgroup v2 is not usable", e.to_string()))?;
-    datapath::bpffs_usable(&req.conf.pin_root)
+    crate::pins::bpffs_usable(&req.conf.pin_root)
         .map_err(|e| unavailable("the bpf filesystem is not usable", format!("{e:#}")))?;
     // A pinned datapath was verified when it was loaded, and a load that
     // passed once passes again on the same kernel and boot: runtimes poll

@@ -1,19 +1,5 @@
-//! The eBPF datapath: loading it once per node, attaching it to pod cgroups,
-//! and the pins that let later processes (DEL, CHECK, GC) find both.
-//!
-//! Layout under the pin root (default /sys/fs/bpf/bpf-ratelimit):
-//!
-//! ```text
-//! .                                 flock()ed by every command, so ADD/DEL/GC never race
-//! datapath/<version>/               one loaded copy of ebpf/shaper.bpf.c per plugin build
-//!     shape_egress_prog  shape_ingress_prog  pace_tcp  pod_state  flow_state
-//! pods/<network>/<containerID>/<ifname>/
-//!                                   one directory per CNI attachment (names escaped,
-//!                                   because bpffs refuses '.' in names); the network
-//!                                   level keeps GC of one network off another's pods
-//!     egress  ingress  sockops      bpf_links on the pod cgroup
-//!     state                         the pod_state map these links' programs use
-//! ```
+//! The eBPF datapath: loading it once per node, attaching it to pod cgroups
+//! and interfaces, and removing both (the pin root's layout is pins.rs's).
 //!
 //! Removing a pod's link pins detaches it. The pod's cgroup storage value
 //! outlives the detach (measured: it stays in the map until the cgroup is
@@ -28,7 +14,7 @@
 //! directories of loads that died part-way are removed on the way.
 
 use std::fs::{self, File};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -36,6 +22,7 @@ use aya::programs::{CgroupSkb, CgroupSockopt, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::bpf_sys::{self, CgroupLinkInfo};
+use crate::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
 use crate::limits::Limits;
 use crate::state::PodState;
 
@@ -100,10 +87,6 @@ impl std::fmt::Display for IngressMode {
 /// (LINK_PINS grows); CHECK requires those only of pods on its own datapath.
 pub const LINKS_OF_EVERY_RELEASE: [&str; 3] = ["egress", "ingress", "sockops"];
 
-const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
-const MOUNT_LOCK: &str = "/run/bpf-ratelimit.mount.lock";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Identifies this build's datapath, so an upgraded plugin loads its own copy
 /// while pods attached by the old one keep theirs. `BRL_DATAPATH_TAG` at
 /// build time (build.rs) gives a build a version of its own: the upgrade
@@ -117,193 +100,13 @@ pub fn datapath_version() -> String {
     format!("{h:016x}")
 }
 
-pub fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
-}
-
-/// Whether the nearest existing ancestor of `path` is on a bpf filesystem.
-fn on_bpffs(path: &Path) -> bool {
-    let mut existing = path;
-    while !existing.exists() {
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    is_bpffs(existing)
-}
-
-/// For STATUS, without side effects: `pin_root` is on bpffs, or ADD can
-/// mount one at /sys/fs/bpf because the kernel has the filesystem.
-pub fn bpffs_usable(pin_root: &Path) -> Result<()> {
-    if on_bpffs(pin_root) {
-        return Ok(());
-    }
-    let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let kernel_has_bpffs = filesystems.lines().any(|l| l.split_whitespace().last() == Some("bpf"));
-    if pin_root.starts_with(DEFAULT_BPFFS) && pin_root != Path::new(DEFAULT_BPFFS) && kernel_has_bpffs {
-        return Ok(());
-    }
-    bail!(
-        "pinRoot {} is not on a bpf filesystem{}",
-        pin_root.display(),
-        if kernel_has_bpffs { "; mount one there (mount -t bpf bpf DIR) or use a pinRoot under /sys/fs/bpf" } else { " and the kernel has none" }
-    )
-}
-
 /// Whether this build's datapath is loaded and pinned under `pin_root`.
 pub fn datapath_pinned(pin_root: &Path) -> bool {
     let dir = pin_root.join("datapath").join(datapath_version());
     DATAPATH_PINS.iter().all(|p| dir.join(p).exists())
 }
 
-/// Makes sure `pin_root` can live on a bpf filesystem, mounting one at
-/// /sys/fs/bpf when the pin root is under it and nothing is mounted there.
-pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
-    if on_bpffs(pin_root) {
-        return Ok(());
-    }
-    let default = Path::new(DEFAULT_BPFFS);
-    if pin_root.starts_with(default) && pin_root != default {
-        // Two first ADDs on a node must not both mount: the second mount
-        // would hide the first one's pins. The pin root cannot be the lock
-        // yet, so a lock file in /run is.
-        let _lock = File::create(MOUNT_LOCK).with_context(|| format!("cannot create the mount lock {MOUNT_LOCK}"))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(_lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot lock {MOUNT_LOCK}"));
-        }
-        if on_bpffs(pin_root) {
-            return Ok(());
-        }
-        fs::create_dir_all(default).with_context(|| format!("cannot create {DEFAULT_BPFFS}"))?;
-        use nix::mount::{mount, MsFlags};
-        mount(
-            Some("bpf"),
-            default,
-            Some("bpf"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some("mode=0700"),
-        )
-        .with_context(|| format!("cannot mount bpffs at {DEFAULT_BPFFS} (mount -t bpf bpf {DEFAULT_BPFFS})"))?;
-        log::info!("mounted bpffs at {DEFAULT_BPFFS}");
-        return Ok(());
-    }
-    bail!(
-        "pinRoot {} is not on a bpf filesystem; mount one there (mount -t bpf bpf DIR) or use a pinRoot under {DEFAULT_BPFFS}",
-        pin_root.display()
-    )
-}
-
-/// One CNI attachment: the network (the config's name), container and interface.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct AttachmentId {
-    pub network: String,
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// The pin root, locked for the lifetime of this value.
-pub struct PinRoot {
-    path: PathBuf,
-    _lock: File,
-}
-
 impl PinRoot {
-    /// Opens the pin root for ADD: mounts bpffs and creates it if needed.
-    pub fn create(path: &Path) -> Result<Self> {
-        ensure_bpffs(path)?;
-        if is_mount_root(path) {
-            bail!("pinRoot {} is the root of a bpf filesystem; use a directory of its own, such as /sys/fs/bpf/bpf-ratelimit", path.display());
-        }
-        // The last DEL removes the pin root; retry if that raced with us.
-        for _ in 0..10 {
-            fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
-            if let Some(root) = Self::lock(path, true)? {
-                crate::pin_roots::record(path);
-                return Ok(root);
-            }
-        }
-        bail!("pin root {} keeps disappearing", path.display())
-    }
-
-    /// Opens an existing pin root; `None` when there is none, so nothing is attached.
-    pub fn existing(path: &Path) -> Result<Option<Self>> {
-        // A mount root cannot be ours: create() refuses it.
-        if !path.is_dir() || !is_bpffs(path) || is_mount_root(path) {
-            return Ok(None);
-        }
-        Self::lock(path, true)
-    }
-
-    /// As `existing`, but `None` too when another command holds the lock:
-    /// for looking into a second pin root while holding one (never wait for
-    /// two locks, so two commands cannot deadlock).
-    pub fn existing_unless_busy(path: &Path) -> Result<Option<Self>> {
-        if !path.is_dir() || !is_bpffs(path) || is_mount_root(path) {
-            return Ok(None);
-        }
-        Self::lock(path, false)
-    }
-
-    /// Locks the directory; `None` if it was removed while we waited, or
-    /// (without `wait`) if it is busy.
-    fn lock(path: &Path, wait: bool) -> Result<Option<Self>> {
-        use std::os::unix::fs::MetadataExt;
-        let file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot open pin root {}", path.display())),
-        };
-        let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if !wait && e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Ok(None);
-            }
-            return Err(e).context("cannot lock the pin root");
-        }
-        let same = fs::metadata(path).ok().map(|m| m.ino()) == Some(file.metadata()?.ino());
-        Ok(same.then(|| Self { path: path.to_path_buf(), _lock: file }))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn pods_dir(&self) -> PathBuf {
-        self.path.join("pods")
-    }
-
-    fn datapath_root(&self) -> PathBuf {
-        self.path.join("datapath")
-    }
-
-    /// The directory of one attachment. Every part was validated by cni/netconf.
-    pub fn pod_dir(&self, id: &AttachmentId) -> PathBuf {
-        self.pods_dir()
-            .join(escape_name(&id.network))
-            .join(escape_name(&id.container_id))
-            .join(escape_name(&id.ifname))
-    }
-
-    /// Every attachment that has pins.
-    pub fn attachments(&self) -> Result<Vec<AttachmentId>> {
-        let mut out = Vec::new();
-        let names = |dir: &Path| -> Vec<(String, PathBuf)> {
-            fs::read_dir(dir)
-                .map(|rd| rd.flatten().map(|e| (unescape_name(&e.file_name().to_string_lossy()), e.path())).collect())
-                .unwrap_or_default()
-        };
-        for (network, net_dir) in names(&self.pods_dir()) {
-            for (container_id, id_dir) in names(&net_dir) {
-                for (ifname, _) in names(&id_dir) {
-                    out.push(AttachmentId { network: network.clone(), container_id: container_id.clone(), ifname });
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
     /// Unpins an attachment, which detaches its links. Returns whether it existed.
     pub fn remove_pod(&self, id: &AttachmentId) -> Result<bool> {
         let dir = self.pod_dir(id);
@@ -368,7 +171,7 @@ impl PinRoot {
         if attachments.is_empty() {
             let _ = fs::remove_dir(self.pods_dir());
             let _ = fs::remove_dir(&root);
-            let _ = fs::remove_dir(&self.path);
+            let _ = fs::remove_dir(&self.path());
         }
         Ok(())
     }
@@ -377,7 +180,7 @@ impl PinRoot {
     /// it is not there. Loading runs the verifier; later ADDs only attach.
     pub fn datapath(&self) -> Result<PathBuf> {
         let dir = self.datapath_root().join(datapath_version());
-        if datapath_pinned(&self.path) {
+        if datapath_pinned(self.path()) {
             return Ok(dir);
         }
         // A crash during an earlier load can leave a partial directory.
@@ -413,50 +216,10 @@ fn datapath_prog_ids(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Whether the process named by a `loading-<pid>` directory still runs.
-fn process_alive(pid: &str) -> bool {
-    pid.parse::<u32>().is_ok_and(|p| p != std::process::id() && Path::new("/proc").join(p.to_string()).exists())
-}
 
-fn is_mount_root(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(path), path.parent().map(fs::metadata)) {
-        (Ok(m), Some(Ok(p))) => m.dev() != p.dev(),
-        _ => false,
-    }
-}
 
-/// bpffs refuses names with '.', which container IDs and interface names may
-/// hold: '.' becomes "%2e" and '%' "%25", so the mapping is reversible.
-pub fn escape_name(name: &str) -> String {
-    name.replace('%', "%25").replace('.', "%2e")
-}
 
-pub fn unescape_name(name: &str) -> String {
-    name.replace("%2e", ".").replace("%25", "%")
-}
 
-/// Removes a directory of pins (files only, one level). Missing is fine.
-fn remove_pin_dir(dir: &Path) -> Result<bool> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
-    };
-    for entry in entries {
-        let path = entry?.path();
-        match fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot unpin {}", path.display())),
-        }
-    }
-    match fs::remove_dir(dir) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", dir.display())),
-    }
-}
 
 /// Loads the shaper object (maps and all three programs) into the kernel.
 pub fn load() -> Result<Ebpf> {
@@ -739,18 +502,4 @@ pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, PodState)> {
         .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
     let state = PodState::from_value(&value).map_err(anyhow::Error::msg)?;
     Ok((info.cgroup_id, state))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_escape_reversibly_without_dots() {
-        for name in ["abc", "a.b", "eth0.100", "x%2ey", "%", "..."] {
-            let e = escape_name(name);
-            assert!(!e.contains('.'), "{e}");
-            assert_eq!(unescape_name(&e), name);
-        }
-    }
 }

@@ -1,10 +1,13 @@
 //! bpf-ratelimit: a chained CNI plugin that limits each pod's bandwidth with
 //! eBPF programs attached to the pod's cgroup v2 directory.
 //!
-//! The request flows parse (`cni`, `netconf`) → limits (`limits`, `quantity`)
-//! → cgroup (`cgroup`) → datapath and pins (`datapath`, `state`, `bpf_sys`)
-//! → reply; `commands` holds the CNI verbs and `testbed` the throwaway pods
-//! used by the demo, the tests and the benchmark.
+//! The request flows parse (`cni`, `netconf`) → limits (`limits`,
+//! `quantity`) → cgroup (`cgroup`, `netns`) → datapath (`datapath`, `state`,
+//! `bpf_sys`, and beside it `ingress_queue`, `raw_guard`, `tc`) → pins
+//! (`pins`, `pin_roots`, `pod_meta`) → reply; `commands` holds the CNI verbs.
+//! The commands for people are `admin` (list, set, metrics), `install`, and
+//! `demo`; `testbed` makes the throwaway pods of the demo, the tests and the
+//! benchmark.
 
 pub mod admin;
 pub mod bpf_sys;
@@ -21,6 +24,7 @@ pub mod netconf;
 pub mod netns;
 pub mod pod_meta;
 pub mod pin_roots;
+pub mod pins;
 pub mod privilege;
 pub mod quantity;
 pub mod raw_guard;
