@@ -74,46 +74,20 @@ fn run_tc(args: &[&str]) -> Result<String> {
 /// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
 /// the interface already has a root qdisc of its own.
 pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
-    run_tc(&[
-        "qdisc",
-        "add",
-        "dev",
-        ifname,
-        "root",
-        "handle",
-        HANDLE,
-        "tbf",
-        "rate",
-        &format!("{}bit", spec.rate_bits),
-        "burst",
-        &spec.burst_bytes.to_string(),
-        "limit",
-        &spec.limit_bytes.to_string(),
-    ])
-    .map(drop)
+    tbf("add", ifname, spec)
 }
 
 /// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
 /// packets in it stay queued.
 pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    run_tc(&[
-        "qdisc",
-        "change",
-        "dev",
-        &ifname,
-        "root",
-        "handle",
-        HANDLE,
-        "tbf",
-        "rate",
-        &format!("{}bit", spec.rate_bits),
-        "burst",
-        &spec.burst_bytes.to_string(),
-        "limit",
-        &spec.limit_bytes.to_string(),
-    ])
-    .map(drop)
+    tbf("change", &ifname, spec)
+}
+
+/// `tc qdisc VERB dev IFNAME root handle b9a1: tbf ...` for `spec`.
+fn tbf(verb: &str, ifname: &str, spec: QueueSpec) -> Result<()> {
+    let (rate, burst, limit) = (format!("{}bit", spec.rate_bits), spec.burst_bytes.to_string(), spec.limit_bytes.to_string());
+    run_tc(&["qdisc", verb, "dev", ifname, "root", "handle", HANDLE, "tbf", "rate", &rate, "burst", &burst, "limit", &limit]).map(drop)
 }
 
 /// The interface's name, if `ifindex` still exists in this netns.
