@@ -438,8 +438,14 @@ mod tests {
 
     #[test]
     fn a_burst_without_a_rate_is_refused() {
-        let e = resolve(&conf(json!({"ingressBurst": 1_000_000})), None).unwrap_err();
+        // In the plugin config, parsing refuses it already (netconf).
+        let obj = json!({"cniVersion": "1.0.0", "name": "t", "type": "bpf-ratelimit", "ingressBurst": 1_000_000});
+        let e = NetConf::parse(obj.to_string().as_bytes()).unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(e.msg.contains("rate must also be set"), "{e}");
+        // A default burst with only a ceiling for the rate is fine; a burst
+        // with no rate anywhere is refused here.
+        let e = resolve(&conf(json!({"defaultIngressBurst": 1_000_000})), None).unwrap_err();
         assert!(e.msg.contains("no ingress rate"), "{e}");
         let e = resolve(&with(json!({}), json!({"bpf-ratelimit.io/egress-burst": "1M"})), None).unwrap_err();
         assert!(e.msg.contains("egress-burst"), "{e}");
