@@ -5,7 +5,7 @@
 //! same ones aya uses, rather than hand-kept offsets.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya_obj::generated::{bpf_link_info, bpf_map_info, bpf_prog_info};
 
@@ -303,30 +303,19 @@ pub fn record_create(name: &str, value: &[u8]) -> io::Result<std::os::fd::OwnedF
         ..Default::default()
     };
     let map = sys_bpf_fd(BPF_MAP_CREATE, &mut attr)?;
-    let key = 0u32;
-    let mut update = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value: value.as_ptr() as u64,
-        ..Default::default()
-    };
-    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut update)?;
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut record_elem(map.as_fd(), value.as_ptr() as u64))?;
     Ok(map)
+}
+
+/// The element attribute of a one-entry record map (its key is 0).
+fn record_elem(map: BorrowedFd<'_>, value: u64) -> MapElemAttr {
+    const KEY: u32 = 0;
+    MapElemAttr { map_fd: map.as_raw_fd() as u32, key: &KEY as *const u32 as u64, value, ..Default::default() }
 }
 
 /// Reads the value of a one-entry array map made by `record_create`.
 pub fn record_read(map: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
-    let mut info = [0u32; 20];
-    let mut attr = InfoAttr { bpf_fd: map.as_raw_fd() as u32, info_len: std::mem::size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
-    sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    let mut value = vec![0u8; info[3] as usize];
-    let key = 0u32;
-    let mut lookup = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value: value.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut lookup)?;
+    let mut value = vec![0u8; map_info(map)?.value_size as usize];
+    sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut record_elem(map, value.as_mut_ptr() as u64))?;
     Ok(value)
 }
