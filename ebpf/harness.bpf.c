@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * Test harness for BPF_PROG_TEST_RUN. test_run gives cgroup programs a fresh,
- * zeroed cgroup storage on every call, so the harness keeps the pod state in
- * an array map the test can preset and read back, and takes "now" from the
- * test instead of the clock. Everything else is the production logic.
+ * zeroed cgroup storage on every call, so the harness keeps the interface
+ * state in an array map the test can preset and read back, and takes "now"
+ * from the test instead of the clock. Everything else is the production
+ * logic of shaper.h.
  */
 #include <stdbool.h>
 #include "shaper.h"
@@ -11,20 +12,24 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 struct harness_input {
-	struct pod_state pod;
+	struct iface_state iface;
 	__u64 now;
-	/* harness_pacing: the pacing policy's inputs, */
+	/* The policies' inputs (harness_policy), */
 	__u64 current_rate;
 	__u64 pending;
-	__u64 last_window;
-	__u64 last_bytes;
-	__u64 window;
-	__u32 bulk;
-	/* and its outputs; the receive-window policy's too. */
-	__u32 out_is_bulk;
+	__u32 counted;
+	__u32 rtt_us;
+	__u32 mss;
+	__u32 ipv6;
+	struct flow_class flow;
+	__u64 flow_len; /* classify `flow` as it moves this many bytes; 0: don't */
+	/* and the outputs, with the wire bytes the last packet was charged. */
 	__u64 out_rate;
+	__u64 out_wire;
 	__u32 out_rwnd;
-	__u32 out_is_bulk_receiver;
+	__u32 pad;
+	/* harness_lookup: the pod cgroup its interfaces are keyed by. */
+	__u64 cgroup_id;
 };
 
 struct {
@@ -34,6 +39,23 @@ struct {
 	__type(value, struct harness_input);
 } harness SEC(".maps");
 
+/* The host-side guard for harness_guard: a map value holds one spin lock,
+ * so it has its own. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct host_guard);
+} harness_guards SEC(".maps");
+
+/* Interfaces for harness_lookup, keyed as in production. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16);
+	__type(key, struct iface_key);
+	__type(value, struct iface_state);
+} harness_ifaces SEC(".maps");
+
 static __always_inline struct harness_input *input(void)
 {
 	__u32 zero = 0;
@@ -41,21 +63,23 @@ static __always_inline struct harness_input *input(void)
 	return bpf_map_lookup_elem(&harness, &zero);
 }
 
+/* The L4 protocol byte of the packet stands in for the socket's type. */
+static __always_inline bool packet_is_tcp(struct __sk_buff *skb, __u32 l3_off)
+{
+	__u32 off = skb->protocol == bpf_htons(ETH_P_IPV6) ? 6 : 9;
+
+	return load_u8(skb, l3_off + off) == IPPROTO_TCP_;
+}
+
 SEC("cgroup_skb/egress")
 int harness_egress(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
 
-	__u8 proto = 0;
-
 	if (!in)
 		return SKB_DROP;
-	if (!crosses_pod_interface(&in->pod, skb))
-		return SKB_PASS;
-
-	/* The IPv4 protocol byte stands in for the socket's protocol. */
-	bpf_skb_load_bytes(skb, 9, &proto, 1);
-	return shape_egress(&in->pod, skb, in->now, proto == 6);
+	in->out_wire = wire_bytes(skb, false);
+	return shape_egress(&in->iface, skb, in->now, packet_is_tcp(skb, 0), in->out_wire);
 }
 
 SEC("cgroup_skb/ingress")
@@ -65,41 +89,54 @@ int harness_ingress(struct __sk_buff *skb)
 
 	if (!in)
 		return SKB_DROP;
-	return shape_ingress(&in->pod, skb, in->now);
+	in->out_wire = wire_bytes(skb, false);
+	return shape_ingress(&in->iface, skb, in->now, in->out_wire);
 }
 
-/* The egress pacing policy (pace_tcp's decisions) is plain arithmetic on the
- * pod state; sock_ops programs cannot be test-run, so this evaluates it. */
+/* The production egress path's interface lookup: only a shaped interface's
+ * state is found; any other skb passes uncharged. */
 SEC("cgroup_skb/egress")
-int harness_pacing(struct __sk_buff *skb)
+int harness_lookup(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
+	struct iface_state *iface;
 
 	if (!in)
 		return SKB_DROP;
-	in->out_is_bulk = is_bulk_sender(&in->pod, in->last_window, in->last_bytes, in->window);
-	in->out_rate = pacing_rate(&in->pod, in->now, in->current_rate, in->bulk, in->pending);
-	in->out_rwnd = rwnd_for(&in->pod, in->bulk);
-	in->out_is_bulk_receiver = is_bulk_receiver(&in->pod, in->last_window, in->last_bytes, in->window);
-	return SKB_PASS;
-}
-
-/*
- * ---- Test-only: IPv6 egress ------------------------------------------------
- * As harness_egress, but the IPv6 next-header byte stands in for the
- * socket's protocol, so IPv6 packets run through the production
- * shape_egress too (tests/datapath_test_run.rs).
- */
-SEC("cgroup_skb/egress")
-int harness_egress6(struct __sk_buff *skb)
-{
-	struct harness_input *in = input();
-	__u8 next_header = 0;
-
-	if (!in)
-		return SKB_DROP;
-	if (!crosses_pod_interface(&in->pod, skb))
+	iface = lookup_iface(&harness_ifaces, in->cgroup_id, skb->ifindex);
+	if (!iface)
 		return SKB_PASS;
-	bpf_skb_load_bytes(skb, 6, &next_header, 1);
-	return shape_egress(&in->pod, skb, in->now, next_header == 6);
+	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), wire_bytes(skb, false));
+}
+
+/* The host-side guard, as tc runs it: the skb starts at its Ethernet header. */
+SEC("classifier")
+int harness_guard(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+	__u32 zero = 0;
+	struct host_guard *guard = bpf_map_lookup_elem(&harness_guards, &zero);
+
+	if (!in || !guard)
+		return TC_ACT_SHOT;
+	in->out_wire = wire_bytes(skb, true);
+	return guard_egress(guard, skb, in->now);
+}
+
+/* The sock_ops policies (pacing, receive windows) and the flow
+ * classification are plain arithmetic on the state; sock_ops programs
+ * cannot be test-run, so this evaluates them. */
+SEC("cgroup_skb/egress")
+int harness_policy(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+
+	if (!in)
+		return SKB_DROP;
+	if (in->flow_len)
+		classify_flow(&in->iface.senders, &in->flow, in->iface.egress.rate, in->now, in->flow_len);
+	in->out_rate = pacing_rate(&in->iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
+				   in->pending);
+	in->out_rwnd = rwnd_for(&in->iface, in->counted, in->rtt_us, in->mss, in->ipv6);
+	return SKB_PASS;
 }

@@ -4,8 +4,9 @@
  * (shaper.bpf.c) and the BPF_PROG_TEST_RUN harness (harness.bpf.c), so that
  * the tests exercise exactly the code that shapes pods.
  *
- * The layout of struct pod_state is mirrored by src/state.rs. Change
- * both together and bump POD_STATE_LAYOUT.
+ * The layouts of struct iface_state, struct pod_state and struct
+ * host_guard are mirrored by src/state.rs. Change both together and bump
+ * STATE_LAYOUT.
  */
 #ifndef BPF_RATELIMIT_SHAPER_H
 #define BPF_RATELIMIT_SHAPER_H
@@ -16,11 +17,18 @@
 #include <bpf/bpf_endian.h>
 #include <stdbool.h>
 
+#ifndef ETH_P_IP
+#define ETH_P_IP 0x0800
+#endif
 #ifndef ETH_P_IPV6
 #define ETH_P_IPV6 0x86DD
 #endif
+#define ETH_HLEN 14
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
 
 #define NSEC_PER_SEC 1000000000ULL
+#define USEC_PER_SEC 1000000ULL
 
 /* Caps the refill after a long idle period so elapsed * rate cannot overflow
  * (1000 s at the 100 Gbit/s maximum rate is 1.25e13 bytes). */
@@ -34,12 +42,19 @@
 #define SKB_PASS    1
 #define SKB_DROP_CN 2
 
+/* tc verdicts (linux/pkt_cls.h) for a direct-action classifier. */
+#define TC_ACT_UNSPEC -1
+#define TC_ACT_SHOT 2
+
 /* Below 1/MARK_DIVISOR of the burst, conforming ECN-capable packets are
  * marked CE, so ECN senders back off before the bucket empties (ingress, and
  * egress UDP; egress TCP is paced instead, see shape_egress). */
 #define MARK_DIVISOR 2
 
-/* A token bucket for one direction of one pod, with its counters. */
+#define STATE_LAYOUT 3
+
+/* A token bucket for one direction of one interface, with its counters.
+ * Everything is counted in bytes on the wire (wire_bytes). */
 struct bucket {
 	__u64 rate;    /* bytes per second; 0 means this direction is not limited */
 	__u64 burst;   /* bytes the bucket holds when full */
@@ -53,66 +68,179 @@ struct bucket {
 	__u64 marked_packets;
 };
 
-/* Per-pod state: one cgroup storage value, shared by every program attached
- * to the pod's cgroup (kernel >= 5.9 with a u64 storage key).
- *
- * Fields are only ever appended, so a newer plugin can still read the
- * common prefix of a pod attached by an older one. */
-struct pod_state {
-	struct bpf_spin_lock lock;
-	__u32 layout; /* POD_STATE_LAYOUT, written by user space */
-	/* The sender window (2^SENDER_WINDOW_SHIFT ns) the counts below are for,
-	 * and the bulk TCP senders counted in it and in the window before: the
-	 * egress rate is split among them. */
+/* Classification windows a counted flow stays counted for (see
+ * classify_flow). */
+#define COUNTED_WINDOWS 8
+
+/* How many flows of one direction take a share of its rate: `counted[i]`
+ * holds the flows last counted in the window w with w % COUNTED_WINDOWS
+ * == i, for the last COUNTED_WINDOWS windows, so their sum counts each
+ * flow counted in that time once. `seen_*` count the flows that moved data
+ * at all in this window and the one before. Updated lock-free. */
+struct flow_counts {
 	__u64 window;
-	__u32 senders_now;
-	__u32 senders_before;
+	__s32 counted[COUNTED_WINDOWS];
+	__u32 seen_now;
+	__u32 seen_before;
+};
+
+/* The state of one shaped interface of one pod: one per CNI attachment,
+ * in the iface_state hash map under {pod cgroup id, ifindex in the pod's
+ * netns}. Written by ADD (limits), updated by the programs (tokens,
+ * counters). */
+struct iface_state {
+	struct bpf_spin_lock lock;
+	__u32 layout; /* STATE_LAYOUT, written by user space */
+	__u32 flags;  /* IFACE_* */
+	__u32 host_ifindex; /* the pod's host-side peer, in the node's netns; 0 if none */
+	struct flow_counts senders;
+	struct flow_counts receivers;
 	struct bucket ingress;
 	struct bucket egress;
-	/* Layout 2. */
-	__u32 ifindex; /* the pod's interface in its netns; 0 shapes every interface */
-	__u32 flags;   /* POD_INGRESS_QUEUED */
-	/* The receiver window the counts below are for, and the bulk TCP
-	 * receivers counted in it and in the window before: the ingress rate is
-	 * split among them into receive windows (rwnd_for). */
-	__u64 rx_window;
-	__u32 receivers_now;
-	__u32 receivers_before;
-	/* The host-side interface (in the node's netns) that holds the pod's
-	 * ingress queue, when POD_INGRESS_QUEUED. */
-	__u32 host_ifindex;
-	__u32 pad;
 };
 
 /* Ingress is shaped by a queue on the host side of the pod's veth (set up by
- * ADD): shape_ingress only counts, and pace_tcp clamps receive windows so
- * that senders stay inside that queue instead of overflowing it. */
-#define POD_INGRESS_QUEUED 1
+ * ADD): shape_ingress only counts, and pace_tcp sizes receive windows so
+ * that senders keep a short, steady queue there. */
+#define IFACE_INGRESS_QUEUED 1
 
-#define POD_STATE_LAYOUT 2
+_Static_assert(sizeof(struct iface_state) == 272, "struct iface_state must match src/state.rs");
 
-/* src/state.rs mirrors this struct; a size mismatch fails the build here and
- * the layout test there. */
-_Static_assert(sizeof(struct pod_state) == 216, "struct pod_state must match src/state.rs");
+struct iface_key {
+	__u64 cgroup_id; /* the pod cgroup the programs are attached to */
+	__u32 ifindex;   /* the interface, in the pod's netns */
+	__u32 pad;
+};
 
-/* The loopback device has this index in every network namespace. */
-#define LOOPBACK_IFINDEX 1
+/* Per-pod cgroup storage (one value per pod cgroup, shared by every program
+ * attached to it): which cgroup this is, so that programs running for any
+ * process in the pod (containers sit in child cgroups) find the pod's
+ * interfaces. */
+struct pod_state {
+	__u64 cgroup_id;
+	__u32 layout;
+	__u32 pad;
+};
+
+/* The outer enforcement point of a pod's egress: every frame the pod's
+ * interface emits, charged on the host side of its veth, out of the pod's
+ * reach. Keyed by that host-side ifindex. */
+struct host_guard {
+	struct bpf_spin_lock lock;
+	__u32 pad;
+	__u64 cgroup_id; /* the pod, for people reading the map */
+	struct bucket egress;
+};
+
+_Static_assert(sizeof(struct host_guard) == 96, "struct host_guard must match src/state.rs");
+
+/* The state of interface `ifindex` of the pod cgroup `cgroup_id`, if it
+ * is shaped: looked up in `map` (iface_state; the test harness's own). */
+static __always_inline struct iface_state *lookup_iface(void *map, __u64 cgroup_id, __u32 ifindex)
+{
+	struct iface_key key = { .cgroup_id = cgroup_id, .ifindex = ifindex };
+
+	if (!cgroup_id)
+		return NULL;
+	return bpf_map_lookup_elem(map, &key);
+}
+
+/* ---- Bytes on the wire ---------------------------------------------------
+ *
+ * A limit counts what tc's TBF, the reference plugin and Calico count: every
+ * frame's Ethernet, IP (with extension headers) and L4 headers plus its
+ * payload. A GSO/GRO skb is gso_segs frames, each with its own headers.
+ */
+
+static __always_inline __u8 load_u8(struct __sk_buff *skb, __u32 off)
+{
+	__u8 v = 0;
+
+	bpf_skb_load_bytes(skb, off, &v, 1);
+	return v;
+}
+
+/* IPv6 extension headers walked before giving up on finding L4. */
+#define MAX_IPV6_EXT_HEADERS 6
+
+/* The IP and L4 header length of the packet whose network header is at
+ * `off`, or 0 if it is neither IPv4 nor IPv6. */
+static __always_inline __u32 l3l4_header_len(struct __sk_buff *skb, __u32 off)
+{
+	__u32 len;
+	__u8 proto;
+	int i;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		len = (load_u8(skb, off) & 0xf) * 4;
+		proto = load_u8(skb, off + 9);
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		len = 40;
+		proto = load_u8(skb, off + 6);
+		for (i = 0; i < MAX_IPV6_EXT_HEADERS; i++) {
+			if (proto == 0 || proto == 43 || proto == 60) {
+				/* hop-by-hop, routing, destination options: 8-byte units */
+				__u8 hdr_len = load_u8(skb, off + len + 1);
+
+				proto = load_u8(skb, off + len);
+				len += ((__u32)hdr_len + 1) * 8;
+			} else if (proto == 44) {
+				/* fragment: fixed 8 bytes */
+				proto = load_u8(skb, off + len);
+				len += 8;
+			} else if (proto == 51) {
+				/* authentication: 4-byte units, less 2 */
+				__u8 hdr_len = load_u8(skb, off + len + 1);
+
+				proto = load_u8(skb, off + len);
+				len += ((__u32)hdr_len + 2) * 4;
+			} else {
+				break;
+			}
+			len &= 0xffff;
+		}
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_TCP_)
+		return len + (load_u8(skb, off + len + 12) >> 4) * 4;
+	if (proto == IPPROTO_UDP_)
+		return len + 8;
+	return len;
+}
 
 /*
- * Whether an skb crosses the pod's network interface, the only traffic that
- * is shaped and charged: loopback and traffic to the pod's own addresses
- * (a sidecar talking to its app) go through lo and are left alone, as tc on
- * the host's veth would never see them. With no interface recorded, every
- * non-loopback skb counts.
+ * The bytes `skb` puts on the wire. `l2_in_skb`: the skb starts at its
+ * Ethernet header (tc), or at its network header (cgroup hooks, where the
+ * link layer is added later and is charged ETH_HLEN per frame).
  */
-static __always_inline bool crosses_pod_interface(const struct pod_state *pod, const struct __sk_buff *skb)
+static __always_inline __u64 wire_bytes(struct __sk_buff *skb, bool l2_in_skb)
 {
-	if (!pod)
-		return false;
-	if (pod->ifindex)
-		return skb->ifindex == pod->ifindex;
-	return skb->ifindex != LOOPBACK_IFINDEX;
+	__u32 l3_off = l2_in_skb ? ETH_HLEN : 0;
+	__u64 len = skb->len + (l2_in_skb ? 0 : ETH_HLEN);
+	__u32 segs = skb->gso_segs, hdr;
+
+	if (skb->gso_size == 0 || skb->len <= l3_off)
+		return len;
+	hdr = l3l4_header_len(skb, l3_off);
+	if (hdr == 0 || hdr >= skb->len - l3_off) {
+		/* Not IP, or headers we cannot read: every segment's headers
+		 * are at least what is left when all but the headers are
+		 * full segments. */
+		__u64 payload_max = (__u64)(segs ? segs : 1) * skb->gso_size;
+
+		hdr = skb->len - l3_off > payload_max ? (__u32)(skb->len - l3_off - payload_max) : 28;
+	}
+	/* A sender's GSO packet (a raw socket's virtio header) may not
+	 * have counted its segments yet. */
+	if (segs == 0)
+		segs = (skb->len - l3_off - hdr + skb->gso_size - 1) / skb->gso_size;
+	if (segs <= 1)
+		return len;
+	return len + (__u64)(segs - 1) * (hdr + ETH_HLEN);
 }
+
+/* ---- Token buckets ------------------------------------------------------ */
 
 enum take_result {
 	TAKE_CONFORM,      /* within the rate */
@@ -145,18 +273,42 @@ static __always_inline __s64 bucket_level(const struct bucket *b, __u64 now)
 	return tokens;
 }
 
+/*
+ * Refills the bucket up to `now`. Whole bytes are credited; the time of the
+ * fraction left over stays owed (last_ns advances by the time the credited
+ * bytes took), or a sender refilling every few hundred ns would see every
+ * refill round down to nothing and get a fraction of its rate.
+ */
 static __always_inline void bucket_refill(struct bucket *b, __u64 now)
 {
-	b->tokens = bucket_level(b, now);
-	if (now > b->last_ns)
+	__u64 elapsed, add;
+	__s64 tokens;
+
+	if (now <= b->last_ns)
+		return;
+	elapsed = now - b->last_ns;
+	if (elapsed >= NSEC_PER_SEC || b->rate == 0) {
+		b->tokens = bucket_level(b, now);
 		b->last_ns = now;
+		return;
+	}
+	/* elapsed < 1 s and rate <= 1.4e10 B/s: the product fits in u64. */
+	add = elapsed * b->rate / NSEC_PER_SEC;
+	tokens = b->tokens + (__s64)add;
+	if (tokens >= (__s64)b->burst) {
+		b->tokens = (__s64)b->burst;
+		b->last_ns = now;
+		return;
+	}
+	b->tokens = tokens;
+	b->last_ns += add * NSEC_PER_SEC / b->rate;
 }
 
 /*
  * Takes len bytes from the bucket if they conform. A GSO/GRO skb can be far
  * larger than the burst; a full bucket lets it through and carries the excess
  * as debt, so the long-run rate stays exact and no skb size is refused forever.
- * Must be called with the pod lock held.
+ * Must be called with the owner's lock held.
  */
 static __always_inline enum take_result bucket_take(struct bucket *b, __u64 len, __u64 now,
 						     bool may_borrow)
@@ -190,32 +342,15 @@ static __always_inline void bucket_count_unlimited(struct bucket *b, __u64 len)
 }
 
 /* Marks an ECN-capable packet CE and counts it; other packets pass unmarked. */
-static __always_inline void mark_congestion(struct __sk_buff *skb, struct bucket *b)
+static __always_inline void mark_congestion(struct __sk_buff *skb, struct bucket *b, __u64 len)
 {
 	if (bpf_skb_ecn_set_ce(skb)) {
-		__sync_fetch_and_add(&b->marked_bytes, skb->len);
+		__sync_fetch_and_add(&b->marked_bytes, len);
 		__sync_fetch_and_add(&b->marked_packets, 1);
 	}
 }
 
-/* IPv4 + TCP with timestamps: 52 bytes; IPv6: 72. */
-#define TCP4_HEADERS 52
-#define TCP6_HEADERS 72
-
-/*
- * What an egress skb costs. TCP paces itself by payload bytes, so a TCP skb
- * is charged its payload (its length less one set of headers) or the paced
- * flows overrun the bucket by the header share: 1.8% with the 2-segment
- * skbs of flows paced at a few Mbit/s, enough to drain it into drops.
- */
-static __always_inline __u64 egress_charge(struct __sk_buff *skb, bool tcp)
-{
-	__u64 headers = skb->protocol == bpf_htons(ETH_P_IPV6) ? TCP6_HEADERS : TCP4_HEADERS;
-
-	if (tcp && skb->len > headers)
-		return skb->len - headers;
-	return skb->len;
-}
+/* ---- The pod's own hooks: cgroup_skb -------------------------------------- */
 
 /*
  * Egress (pod -> world). TCP is paced per socket by the sock_ops program, so
@@ -229,31 +364,30 @@ static __always_inline __u64 egress_charge(struct __sk_buff *skb, bool tcp)
  * which cost 12-20% of the rate with 8 flows. Beyond one burst of debt, TCP
  * is dropped too.
  */
-static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff *skb, __u64 now,
-					bool tcp)
+static __always_inline int shape_egress(struct iface_state *iface, struct __sk_buff *skb, __u64 now,
+					bool tcp, __u64 wire)
 {
 	enum take_result res;
 
-	if (!pod || pod->egress.rate == 0) {
-		if (pod)
-			bucket_count_unlimited(&pod->egress, skb->len);
+	if (iface->egress.rate == 0) {
+		bucket_count_unlimited(&iface->egress, wire);
 		return SKB_PASS;
 	}
-	bpf_spin_lock(&pod->lock);
-	res = bucket_take(&pod->egress, egress_charge(skb, tcp), now, tcp);
-	bpf_spin_unlock(&pod->lock);
+	bpf_spin_lock(&iface->lock);
+	res = bucket_take(&iface->egress, wire, now, tcp);
+	bpf_spin_unlock(&iface->lock);
 	switch (res) {
 	case TAKE_EXCEED:
 		return SKB_DROP_CN;
 	case TAKE_BORROW:
 		/* In debt: an ECN-capable TCP flow is told to slow down. */
-		mark_congestion(skb, &pod->egress);
+		mark_congestion(skb, &iface->egress, wire);
 		return SKB_PASS;
 	case TAKE_CONFORM_LOW:
 		/* Paced TCP runs the bucket between empty and half full by
 		 * design (see pace_tcp), so only UDP is marked here. */
 		if (!tcp)
-			mark_congestion(skb, &pod->egress);
+			mark_congestion(skb, &iface->egress, wire);
 		return SKB_PASS;
 	default:
 		return SKB_PASS;
@@ -262,214 +396,324 @@ static __always_inline int shape_egress(struct pod_state *pod, struct __sk_buff 
 
 /*
  * Ingress (world -> pod). Where ADD could put a queue on the host side of
- * the pod's veth (POD_INGRESS_QUEUED), that queue shapes and this only
+ * the pod's veth (IFACE_INGRESS_QUEUED), that queue shapes and this only
  * counts. Elsewhere it is a policer: nothing can be queued here, so excess is
  * dropped; ECN-capable flows are marked while the bucket runs low, so they
  * slow down before they lose packets.
  */
-static __always_inline int shape_ingress(struct pod_state *pod, struct __sk_buff *skb, __u64 now)
+static __always_inline int shape_ingress(struct iface_state *iface, struct __sk_buff *skb, __u64 now,
+					 __u64 wire)
 {
 	enum take_result res;
 
-	if (!crosses_pod_interface(pod, skb))
-		return SKB_PASS;
-	if (!pod || pod->ingress.rate == 0 || (pod->flags & POD_INGRESS_QUEUED)) {
-		if (pod)
-			bucket_count_unlimited(&pod->ingress, skb->len);
+	if (iface->ingress.rate == 0 || (iface->flags & IFACE_INGRESS_QUEUED)) {
+		bucket_count_unlimited(&iface->ingress, wire);
 		return SKB_PASS;
 	}
-	bpf_spin_lock(&pod->lock);
-	res = bucket_take(&pod->ingress, skb->len, now, false);
-	bpf_spin_unlock(&pod->lock);
+	bpf_spin_lock(&iface->lock);
+	res = bucket_take(&iface->ingress, wire, now, false);
+	bpf_spin_unlock(&iface->lock);
 	if (res == TAKE_EXCEED)
 		return SKB_DROP;
 	if (res == TAKE_CONFORM_LOW)
-		mark_congestion(skb, &pod->ingress);
+		mark_congestion(skb, &iface->ingress, wire);
 	return SKB_PASS;
 }
 
+/* ---- The host side: the pod's egress, out of the pod's reach -------------- */
+
 /*
- * Egress TCP pacing policy, used by pace_tcp (sock_ops) and by the harness.
- *
- * Senders are counted per window of 2^SENDER_WINDOW_SHIFT ns (~134 ms): long
- * enough that a flow paced at a small share sends at least once per window.
- * At its first data skb in a window a socket is classified from what it sent
- * in its previous window: a bulk sender used at least half of its share, a
- * light one (a keep-alive pool, a health check) less. The rate is split
- * among the bulk senders only, so twenty idle connections no longer take
- * twenty shares from one upload. What light senders and UDP use on top is
- * borrowed from the bucket, and the debt feedback in pacing_rate gives it
- * back (max-min fairness without per-flow rate estimates).
+ * Charges a frame the pod emitted, as it arrives on the host side of its
+ * veth (tc ingress there), to the pod's egress limit. Everything the pod
+ * sends passes here, whatever way it took out of the pod (AF_PACKET, AF_XDP,
+ * compat syscalls, sub-interfaces, tunnels). Its bucket holds more than
+ * the pod's own hooks can let through beyond the rate (ADD sizes it:
+ * src/state.rs), so traffic those hooks shaped never meets it; it drops
+ * only what went around them.
  */
-#define SENDER_WINDOW_SHIFT 27
+static __always_inline int guard_egress(struct host_guard *guard, struct __sk_buff *skb, __u64 now)
+{
+	__u64 wire = wire_bytes(skb, true);
+	enum take_result res;
+
+	bpf_spin_lock(&guard->lock);
+	res = bucket_take(&guard->egress, wire, now, false);
+	bpf_spin_unlock(&guard->lock);
+	return res == TAKE_EXCEED ? TC_ACT_SHOT : TC_ACT_UNSPEC;
+}
+
+/* ---- Which flows take a share of the rate --------------------------------
+ *
+ * Both directions split their rate among the flows that want it. A flow is
+ * counted in a window of 2^FLOW_WINDOW_SHIFT ns (~67 ms) once it has moved
+ * its threshold there: the lesser of LIGHT_FLOW_BYTES and half an even
+ * share among every flow seen; a flow counted in the window before that
+ * moved its threshold there is counted from its first skb. It then stays
+ * counted for COUNTED_WINDOWS windows (~537 ms): at in-cluster RTTs TCP
+ * builds 64 KB skbs whatever its pacing rate, so a flow holding a small
+ * share moves data only every few hundred ms. So a request and its
+ * response, a keep-alive pool or a health check (light flows) never take a
+ * share from a bulk transfer, and a light flow that starts to want more is
+ * counted within its threshold.
+ */
+#define FLOW_WINDOW_SHIFT 26
+#define LIGHT_FLOW_BYTES (32 * 1024)
+
+/* What the classification remembers about one direction of one socket. */
+struct flow_class {
+	__u64 window;         /* the window the bytes below are for */
+	__u64 bytes;          /* bytes on the wire in that window */
+	__u64 counted_window; /* the window it was last counted in; 0: never */
+};
+
+static __always_inline __u32 max_u32(__u32 a, __u32 b)
+{
+	return a > b ? a : b;
+}
+
+/* The flows counted in the last COUNTED_WINDOWS windows. */
+static __always_inline __u32 counted_flows(const struct flow_counts *c)
+{
+	__s32 sum = 0;
+	int i;
+
+	for (i = 0; i < COUNTED_WINDOWS; i++)
+		sum += c->counted[i];
+	return sum > 0 ? (__u32)sum : 0;
+}
+
+/* Whether a flow is counted at `now`. */
+static __always_inline bool is_counted(const struct flow_class *f, __u64 now)
+{
+	return f->counted_window && (now >> FLOW_WINDOW_SHIFT) - f->counted_window < COUNTED_WINDOWS;
+}
+
+/*
+ * A flow's share of `rate` (bytes/s): an even split among the counted
+ * flows, or, for a flow not counted, as if it were one more: it uses less by
+ * definition, and should it want more it is counted within its threshold.
+ */
+static __always_inline __u64 flow_share(const struct flow_counts *c, __u64 rate, bool counted)
+{
+	__u32 flows = counted_flows(c);
+
+	if (!counted || flows == 0)
+		flows++;
+	return rate / flows;
+}
+
+/* Bytes a flow must move in a window to be counted in it. */
+static __always_inline __u64 count_threshold(const struct flow_counts *c, __u64 rate)
+{
+	__u32 seen = max_u32(max_u32(c->seen_now, c->seen_before), 1);
+	__u64 half_share = ((rate / seen) << FLOW_WINDOW_SHIFT) / NSEC_PER_SEC / 2;
+
+	return half_share < LIGHT_FLOW_BYTES ? half_share : LIGHT_FLOW_BYTES;
+}
+
+/*
+ * Starts window `window` if the counts are behind it: the flows last
+ * counted COUNTED_WINDOWS windows ago (or more) are no longer counted, and
+ * "seen" moves on. Lock-free: a compare-and-swap elects one CPU to roll
+ * over; a lost race miscounts a flow for a window, which the buckets absorb.
+ */
+static __always_inline void roll_window(struct flow_counts *c, __u64 window)
+{
+	__u64 seen = c->window, w;
+	int i;
+
+	if (seen == window || __sync_val_compare_and_swap(&c->window, seen, window) != seen)
+		return;
+	for (i = 1; i <= COUNTED_WINDOWS; i++) {
+		w = seen + i;
+		if (w > window)
+			break;
+		c->counted[w % COUNTED_WINDOWS] = 0;
+	}
+	c->seen_before = seen + 1 == window ? c->seen_now : 0;
+	c->seen_now = 0;
+}
+
+/* Counts a flow in `window`, moving it from the window it was last counted in. */
+static __always_inline void count_flow(struct flow_counts *c, struct flow_class *f, __u64 window)
+{
+	if (f->counted_window && window - f->counted_window < COUNTED_WINDOWS)
+		__sync_fetch_and_add(&c->counted[f->counted_window % COUNTED_WINDOWS], -1);
+	__sync_fetch_and_add(&c->counted[window % COUNTED_WINDOWS], 1);
+	f->counted_window = window;
+}
+
+/* Classifies one flow as its data skb of `len` wire bytes moves at `now`. */
+static __always_inline void classify_flow(struct flow_counts *c, struct flow_class *f, __u64 rate, __u64 now,
+					  __u64 len)
+{
+	__u64 window = now >> FLOW_WINDOW_SHIFT;
+
+	roll_window(c, window);
+	if (f->window != window) {
+		bool carried = f->counted_window == f->window && f->window + 1 == window &&
+			       f->bytes >= count_threshold(c, rate);
+
+		f->window = window;
+		f->bytes = 0;
+		__sync_fetch_and_add(&c->seen_now, 1);
+		if (carried)
+			count_flow(c, f, window);
+	}
+	f->bytes += len;
+	if (f->counted_window != window && f->bytes >= count_threshold(c, rate))
+		count_flow(c, f, window);
+}
+
+/* ---- Egress TCP pacing (sock_ops) ------------------------------------------ */
 
 /* SO_MAX_PACING_RATE's "no limit". */
 #define UNPACED 0xffffffffULL
 
-static __always_inline __u32 bulk_senders(const struct pod_state *pod)
+/* Ethernet, IP and TCP (with timestamps) headers around each segment of
+ * mss_cache payload bytes: TCP paces payload, the limit counts frames. */
+static __always_inline __u32 frame_overhead(bool ipv6)
 {
-	__u32 senders = pod->senders_now;
-
-	if (pod->senders_before > senders)
-		senders = pod->senders_before;
-	return senders;
+	return ETH_HLEN + (ipv6 ? 40 : 20) + 32;
 }
 
-/* A bulk sender's share: the rate split among the bulk senders. A light
- * sender is paced as if it were one more bulk sender: it uses less by
- * definition, and should it want more it gets an even share and counts as
- * bulk from its next window on. */
-static __always_inline __u64 fair_share(const struct pod_state *pod, bool bulk)
+/* Payload bytes/s that put `wire_rate` bytes/s of full-sized frames on the wire. */
+static __always_inline __u64 payload_rate(__u64 wire_rate, __u32 mss, bool ipv6)
 {
-	__u32 senders = bulk_senders(pod);
-
-	if (!bulk || senders == 0)
-		senders++;
-	return pod->egress.rate / senders;
+	if (mss == 0)
+		return wire_rate;
+	return wire_rate * mss / (mss + frame_overhead(ipv6));
 }
 
 /*
- * Whether a socket starting to send in `window` is a bulk sender, given the
- * window it last sent in and the payload it sent there. A socket without
- * history (last_window 0) counts as bulk for its first window; one that was
- * silent for a whole window is light.
+ * Shares shrink when the egress bucket is deep in debt: from the full share
+ * at half a burst owed to 1/8 of it at one burst, so the aggregate settles
+ * where the debt pays for what light senders, small segments and UDP use.
+ * Above half a burst of debt, shares stay exact: at in-cluster RTTs TCP
+ * builds 64 KB skbs whatever its pacing rate, so the level swings by whole
+ * skbs, and the gap TCP leaves after one is fixed by the rate it left at;
+ * following every swing made flows wait out gaps set in a passing dip
+ * (8 flows at 10M: 0.79-0.88 of the rate; exact shares: 0.95-0.96, wire
+ * 0.99-1.00). Fractions are in 1/1024.
  */
-static __always_inline bool is_bulk_sender(const struct pod_state *pod, __u64 last_window,
-					   __u64 last_bytes, __u64 window)
-{
-	__u64 share_bytes;
-
-	if (last_window == 0)
-		return true;
-	if (last_window + 1 != window)
-		return false;
-	share_bytes = (fair_share(pod, true) << SENDER_WINDOW_SHIFT) / NSEC_PER_SEC;
-	return last_bytes * 2 >= share_bytes;
-}
-
-/* In debt, shares shrink in proportion (down to 1/8 at one burst of debt),
- * so the aggregate settles where the debt pays for what light senders and
- * UDP use. Fractions are in 1/1024. */
 #define DEBT_MIN_FRACTION 128
+
+/* Sockets are paced a quarter above their share, and the debt feedback
+ * brings them back: BBR cycles its own pacing 25% above and below its
+ * estimate, and a cap at the share alone cut it to 0.90-0.94 of it. */
+#define PACING_HEADROOM 4
 
 static __always_inline __u64 repay_debt(__u64 share, __s64 level, __u64 burst)
 {
-	__u64 owed, fraction;
+	__u64 owed, half, fraction;
 
 	if (level >= 0 || burst == 0)
 		return share;
 	owed = (__u64)(-level);
+	half = burst / 2;
+	if (owed <= half)
+		return share;
 	if (owed >= burst)
 		return share * DEBT_MIN_FRACTION >> 10;
-	fraction = ((burst - owed) << 10) / burst;
-	if (fraction < DEBT_MIN_FRACTION)
-		fraction = DEBT_MIN_FRACTION;
+	/* 1024 at half a burst owed, DEBT_MIN_FRACTION at a whole one */
+	fraction = 1024 - (owed - half) * (1024 - DEBT_MIN_FRACTION) / (burst - half);
 	return share * fraction >> 10;
 }
 
 /*
- * The pacing rate a sending socket should have now (bytes/s, or UNPACED),
- * given the one it has, whether it is a bulk sender, and the payload it is
- * about to send (0 when called for an ACK). The burst is
- * honoured as a token bucket promises: while the pod's egress bucket is at
- * least 3/4 full, sockets send at full speed; below 1/4 they are paced at
- * their share; in between they keep their mode (hysteresis, so a pod at its
- * rate does not flap).
+ * The pacing rate a sending socket should have now (payload bytes/s, or
+ * UNPACED), given the one it has, whether it is counted among the senders,
+ * its segment size, and the payload it is about to send (0 when called for
+ * an ACK). The burst is honoured as a token bucket promises: while the
+ * interface's egress bucket is at least 3/4 full, sockets send at full
+ * speed; below 1/4 they are paced at their share; in between they keep
+ * their mode (hysteresis, so a pod at its rate does not flap).
  */
-static __always_inline __u64 pacing_rate(const struct pod_state *pod, __u64 now, __u64 current, bool bulk,
-					 __u64 pending)
+static __always_inline __u64 pacing_rate(const struct iface_state *iface, __u64 now, __u64 current, bool counted,
+					 __u32 mss, bool ipv6, __u64 pending)
 {
-	/* The level after the skb about to leave (`pending` bytes): the gap
-	 * TCP leaves after an skb is set by the rate in force as it leaves. */
-	__s64 level = bucket_level(&pod->egress, now) - (__s64)pending;
+	/* The level after the skb about to leave: the gap TCP leaves after
+	 * an skb is set by the rate in force as it leaves. */
+	__u64 pending_wire = pending + (mss ? (pending + mss - 1) / mss : 1) * frame_overhead(ipv6);
+	__s64 level = bucket_level(&iface->egress, now) - (__s64)(pending ? pending_wire : 0);
 	/* BPF has no signed division: quarters of the (unsigned) burst. */
-	__s64 quarter = (__s64)(pod->egress.burst / 4);
+	__s64 quarter = (__s64)(iface->egress.burst / 4);
 	__u64 share;
 
 	if (level >= 3 * quarter)
 		return UNPACED;
 	if (level >= quarter && current == UNPACED)
 		return UNPACED;
-	share = repay_debt(fair_share(pod, bulk), level, pod->egress.burst);
+	share = flow_share(&iface->senders, iface->egress.rate, counted);
+	share = repay_debt(share + share / PACING_HEADROOM, level, iface->egress.burst);
+	share = payload_rate(share, mss, ipv6);
 	return share ? share : 1;
 }
 
 /*
- * Starts a new sender window if `window` is past the pod's: the count of the
- * window just ended becomes "before" (or zero if it was not the previous one).
- * Lock-free: a compare-and-swap elects one CPU to roll over; a lost race
- * miscounts one window, and the egress bucket is the backstop.
+ * The congestion window a paced socket may use (segments): twice what its
+ * pacing rate moves in a round trip, and a few segments more. Pacing, not
+ * this clamp, sets its rate; the clamp keeps its skbs small. At in-cluster
+ * RTTs TCP builds 64 KB skbs whatever its pacing rate, each one sent at
+ * once and paid for by a long gap; a flow with a small share then swings
+ * the pod's bucket by whole skbs, into drops (8 BBR flows at 10M: 0.90-0.96
+ * of the rate, ~70 drops in 10 s). A TSO skb never holds more than the
+ * window allows. Unpaced sockets (the burst) are not clamped.
  */
-static __always_inline void roll_sender_window(struct pod_state *pod, __u64 window)
-{
-	__u64 seen = pod->window;
+#define CWND_MIN_SEGMENTS 4
+#define CWND_UNCLAMPED 0x7fffffff
 
-	if (seen == window || __sync_val_compare_and_swap(&pod->window, seen, window) != seen)
-		return;
-	pod->senders_before = seen + 1 == window ? pod->senders_now : 0;
-	pod->senders_now = 0;
+static __always_inline __u32 cwnd_clamp(__u64 pacing, __u32 rtt_us, __u32 mss)
+{
+	__u64 segs;
+
+	if (pacing >= UNPACED)
+		return CWND_UNCLAMPED;
+	if (rtt_us == 0)
+		rtt_us = 1000;
+	segs = CWND_MIN_SEGMENTS + 2 * pacing * rtt_us / USEC_PER_SEC / (mss ? mss : 1448);
+	return segs < CWND_UNCLAMPED ? (__u32)segs : CWND_UNCLAMPED;
 }
 
-/*
- * Ingress receive windows (POD_INGRESS_QUEUED only). At in-cluster RTTs a
- * sender's congestion window never limits it, so it overflows any short
- * queue: losses, retransmissions. Clamping the pod's receive window bounds
- * what each sender has in flight, and so what waits in the queue. A bulk
- * receiver (one that received at least half its share in its previous
- * window) gets its share of the rate for RWND_MS; a light or new one, such
- * as a request waiting for its response, gets RWND_LIGHT_BYTES so that a
- * response is not held back by round trips. The queue's limit (ADD) holds
- * the sum.
+/* ---- Ingress receive windows (sock_ops) ------------------------------------
+ *
+ * A sender is held to a flow's share only by the window the pod's socket
+ * advertises: at in-cluster RTTs its congestion window never limits it, and
+ * at long RTTs a short queue or a policer would make it lose packets. A
+ * window of share x (RTT + RWND_QUEUE_US) keeps the sender at its share
+ * with RWND_QUEUE_US of data waiting in the ingress queue (so the queue
+ * never runs dry), whatever the path's RTT. The RTT is the connection's
+ * minimum (tcp_min_rtt, from its handshake on), which queueing cannot
+ * inflate. Under the policer there is no queue to fill: the window is the
+ * share for the RTT alone.
  */
-#define RWND_MS 5
-#define RWND_MIN_BYTES (4 * 1448)
+#define RWND_QUEUE_US 2000
+/* The windows of flows not counted, such as a request awaiting its
+ * response: a 16 KiB response arrives in one round trip. */
 #define RWND_LIGHT_BYTES (16 * 1024)
+/* A counted flow's window holds at least this many segments, so that
+ * delayed ACKs keep it moving. */
+#define RWND_MIN_SEGMENTS 4
+#define RWND_DEFAULT_RTT_US 1000
+#define RWND_MAX_BYTES (1U << 30)
 
-static __always_inline __u32 bulk_receivers(const struct pod_state *pod)
+/* The receive window (payload bytes) of a socket receiving on the interface. */
+static __always_inline __u32 rwnd_for(const struct iface_state *iface, bool counted, __u32 rtt_us, __u32 mss,
+				      bool ipv6)
 {
-	__u32 receivers = pod->receivers_now;
+	__u64 share = flow_share(&iface->receivers, iface->ingress.rate, counted);
+	__u64 hold_us = rtt_us ? rtt_us : RWND_DEFAULT_RTT_US;
+	__u64 w, floor;
 
-	if (pod->receivers_before > receivers)
-		receivers = pod->receivers_before;
-	return receivers ? receivers : 1;
-}
-
-/* The receive window (bytes) of a socket receiving on the pod's interface. */
-static __always_inline __u32 rwnd_for(const struct pod_state *pod, bool bulk)
-{
-	__u64 w;
-
-	if (!bulk)
-		return RWND_LIGHT_BYTES;
-	w = pod->ingress.rate / bulk_receivers(pod) * RWND_MS / 1000;
-	if (w < RWND_MIN_BYTES)
-		w = RWND_MIN_BYTES;
-	if (w > (1U << 30))
-		w = 1U << 30;
+	if (iface->flags & IFACE_INGRESS_QUEUED)
+		hold_us += RWND_QUEUE_US;
+	w = payload_rate(share, mss, ipv6) * hold_us / USEC_PER_SEC;
+	floor = counted ? RWND_MIN_SEGMENTS * (mss ? mss : 1448) : RWND_LIGHT_BYTES;
+	if (w < floor)
+		w = floor;
+	if (w > RWND_MAX_BYTES)
+		w = RWND_MAX_BYTES;
 	return (__u32)w;
-}
-
-/* Whether a socket starting to receive in `window` is a bulk receiver,
- * given the window it last received in and the bytes it received there. */
-static __always_inline bool is_bulk_receiver(const struct pod_state *pod, __u64 last_window,
-					     __u64 last_bytes, __u64 window)
-{
-	__u64 share_bytes;
-
-	if (last_window == 0 || last_window + 1 != window)
-		return false;
-	share_bytes = ((pod->ingress.rate / bulk_receivers(pod)) << SENDER_WINDOW_SHIFT) / NSEC_PER_SEC;
-	return last_bytes * 2 >= share_bytes;
-}
-
-static __always_inline void roll_receiver_window(struct pod_state *pod, __u64 window)
-{
-	__u64 seen = pod->rx_window;
-
-	if (seen == window || __sync_val_compare_and_swap(&pod->rx_window, seen, window) != seen)
-		return;
-	pod->receivers_before = seen + 1 == window ? pod->receivers_now : 0;
-	pod->receivers_now = 0;
 }
 
 #endif

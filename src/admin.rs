@@ -15,7 +15,7 @@ use crate::pins::{AttachmentId, PinRoot};
 use crate::limits::{self, Direction, Limit};
 use crate::pod_meta::{self, PodMeta};
 use crate::quantity;
-use crate::state::{Bucket, PodState, POD_INGRESS_QUEUED};
+use crate::state::{Bucket, IfaceState as PodState, LimitBasis, IFACE_INGRESS_QUEUED as POD_INGRESS_QUEUED};
 
 /// One shaped pod as its pins show it.
 pub struct PodView {
@@ -198,6 +198,7 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
     let mut done = Vec::new();
     for pod in matches {
         let mut state = pod.state;
+        let basis: LimitBasis = crate::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
         let mut notes = Vec::new();
         for dir in Direction::BOTH {
             let (rate, burst) = change.get(dir);
@@ -226,7 +227,7 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
             if let Some(note) = capped {
                 notes.push(note);
             }
-            let fresh = Bucket::full(Some(limit));
+            let fresh = Bucket::full(Some(limit), basis);
             current.rate = fresh.rate;
             current.burst = fresh.burst;
             // Tokens above the new burst are dropped; a newly limited
@@ -238,24 +239,26 @@ pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>>
                 current.tokens = current.tokens.min(fresh.burst as i64);
             }
             if dir == Direction::Ingress && state.flags & POD_INGRESS_QUEUED != 0 {
-                crate::ingress_queue::change(state.host_ifindex, crate::ingress_queue::QueueSpec::for_rate(limit.rate))
+                crate::ingress_queue::change(state.host_ifindex, crate::ingress_queue::QueueSpec::for_limit(limit, basis))
                     .with_context(|| format!("cannot change the ingress queue of {}", pod.display_name()))?;
             }
         }
-        // Counters move while we hold the copy: re-read them at the last
-        // moment, so at most the packets of a few microseconds go uncounted.
-        let map = crate::bpf_sys::obj_get(&pod.dir.join(datapath::STATE_PIN)).context("cannot open the pod's state")?;
-        use std::os::fd::AsFd;
-        let value = crate::bpf_sys::lookup_locked_bytes(map.as_fd(), pod.cgroup_id).context("cannot read the pod's state")?;
-        let latest = PodState::from_value(&value).map_err(anyhow::Error::msg)?;
-        let mut write = latest;
-        write.ingress = Bucket { passed_bytes: latest.ingress.passed_bytes, passed_packets: latest.ingress.passed_packets,
-            dropped_bytes: latest.ingress.dropped_bytes, dropped_packets: latest.ingress.dropped_packets,
-            marked_bytes: latest.ingress.marked_bytes, marked_packets: latest.ingress.marked_packets, ..state.ingress };
-        write.egress = Bucket { passed_bytes: latest.egress.passed_bytes, passed_packets: latest.egress.passed_packets,
-            dropped_bytes: latest.egress.dropped_bytes, dropped_packets: latest.egress.dropped_packets,
-            marked_bytes: latest.egress.marked_bytes, marked_packets: latest.egress.marked_packets, ..state.egress };
-        crate::bpf_sys::update_locked(map.as_fd(), pod.cgroup_id, &write).context("cannot write the pod's state")?;
+        // Counters and tokens move while we hold the copy: the limits are
+        // written into the latest value, under its lock.
+        let write = datapath::update_pod_state(&pod.dir, |latest| {
+            for (b, new) in [(&mut latest.ingress, &state.ingress), (&mut latest.egress, &state.egress)] {
+                let fresh = b.rate == 0 && new.rate != 0;
+                b.rate = new.rate;
+                b.burst = new.burst;
+                if fresh {
+                    b.tokens = new.burst as i64;
+                    b.last_ns = 0;
+                } else {
+                    b.tokens = b.tokens.min(new.burst as i64);
+                }
+            }
+        })
+        .with_context(|| format!("cannot change the limits of {}", pod.display_name()))?;
         let describe = |b: &Bucket| {
             if b.rate == 0 { "unlimited".to_string() } else { format!("{}bit/s burst {}", quantity::format_rate(b.rate * 8), human_bytes(b.burst)) }
         };

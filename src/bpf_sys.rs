@@ -11,6 +11,7 @@ use aya_obj::generated::{bpf_link_info, bpf_map_info, bpf_prog_info};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
 const BPF_EXIST: u64 = 2;
@@ -64,18 +65,30 @@ fn sys_bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<std::os::fd::Own
 /// The type must be `repr(C)`, without padding that matters, and valid for all bit patterns.
 pub unsafe trait Pod: Copy + Default {}
 
+// SAFETY: plain integers.
+unsafe impl Pod for u64 {}
+// SAFETY: plain integers.
+unsafe impl Pod for u32 {}
+
+/// The bytes of a plain-old-data value, as bpf(2) takes keys and values.
+fn bytes_of<T: Pod>(v: &T) -> &[u8] {
+    // SAFETY: T is Pod: repr(C) integers, every byte initialised.
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
 /// Reads a value under its spin lock, at the map's own value size: a map of
 /// another plugin build may hold an older or newer layout of the value,
-/// which the caller interprets (see state::PodState::from_value).
-pub fn lookup_locked_bytes(map: BorrowedFd<'_>, key: u64) -> io::Result<Vec<u8>> {
+/// which the caller interprets (see state::IfaceState::from_value).
+pub fn lookup_locked_bytes<K: Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<Vec<u8>> {
     let info = map_info(map)?;
-    if info.key_size != 8 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("map has {}-byte keys, expected 8", info.key_size)));
+    let key = bytes_of(key);
+    if info.key_size as usize != key.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("map has {}-byte keys, expected {}", info.key_size, key.len())));
     }
     let mut value = vec![0u8; info.value_size as usize];
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
-        key: &key as *const u64 as u64,
+        key: key.as_ptr() as u64,
         value: value.as_mut_ptr() as u64,
         flags: BPF_F_LOCK,
         ..Default::default()
@@ -84,27 +97,59 @@ pub fn lookup_locked_bytes(map: BorrowedFd<'_>, key: u64) -> io::Result<Vec<u8>>
     Ok(value)
 }
 
-/// Overwrites an existing value under its spin lock.
-pub fn update_locked<V: Pod>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Result<()> {
-    check_sizes::<V>(map)?;
+/// How `update` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// Create or replace a value without a spin lock.
+    Plain,
+    /// Create or replace a value, under its spin lock.
+    Locked,
+    /// Replace an existing value only, under its spin lock.
+    LockedExisting,
+}
+
+/// Writes a value, refusing a map whose key or value size is not this
+/// build's: never into another build's map.
+pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V, how: Update) -> io::Result<()> {
+    check_sizes::<K, V>(map)?;
+    let flags = match how {
+        Update::Plain => 0,
+        Update::Locked => BPF_F_LOCK,
+        Update::LockedExisting => BPF_F_LOCK | BPF_EXIST,
+    };
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,
-        key: &key as *const u64 as u64,
+        key: bytes_of(key).as_ptr() as u64,
         value: value as *const V as u64,
-        flags: BPF_F_LOCK | BPF_EXIST,
+        flags,
         ..Default::default()
     };
     sys_bpf(BPF_MAP_UPDATE_ELEM, &mut attr)
 }
 
-/// Refuses to write a value of the wrong size: never into another build's map.
-fn check_sizes<V>(map: BorrowedFd<'_>) -> io::Result<()> {
+/// Overwrites an existing value under its spin lock.
+pub fn update_locked<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    update(map, key, value, Update::LockedExisting)
+}
+
+/// Deletes an element; a missing one is not an error.
+pub fn delete<K: Pod>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, key: bytes_of(key).as_ptr() as u64, ..Default::default() };
+    match sys_bpf(BPF_MAP_DELETE_ELEM, &mut attr) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Refuses a map whose key or value size is not `K`'s and `V`'s.
+fn check_sizes<K, V>(map: BorrowedFd<'_>) -> io::Result<()> {
     let info = map_info(map)?;
     let (key_size, value_size) = (info.key_size as usize, info.value_size as usize);
-    if key_size != 8 || value_size != std::mem::size_of::<V>() {
+    let (want_key, want_value) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    if key_size != want_key || value_size != want_value {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("map has {key_size}-byte keys and {value_size}-byte values, expected 8 and {}", std::mem::size_of::<V>()),
+            format!("map has {key_size}-byte keys and {value_size}-byte values, expected {want_key} and {want_value}"),
         ));
     }
     Ok(())

@@ -10,7 +10,7 @@ use crate::cni::{code, Command, CniError, Env};
 use crate::bpf_sys::CgroupLinkInfo;
 use crate::datapath::{self, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
 use crate::pins::{AttachmentId, PinRoot};
-use crate::state::PodState;
+use crate::state::IfaceState;
 use crate::limits::{self, Limits};
 use crate::netconf::NetConf;
 
@@ -94,17 +94,15 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
         netns: std::path::Path::new(&req.env.netns),
         ifname: &req.env.ifname,
         allow_raw_sockets: req.conf.allow_raw_sockets,
-        host_interface: if req.conf.ingress_queue {
-            crate::ingress_queue::host_interface(req.conf.prev_result.as_ref())
-        } else {
-            None
-        },
+        host_interface: crate::ingress_queue::host_interface(req.conf.prev_result.as_ref()),
+        ingress_queue: req.conf.ingress_queue,
+        basis: req.conf.limit_basis,
     };
     let mode = datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
     let meta = crate::pod_meta::PodMeta::from_args(&req.env.args, limits::ceilings(&req.conf, req.namespace())?);
     if let Err(e) = crate::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
-        let _ = root.remove_pod(&req.attachment());
+        let _ = root.remove_pod(&req.attachment(), Some(std::path::Path::new(&req.env.netns)));
         let _ = root.remove_datapath_if_unused();
         return Err(datapath_error("cannot record the pod's identity", e));
     }
@@ -146,12 +144,10 @@ fn del_everywhere(req: &Request) -> anyhow::Result<bool> {
     let mut removed = false;
     for path in crate::pin_roots::known(&req.conf.pin_root) {
         let Some(root) = PinRoot::existing(&path)? else { continue };
-        removed |= root.remove_pod(&req.attachment())?;
-        if removed && !req.env.netns.is_empty() {
-            // The raw-frame guard lives on the pod's interface, not among the
-            // pins; when the netns is already gone, so is the guard.
-            crate::raw_guard::detach(std::path::Path::new(&req.env.netns), &req.env.ifname);
-        }
+        // The raw-frame guard lives on the pod's interface, not among the
+        // pins; when the netns is already gone, so is the guard.
+        let netns = Some(std::path::Path::new(&req.env.netns)).filter(|p| !p.as_os_str().is_empty());
+        removed |= root.remove_pod(&req.attachment(), netns)?;
         // The pod is detached; a shared datapath that cannot be unpinned now
         // is retried by the next DEL or GC and must not block this teardown.
         if let Err(e) = root.remove_datapath_if_unused() {
@@ -165,13 +161,14 @@ fn del_everywhere(req: &Request) -> anyhow::Result<bool> {
 /// pod cgroup's ID (0 when no limit was requested, so no cgroup was looked up).
 pub struct Found {
     pub links: Vec<(&'static str, CgroupLinkInfo)>,
-    pub state: Option<PodState>,
+    pub state: Option<IfaceState>,
     pub cgroup_id: u64,
     /// The pod runs this build's datapath, not another release's.
     pub this_release: bool,
-    /// The config lets AF_PACKET sockets send (`allowRawSockets`): no
-    /// setsockopt link is expected.
-    pub allow_raw_sockets: bool,
+    /// What ADD recorded it set up (None for pods of layouts 1 and 2).
+    pub record: Option<crate::attachment::AttachmentRecord>,
+    /// What the config's `limitBasis` asks limits to count.
+    pub basis: crate::state::LimitBasis,
 }
 
 /// CHECK's verdict, without I/O: what was requested against what was found.
@@ -186,8 +183,9 @@ pub fn check_verdict(requested: &Limits, found: Option<&Found>) -> Result<(), St
             if let Some(name) = required.iter().find(|name| !f.links.iter().any(|(n, _)| n == *name)) {
                 return Err(format!("the {name} link is missing"));
             }
-            if f.this_release && !f.allow_raw_sockets && !f.links.iter().any(|(n, _)| *n == RAW_GUARD_PINS[0]) {
-                return Err("the link refusing PACKET_QDISC_BYPASS is missing".into());
+            let raw_guarded = f.record.as_ref().is_some_and(|r| r.raw_guarded);
+            if f.this_release && raw_guarded && !f.links.iter().any(|(n, _)| *n == RAW_GUARD_PINS[0]) {
+                return Err("the link refusing PACKET_QDISC_BYPASS and AF_XDP is missing".into());
             }
             if let Some((name, info)) = f.links.iter().find(|(_, i)| i.cgroup_id != f.cgroup_id) {
                 return Err(format!(
@@ -197,7 +195,7 @@ pub fn check_verdict(requested: &Limits, found: Option<&Found>) -> Result<(), St
             }
             match f.state {
                 None => Err("the pod's limits are missing from its cgroup storage".into()),
-                Some(s) if !s.enforces(requested) => Err(format!(
+                Some(s) if !s.enforces(requested, f.basis) => Err(format!(
                     "the pod's limits differ: requested {}, attached ingress {:?} egress {:?} (bits/s, bits)",
                     describe(requested),
                     s.ingress.limit(),
@@ -223,15 +221,16 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
     let mut found = None;
     for path in crate::pin_roots::known(&req.conf.pin_root) {
         let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
-        if let Some(a) = datapath::inspect_pod(&root, &req.attachment(), cgroup_id)
-            .map_err(|e| datapath_error("cannot read the pod's attachment", e))?
+        if let Some(a) =
+            datapath::inspect_pod(&root, &req.attachment()).map_err(|e| datapath_error("cannot read the pod's attachment", e))?
         {
             found = Some(Found {
                 links: a.links,
                 state: a.state,
                 cgroup_id,
                 this_release: a.this_release,
-                allow_raw_sockets: req.conf.allow_raw_sockets,
+                record: a.record,
+                basis: req.conf.limit_basis,
             });
             break;
         }
@@ -240,17 +239,23 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         let msg = if found.is_none() && !limits.is_empty() { format!("no shaper is attached for container {}", req.env.container_id) } else { msg };
         CniError::new(code::CHECK_FAILED, msg, "")
     })?;
-    // What lives outside the pins: the raw-frame guard on the pod's
-    // interface, and a queued ingress's qdisc on the host side.
+    // What lives outside the pins: the raw-frame filter on the pod's
+    // interface, and the queue and the egress guard on its host side.
     let failed = |msg: String| CniError::new(code::CHECK_FAILED, msg, "");
-    if let Some(f) = found.as_ref().filter(|f| f.this_release) {
-        if !req.conf.allow_raw_sockets {
+    let wanted_basis = req.conf.limit_basis;
+    if let Some(record) = found.as_ref().filter(|f| f.this_release).and_then(|f| f.record.as_ref()) {
+        if record.basis != wanted_basis {
+            return Err(failed(format!("the pod's limits count {:?}, the config asks for {wanted_basis:?}", record.basis)));
+        }
+        if record.raw_guarded {
             crate::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname).map_err(|e| failed(format!("{e:#}")))?;
         }
-        if let (Some(s), Some(ingress)) = (f.state, limits.ingress) {
-            if s.flags & crate::state::POD_INGRESS_QUEUED != 0 {
-                crate::ingress_queue::verify(s.host_ifindex, ingress.rate).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
-            }
+        if record.egress_guarded {
+            crate::host_guard::verify(record.host_ifindex).map_err(|e| failed(format!("egress is guarded on the host side, but {e:#}")))?;
+        }
+        if let (true, Some(ingress)) = (record.ingress_queued, limits.ingress) {
+            let spec = crate::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
+            crate::ingress_queue::verify(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
         }
     }
     Ok(())
@@ -267,7 +272,7 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
         // valid-attachments speaks for this network only.
         for a in attachments.iter().filter(|a| a.network == req.conf.name) {
             if !valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
-                root.remove_pod(a).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
+                root.remove_pod(a, None).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
                 log::info!("GC: removed stale attachment {} ({}) under {}", a.container_id, a.ifname, path.display());
             }
         }
@@ -311,6 +316,7 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
                 Ok((cgroup_id, state)) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
                     "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
+                    "egressGuard": datapath::guard_from_pins(&dir),
                 }),
                 Err(e) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
@@ -324,10 +330,10 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
 }
 
 /// How a pod's ingress limit is enforced, as `stats` names it.
-fn ingress_mode(state: &crate::state::PodState) -> String {
+fn ingress_mode(state: &IfaceState) -> String {
     if state.ingress.rate == 0 {
         "none".into()
-    } else if state.flags & crate::state::POD_INGRESS_QUEUED != 0 {
+    } else if state.flags & crate::state::IFACE_INGRESS_QUEUED != 0 {
         match crate::ingress_queue::ifname_of(state.host_ifindex) {
             Some(name) => format!("queue on {name}"),
             None => format!("queue on interface {} (gone)", state.host_ifindex),
@@ -350,10 +356,11 @@ mod tests {
         let link = CgroupLinkInfo { cgroup_id, ..Default::default() };
         Found {
             links: LINK_PINS.iter().map(|n| (*n, link)).collect(),
-            state: Some(PodState::new(requested, 0)),
+            state: Some(IfaceState::new(requested, crate::state::LimitBasis::Frames)),
             cgroup_id,
             this_release: true,
-            allow_raw_sockets: true,
+            record: None,
+            basis: crate::state::LimitBasis::Frames,
         }
     }
 

@@ -1,10 +1,24 @@
 //! The eBPF datapath: loading it once per node, attaching it to pod cgroups
 //! and interfaces, and removing both (the pin root's layout is pins.rs's).
 //!
-//! Removing a pod's link pins detaches it. The pod's cgroup storage value
-//! outlives the detach (measured: it stays in the map until the cgroup is
-//! removed, which the kubelet does, or the map is freed); a later ADD on the
-//! same cgroup overwrites it.
+//! One attachment (a CNI network's interface of a pod) is:
+//!
+//! - the cgroup links (egress, ingress, sockops, and setsockopt where raw
+//!   frames are refused) on the pod cgroup, shared by every attachment of
+//!   the same sandbox: each pins the same links, so they stay attached
+//!   until its last attachment goes;
+//! - its interface's state in `iface_state`, keyed by pod cgroup and
+//!   interface, and the pod cgroup's `pod_state` naming the cgroup;
+//! - on the pod's host-side peer, where prevResult names one: the ingress
+//!   queue (ingress_queue) and the egress guard (host_guard, `host_guards`);
+//! - where there is no host-side peer: the raw-frame filter on the pod's
+//!   interface (raw_guard, `raw_guarded`);
+//! - its record (attachment), which says which of these it made.
+//!
+//! Removing an attachment's pins detaches links no other attachment holds.
+//! The pod cgroup's storage value outlives the detach (measured: it stays
+//! in the map until the cgroup is removed, which the kubelet does, or the
+//! map is freed); a later ADD on the same cgroup overwrites it.
 //!
 //! Upgrades: each build loads its own `datapath/<version>/`; pods attached by
 //! an older build keep using the older one (their links hold its programs,
@@ -14,17 +28,18 @@
 //! directories of loads that died part-way are removed on the way.
 
 use std::fs::{self, File};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{CgroupSkb, CgroupSockopt, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
+use crate::attachment::{self, AttachmentRecord};
 use crate::bpf_sys::{self, CgroupLinkInfo};
-use crate::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
 use crate::limits::Limits;
-use crate::state::PodState;
+use crate::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
+use crate::state::{HostGuard, IfaceState, LimitBasis, PodRecord, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
 pub static SHAPER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.bpf.o"));
@@ -34,33 +49,43 @@ pub static HARNESS_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 const PROG_EGRESS: &str = "shape_egress_prog";
 const PROG_INGRESS: &str = "shape_ingress_prog";
 const PROG_SOCKOPS: &str = "pace_tcp";
-const PROG_SETSOCKOPT: &str = "refuse_qdisc_bypass";
+const PROG_SETSOCKOPT: &str = "refuse_raw_bypass";
 const PROG_RAW: &str = "refuse_raw_frames";
+const PROG_GUARD: &str = "guard_pod_egress";
+const CGROUP_SKB_PROGS: [&str; 2] = [PROG_EGRESS, PROG_INGRESS];
+const CLASSIFIER_PROGS: [&str; 2] = [PROG_RAW, PROG_GUARD];
 const MAP_POD_STATE: &str = "pod_state";
+const MAP_IFACE_STATE: &str = "iface_state";
 const MAP_FLOW_STATE: &str = "flow_state";
-const DATAPATH_PINS: [&str; 7] =
-    [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, MAP_POD_STATE, MAP_FLOW_STATE];
-/// The programs of a datapath version that attach to pod cgroups or
-/// interfaces: their IDs tell this plugin's attachments from others'.
-const DATAPATH_PROGS: [&str; 5] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW];
+const MAP_HOST_GUARDS: &str = "host_guards";
+const MAP_RAW_GUARDED: &str = "raw_guarded";
+const DATAPATH_MAPS: [&str; 5] = [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED];
+const DATAPATH_PROGS: [&str; 6] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD];
 const LOADING_PREFIX: &str = "loading-";
 
-/// The cgroup link pins every attachment has, and the map pin beside them.
+/// The cgroup link pins every attachment has, and the map pins beside them.
 pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
+/// The interface state map (`iface_state`; a pod's `pod_state` before layout 3).
 pub const STATE_PIN: &str = "state";
-/// The link that keeps raw frames under the limit beside the filter on the
-/// pod's interface (raw_guard), unless the config sets `allowRawSockets`: a
-/// cgroup link refusing PACKET_QDISC_BYPASS, which would skip that filter.
+const GUARDS_PIN: &str = "guards";
+const RAW_GUARDED_PIN: &str = "rawguard";
+/// The link refusing PACKET_QDISC_BYPASS and AF_XDP where raw frames are
+/// refused on the pod's interface (raw_guard).
 pub const RAW_GUARD_PINS: [&str; 1] = ["setsockopt"];
-/// The pod's interface, as CNI_NETNS and CNI_IFNAME named it at ADD.
+
+/// The pod's interface, as CNI_NETNS and CNI_IFNAME named it at ADD, and
+/// what the config asks of it.
 pub struct PodNetwork<'a> {
     pub netns: &'a Path,
     pub ifname: &'a str,
-    /// Whether AF_PACKET sockets may send (the `allowRawSockets` key).
+    /// Whether AF_PACKET sockets may send where no host-side guard
+    /// charges them (the `allowRawSockets` key).
     pub allow_raw_sockets: bool,
-    /// The pod's host-side interface, where ingress may be queued (None:
-    /// none in prevResult, or `ingressQueue` is off).
+    /// The pod's host-side interface from prevResult, if any.
     pub host_interface: Option<String>,
+    /// Whether ingress may be queued there (the `ingressQueue` key).
+    pub ingress_queue: bool,
+    pub basis: LimitBasis,
 }
 
 /// How the pod's ingress limit is enforced.
@@ -68,7 +93,7 @@ pub struct PodNetwork<'a> {
 pub enum IngressMode {
     /// No ingress limit.
     None,
-    /// A queue on this host-side interface, with clamped receive windows.
+    /// A queue on this host-side interface, with sized receive windows.
     Queue(String),
     /// The BPF policer, and why no queue.
     Policer(String),
@@ -83,6 +108,7 @@ impl std::fmt::Display for IngressMode {
         }
     }
 }
+
 /// The links every release attaches. A later release may attach more
 /// (LINK_PINS grows); CHECK requires those only of pods on its own datapath.
 pub const LINKS_OF_EVERY_RELEASE: [&str; 3] = ["egress", "ingress", "sockops"];
@@ -103,21 +129,46 @@ pub fn datapath_version() -> String {
 /// Whether this build's datapath is loaded and pinned under `pin_root`.
 pub fn datapath_pinned(pin_root: &Path) -> bool {
     let dir = pin_root.join("datapath").join(datapath_version());
-    DATAPATH_PINS.iter().all(|p| dir.join(p).exists())
+    DATAPATH_PROGS.iter().chain(&DATAPATH_MAPS).all(|p| dir.join(p).exists())
+}
+
+/// Undoes the steps of an ADD that fails part-way, newest first, unless
+/// disarmed.
+#[derive(Default)]
+struct Rollback<'a> {
+    steps: Vec<Box<dyn FnOnce() + 'a>>,
+}
+
+impl<'a> Rollback<'a> {
+    fn push(&mut self, step: impl FnOnce() + 'a) {
+        self.steps.push(Box::new(step));
+    }
+
+    fn disarm(mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        while let Some(step) = self.steps.pop() {
+            step();
+        }
+    }
 }
 
 impl PinRoot {
-    /// Unpins an attachment, which detaches its links. Returns whether it existed.
-    pub fn remove_pod(&self, id: &AttachmentId) -> Result<bool> {
+    /// Removes an attachment: what it set up outside its pins (its record
+    /// says what), its interface state, and its pins, which detaches links
+    /// no other attachment holds. `netns`, when DEL still has it, lets the
+    /// raw-frame filter on the pod's interface go too (else it goes with the
+    /// interface). Returns whether the attachment existed.
+    pub fn remove_pod(&self, id: &AttachmentId, netns: Option<&Path>) -> Result<bool> {
         let dir = self.pod_dir(id);
-        // The ingress queue lives on the host-side interface, which usually
-        // goes with the pod's netns; when it is still there, it is ours to remove.
-        if let Ok((_, state)) = pod_state_from_pins(&dir) {
-            if state.flags & crate::state::POD_INGRESS_QUEUED != 0 {
-                if let Err(e) = crate::ingress_queue::remove(state.host_ifindex) {
-                    log::warn!("cannot remove the ingress queue: {e:#}");
-                }
-            }
+        match attachment::read(&dir) {
+            Ok(Some(record)) => self.remove_outside_pins(id, &dir, &record, netns),
+            Ok(None) => remove_legacy_outside_pins(&dir, id, netns),
+            Err(e) => log::warn!("{}: {e:#}; removing its pins only", dir.display()),
         }
         // Hold the links open while unpinning: the last reference then drops
         // when these fds close, in this process, which detaches the links
@@ -137,6 +188,43 @@ impl PinRoot {
             }
         }
         Ok(existed)
+    }
+
+    fn remove_outside_pins(&self, id: &AttachmentId, dir: &Path, record: &AttachmentRecord, netns: Option<&Path>) {
+        if record.ingress_queued {
+            if let Err(e) = crate::ingress_queue::remove(record.host_ifindex) {
+                log::warn!("cannot remove the ingress queue: {e:#}");
+            }
+        }
+        if record.egress_guarded {
+            crate::host_guard::detach(record.host_ifindex);
+            // The host-side index may have been reused by a newer pod's
+            // veth since: only our own entry is removed.
+            if let Ok(map) = bpf_sys::obj_get(&dir.join(GUARDS_PIN)) {
+                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.host_ifindex)
+                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
+                if ours {
+                    let _ = bpf_sys::delete(map.as_fd(), &record.host_ifindex);
+                }
+            }
+        }
+        if record.raw_guarded {
+            let recorded = (!record.netns.is_empty()).then(|| Path::new(&record.netns));
+            if let Some(ns) = netns.or(recorded).filter(|ns| ns.exists()) {
+                crate::raw_guard::detach(ns, &id.ifname);
+            }
+            let others = self.attachments().unwrap_or_default().into_iter().filter(|a| a != id).any(|a| {
+                attachment::read(&self.pod_dir(&a)).ok().flatten().is_some_and(|r| r.raw_guarded && r.cgroup_id == record.cgroup_id)
+            });
+            if !others {
+                if let Ok(map) = bpf_sys::obj_get(&dir.join(RAW_GUARDED_PIN)) {
+                    let _ = bpf_sys::delete(map.as_fd(), &record.cgroup_id);
+                }
+            }
+        }
+        if let Ok(map) = bpf_sys::obj_get(&dir.join(STATE_PIN)) {
+            let _ = bpf_sys::delete(map.as_fd(), &record.key());
+        }
     }
 
     /// Unpins every datapath version no pod's link runs, and leftovers of
@@ -171,7 +259,7 @@ impl PinRoot {
         if attachments.is_empty() {
             let _ = fs::remove_dir(self.pods_dir());
             let _ = fs::remove_dir(&root);
-            let _ = fs::remove_dir(&self.path());
+            let _ = fs::remove_dir(self.path());
         }
         Ok(())
     }
@@ -200,6 +288,23 @@ impl PinRoot {
     }
 }
 
+/// What pods of layouts 1 and 2 (no record) set up outside their pins: the
+/// ingress queue their state names, and the raw-frame filter.
+fn remove_legacy_outside_pins(dir: &Path, id: &AttachmentId, netns: Option<&Path>) {
+    if let Ok((_, state)) = pod_state_from_pins(dir) {
+        if state.flags & IFACE_INGRESS_QUEUED != 0 {
+            if let Err(e) = crate::ingress_queue::remove(state.host_ifindex) {
+                log::warn!("cannot remove the ingress queue: {e:#}");
+            }
+        }
+    }
+    if let Some(ns) = netns.filter(|ns| ns.exists()) {
+        if dir.join(RAW_GUARD_PINS[0]).exists() {
+            crate::raw_guard::detach(ns, &id.ifname);
+        }
+    }
+}
+
 /// The IDs of every program of every datapath version pinned under a pin root.
 fn pinned_prog_ids(pin_root: &Path) -> Vec<u32> {
     let versions: Vec<PathBuf> =
@@ -207,24 +312,21 @@ fn pinned_prog_ids(pin_root: &Path) -> Vec<u32> {
     versions.iter().flat_map(|v| datapath_prog_ids(v)).collect()
 }
 
-/// The IDs of the programs pinned in one datapath directory.
+/// The IDs of the programs pinned in one datapath directory, whatever a
+/// release named them.
 fn datapath_prog_ids(dir: &Path) -> Vec<u32> {
-    DATAPATH_PROGS
+    let entries: Vec<PathBuf> = fs::read_dir(dir).map(|rd| rd.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    entries
         .iter()
-        .filter_map(|p| bpf_sys::obj_get(&dir.join(p)).and_then(|fd| bpf_sys::prog_info(fd.as_fd())).ok())
+        .filter_map(|p| bpf_sys::obj_get(p).and_then(|fd| bpf_sys::prog_info(fd.as_fd())).ok())
         .map(|info| info.id)
         .collect()
 }
 
-
-
-
-
-
-/// Loads the shaper object (maps and all three programs) into the kernel.
+/// Loads the shaper object (maps and programs) into the kernel.
 pub fn load() -> Result<Ebpf> {
     let mut ebpf = EbpfLoader::new().load(SHAPER_OBJ).context("cannot load the eBPF object")?;
-    for name in [PROG_EGRESS, PROG_INGRESS] {
+    for name in CGROUP_SKB_PROGS {
         let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
         prog.load().with_context(|| format!("the kernel refused program {name}"))?;
     }
@@ -232,8 +334,10 @@ pub fn load() -> Result<Ebpf> {
     prog.load().with_context(|| format!("the kernel refused program {PROG_SOCKOPS}"))?;
     let prog: &mut CgroupSockopt = program(&mut ebpf, PROG_SETSOCKOPT)?.try_into()?;
     prog.load().with_context(|| format!("the kernel refused program {PROG_SETSOCKOPT}"))?;
-    let prog: &mut SchedClassifier = program(&mut ebpf, PROG_RAW)?.try_into()?;
-    prog.load().with_context(|| format!("the kernel refused program {PROG_RAW}"))?;
+    for name in CLASSIFIER_PROGS {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+        prog.load().with_context(|| format!("the kernel refused program {name}"))?;
+    }
     Ok(ebpf)
 }
 
@@ -243,7 +347,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::
 
 fn load_and_pin(dir: &Path) -> Result<()> {
     let mut ebpf = load()?;
-    for name in [PROG_EGRESS, PROG_INGRESS] {
+    for name in CGROUP_SKB_PROGS {
         let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
         prog.pin(dir.join(name)).with_context(|| format!("cannot pin {name}"))?;
     }
@@ -251,16 +355,18 @@ fn load_and_pin(dir: &Path) -> Result<()> {
     prog.pin(dir.join(PROG_SOCKOPS)).with_context(|| format!("cannot pin {PROG_SOCKOPS}"))?;
     let prog: &mut CgroupSockopt = program(&mut ebpf, PROG_SETSOCKOPT)?.try_into()?;
     prog.pin(dir.join(PROG_SETSOCKOPT)).with_context(|| format!("cannot pin {PROG_SETSOCKOPT}"))?;
-    let prog: &mut SchedClassifier = program(&mut ebpf, PROG_RAW)?.try_into()?;
-    prog.pin(dir.join(PROG_RAW)).with_context(|| format!("cannot pin {PROG_RAW}"))?;
-    for name in [MAP_POD_STATE, MAP_FLOW_STATE] {
+    for name in CLASSIFIER_PROGS {
+        let prog: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
+        prog.pin(dir.join(name)).with_context(|| format!("cannot pin {name}"))?;
+    }
+    for name in DATAPATH_MAPS {
         let map = ebpf.map(name).with_context(|| format!("map {name} is missing from the eBPF object"))?;
         map.pin(dir.join(name)).with_context(|| format!("cannot pin map {name}"))?;
     }
     Ok(())
 }
 
-/// Attaches the datapath to a pod cgroup and writes the pod's limits. On any
+/// Attaches the datapath to a pod's interface and writes its limits. On any
 /// failure nothing of this attachment remains.
 pub fn attach_pod(
     root: &PinRoot,
@@ -270,24 +376,28 @@ pub fn attach_pod(
     limits: &Limits,
 ) -> Result<IngressMode> {
     // A repeated ADD replaces the attachment rather than stacking another.
-    root.remove_pod(id)?;
-    let result = make_room_on_cgroup(root, id, cgroup_dir)
-        .and_then(|()| root.datapath())
-        .and_then(|datapath| attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, network, limits));
+    root.remove_pod(id, Some(network.netns))?;
+    let result = make_room_on_cgroup(root, id, cgroup_dir).and_then(|sibling| {
+        let datapath = root.datapath()?;
+        attach_and_pin(&datapath, &root.pod_dir(id), cgroup_dir, network, limits, sibling.as_deref())
+    });
     if result.is_err() {
-        let _ = root.remove_pod(id);
+        let _ = root.remove_pod(id, Some(network.netns));
         let _ = root.remove_datapath_if_unused();
     }
     result
 }
 
-/// Cgroup links stack: a second attachment on the same cgroup would charge
-/// every packet to two buckets. An earlier sandbox of the same pod on the
-/// same network (its DEL never came) is stale and replaced; another network
-/// on the pod (a Multus secondary chaining us too) is refused, naming the
-/// owner. Our programs are recognised by ID, against every datapath version
-/// pinned here or in another pin root this node used.
-fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<()> {
+/// Makes the pod cgroup ready for this attachment; returns the directory
+/// of another attachment of the same sandbox (another network, or another
+/// interface) whose links this one shares.
+///
+/// Cgroup links stack: a second set on the same cgroup would charge every
+/// packet twice, so attachments of one sandbox share one set. An earlier
+/// sandbox of the same pod (another container ID; its DEL never came) is
+/// stale and replaced. Our programs are recognised by ID, against every
+/// datapath version pinned here or in another pin root this node used.
+fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> Result<Option<PathBuf>> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
     let attached = || -> Result<Vec<u32>> {
         bpf_sys::attached_prog_ids(cgroup.as_fd(), bpf_sys::ATTACH_CGROUP_INET_EGRESS)
@@ -295,57 +405,70 @@ fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> 
     };
     // Fast path: one query finds nothing attached.
     if attached()?.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let other_roots: Vec<PathBuf> = crate::pin_roots::known(root.path()).into_iter().filter(|p| p != root.path()).collect();
     // Reading program IDs needs no lock: pins are removed, never rewritten.
     let ours: Vec<u32> = std::iter::once(root.path()).chain(other_roots.iter().map(PathBuf::as_path)).flat_map(pinned_prog_ids).collect();
     let shaped = || -> Result<bool> { Ok(attached()?.iter().any(|p| ours.contains(p))) };
     if !shaped()? {
-        return Ok(());
+        return Ok(None);
     }
-    // Slow path: find the owner among the pins.
+    // Slow path: find the owners among the pins.
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
-    let clear = |r: &PinRoot| -> Result<()> {
-        for other in r.attachments()?.into_iter().filter(|a| a != id || r.path() != root.path()) {
-            let Ok(link) = bpf_sys::obj_get(&r.pod_dir(&other).join(LINK_PINS[0])) else { continue };
-            if !bpf_sys::link_info(link.as_fd()).is_ok_and(|i| i.cgroup_id == cgroup_id) {
+    let this_release = datapath_prog_ids(&root.datapath_root().join(datapath_version()));
+    let mut sibling = None;
+    let mut clear = |r: &PinRoot, same_root: bool| -> Result<()> {
+        for other in r.attachments()?.into_iter().filter(|a| a != id || !same_root) {
+            let dir = r.pod_dir(&other);
+            let Ok(link) = bpf_sys::obj_get(&dir.join(LINK_PINS[0])) else { continue };
+            let Ok(info) = bpf_sys::link_info(link.as_fd()) else { continue };
+            if info.cgroup_id != cgroup_id {
                 continue;
             }
-            if other.network != id.network {
-                bail!(
-                    "cgroup {} is already shaped by network {:?}, container {}, interface {}; run DEL for that attachment first",
-                    cgroup_dir.display(),
-                    other.network,
-                    other.container_id,
-                    other.ifname
-                );
+            if other.container_id == id.container_id && other != *id {
+                // The same sandbox on another network or interface.
+                if !same_root || !this_release.contains(&info.prog_id) {
+                    bail!(
+                        "cgroup {} is shaped for network {:?}, interface {} by {}; to shape several networks, chain the same plugin release with the same pinRoot in each, or DEL that attachment first",
+                        cgroup_dir.display(),
+                        other.network,
+                        other.ifname,
+                        if same_root { "another plugin release" } else { "another pin root" }
+                    );
+                }
+                sibling.get_or_insert(dir);
+                continue;
             }
             drop(link);
             log::warn!(
-                "cgroup {}: replacing the stale attachment of an earlier sandbox (container {}, interface {}, pin root {})",
+                "cgroup {}: replacing the stale attachment of an earlier sandbox (network {:?}, container {}, interface {}, pin root {})",
                 cgroup_dir.display(),
+                other.network,
                 other.container_id,
                 other.ifname,
                 r.path().display()
             );
-            r.remove_pod(&other)?;
+            r.remove_pod(&other, None)?;
         }
         Ok(())
     };
-    clear(root)?;
+    clear(root, true)?;
     for p in &other_roots {
         if let Some(r) = PinRoot::existing_unless_busy(p)? {
-            clear(&r)?;
+            clear(&r, false)?;
             r.remove_datapath_if_unused()?;
         }
+    }
+    if sibling.is_some() {
+        return Ok(sibling);
     }
     // Links whose pins were just removed by another process (a repeated
     // ADD racing a DEL) detach a moment later, from a kernel work item:
     // wait for that before refusing.
     for _ in 0..50 {
         if !shaped()? {
-            return Ok(());
+            return Ok(None);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -356,110 +479,147 @@ fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> 
     )
 }
 
+/// Sets up everything of one attachment and pins it (see the module's
+/// comment), undoing what it did when a step fails.
 fn attach_and_pin(
     datapath: &Path,
     pod_dir: &Path,
     cgroup_dir: &Path,
     network: &PodNetwork<'_>,
     limits: &Limits,
+    sibling: Option<&Path>,
 ) -> Result<IngressMode> {
-    let (mode, queued_on) = set_up_ingress_queue(network, limits);
-    let attached = attach_and_pin_links(datapath, pod_dir, cgroup_dir, network, limits, queued_on);
-    if attached.is_err() {
-        if let Some(ifindex) = queued_on {
-            let _ = crate::ingress_queue::remove(ifindex);
-        }
-    }
-    attached.map(|()| mode)
-}
-
-/// Puts the ingress queue on the pod's host-side interface, where there is
-/// one free to take it; returns the mode and the interface's index.
-fn set_up_ingress_queue(network: &PodNetwork<'_>, limits: &Limits) -> (IngressMode, Option<u32>) {
-    let Some(limit) = limits.ingress else { return (IngressMode::None, None) };
-    let Some(ifname) = &network.host_interface else {
-        return (IngressMode::Policer("no host-side interface in prevResult".into()), None);
-    };
-    let queued = crate::ingress_queue::install(ifname, crate::ingress_queue::QueueSpec::for_rate(limit.rate))
-        .and_then(|()| crate::netns::ifindex(ifname));
-    match queued {
-        Ok(ifindex) => (IngressMode::Queue(ifname.clone()), Some(ifindex)),
-        Err(e) => {
-            log::warn!("cannot queue ingress on {ifname}, policing instead: {e:#}");
-            (IngressMode::Policer(format!("cannot queue on {ifname}: {e}")), None)
-        }
-    }
-}
-
-fn attach_and_pin_links(
-    datapath: &Path,
-    pod_dir: &Path,
-    cgroup_dir: &Path,
-    network: &PodNetwork<'_>,
-    limits: &Limits,
-    queued_on: Option<u32>,
-) -> Result<()> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
     let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
-    let open_prog = |name: &str| {
-        bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open pinned program {name}"))
+    let open = |name: &str| bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open the datapath's {name}"));
+    let (pod_map, iface_map) = (open(MAP_POD_STATE)?, open(MAP_IFACE_STATE)?);
+    let (guards, raw_guarded) = (open(MAP_HOST_GUARDS)?, open(MAP_RAW_GUARDED)?);
+    let mut rollback = Rollback::default();
+
+    // The pod's interface: its index keys its state, inside the pod's netns.
+    let ifindex = crate::netns::in_netns(network.netns, || crate::netns::ifindex(network.ifname))
+        .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
+    let host = match &network.host_interface {
+        Some(name) => Some((name.as_str(), crate::netns::ifindex(name)?)),
+        None => None,
+    };
+    let mut record = AttachmentRecord {
+        cgroup_id,
+        ifindex,
+        host_ifindex: host.map_or(0, |(_, i)| i),
+        netns: network.netns.to_string_lossy().into_owned(),
+        basis: network.basis,
+        ..Default::default()
+    };
+    let mut state = IfaceState::new(limits, network.basis);
+    state.host_ifindex = record.host_ifindex;
+
+    // Ingress: queued on the host side where it can be, else policed.
+    let mode = match (limits.ingress, host) {
+        (None, _) => IngressMode::None,
+        (Some(_), None) => IngressMode::Policer("no host-side interface in prevResult".into()),
+        (Some(_), Some(_)) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
+        (Some(limit), Some((name, index))) => {
+            match crate::ingress_queue::install(name, crate::ingress_queue::QueueSpec::for_limit(limit, network.basis)) {
+                Ok(()) => {
+                    rollback.push(move || {
+                        let _ = crate::ingress_queue::remove(index);
+                    });
+                    record.ingress_queued = true;
+                    state.flags |= IFACE_INGRESS_QUEUED;
+                    IngressMode::Queue(name.to_string())
+                }
+                Err(e) => {
+                    log::warn!("cannot queue ingress on {name}, policing instead: {e:#}");
+                    IngressMode::Policer(format!("cannot queue on {name}: {e}"))
+                }
+            }
+        }
     };
 
-    // Links live only in this process until pinned: an early return drops
-    // them, and dropping an unpinned link detaches it.
-    let mut links = Vec::with_capacity(4);
-    let mut cgroup_links = vec![
-        (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS, LINK_PINS[0]),
-        (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS, LINK_PINS[1]),
-        (PROG_SOCKOPS, bpf_sys::ATTACH_CGROUP_SOCK_OPS, LINK_PINS[2]),
-    ];
-    if !network.allow_raw_sockets {
-        cgroup_links.push((PROG_SETSOCKOPT, bpf_sys::ATTACH_CGROUP_SETSOCKOPT, RAW_GUARD_PINS[0]));
+    // Egress: guarded on the host side where there is one; else the pod's
+    // raw frames are refused on its interface, unless allowed.
+    if let (Some(_), Some((name, index))) = (limits.egress, host) {
+        let guard = HostGuard::for_egress(cgroup_id, &state.egress);
+        bpf_sys::update(guards.as_fd(), &index, &guard, bpf_sys::Update::Locked).context("cannot write the egress guard")?;
+        let g = &guards;
+        rollback.push(move || {
+            let _ = bpf_sys::delete(g.as_fd(), &index);
+        });
+        crate::host_guard::attach(name, &datapath.join(PROG_GUARD))?;
+        rollback.push(move || crate::host_guard::detach(index));
+        record.egress_guarded = true;
+    } else if limits.egress.is_some() && !network.allow_raw_sockets {
+        let already = bpf_sys::lookup_locked_bytes(raw_guarded.as_fd(), &cgroup_id).is_ok();
+        bpf_sys::update(raw_guarded.as_fd(), &cgroup_id, &1u32, bpf_sys::Update::Plain).context("cannot record the pod for the raw-frame guard")?;
+        if !already {
+            let r = &raw_guarded;
+            rollback.push(move || {
+                let _ = bpf_sys::delete(r.as_fd(), &cgroup_id);
+            });
+        }
+        crate::raw_guard::attach(network.netns, network.ifname, &datapath.join(PROG_RAW))?;
+        let (netns, ifname) = (network.netns, network.ifname);
+        rollback.push(move || crate::raw_guard::detach(netns, ifname));
+        record.raw_guarded = true;
     }
-    for (name, attach_type, pin) in cgroup_links {
-        let link = bpf_sys::link_create(open_prog(name)?.as_fd(), cgroup.as_fd(), attach_type)
-            .with_context(|| format!("cannot attach {name} to {}", cgroup_dir.display()))?;
+
+    // The cgroup links: the sibling's, or new ones. Links live only in this
+    // process until pinned: an early return drops them, and dropping an
+    // unpinned link detaches it.
+    let mut link_names: Vec<&str> = LINK_PINS.to_vec();
+    if record.raw_guarded {
+        link_names.push(RAW_GUARD_PINS[0]);
+    }
+    let mut links: Vec<(OwnedFd, &str)> = Vec::with_capacity(link_names.len());
+    for pin in link_names {
+        let shared = sibling.and_then(|s| bpf_sys::obj_get(&s.join(pin)).ok());
+        let link = match shared {
+            Some(link) => link,
+            None => {
+                let (prog, attach_type) = match pin {
+                    "egress" => (PROG_EGRESS, bpf_sys::ATTACH_CGROUP_INET_EGRESS),
+                    "ingress" => (PROG_INGRESS, bpf_sys::ATTACH_CGROUP_INET_INGRESS),
+                    "sockops" => (PROG_SOCKOPS, bpf_sys::ATTACH_CGROUP_SOCK_OPS),
+                    _ => (PROG_SETSOCKOPT, bpf_sys::ATTACH_CGROUP_SETSOCKOPT),
+                };
+                bpf_sys::link_create(open(prog)?.as_fd(), cgroup.as_fd(), attach_type)
+                    .with_context(|| format!("cannot attach {prog} to {}", cgroup_dir.display()))?
+            }
+        };
         links.push((link, pin));
     }
 
-    // The pod's interface: its index scopes shaping to it, and the raw-frame
-    // guard filters its egress, both inside the pod's netns.
-    let ifindex = crate::netns::in_netns(network.netns, || crate::netns::ifindex(network.ifname))
-        .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
-    if !network.allow_raw_sockets {
-        crate::raw_guard::attach(network.netns, network.ifname, &datapath.join(PROG_RAW))?;
-    }
-    let pinned = pin_pod(datapath, pod_dir, cgroup_id, &links, limits, ifindex, queued_on);
-    if pinned.is_err() && !network.allow_raw_sockets {
-        crate::raw_guard::detach(network.netns, network.ifname);
-    }
-    pinned
-}
+    // The state: the pod cgroup's record, then this interface's.
+    let pod = PodRecord { cgroup_id, layout: STATE_LAYOUT, pad: 0 };
+    bpf_sys::update(pod_map.as_fd(), &cgroup_id, &pod, bpf_sys::Update::Plain)
+        .context("cannot write the pod cgroup's storage")?;
+    let key = record.key();
+    bpf_sys::update(iface_map.as_fd(), &key, &state, bpf_sys::Update::Locked)
+        .context("cannot write the interface's limits")?;
+    let m = &iface_map;
+    rollback.push(move || {
+        let _ = bpf_sys::delete(m.as_fd(), &key);
+    });
 
-fn pin_pod(
-    datapath: &Path,
-    pod_dir: &Path,
-    cgroup_id: u64,
-    links: &[(std::os::fd::OwnedFd, &str)],
-    limits: &Limits,
-    ifindex: u32,
-    queued_on: Option<u32>,
-) -> Result<()> {
-    let map = bpf_sys::obj_get(&datapath.join(MAP_POD_STATE)).context("cannot open the pod_state map")?;
-    // update_locked checks that the map's value size is this build's PodState.
-    let mut state = PodState::new(limits, ifindex);
-    if let Some(host_ifindex) = queued_on {
-        state.flags |= crate::state::POD_INGRESS_QUEUED;
-        state.host_ifindex = host_ifindex;
-    }
-    bpf_sys::update_locked(map.as_fd(), cgroup_id, &state).context("cannot write the pod's limits into its cgroup storage")?;
-
+    // The pins.
     fs::create_dir_all(pod_dir).with_context(|| format!("cannot create {}", pod_dir.display()))?;
-    for (link, name) in links {
+    rollback.push(move || {
+        let _ = remove_pin_dir(pod_dir);
+    });
+    for (link, name) in &links {
         bpf_sys::obj_pin(link.as_fd(), &pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
     }
-    bpf_sys::obj_pin(map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the pod's state map")?;
-    Ok(())
+    bpf_sys::obj_pin(iface_map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the interface state map")?;
+    if record.egress_guarded {
+        bpf_sys::obj_pin(guards.as_fd(), &pod_dir.join(GUARDS_PIN)).context("cannot pin the egress guard map")?;
+    }
+    if record.raw_guarded {
+        bpf_sys::obj_pin(raw_guarded.as_fd(), &pod_dir.join(RAW_GUARDED_PIN)).context("cannot pin the raw-frame guard map")?;
+    }
+    attachment::pin(pod_dir, &record)?;
+    rollback.disarm();
+    Ok(mode)
 }
 
 /// What is attached for one pod, as read back from its pins.
@@ -467,13 +627,15 @@ fn pin_pod(
 pub struct PodAttachment {
     /// (pin name, link info); a missing pin has no entry.
     pub links: Vec<(&'static str, CgroupLinkInfo)>,
-    pub state: Option<PodState>,
+    pub state: Option<IfaceState>,
+    /// What ADD set up (None for pods of layouts 1 and 2).
+    pub record: Option<AttachmentRecord>,
     /// Whether its links run this build's datapath (else an older or newer
     /// release's, which may attach fewer links). True when unknown.
     pub this_release: bool,
 }
 
-pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<Option<PodAttachment>> {
+pub fn inspect_pod(root: &PinRoot, id: &AttachmentId) -> Result<Option<PodAttachment>> {
     let dir = root.pod_dir(id);
     if !dir.is_dir() {
         return Ok(None);
@@ -484,22 +646,59 @@ pub fn inspect_pod(root: &PinRoot, id: &AttachmentId, cgroup_id: u64) -> Result<
             links.push((name, bpf_sys::link_info(fd.as_fd()).with_context(|| format!("cannot read link {name}"))?));
         }
     }
-    let state = bpf_sys::obj_get(&dir.join(STATE_PIN))
-        .ok()
-        .and_then(|fd| bpf_sys::lookup_locked_bytes(fd.as_fd(), cgroup_id).ok())
-        .and_then(|v| PodState::from_value(&v).ok());
+    let state = pod_state_from_pins(&dir).ok().map(|(_, s)| s);
+    let record = attachment::read(&dir)?;
     let ours = datapath_prog_ids(&root.datapath_root().join(datapath_version()));
     let this_release = links.iter().find(|(n, _)| *n == LINK_PINS[0]).is_none_or(|(_, l)| ours.contains(&l.prog_id));
-    Ok(Some(PodAttachment { links, state, this_release }))
+    Ok(Some(PodAttachment { links, state, record, this_release }))
 }
 
-/// Reads a pod's state given only its pins (for `stats`): the cgroup comes from its egress link.
-pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, PodState)> {
-    let link = bpf_sys::obj_get(&dir.join(LINK_PINS[0])).context("cannot open the egress link pin")?;
-    let info = bpf_sys::link_info(link.as_fd())?;
+/// Reads an attachment's interface state given only its pins: through its
+/// record's key, or (layouts 1 and 2) under the cgroup its egress link is
+/// attached to. Returns that cgroup's ID and the state.
+pub fn pod_state_from_pins(dir: &Path) -> Result<(u64, IfaceState)> {
     let map = bpf_sys::obj_get(&dir.join(STATE_PIN)).context("cannot open the state pin")?;
-    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), info.cgroup_id)
-        .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
-    let state = PodState::from_value(&value).map_err(anyhow::Error::msg)?;
-    Ok((info.cgroup_id, state))
+    let (cgroup_id, value) = match attachment::read(dir)? {
+        Some(record) => (
+            record.cgroup_id,
+            bpf_sys::lookup_locked_bytes(map.as_fd(), &record.key())
+                .with_context(|| format!("no state for interface {} of cgroup id {}", record.ifindex, record.cgroup_id))?,
+        ),
+        None => {
+            let link = bpf_sys::obj_get(&dir.join(LINK_PINS[0])).context("cannot open the egress link pin")?;
+            let info = bpf_sys::link_info(link.as_fd())?;
+            let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &info.cgroup_id)
+                .with_context(|| format!("no state for cgroup id {}", info.cgroup_id))?;
+            (info.cgroup_id, value)
+        }
+    };
+    let state = IfaceState::from_value(&value).map_err(anyhow::Error::msg)?;
+    Ok((cgroup_id, state))
+}
+
+/// Rewrites an attachment's interface state under its lock with `change`
+/// applied to the latest value: for `set`, which must not write back
+/// counters or tokens from a stale copy.
+pub fn update_pod_state(dir: &Path, change: impl FnOnce(&mut IfaceState)) -> Result<IfaceState> {
+    let record = attachment::read(dir)?.context("the pod was attached by a release before layout 3; DEL and ADD it again to change it")?;
+    let map = bpf_sys::obj_get(&dir.join(STATE_PIN)).context("cannot open the state pin")?;
+    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.key()).context("cannot read the interface state")?;
+    let mut state = IfaceState::from_value(&value).map_err(anyhow::Error::msg)?;
+    change(&mut state);
+    bpf_sys::update_locked(map.as_fd(), &record.key(), &state).context("cannot write the interface state")?;
+    Ok(state)
+}
+
+/// The egress guard's state on the host side, if the attachment has one.
+pub fn guard_from_pins(dir: &Path) -> Option<HostGuard> {
+    let record = attachment::read(dir).ok().flatten().filter(|r| r.egress_guarded)?;
+    let map = bpf_sys::obj_get(&dir.join(GUARDS_PIN)).ok()?;
+    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.host_ifindex).ok()?;
+    if value.len() != std::mem::size_of::<HostGuard>() {
+        return None;
+    }
+    let mut guard = HostGuard::default();
+    // SAFETY: HostGuard is repr(C) integers only; the sizes match.
+    unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), &mut guard as *mut HostGuard as *mut u8, value.len()) };
+    (guard.cgroup_id == record.cgroup_id).then_some(guard)
 }

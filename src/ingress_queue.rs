@@ -3,8 +3,9 @@
 //! A cgroup ingress hook can only pass or drop, and at in-cluster RTTs that
 //! makes senders resend a large share of what they send (docs/shaping.md).
 //! Where the main plugin leaves a host-side veth (bridge, ptp), ADD puts a
-//! short queue there instead, and the datapath clamps the pod's receive
-//! windows so that senders stay inside it. Where there is none (macvlan,
+//! queue there instead, whose bucket is the pod's ingress burst, and the
+//! datapath sizes the pod's receive windows from each flow's share and RTT
+//! so that senders keep only a few ms of data in it. Where there is none (macvlan,
 //! ipvlan, a main plugin that lists no host interface), or the interface
 //! already has a root qdisc (another shaper, such as the reference bandwidth
 //! plugin), the BPF policer stays in force; the logs, CHECK and `stats` say
@@ -21,18 +22,17 @@ use serde_json::Value;
 /// The root qdisc handle that marks a queue as ours ("b9a1:").
 pub const HANDLE: &str = "b9a1:";
 
-/// Frames carry 66 bytes of Ethernet, IP and TCP headers per 1448 bytes of
-/// payload; the queue counts frames, the limit is what the pod receives.
-const FRAME_PER_PAYLOAD: f64 = 1514.0 / 1448.0;
 /// The queue holds max(rate x QUEUE_MS, QUEUE_MIN_BYTES): room for every
-/// receiver's window (ebpf/shaper.h: RWND_*), so clamped senders never
-/// overflow it; they keep it near RWND_MS full.
+/// receiver's window beyond the path's round trip (ebpf/shaper.h:
+/// rwnd_for keeps RWND_QUEUE_US per flow there), and for flows starting
+/// together before they are counted.
 const QUEUE_MS: u64 = 20;
 const QUEUE_MIN_BYTES: u64 = 256 * 1024;
-/// TBF's bucket: 1 ms at the rate, at least four frames.
+/// TBF's bucket is the pod's ingress burst, at least four frames.
 const TBF_BURST_MIN_BYTES: u64 = 4 * 1514;
 
-/// The queue's parameters for an ingress limit of `rate` bits/s.
+/// The queue's parameters: TBF counts every frame with its Ethernet header,
+/// as the limit does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSpec {
     pub rate_bits: u64,
@@ -41,11 +41,13 @@ pub struct QueueSpec {
 }
 
 impl QueueSpec {
-    pub fn for_rate(rate: u64) -> Self {
-        let bytes_per_s = rate / 8;
+    /// For an ingress limit counted in `basis`: the pod receives its burst
+    /// at the path's speed after idle, then its rate.
+    pub fn for_limit(limit: crate::limits::Limit, basis: crate::state::LimitBasis) -> Self {
+        let bytes_per_s = basis.wire_bytes_per_second(limit.rate);
         QueueSpec {
-            rate_bits: (rate as f64 * FRAME_PER_PAYLOAD) as u64,
-            burst_bytes: (bytes_per_s / 1000).max(TBF_BURST_MIN_BYTES),
+            rate_bits: bytes_per_s * 8,
+            burst_bytes: limit.burst.div_ceil(8).max(TBF_BURST_MIN_BYTES),
             limit_bytes: (bytes_per_s * QUEUE_MS / 1000).max(QUEUE_MIN_BYTES),
         }
     }
@@ -68,7 +70,7 @@ pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
 }
 
 fn run_tc(args: &[&str]) -> Result<String> {
-    crate::tc::run(args)
+    crate::tc::run(args, None)
 }
 
 /// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
@@ -126,12 +128,12 @@ pub fn remove(ifindex: u32) -> Result<()> {
     }
 }
 
-/// For CHECK: the queue is on `ifindex` with the rate for `rate` bits/s.
-pub fn verify(ifindex: u32, rate: u64) -> Result<()> {
+/// For CHECK: the queue is on `ifindex` with the rate and burst of `spec`.
+pub fn verify(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
     let Some(q) = our_qdisc(&ifname)? else { bail!("the ingress queue is missing from {ifname}") };
-    let want = QueueSpec::for_rate(rate).rate_bits;
     let have = q["options"]["rate"].as_u64().map(|bytes_per_s| bytes_per_s * 8);
+    let want = spec.rate_bits;
     // tc reports the rate in bytes/s, rounded.
     if have.is_some_and(|h| h.abs_diff(want) > want / 100 + 8) {
         bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", have.unwrap_or(0));
@@ -144,14 +146,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_sizes_scale_with_the_rate_above_floors() {
-        let q = QueueSpec::for_rate(10_000_000);
-        assert_eq!(q.rate_bits, 10_455_801);
-        assert_eq!(q.burst_bytes, TBF_BURST_MIN_BYTES);
+    fn the_queue_counts_frames_holds_the_burst_and_scales_above_floors() {
+        use crate::limits::Limit;
+        use crate::state::LimitBasis;
+        let q = QueueSpec::for_limit(Limit { rate: 10_000_000, burst: 2_500_000 }, LimitBasis::Frames);
+        assert_eq!(q.rate_bits, 10_000_000);
+        assert_eq!(q.burst_bytes, 312_500);
         assert_eq!(q.limit_bytes, QUEUE_MIN_BYTES);
-        let q = QueueSpec::for_rate(1_000_000_000);
-        assert_eq!(q.burst_bytes, 125_000);
+        let q = QueueSpec::for_limit(Limit { rate: 1_000_000_000, burst: 8 }, LimitBasis::Frames);
+        assert_eq!(q.burst_bytes, TBF_BURST_MIN_BYTES);
         assert_eq!(q.limit_bytes, 2_500_000);
+        let q = QueueSpec::for_limit(Limit { rate: 10_000_000, burst: 8 }, LimitBasis::TcpGoodput);
+        assert_eq!(q.rate_bits, 10_455_800);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! benchmark.
 
 pub mod admin;
+pub mod attachment;
 pub mod bpf_sys;
 pub mod cgroup;
 pub mod cni;
@@ -17,6 +18,7 @@ pub mod commands;
 pub mod datapath;
 pub mod ingress_queue;
 pub mod demo;
+pub mod host_guard;
 pub mod install;
 pub mod limits;
 pub mod logging;

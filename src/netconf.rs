@@ -86,6 +86,9 @@ pub struct NetConf {
     /// `ingressQueue`: queue ingress on the pod's host-side interface where
     /// there is one (default), rather than police it.
     pub ingress_queue: bool,
+    /// `limitBasis`: what a limit counts (frames on the wire, or frames
+    /// scaled so that bulk TCP goodput meets it).
+    pub limit_basis: crate::state::LimitBasis,
     /// The operator's limits at the top level of the config.
     pub policy: Policy,
     /// `namespaces`: per-namespace overrides of `policy`, by K8S_POD_NAMESPACE.
@@ -121,6 +124,15 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
+            limit_basis: match string_field(&obj, "limitBasis")? {
+                None => crate::state::LimitBasis::default(),
+                Some(b) => crate::state::LimitBasis::parse(&b).ok_or_else(|| {
+                    CniError::config(format!(
+                        "limitBasis must be \"frames\" (every frame on the wire, as tc counts) or \"tcp-goodput\" (frames scaled so bulk TCP payload meets the limit), got {:?}",
+                        truncate(&b, 40)
+                    ))
+                })?,
+            },
             policy: policy(&obj, "the plugin config")?,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
             ..Default::default()

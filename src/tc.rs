@@ -28,11 +28,11 @@ fn finish(mut cmd: Command, what: &str, stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `tc ARGS` in the node's netns; its stdout.
-pub fn run(args: &[&str]) -> Result<String> {
+/// Runs `tc ARGS` in the node's netns, with `stdin`; its stdout.
+pub fn run(args: &[&str], stdin: Option<&str>) -> Result<String> {
     let mut cmd = command();
     cmd.args(args);
-    finish(cmd, &args.join(" "), None)
+    finish(cmd, &args.join(" "), stdin)
 }
 
 /// Runs `tc ARGS` inside the network namespace at `netns`, with `stdin`.
