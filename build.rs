@@ -31,4 +31,18 @@ fn main() {
             });
         assert!(status.success(), "{clang} failed to compile {src}");
     }
+
+    // The delay line the testbed puts between pods and their servers
+    // (src/testbed/delay_line.rs), for tests and the benchmark.
+    let cc = env::var("CC").unwrap_or_else(|_| "cc".into());
+    let delayline = out.join("delayline");
+    println!("cargo:rerun-if-changed=tests/tools/delayline.c");
+    println!("cargo:rerun-if-env-changed=CC");
+    let status = Command::new(&cc)
+        .args(["-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "tests/tools/delayline.c", "-o"])
+        .arg(&delayline)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {cc} to build tests/tools/delayline.c: {e}. Install gcc (sudo ./install.sh does)."));
+    assert!(status.success(), "{cc} failed to compile tests/tools/delayline.c");
+    println!("cargo:rustc-env=BRL_DELAYLINE={}", delayline.display());
 }

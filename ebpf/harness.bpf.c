@@ -27,7 +27,7 @@ struct harness_input {
 	__u64 out_rate;
 	__u64 out_wire;
 	__u32 out_rwnd;
-	__u32 pad;
+	__u32 out_cwnd;
 	/* harness_lookup: the pod cgroup its interfaces are keyed by. */
 	__u64 cgroup_id;
 };
@@ -138,5 +138,36 @@ int harness_policy(struct __sk_buff *skb)
 	in->out_rate = pacing_rate(&in->iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
 				   in->pending);
 	in->out_rwnd = rwnd_for(&in->iface, in->counted, in->rtt_us, in->mss, in->ipv6);
+	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss);
 	return SKB_PASS;
+}
+
+/*
+ * ---- Test instrument: a wire counter --------------------------------------
+ * The testbed attaches this to the pod's interface (tc ingress) to count
+ * what the wire delivered to the pod, per segment, as the limit counts it.
+ */
+struct wire_count {
+	__u64 frames;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wire_count);
+} wire_counts SEC(".maps");
+
+SEC("classifier")
+int count_wire(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	struct wire_count *c = bpf_map_lookup_elem(&wire_counts, &zero);
+
+	if (c) {
+		__sync_fetch_and_add(&c->frames, skb->gso_segs > 1 ? skb->gso_segs : 1);
+		__sync_fetch_and_add(&c->bytes, wire_bytes(skb, true));
+	}
+	return TC_ACT_UNSPEC;
 }

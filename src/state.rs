@@ -114,6 +114,9 @@ pub struct IfaceState {
 // SAFETY: repr(C), integers only, every bit pattern valid.
 unsafe impl Pod for IfaceState {}
 
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for Bucket {}
+
 /// The key of an `IfaceState`: the pod cgroup and the interface's index in
 /// the pod's netns (`struct iface_key`).
 #[repr(C)]

@@ -1,7 +1,25 @@
 //! Throwaway "pods" for the demo, the integration tests and the benchmark:
-//! a network namespace and a cgroup for the pod, a server namespace joined
-//! to it by a veth pair, iperf3 on both ends, and a way to call the plugin
+//! a network namespace and a cgroup for the pod, a server namespace reached
+//! through a delay line, iperf3 on both ends, and a way to call the plugin
 //! exactly as a runtime does. Everything is removed on drop.
+//!
+//! ```text
+//!  pod netns            node netns              gw netns           server netns
+//!  eth0 ── veth ── pod_host_veth ─ bridge ─ gw veth ── eth0 · dl0 ═══ dl1
+//!  POD_IP                (ingress queue,           GW_IP   delay line   SERVER_IP
+//!                         egress guard)
+//! ```
+//!
+//! The pod reaches SERVER_IP through the gateway netns, whose delay line
+//! (delay_line) holds each packet a one-way delay and counts what a wire
+//! would carry; a LAN testbed has a delay of 0. The pod's host-side veth is
+//! what a bridge or ptp main plugin leaves on the node.
+
+pub mod delay_line;
+pub mod iperf;
+pub mod measure;
+pub mod scenario;
+pub mod wire;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -15,10 +33,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+pub use delay_line::{Carried, DelayLine};
+
 pub const SERVER_IP: &str = "10.251.0.1";
 pub const POD_IP: &str = "10.251.0.2";
+pub const GW_IP: &str = "10.251.0.254";
 pub const SERVER_IP6: &str = "fd00:251::1";
 pub const POD_IP6: &str = "fd00:251::2";
+pub const GW_IP6: &str = "fd00:251::fe";
 const IPERF_PORT: &str = "5201";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -45,21 +67,33 @@ pub struct Testbed {
     pub name: String,
     pub server_ns: String,
     pub pod_ns: String,
-    /// In the host netns: the bridge joining pod and server, and the host
-    /// ends of their veths. The pod's is what a bridge or ptp main plugin
-    /// leaves on the node: where ADD queues the pod's ingress.
+    pub gw_ns: String,
+    /// In the node netns: the bridge joining pod and gateway, and the host
+    /// ends of their veths. The pod's is where ADD queues the pod's ingress
+    /// and guards its egress.
     pub bridge: String,
     pub pod_host_veth: String,
-    pub server_host_veth: String,
+    pub gw_host_veth: String,
     /// The pod's cgroup: the plugin attaches here, iperf3 clients run here.
     pub cgroup: PathBuf,
+    /// The delay each way between the gateway and the server.
+    pub one_way: Duration,
     servers: Vec<Child>,
+    delay: Option<DelayLine>,
+    pod_counter: Option<wire::WireCounter>,
 }
 
 impl Testbed {
-    /// Creates `<prefix>-srv` and `<prefix>-pod` namespaces joined by a veth
-    /// pair, and a cgroup for the pod under `<cgroup2>/bpf-ratelimit-test/`.
+    /// A pod and a server on the same LAN (no added delay).
     pub fn create(prefix: &str) -> Result<Self> {
+        Self::with_delay(prefix, Duration::ZERO)
+    }
+
+    /// A pod and a server `one_way` apart each way: a round trip of twice
+    /// that, plus the path's own (~0.1 ms). Creates `<prefix>-srv`,
+    /// `<prefix>-gw` and `<prefix>-pod` namespaces, and a cgroup for the pod
+    /// under `<cgroup2>/bpf-ratelimit-test/`.
+    pub fn with_delay(prefix: &str, one_way: Duration) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("{prefix}-{}-{n}", std::process::id());
         // Host interface names hold at most 15 bytes.
@@ -68,34 +102,68 @@ impl Testbed {
         let mut bed = Testbed {
             server_ns: format!("{name}-srv"),
             pod_ns: format!("{name}-pod"),
+            gw_ns: format!("{name}-gw"),
             bridge: format!("brlb{tag}"),
             pod_host_veth: format!("brlp{tag}"),
-            server_host_veth: format!("brls{tag}"),
+            gw_host_veth: format!("brlg{tag}"),
             name,
             cgroup,
+            one_way,
             servers: Vec::new(),
+            delay: None,
+            pod_counter: None,
         };
         bed.setup().with_context(|| format!("cannot set up testbed {}", bed.name))?;
         Ok(bed)
     }
 
     fn setup(&mut self) -> Result<()> {
-        ip(&["netns", "add", &self.server_ns])?;
-        ip(&["netns", "add", &self.pod_ns])?;
+        for ns in [&self.server_ns, &self.pod_ns, &self.gw_ns] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
         ip(&["link", "add", &self.bridge, "type", "bridge"])?;
         ip(&["link", "set", &self.bridge, "up"])?;
-        for (ns, host) in [(&self.server_ns, &self.server_host_veth), (&self.pod_ns, &self.pod_host_veth)] {
+        for (ns, host, addr, addr6) in
+            [(&self.pod_ns, &self.pod_host_veth, POD_IP, POD_IP6), (&self.gw_ns, &self.gw_host_veth, GW_IP, GW_IP6)]
+        {
             ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", host])?;
             ip(&["link", "set", host, "master", &self.bridge, "up"])?;
-        }
-        for (ns, addr, addr6) in [(&self.server_ns, SERVER_IP, SERVER_IP6), (&self.pod_ns, POD_IP, POD_IP6)] {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
             ip(&["-n", ns, "addr", "add", &format!("{addr6}/64"), "dev", "eth0", "nodad"])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
         }
+        ip(&["-n", &self.pod_ns, "route", "add", &format!("{SERVER_IP}/32"), "via", GW_IP])?;
+        ip(&["-n", &self.pod_ns, "-6", "route", "add", &format!("{SERVER_IP6}/128"), "via", GW_IP6])?;
+        crate::netns::in_netns(&netns_path(&self.gw_ns), || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
+            Ok(())
+        })
+        .context("cannot turn forwarding on in the gateway netns")?;
+        self.delay = Some(DelayLine::start(&netns_path(&self.gw_ns), "dl0", &netns_path(&self.server_ns), "dl1", self.one_way)?);
+        ip(&["-n", &self.gw_ns, "link", "set", "dl0", "up", "txqueuelen", "10000"])?;
+        ip(&["-n", &self.gw_ns, "route", "add", &format!("{SERVER_IP}/32"), "dev", "dl0"])?;
+        ip(&["-n", &self.gw_ns, "-6", "route", "add", &format!("{SERVER_IP6}/128"), "dev", "dl0"])?;
+        ip(&["-n", &self.server_ns, "link", "set", "dl1", "up", "txqueuelen", "10000"])?;
+        ip(&["-n", &self.server_ns, "addr", "add", &format!("{SERVER_IP}/32"), "dev", "dl1"])?;
+        ip(&["-n", &self.server_ns, "addr", "add", &format!("{SERVER_IP6}/128"), "dev", "dl1", "nodad"])?;
+        ip(&["-n", &self.server_ns, "route", "add", "10.251.0.0/24", "dev", "dl1"])?;
+        ip(&["-n", &self.server_ns, "-6", "route", "add", "fd00:251::/64", "dev", "dl1"])?;
         std::fs::create_dir_all(&self.cgroup).with_context(|| format!("cannot create cgroup {}", self.cgroup.display()))?;
+        self.pod_counter = Some(wire::WireCounter::attach(&netns_path(&self.pod_ns), "eth0", &self.name)?);
         Ok(())
+    }
+
+    /// What the wire delivered to the pod's interface so far.
+    pub fn pod_wire(&self) -> Result<wire::WireCount> {
+        self.pod_counter.as_ref().context("the testbed has no wire counter")?.read()
+    }
+
+    /// What the delay line carried so far: `a_to_b` is what left the pod's
+    /// side for the server, per segment, as a wire would carry it.
+    pub fn wire(&self) -> Result<delay_line::Counters> {
+        self.delay.as_ref().context("the testbed has no delay line")?.counters()
     }
 
     pub fn pod_netns_path(&self) -> PathBuf {
@@ -135,11 +203,10 @@ impl Testbed {
         in_netns(Command::new(program), &netns_path(&self.server_ns), None)
     }
 
-    /// Bytes the server's end of the veth received: what left the pod on the wire.
+    /// Bytes the wire carried from the pod's side to the server (frames
+    /// with all their headers, per segment).
     pub fn server_rx_bytes(&self) -> Result<u64> {
-        let out = ip(&["-n", &self.server_ns, "-s", "-j", "link", "show", "eth0"])?;
-        let v: Value = serde_json::from_slice(&out.stdout).context("ip -j printed no JSON")?;
-        v[0]["stats64"]["rx"]["bytes"].as_u64().context("no rx bytes in ip -s -j link")
+        Ok(self.wire()?.a_to_b.wire_bytes)
     }
 
     /// A command that will run inside the pod's cgroup and network namespace.
@@ -163,25 +230,14 @@ impl Testbed {
 
     /// TCP goodput in bits/s, with the first second omitted (slow start and
     /// the initial burst). `reverse` measures ingress (server → pod).
-    pub fn tcp_rate(&self, reverse: bool, seconds: u32, streams: u32) -> Result<TcpResult> {
+    pub fn tcp_rate(&self, reverse: bool, seconds: u32, streams: u32) -> Result<iperf::Transfer> {
         let p = streams.to_string();
         let mut args = vec!["-O", "1", "-P", &p];
         if reverse {
             args.push("-R");
         }
-        let v = self.iperf3(&args, seconds)?;
-        let end = &v["end"];
-        Ok(TcpResult {
-            bits_per_second: end["sum_received"]["bits_per_second"].as_f64().context("no sum_received in iperf3 output")?,
-            retransmits: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        })
+        iperf::Transfer::from_json(&self.iperf3(&args, seconds)?)
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct TcpResult {
-    pub bits_per_second: f64,
-    pub retransmits: u64,
 }
 
 impl Drop for Testbed {
@@ -190,12 +246,15 @@ impl Drop for Testbed {
             let _ = s.kill();
             let _ = s.wait();
         }
+        drop(self.delay.take());
+        drop(self.pod_counter.take());
         // Deleting a host end removes its veth pair now; a netns's own
         // devices go later, from a kernel work item.
         let _ = ip(&["link", "del", &self.pod_host_veth]);
-        let _ = ip(&["link", "del", &self.server_host_veth]);
-        let _ = ip(&["netns", "del", &self.pod_ns]);
-        let _ = ip(&["netns", "del", &self.server_ns]);
+        let _ = ip(&["link", "del", &self.gw_host_veth]);
+        for ns in [&self.pod_ns, &self.gw_ns, &self.server_ns] {
+            let _ = ip(&["netns", "del", ns]);
+        }
         let _ = ip(&["link", "del", &self.bridge]);
         remove_cgroup(&self.cgroup);
         if let Some(parent) = self.cgroup.parent() {

@@ -1,0 +1,71 @@
+//! A wire counter on a pod's interface: the harness's `count_wire` program
+//! (ebpf/harness.bpf.c) on its tc ingress hook counts what the wire
+//! delivered to the pod, per segment and with every header, as a limit
+//! counts it. Detached and unpinned on drop.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use aya::programs::SchedClassifier;
+use aya::EbpfLoader;
+
+use crate::bpf_sys;
+
+/// Frames and their bytes on the wire.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WireCount {
+    pub frames: u64,
+    pub bytes: u64,
+}
+
+impl WireCount {
+    pub fn since(&self, before: &WireCount) -> WireCount {
+        WireCount { frames: self.frames - before.frames, bytes: self.bytes - before.bytes }
+    }
+}
+
+pub struct WireCounter {
+    netns: PathBuf,
+    ifname: String,
+    pins: PathBuf,
+}
+
+const PREF: &str = "7";
+
+impl WireCounter {
+    /// Counts what arrives on `ifname` in the netns at `netns`.
+    pub fn attach(netns: &Path, ifname: &str, tag: &str) -> Result<Self> {
+        let pins = PathBuf::from(format!("/sys/fs/bpf/brl-wire-{tag}"));
+        let counter = WireCounter { netns: netns.into(), ifname: ifname.into(), pins: pins.clone() };
+        std::fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
+        let mut ebpf = EbpfLoader::new().load(crate::datapath::HARNESS_OBJ).context("cannot load the harness object")?;
+        let prog: &mut SchedClassifier = ebpf.program_mut("count_wire").context("no count_wire")?.try_into()?;
+        prog.load().context("the kernel refused count_wire")?;
+        prog.pin(pins.join("prog")).context("cannot pin count_wire")?;
+        ebpf.map("wire_counts").context("no wire_counts")?.pin(pins.join("counts")).context("cannot pin wire_counts")?;
+        let prog = pins.join("prog");
+        let batch = format!(
+            "qdisc replace dev {ifname} clsact\nfilter replace dev {ifname} ingress pref {PREF} handle 1 bpf da pinned {}\n",
+            prog.display()
+        );
+        crate::tc::run_in(netns, &["-batch", "-"], Some(&batch)).context("cannot attach the wire counter")?;
+        Ok(counter)
+    }
+
+    pub fn read(&self) -> Result<WireCount> {
+        let map = bpf_sys::obj_get(&self.pins.join("counts"))?;
+        let v = bpf_sys::record_read(map.as_fd())?;
+        let at = |i: usize| u64::from_ne_bytes(v[i..i + 8].try_into().unwrap());
+        Ok(WireCount { frames: at(0), bytes: at(8) })
+    }
+}
+
+impl Drop for WireCounter {
+    fn drop(&mut self) {
+        if self.netns.exists() {
+            let _ = crate::tc::run_in(&self.netns, &["filter", "del", "dev", &self.ifname, "ingress", "pref", PREF], None);
+        }
+        let _ = std::fs::remove_dir_all(&self.pins);
+    }
+}
