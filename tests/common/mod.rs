@@ -3,9 +3,12 @@
 //! skip) when any is missing.
 #![allow(dead_code)]
 
+pub mod retries;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use bpf_ratelimit::testbed::scenario::{Bulk, BulkResult};
 use bpf_ratelimit::testbed::{Invocation, PluginOutput, Testbed};
 use serde_json::{json, Value};
 
@@ -31,19 +34,30 @@ pub struct Pod {
 
 impl Pod {
     pub fn new(tag: &str) -> Pod {
+        Self::with_delay(tag, std::time::Duration::ZERO)
+    }
+
+    /// A pod whose server is `one_way` away each way.
+    pub fn with_delay(tag: &str, one_way: std::time::Duration) -> Pod {
         require_privileges();
-        let bed = Testbed::create(&format!("brl-{tag}")).expect("testbed");
+        let bed = Testbed::with_delay(&format!("brl-{tag}"), one_way).expect("testbed");
         let mount = bpf_ratelimit::testbed::cgroup2_mount().unwrap();
         let cgroup_path = format!("/{}", bed.cgroup.strip_prefix(&mount).unwrap().display());
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/brl-test-{}", bed.name));
         Pod { bed, pin_root, cgroup_path }
     }
 
+    /// The network name of this test's configs: its own, so that a GC in
+    /// one test can never touch another's pods.
+    pub fn network(&self) -> String {
+        format!("net-{}", self.bed.name)
+    }
+
     /// A network config as containerd sends it, with the pod's annotations.
     pub fn config(&self, annotations: Value) -> Value {
         json!({
             "cniVersion": "1.0.0",
-            "name": "test",
+            "name": self.network(),
             "type": "bpf-ratelimit",
             "pinRoot": self.pin_root,
             "runtimeConfig": {
@@ -64,6 +78,21 @@ impl Pod {
 
     pub fn invoke_full(&self, command: &str, container_id: &str, cni_args: &str, config: &Value) -> PluginOutput {
         self.invoke_binary(&plugin(), command, container_id, cni_args, config)
+    }
+
+    /// Invokes the plugin for interface `ifname` of the pod.
+    pub fn invoke_if(&self, command: &str, container_id: &str, ifname: &str, config: &Value) -> PluginOutput {
+        Invocation {
+            plugin: &plugin(),
+            command,
+            container_id,
+            ifname,
+            netns: &self.bed.pod_netns_path(),
+            cni_args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=test",
+            config,
+        }
+        .run()
+        .expect("plugin runs")
     }
 
     /// Runs another build of the plugin (the upgrade test's older release).
@@ -102,6 +131,72 @@ impl Pod {
     }
 }
 
+/// A second interface of a pod, as a Multus secondary network leaves it:
+/// `net1` in the pod's netns, its veth peer on the node, on a subnet of its
+/// own (10.250.0.0/24) shared with a server netns reached through it.
+pub struct SecondInterface {
+    pub host_veth: String,
+    pub server_ns: String,
+    pub server_veth: String,
+    pub bridge: String,
+}
+
+pub const SECOND_POD_IP: &str = "10.250.0.2";
+pub const SECOND_SERVER_IP: &str = "10.250.0.1";
+
+impl SecondInterface {
+    pub fn new(pod: &Pod) -> Self {
+        let tag = pod.bed.pod_host_veth.trim_start_matches("brlp").to_string();
+        let s = SecondInterface {
+            host_veth: format!("brlq{tag}"),
+            server_ns: format!("{}-srv2", pod.bed.name),
+            server_veth: format!("brlr{tag}"),
+            bridge: format!("brlc{tag}"),
+        };
+        let ip = |args: &[&str]| bpf_ratelimit::testbed::ip(args).unwrap_or_else(|e| panic!("{e:#}"));
+        ip(&["netns", "add", &s.server_ns]);
+        ip(&["link", "add", &s.bridge, "type", "bridge"]);
+        ip(&["link", "set", &s.bridge, "up"]);
+        ip(&["link", "add", "net1", "netns", &pod.bed.pod_ns, "type", "veth", "peer", "name", &s.host_veth]);
+        ip(&["link", "add", "eth0", "netns", &s.server_ns, "type", "veth", "peer", "name", &s.server_veth]);
+        for host in [&s.host_veth, &s.server_veth] {
+            ip(&["link", "set", host, "master", &s.bridge, "up"]);
+        }
+        for (ns, dev, addr) in [(&pod.bed.pod_ns, "net1", SECOND_POD_IP), (&s.server_ns, "eth0", SECOND_SERVER_IP)] {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&["-n", &s.server_ns, "link", "set", "lo", "up"]);
+        s
+    }
+
+    /// prevResult as a bridge plugin gives it for net1.
+    pub fn prev_result(&self, pod: &Pod) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": self.bridge},
+                {"name": self.host_veth},
+                {"name": "net1", "sandbox": pod.bed.pod_netns_path()}
+            ],
+            "ips": [{"address": format!("{SECOND_POD_IP}/24"), "interface": 2}],
+        })
+    }
+
+    pub fn server_netns(&self) -> PathBuf {
+        bpf_ratelimit::testbed::netns_path(&self.server_ns)
+    }
+}
+
+impl Drop for SecondInterface {
+    fn drop(&mut self) {
+        let _ = bpf_ratelimit::testbed::ip(&["link", "del", &self.host_veth]);
+        let _ = bpf_ratelimit::testbed::ip(&["link", "del", &self.server_veth]);
+        let _ = bpf_ratelimit::testbed::ip(&["netns", "del", &self.server_ns]);
+        let _ = bpf_ratelimit::testbed::ip(&["link", "del", &self.bridge]);
+    }
+}
+
 impl Drop for Pod {
     fn drop(&mut self) {
         // Whatever a failed test left: unpin it all, which detaches links.
@@ -126,9 +221,16 @@ pub fn walk(root: &Path) -> Vec<String> {
     out
 }
 
+/// bpftool's output for a command that must succeed.
+fn bpftool(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("bpftool").args(args).output().expect("bpftool runs");
+    assert!(out.status.success(), "bpftool {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 pub fn bpftool_cgroup_show(cgroup: &Path) -> String {
-    let out = Command::new("bpftool").args(["cgroup", "show"]).arg(cgroup).output().expect("bpftool");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let path = cgroup.to_str().expect("cgroup path");
+    String::from_utf8_lossy(&bpftool(&["cgroup", "show", path])).trim().to_string()
 }
 
 /// One cgroup bpf_link, as `bpftool link list` shows it.
@@ -141,18 +243,45 @@ pub struct CgroupLink {
 
 /// Every cgroup link in the system.
 pub fn cgroup_links() -> Vec<CgroupLink> {
-    let out = Command::new("bpftool").args(["-j", "link", "list"]).output().expect("bpftool");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(vec![]));
+    let v: Value = serde_json::from_slice(&bpftool(&["-j", "link", "list"])).expect("bpftool -j prints JSON");
+    let field = |l: &Value, k: &str| l[k].as_u64().unwrap_or_else(|| panic!("bpftool link without {k}: {l}"));
     v.as_array()
-        .unwrap()
+        .expect("a list of links")
         .iter()
         .filter(|l| l["type"] == "cgroup")
-        .map(|l| CgroupLink {
-            id: l["id"].as_u64().unwrap_or(0),
-            prog_id: l["prog_id"].as_u64().unwrap_or(0),
-            cgroup_id: l["cgroup_id"].as_u64().unwrap_or(0),
-        })
+        .map(|l| CgroupLink { id: field(l, "id"), prog_id: field(l, "prog_id"), cgroup_id: field(l, "cgroup_id") })
         .collect()
+}
+
+/// Runs `bulk` and asserts its rate on the wire lies in `band` x `limit`
+/// (bits/s). Above the band fails at once: a busy CPU cannot make a shaper
+/// let more through. Below it, the run is repeated once (recorded against
+/// the suite's retry budget) only if the machine's CPUs were starved while
+/// it ran; else it fails.
+pub fn assert_bulk(pod: &Pod, bulk: &Bulk, limit: f64, band: (f64, f64), what: &str) -> BulkResult {
+    for attempt in 0..2 {
+        let cpu = retries::CpuSample::now();
+        let r = pod.bed.bulk(bulk).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        let busy = cpu.busy_since();
+        let ratio = r.wire_bps / limit;
+        println!(
+            "{what}: wire {ratio:.3} of the limit (goodput {:.3}), {:.2}% of segments resent, Jain {:.3}, CPUs {:.0}% busy",
+            r.transfer.goodput_bps / limit,
+            100.0 * r.transfer.resent_share(1448.0),
+            bpf_ratelimit::testbed::measure::jain(&r.transfer.streams_bps),
+            busy * 100.0
+        );
+        assert!(ratio <= band.1, "{what}: {ratio:.3} of the limit on the wire, above {}", band.1);
+        if ratio >= band.0 {
+            return r;
+        }
+        if attempt == 0 && busy >= retries::STARVED {
+            retries::record(what, &format!("{ratio:.3} < {} with the CPUs {:.0}% busy", band.0, busy * 100.0));
+            continue;
+        }
+        panic!("{what}: {ratio:.3} of the limit on the wire, below {} (CPUs {:.0}% busy)", band.0, busy * 100.0);
+    }
+    unreachable!()
 }
 
 pub fn assert_ratio(what: &str, measured: f64, configured: f64, low: f64, high: f64) {
