@@ -686,6 +686,16 @@ pub fn update_pod_state(dir: &Path, change: impl FnOnce(&mut IfaceState)) -> Res
     let mut state = IfaceState::from_value(&value).map_err(anyhow::Error::msg)?;
     change(&mut state);
     bpf_sys::update_locked(map.as_fd(), &record.key(), &state).context("cannot write the interface state")?;
+    // The host-side guard follows the egress limit, or it would hold the
+    // pod to the old one.
+    if let Some(mut guard) = guard_from_pins(dir) {
+        let fresh = HostGuard::for_egress(record.cgroup_id, &state.egress);
+        guard.egress.rate = fresh.egress.rate;
+        guard.egress.burst = fresh.egress.burst;
+        guard.egress.tokens = guard.egress.tokens.min(fresh.egress.burst as i64);
+        let guards = bpf_sys::obj_get(&dir.join(GUARDS_PIN)).context("cannot open the egress guard map")?;
+        bpf_sys::update_locked(guards.as_fd(), &record.host_ifindex, &guard).context("cannot write the egress guard")?;
+    }
     Ok(state)
 }
 

@@ -8,6 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use bpf_ratelimit::testbed::SERVER_IP;
 use common::{assert_ratio, Pod};
 use serde_json::{json, Value};
@@ -29,14 +30,9 @@ fn pod_with(tag: &str, policy: Value, annotations: Value) -> Pod {
 }
 
 fn measure(pod: &Pod, reverse: bool, rate: f64, what: &str) {
-    let mut last = 0.0;
-    for _ in 0..2 {
-        last = pod.bed.tcp_rate(reverse, 6, 1).unwrap().bits_per_second;
-        if (0.97..=1.02).contains(&(last / rate)) {
-            break;
-        }
-    }
-    assert_ratio(what, last, rate, 0.97, 1.02);
+    let way = if reverse { Way::Download } else { Way::Upload };
+    let bulk = Bulk { way, cc: "cubic".into(), flows: 1, omit: 2, seconds: 5 };
+    common::assert_bulk(pod, &bulk, rate, (0.97, 1.02), what);
 }
 
 #[test]
