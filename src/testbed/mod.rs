@@ -173,7 +173,7 @@ impl Testbed {
     /// Starts an iperf3 server in the server namespace (outside the pod cgroup).
     pub fn start_server(&mut self) -> Result<()> {
         let child = in_netns(Command::new("iperf3"), &netns_path(&self.server_ns), None)?
-            .args(["-s", "-p", IPERF_PORT, "-B", SERVER_IP])
+            .args(["-s", "-p", IPERF_PORT])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

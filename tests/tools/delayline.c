@@ -191,8 +191,10 @@ static int64_t release_due(struct direction *d)
 		if (s->due_ns > now)
 			return (int64_t)(s->due_ns - now);
 		/* A full receive backlog shows as an error: that is a loss on
-		 * the far side, as a real link would have; count it. */
-		if (write(d->out, s->data, s->len) < 0 && errno != EINTR)
+		 * the far side, as a real link would have; count it. EIO is a
+		 * far device not up yet (IPv6 solicitations sent while the
+		 * caller sets the line up), no loss of what it carries. */
+		if (write(d->out, s->data, s->len) < 0 && errno != EINTR && errno != EIO)
 			atomic_fetch_add(&d->dropped, 1);
 		free(s->data);
 		s->data = NULL;
