@@ -137,7 +137,7 @@ int harness_policy(struct __sk_buff *skb)
 		classify_flow(&in->iface.senders, &in->flow, in->iface.egress.rate, in->now, in->flow_len);
 	in->out_rate = pacing_rate(&in->iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
 				   in->pending);
-	in->out_rwnd = rwnd_for(&in->iface, in->counted, in->rtt_us, in->mss, in->ipv6);
+	in->out_rwnd = rwnd_for(&in->iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
 	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss);
 	return SKB_PASS;
 }

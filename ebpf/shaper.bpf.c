@@ -211,7 +211,7 @@ int shape_ingress_prog(struct __sk_buff *skb)
 static __always_inline void clamp_receive_window(struct bpf_sock_ops *skops, struct iface_state *iface,
 						 struct flow_state *flow, __u64 now)
 {
-	int rwnd = rwnd_for(iface, is_counted(&flow->rx, now), skops->rtt_min, skops->mss_cache,
+	int rwnd = rwnd_for(iface, now, is_counted(&flow->rx, now), skops->rtt_min, skops->mss_cache,
 			    skops->family == AF_INET6);
 
 	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &rwnd, sizeof(rwnd));

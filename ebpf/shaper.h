@@ -395,19 +395,39 @@ static __always_inline int shape_egress(struct iface_state *iface, struct __sk_b
 }
 
 /*
+ * Mirrors the ingress queue's own bucket (the TBF on the host side holds the
+ * same rate and burst): takes what arrived, never below empty, since the
+ * queue holds what the bucket cannot pass. Its level tells rwnd_for how much
+ * of the burst senders may still use.
+ */
+static __always_inline void bucket_mirror(struct bucket *b, __u64 len, __u64 now)
+{
+	bucket_refill(b, now);
+	b->tokens = b->tokens > (__s64)len ? b->tokens - (__s64)len : 0;
+	b->passed_bytes += len;
+	b->passed_packets++;
+}
+
+/*
  * Ingress (world -> pod). Where ADD could put a queue on the host side of
  * the pod's veth (IFACE_INGRESS_QUEUED), that queue shapes and this only
- * counts. Elsewhere it is a policer: nothing can be queued here, so excess is
- * dropped; ECN-capable flows are marked while the bucket runs low, so they
- * slow down before they lose packets.
+ * counts, mirroring the queue's bucket. Elsewhere it is a policer: nothing
+ * can be queued here, so excess is dropped; ECN-capable flows are marked
+ * while the bucket runs low, so they slow down before they lose packets.
  */
 static __always_inline int shape_ingress(struct iface_state *iface, struct __sk_buff *skb, __u64 now,
 					 __u64 wire)
 {
 	enum take_result res;
 
-	if (iface->ingress.rate == 0 || (iface->flags & IFACE_INGRESS_QUEUED)) {
+	if (iface->ingress.rate == 0) {
 		bucket_count_unlimited(&iface->ingress, wire);
+		return SKB_PASS;
+	}
+	if (iface->flags & IFACE_INGRESS_QUEUED) {
+		bpf_spin_lock(&iface->lock);
+		bucket_mirror(&iface->ingress, wire, now);
+		bpf_spin_unlock(&iface->lock);
 		return SKB_PASS;
 	}
 	bpf_spin_lock(&iface->lock);
@@ -691,23 +711,36 @@ static __always_inline __u32 cwnd_clamp(__u64 pacing, __u32 rtt_us, __u32 mss)
 /* The windows of flows not counted, such as a request awaiting its
  * response: a 16 KiB response arrives in one round trip. */
 #define RWND_LIGHT_BYTES (16 * 1024)
-/* A counted flow's window holds at least this many segments, so that
- * delayed ACKs keep it moving. */
-#define RWND_MIN_SEGMENTS 4
+/* A counted flow's window holds at least this many segments. Two keep a
+ * flow moving (the receiver ACKs every second segment at once) and keep
+ * the queue short at low rates: with four, a 16 KB response beside a 10M
+ * download waited behind 5.8 kB of it (p99 30 ms; with two, see
+ * docs/shaping.md). */
+#define RWND_MIN_SEGMENTS 2
 #define RWND_DEFAULT_RTT_US 1000
 #define RWND_MAX_BYTES (1U << 30)
 
-/* The receive window (payload bytes) of a socket receiving on the interface. */
-static __always_inline __u32 rwnd_for(const struct iface_state *iface, bool counted, __u32 rtt_us, __u32 mss,
-				      bool ipv6)
+/* The receive window (payload bytes) of a socket receiving on the
+ * interface at `now`. With the ingress queued, a flow may also have in
+ * flight its share of what is left of the burst: the queue's bucket passes
+ * that at the path's speed, so an idle pod gets its burst in one round trip
+ * however far the sender is. */
+static __always_inline __u32 rwnd_for(const struct iface_state *iface, __u64 now, bool counted, __u32 rtt_us,
+				      __u32 mss, bool ipv6)
 {
 	__u64 share = flow_share(&iface->receivers, iface->ingress.rate, counted);
 	__u64 hold_us = rtt_us ? rtt_us : RWND_DEFAULT_RTT_US;
 	__u64 w, floor;
+	__s64 burst_left;
 
 	if (iface->flags & IFACE_INGRESS_QUEUED)
 		hold_us += RWND_QUEUE_US;
 	w = payload_rate(share, mss, ipv6) * hold_us / USEC_PER_SEC;
+	if (iface->flags & IFACE_INGRESS_QUEUED) {
+		burst_left = bucket_level(&iface->ingress, now);
+		if (burst_left > 0)
+			w += flow_share(&iface->receivers, (__u64)burst_left, counted);
+	}
 	floor = counted ? RWND_MIN_SEGMENTS * (mss ? mss : 1448) : RWND_LIGHT_BYTES;
 	if (w < floor)
 		w = floor;

@@ -59,7 +59,7 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
     let measured = (|| -> Result<_> {
         let mut out = Vec::new();
         for (name, way) in [("egress (pod → server)", Way::Upload), ("ingress (server → pod)", Way::Download)] {
-            let bulk = Bulk { way, cc: "cubic".into(), flows: 1, omit: 1, seconds: opts.seconds };
+            let bulk = Bulk::tcp(way, "cubic", 1, 1, opts.seconds);
             out.push((name, bed.bulk(&bulk)?));
         }
         Ok(out)

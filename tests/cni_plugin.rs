@@ -19,7 +19,7 @@ fn shapes_both_directions(rate: &str, bits: f64, seconds: u32) {
     pod.add(limits(rate));
     assert!(pod.cgroup_attachments().contains("shape_egress"), "{}", pod.cgroup_attachments());
     for way in [Way::Upload, Way::Download] {
-        let bulk = Bulk { way, cc: "cubic".into(), flows: 1, omit: 2, seconds };
+        let bulk = Bulk::tcp(way, "cubic", 1, 2, seconds);
         let r = assert_bulk(&pod, &bulk, bits, (0.97, 1.02), &format!("{} TCP at {rate}", way.name()));
         assert!(r.transfer.resent_share(1448.0) <= 0.05);
     }

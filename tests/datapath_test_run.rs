@@ -516,6 +516,15 @@ fn a_queued_ingress_is_counted_not_policed() {
     assert_eq!(h.run("harness_ingress", 1500, ECT0, TCP).0, PASS);
     let i = h.get().iface.ingress;
     assert_eq!((i.passed_packets, i.passed_bytes, i.dropped_packets, i.marked_packets, i.tokens), (1, 1514, 0, 0, 0));
+    // The queue's bucket is mirrored: a frame takes its bytes, never below
+    // empty (the queue holds what the bucket cannot pass).
+    let mut state = input(bucket(1_000_000, 100_000, 2_000, SEC), Bucket::default(), SEC);
+    state.iface.flags = IFACE_INGRESS_QUEUED;
+    h.set(state);
+    h.run("harness_ingress", 1500, NOT_ECT, TCP);
+    assert_eq!(h.get().iface.ingress.tokens, 2_000 - 1514);
+    h.run("harness_ingress", 1500, NOT_ECT, UDP);
+    assert_eq!(h.get().iface.ingress.tokens, 0);
 }
 
 #[test]
@@ -781,7 +790,11 @@ fn a_paced_sockets_window_is_clamped_to_keep_its_skbs_small() {
 // ---- Ingress receive windows ----------------------------------------------
 
 fn rwnd(h: &mut Harness, rate: u64, counted_flows: i32, counted: bool, rtt_us: u32, queued: bool) -> u32 {
-    let mut s = input(bucket(rate, 100_000, 0, SEC), Bucket::default(), SEC);
+    rwnd_with_burst_left(h, rate, counted_flows, counted, rtt_us, queued, 0)
+}
+
+fn rwnd_with_burst_left(h: &mut Harness, rate: u64, counted_flows: i32, counted: bool, rtt_us: u32, queued: bool, tokens: i64) -> u32 {
+    let mut s = input(bucket(rate, 1 << 30, tokens, SEC), Bucket::default(), SEC);
     if queued {
         s.iface.flags = IFACE_INGRESS_QUEUED;
     }
@@ -805,12 +818,30 @@ fn receive_windows_hold_the_share_for_the_rtt_plus_a_short_queue() {
     assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 10_000, false) as u64, payload(125_000_000) * 10_000 / 1_000_000);
     // An RTT not known yet counts as 1 ms.
     assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 0, true) as u64, payload(125_000_000) * 3_000 / 1_000_000);
-    // At least four segments for a counted flow, however many share.
-    assert_eq!(rwnd(&mut h, 1_250_000, 8, true, 50, true), 4 * 1448);
+    // At least two segments for a counted flow, however many share.
+    assert_eq!(rwnd(&mut h, 1_250_000, 8, true, 50, true), 2 * 1448);
     // A flow not counted (a request awaiting its response) gets at least 16 KiB.
     assert_eq!(rwnd(&mut h, 1_250_000, 8, false, 50, true), 16 * 1024);
     // and otherwise one more flow's share.
     assert_eq!(rwnd(&mut h, 125_000_000, 4, false, 10_000, true) as u64, payload(25_000_000) * 12_000 / 1_000_000);
     // Capped at 1 GiB.
     assert_eq!(rwnd(&mut h, 12_500_000_000, 1, true, 10_000_000, true), 1 << 30);
+}
+
+#[test]
+fn a_queued_ingress_opens_windows_by_what_is_left_of_its_burst() {
+    let mut h = Harness::new();
+    let base = rwnd(&mut h, 1_250_000, 2, true, 10_000, true);
+    // 300 kB left in the queue's bucket, two flows: each may have half more
+    // in flight, so an idle pod gets its burst in one round trip.
+    assert_eq!(rwnd_with_burst_left(&mut h, 1_250_000, 2, true, 10_000, true, 300_000), base + 150_000);
+    // A flow not counted takes one more flow's part (its 16 KiB floor is
+    // then exceeded).
+    let light_share: u64 = 1_250_000 / 3 * 1448 / 1514 * 12_000 / 1_000_000;
+    assert_eq!(rwnd_with_burst_left(&mut h, 1_250_000, 2, false, 10_000, true, 300_000), light_share as u32 + 100_000);
+    // Under the policer there is no queue's bucket to spend.
+    assert_eq!(
+        rwnd_with_burst_left(&mut h, 1_250_000, 2, true, 10_000, false, 300_000),
+        rwnd(&mut h, 1_250_000, 2, true, 10_000, false)
+    );
 }

@@ -31,7 +31,7 @@ fn pod_with(tag: &str, policy: Value, annotations: Value) -> Pod {
 
 fn measure(pod: &Pod, reverse: bool, rate: f64, what: &str) {
     let way = if reverse { Way::Download } else { Way::Upload };
-    let bulk = Bulk { way, cc: "cubic".into(), flows: 1, omit: 2, seconds: 5 };
+    let bulk = Bulk::tcp(way, "cubic", 1, 2, 5);
     common::assert_bulk(pod, &bulk, rate, (0.97, 1.02), what);
 }
 

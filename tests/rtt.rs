@@ -91,7 +91,7 @@ fn matrix(one_way_ms: u64) {
         for way in [Way::Download, Way::Upload] {
             for cc in ["cubic", "bbr"] {
                 for flows in [1, 8] {
-                    let bulk = Bulk { way, cc: cc.into(), flows, omit: 2, seconds: 4 };
+                    let bulk = Bulk::tcp(way, cc, flows, 2, 4);
                     let what = format!("{} at {rate}, {} ms RTT, {cc}, {flows} flow(s)", way.name(), 2 * one_way_ms);
                     cell(&pod, &ann, bits, &bulk, &what);
                 }

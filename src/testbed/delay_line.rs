@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -49,7 +50,8 @@ pub struct Counters {
 /// A running delay line; stopped when dropped.
 pub struct DelayLine {
     child: Child,
-    lines: Receiver<String>,
+    /// Its stdout, a line at a time; one reader at a time.
+    lines: Mutex<Receiver<String>>,
 }
 
 impl DelayLine {
@@ -76,7 +78,7 @@ impl DelayLine {
             }
         });
         match lines.recv_timeout(Duration::from_secs(5)) {
-            Ok(l) if l == "ready" => Ok(DelayLine { child, lines }),
+            Ok(l) if l == "ready" => Ok(DelayLine { child, lines: Mutex::new(lines) }),
             other => {
                 let _ = child.kill();
                 let err = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
@@ -87,12 +89,13 @@ impl DelayLine {
 
     /// What the line has carried so far.
     pub fn counters(&self) -> Result<Counters> {
-        while self.lines.try_recv().is_ok() {}
+        let lines = self.lines.lock().map_err(|_| anyhow::anyhow!("a reader of the delay line panicked"))?;
+        while lines.try_recv().is_ok() {}
         // SAFETY: signalling our own child, which is alive (we hold it).
         if unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) } != 0 {
             bail!("cannot signal the delay line: {}", std::io::Error::last_os_error());
         }
-        let line = self.lines.recv_timeout(Duration::from_secs(2)).context("the delay line printed no counters")?;
+        let line = lines.recv_timeout(Duration::from_secs(2)).context("the delay line printed no counters")?;
         serde_json::from_str(&line).with_context(|| format!("the delay line printed {line:?}"))
     }
 }

@@ -198,6 +198,11 @@ impl Testbed {
         wait_for_port(&netns_path(&self.server_ns), POD_IP, port)
     }
 
+    /// Keeps a background process (a server) until the testbed goes.
+    pub fn keep(&mut self, child: Child) {
+        self.servers.push(child);
+    }
+
     /// A command that will run in the server's network namespace, outside the pod cgroup.
     pub fn server_command(&self, program: &str) -> Result<Command> {
         in_netns(Command::new(program), &netns_path(&self.server_ns), None)
@@ -308,7 +313,7 @@ pub fn in_netns(mut cmd: Command, netns: &Path, cgroup: Option<&Path>) -> Result
     Ok(cmd)
 }
 
-fn wait_for_port(netns: &Path, ip: &str, port: &str) -> Result<()> {
+pub(crate) fn wait_for_port(netns: &Path, ip: &str, port: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let probe = in_netns(Command::new("bash"), netns, None)?

@@ -7,11 +7,13 @@ iperf3 covers bulk flows; this covers the rest:
                                    an 8-byte header (request and response
                                    sizes, big-endian u32) and the request
                                    bytes; the reply is the response bytes.
-  requests HOST PORT SIZE COUNT GAP_MS [RESPONSE]
+  requests HOST PORT SIZE COUNT GAP_MS [RESPONSE] [fresh]
                                    one request of SIZE bytes every GAP_MS on
-                                   a keep-alive connection, answered with
-                                   RESPONSE bytes (64); prints latency
-                                   percentiles (ms) as JSON.
+                                   a keep-alive connection (with "fresh": a
+                                   new connection each, its handshake
+                                   timed too), answered with RESPONSE bytes
+                                   (64); prints latency percentiles (ms) as
+                                   JSON.
   light HOST PORT CONNS BPS SECONDS
                                    CONNS keep-alive connections each sending
                                    BPS bits/s in 10 requests a second.
@@ -67,19 +69,25 @@ def connect(host, port):
     return conn
 
 
-def requests(host, port, size, count, gap_ms, response=64):
-    conn = connect(host, port)
+def requests(host, port, size, count, gap_ms, response=64, fresh=False):
+    conn = None if fresh else connect(host, port)
     payload = struct.pack("!II", size, response) + b"q" * size
     samples, failed = [], 0
     for _ in range(count):
         start = time.monotonic()
         try:
+            if fresh:
+                conn = connect(host, port)
             conn.sendall(payload)
             recv_exact(conn, response)
             samples.append((time.monotonic() - start) * 1000)
+            if fresh:
+                conn.close()
         except OSError:
             failed += 1
-            conn = connect(host, port)
+            if conn is not None:
+                conn.close()
+            conn = None if fresh else connect(host, port)
         time.sleep(gap_ms / 1000)
     samples.sort()
     pick = lambda q: samples[min(len(samples) - 1, int(q * len(samples)))] if samples else None
@@ -132,7 +140,7 @@ def main(argv):
         serve(int(args[0]))
     elif cmd == "requests":
         requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]),
-                 int(args[5]) if len(args) > 5 else 64)
+                 int(args[5]) if len(args) > 5 else 64, len(args) > 6 and args[6] == "fresh")
     elif cmd == "light":
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":
