@@ -62,3 +62,48 @@ fn daemonset_runs_install_on_every_node_with_no_privilege() {
     assert!(sc["capabilities"]["add"].is_null(), "no capability is added");
     assert!(c["resources"]["limits"]["memory"].is_string());
 }
+
+/// deploy/build-image.sh puts the binary cargo builds (statically linked,
+/// tests/install.rs) into the image, and nothing else: no shared library
+/// from the build machine reaches a node. It refuses a dynamic binary.
+#[test]
+fn the_image_holds_only_the_static_binary() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = std::env::temp_dir().join(format!("brl-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("oci")).unwrap();
+    let build = |binary: &str| {
+        std::process::Command::new("bash")
+            .arg(repo.join("deploy/build-image.sh"))
+            .arg(work.join("image.tar"))
+            .arg("bpf-ratelimit.local/test:1")
+            .arg(binary)
+            .output()
+            .unwrap()
+    };
+    let refused = build("/bin/sh");
+    assert!(!refused.status.success(), "a dynamically linked binary went into the image");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("dynamically linked"), "{}", String::from_utf8_lossy(&refused.stderr));
+
+    let out = build(env!("CARGO_BIN_EXE_bpf-ratelimit"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tar = |args: &[&str]| {
+        let o = std::process::Command::new("tar").args(args).output().unwrap();
+        assert!(o.status.success(), "tar {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    tar(&["-xf", work.join("image.tar").to_str().unwrap(), "-C", work.join("oci").to_str().unwrap()]);
+    let blob = |digest: &str| work.join("oci/blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index: Value = serde_json::from_slice(&std::fs::read(work.join("oci/index.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_slice(&std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let files: Vec<String> = tar(&["-tf", layer.to_str().unwrap()]).lines().filter(|l| !l.ends_with('/')).map(String::from).collect();
+    assert_eq!(files, ["./usr/local/bin/bpf-ratelimit"], "the image holds more than the binary");
+    tar(&["-xf", layer.to_str().unwrap(), "-C", work.to_str().unwrap(), "./usr/local/bin/bpf-ratelimit"]);
+    assert_eq!(
+        std::fs::read(work.join("usr/local/bin/bpf-ratelimit")).unwrap(),
+        std::fs::read(env!("CARGO_BIN_EXE_bpf-ratelimit")).unwrap(),
+        "the image's binary is not the one cargo built"
+    );
+    std::fs::remove_dir_all(&work).unwrap();
+}

@@ -1,6 +1,7 @@
 //! `bpf-ratelimit install` and `uninstall`, run as the built binary on
 //! temporary CNI bin and conf dirs holding the conflists of real networks
-//! (bridge, flannel, Calico, a single-plugin .conf). Needs no privileges.
+//! (bridge, flannel, Calico, a single-plugin .conf). Needs no privileges,
+//! except the static-binary check (chroot).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -328,4 +329,59 @@ fn binary_only_places_the_binary_and_touches_no_config() {
     // With nothing chaining it, uninstall removes it again.
     node.ok("uninstall", &[]);
     assert!(!node.binary().exists());
+}
+
+/// The program headers and dynamic section of an ELF64 little-endian file:
+/// (has PT_INTERP, the DT_NEEDED count).
+fn elf_links(bytes: &[u8]) -> (bool, usize) {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!((bytes[4], bytes[5]), (2, 1), "not ELF64 little-endian");
+    let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let (mut interp, mut needed) = (false, 0);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        match u32_at(ph) {
+            3 => interp = true, // PT_INTERP
+            2 => {
+                // PT_DYNAMIC: Elf64_Dyn {d_tag, d_val} until DT_NULL.
+                let (off, size) = (u64_at(ph + 8) as usize, u64_at(ph + 32) as usize);
+                for d in (off..off + size).step_by(16) {
+                    match u64_at(d) {
+                        0 => break,
+                        1 => needed += 1, // DT_NEEDED
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (interp, needed)
+}
+
+/// What `install` copies onto nodes is the binary cargo builds (and
+/// install.sh, deploy/build-image.sh and the README use): statically linked
+/// (.cargo/config.toml), so it runs on a node of any glibc version, or of
+/// none. Checked in its ELF headers, and by running it alone in an empty
+/// root (chroot, so this needs root).
+#[test]
+fn the_binary_is_statically_linked_and_runs_in_an_empty_root() {
+    let binary = env!("CARGO_BIN_EXE_bpf-ratelimit");
+    let (interp, needed) = elf_links(&std::fs::read(binary).unwrap());
+    assert!(!interp, "{binary} names a program interpreter (the dynamic loader): it is not static");
+    assert_eq!(needed, 0, "{binary} needs shared libraries");
+    // The check itself tells a dynamic binary from a static one.
+    let (interp, needed) = elf_links(&std::fs::read("/bin/sh").unwrap_or_else(|_| std::fs::read("/usr/bin/env").unwrap()));
+    assert!(interp && needed > 0, "the ELF check cannot see a dynamic binary");
+
+    let node = Node::new(&[]);
+    let empty = node.root.join("empty-root");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(binary, empty.join("bpf-ratelimit")).unwrap();
+    let out = Command::new("chroot").arg(&empty).arg("/bpf-ratelimit").arg("version").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").output().expect("chroot (coreutils)");
+    assert!(out.status.success(), "the binary does not run without libraries: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("bpf-ratelimit "), "{}", String::from_utf8_lossy(&out.stdout));
 }
