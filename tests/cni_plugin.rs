@@ -536,3 +536,75 @@ fn log_file_is_created_0640_and_never_followed_through_a_symlink() {
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A node without iproute2: the plugin runs with a PATH that holds neither
+/// /usr/sbin nor /sbin, in a mount namespace of its own where every `tc` the
+/// old code looked for is covered with /dev/null (the machine's own `tc`
+/// stays, for this test's checks). ADD still queues ingress on the host-side
+/// veth and adds the raw-frame guard, CHECK passes, and DEL removes both.
+#[test]
+fn add_check_and_del_work_on_a_node_without_tc() {
+    use std::ffi::CString;
+    use std::os::unix::process::CommandExt;
+    let before = cgroup_links();
+    let pod = Pod::new("notc");
+    let hidden: Vec<CString> = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc", "/bin/tc"]
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .map(|p| CString::new(p).unwrap())
+        .collect();
+    let run = |command: &str, conf: &serde_json::Value| {
+        let (root, null) = (CString::new("/").unwrap(), CString::new("/dev/null").unwrap());
+        let hidden = hidden.clone();
+        let mut cmd = std::process::Command::new(common::plugin());
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.bed.name)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.bed.pod_netns_path())
+            .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: only async-signal-safe syscalls on strings made before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                for p in &hidden {
+                    if libc::mount(null.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                        return fail();
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let conf = pod.config(limits("20M"));
+    let tc_out = |args: &[&str]| String::from_utf8_lossy(&std::process::Command::new("tc").args(args).output().unwrap().stdout).into_owned();
+    let (code, stdout, stderr) = run("ADD", &conf);
+    assert_eq!(code, 0, "ADD without tc: {stdout}{stderr}");
+    let qdisc = tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]);
+    assert!(qdisc.contains("tbf b9a1:"), "no ingress queue: {qdisc} {stderr}");
+    let filter = tc_out(&["-n", &pod.bed.pod_ns, "filter", "show", "dev", "eth0", "egress"]);
+    assert!(filter.contains("refuse_raw_fram") && filter.contains("pref 49100"), "no raw-frame guard: {filter}");
+    let (code, stdout, stderr) = run("CHECK", &conf);
+    assert_eq!(code, 0, "CHECK without tc: {stdout}{stderr}");
+    let (code, stdout, stderr) = run("DEL", &conf);
+    assert_eq!(code, 0, "DEL without tc: {stdout}{stderr}");
+    assert!(!tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]).contains("b9a1:"), "DEL left the queue");
+    assert!(!tc_out(&["-n", &pod.bed.pod_ns, "filter", "show", "dev", "eth0", "egress"]).contains("49100"), "DEL left the guard");
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(cgroup_links(), before);
+}
