@@ -190,3 +190,22 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     let (_, empty, _) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
     assert_eq!(empty.trim(), "[]");
 }
+
+/// The case through ADD and `list --json`: under `maxEgressRate:
+/// 100000000` a pod annotated `egress-bandwidth: 100G` gets 100M and the
+/// burst of 100M (5 Mbit, 625 KB), not the 5 Gbit of 100G; one annotated 1T,
+/// more than any rate can be, is capped the same way instead of failing ADD.
+#[test]
+fn a_pod_capped_by_a_rate_ceiling_gets_the_ceilings_burst() {
+    for asked in ["100G", "1T"] {
+        let pod = pod_with("capburst", json!({"maxEgressRate": 100_000_000}), json!({"kubernetes.io/egress-bandwidth": asked}));
+        let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+        assert_eq!(code, 0, "{err}");
+        println!("egress-bandwidth {asked} under maxEgressRate 100M: list --json\n{out}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        let egress = &rows[0]["egress"];
+        assert_eq!(egress["limitBitsPerSecond"], 100_000_000, "{out}");
+        assert_eq!(egress["burstBits"], 5_000_000, "{out}");
+        pod.del();
+    }
+}
