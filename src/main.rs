@@ -51,6 +51,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("ready") => match args.get(1).filter(|_| args.len() == 2) {
+            None => {
+                eprintln!("bpf-ratelimit ready: give the --ready-file of install --wait\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+            Some(file) => match bpf_ratelimit::install::check_ready(std::path::Path::new(file)) {
+                Ok(what) => {
+                    print!("{what}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // A readiness probe's output is what kubelet records.
+                    println!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -84,11 +101,17 @@ Commands for people:
                                    Prometheus text exposition, once or served on /metrics
   bpf-ratelimit version            print the version
   bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
-                        [--conflist NAME] [--replace-bandwidth] [--binary-only] [--wait]
+                        [--conflist NAME] [--replace-bandwidth] [--binary-only]
+                        [--config FILE] [--wait [--ready-file FILE]]
                                    copy this binary into the CNI bin dir and append the plugin
-                                   to the conflist the runtime loads first (or NAME)
-  bpf-ratelimit uninstall [--bin-dir DIR] [--conf-dir DIR] [--conflist NAME] [--wait]
-                                   take the plugin out of the conflist(s), then the binary";
+                                   to the conflist the runtime loads first (or NAME); FILE is a
+                                   JSON object of the plugin's keys (the operator's policy),
+                                   checked now and kept in the entry; --wait stays, waits for
+                                   a conflist and re-applies whenever it changes
+  bpf-ratelimit uninstall [the same options]
+                                   take the plugin out of the conflist(s), then the binary
+  bpf-ratelimit ready FILE         exit 0 if install --wait --ready-file FILE keeps the node
+                                   chained as configured (a readiness probe)";
 
 /// Prints a command's output, or its error on stderr with exit code 1.
 fn report(result: anyhow::Result<String>) -> ExitCode {
