@@ -37,9 +37,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("list") => report(cli::list(&args[1..])),
-        Some("set") => report(cli::set(&args[1..])),
-        Some("metrics") => report(cli::metrics(&args[1..])),
+        Some("list") => {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            report(cli::list(&args[1..]))
+        }
+        Some("set") => {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            report(cli::set(&args[1..]))
+        }
+        Some("metrics") => match {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            cli::metrics(&args[1..])
+        } {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("bpf-ratelimit: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(cmd @ ("install" | "uninstall")) => {
             use bpf_ratelimit::install;
             let apply = if cmd == "install" { install::install } else { install::uninstall };
@@ -92,13 +107,15 @@ Commands for people:
   bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
   bpf-ratelimit list [--interval 1s] [--json] [--pin-root DIR]
                                    one row per shaped pod: limits, current rates, bytes
-                                   passed and dropped/marked per direction
+                                   passed and dropped/marked per direction (every pin root
+                                   this node used, unless --pin-root names one)
   bpf-ratelimit set <namespace/name | pod UID> [--ingress R] [--egress R]
                     [--ingress-burst B] [--egress-burst B] [--pin-root DIR]
                                    change a running pod's limits live (the operator's
                                    ceilings recorded at ADD still apply)
   bpf-ratelimit metrics [--listen ADDR] [--pin-root DIR]
-                                   Prometheus text exposition, once or served on /metrics
+                                   Prometheus text exposition, once (exit 1 if a pin root or
+                                   pod could not be read) or served on http://ADDR/metrics
   bpf-ratelimit version            print the version
   bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
                         [--conflist NAME] [--replace-bandwidth] [--binary-only]

@@ -608,3 +608,41 @@ fn add_check_and_del_work_on_a_node_without_tc() {
     assert!(pod.pins().is_empty(), "{:?}", pod.pins());
     assert_eq!(cgroup_links(), before);
 }
+
+/// GC goes on past an attachment it cannot remove (here a directory that
+/// is no pin sits in its pin directory, so unpinning it fails): it removes
+/// the other stale attachment, then fails naming the one it could not.
+#[test]
+fn gc_goes_on_past_an_attachment_it_cannot_remove_and_reports_it() {
+    let before = cgroup_links();
+    // Attachments are visited in name order: the stuck one comes first.
+    let stuck = Pod::new("gc1stuck");
+    let mut stale = Pod::new("gc2stale");
+    let mut keep = Pod::new("gc3keep");
+    stale.pin_root = stuck.pin_root.clone();
+    keep.pin_root = stuck.pin_root.clone();
+    for pod in [&stuck, &stale, &keep] {
+        pod.add(limits("20M"));
+    }
+    let obstacle = stuck.pin_root.join(format!("pods/test/{}/eth0/not-a-pin", stuck.bed.name));
+    std::fs::create_dir(&obstacle).unwrap();
+    let mut gc = keep.config(json!({}));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": keep.bed.name, "ifname": "eth0"}]);
+    let out = keep.invoke("GC", &gc);
+    println!("GC with one unremovable attachment: exit {}\n{}", out.code, out.stdout);
+    assert_eq!(out.code, 101, "{}{}", out.stdout, out.stderr);
+    let v = out.json().unwrap();
+    assert!(v["msg"].as_str().unwrap().contains("1 removal(s) failed"), "{v}");
+    assert!(v["details"].as_str().unwrap().contains(&stuck.bed.name), "{v}");
+    assert_eq!(stale.cgroup_attachments(), "", "GC stopped at the first failure: the other stale attachment is still attached");
+    assert!(keep.cgroup_attachments().contains("shape_egress"), "GC removed a valid attachment");
+    // Once the obstacle is gone, GC finishes the job.
+    std::fs::remove_dir(&obstacle).unwrap();
+    let out = keep.invoke("GC", &gc);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(stuck.cgroup_attachments(), "");
+    keep.del();
+    assert_eq!(cgroup_links(), before);
+    assert!(keep.pins().is_empty(), "{:?}", keep.pins());
+}
