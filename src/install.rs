@@ -672,9 +672,9 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
     if let Some(dir) = &config_dir {
         let _ = inotify.add_watch(dir.as_path(), events);
     }
-    eprintln!("bpf-ratelimit: waiting for SIGTERM, re-applying when {} changes and every 10 s", opts.conf_dir.display());
     let mut last_error: Option<String> = None;
     let mut ready = false;
+    let mut first = true;
     loop {
         watch(&inotify, &mut watching_conf_dir);
         match apply(opts) {
@@ -708,6 +708,9 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
                 }
                 ready = false;
             }
+        }
+        if std::mem::take(&mut first) {
+            eprintln!("bpf-ratelimit: waiting for SIGTERM, re-applying when {} changes and every 10 s", opts.conf_dir.display());
         }
         // Sleep until a signal, a change in the watched directories, or 10 s
         // (1 s while not ready and the conf dir cannot be watched yet).
