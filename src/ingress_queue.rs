@@ -128,9 +128,14 @@ pub fn remove(ifindex: u32) -> Result<()> {
 
 /// For CHECK: the queue is on `ifindex` with the rate for `rate` bits/s.
 pub fn verify(ifindex: u32, rate: u64) -> Result<()> {
+    verify_spec(ifindex, QueueSpec::for_rate(rate))
+}
+
+/// For CHECK: the queue is on `ifindex` with the rate of `spec`.
+pub fn verify_spec(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
     let Some(q) = our_qdisc(ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
-    let want = QueueSpec::for_rate(rate).rate_bits;
+    let want = spec.rate_bits;
     // The kernel keeps the rate in bytes/s.
     if q.rate_bits.abs_diff(want) > want / 100 + 8 {
         bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", q.rate_bits);

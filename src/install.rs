@@ -98,6 +98,13 @@ impl Options {
         if o.ready_file.is_some() && !o.wait {
             bail!("--ready-file needs --wait: it tells a readiness probe that the waiting installer keeps the node chained");
         }
+        // The conf dir is the runtime's: a policy there would be loaded as a
+        // network config, and a ready file there would wake --wait forever.
+        for (flag, file) in [("--config", &o.config), ("--ready-file", &o.ready_file)] {
+            if file.as_ref().and_then(|f| f.parent()).is_some_and(|d| d == o.conf_dir) {
+                bail!("{flag} must name a file outside --conf-dir {}", o.conf_dir.display());
+            }
+        }
         Ok(o)
     }
 }

@@ -10,13 +10,12 @@
 //! interface; DEL removes it while the netns is still there. It is found by
 //! its preference number.
 
-use std::os::fd::AsFd;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{ifindex, in_netns};
-use crate::tc::{self, Hook, Verb};
+use crate::tc::{self, Hook};
 
 /// The filter's preference on the interface's egress hook.
 pub const PREF: &str = "49100";
@@ -29,15 +28,8 @@ const PROG_NAME: &str = "refuse_raw_fram";
 /// Adds the filter running the program pinned at `prog_pin` to the egress of
 /// `ifname` in `netns`. Idempotent: an existing clsact is kept, our filter replaced.
 pub fn attach(netns: &Path, ifname: &str, prog_pin: &Path) -> Result<()> {
-    let attached = (|| -> Result<()> {
-        let prog = crate::bpf_sys::obj_get(prog_pin).with_context(|| format!("cannot open the pinned program {}", prog_pin.display()))?;
-        in_netns(netns, || {
-            let index = ifindex(ifname)?;
-            tc::clsact(Verb::Replace, index)?;
-            tc::bpf_filter(Verb::Replace, index, Hook::Egress, PREF_NUM, FILTER_HANDLE, prog.as_fd(), "refuse_raw_frames")
-        })
-    })();
-    attached.with_context(|| format!("cannot add the raw-frame guard to {ifname} (set allowRawSockets to run without it)"))
+    in_netns(netns, || tc::attach_pinned_filter(ifindex(ifname)?, Hook::Egress, PREF_NUM, FILTER_HANDLE, prog_pin, "refuse_raw_frames"))
+        .with_context(|| format!("cannot add the raw-frame guard to {ifname} (set allowRawSockets to run without it)"))
 }
 
 /// Removes our filter, if the netns and the interface are still there.
@@ -49,11 +41,7 @@ pub fn detach(netns: &Path, ifname: &str) {
 
 /// For CHECK: our filter is on the interface's egress and runs our program.
 pub fn verify(netns: &Path, ifname: &str) -> Result<()> {
-    let filters = in_netns(netns, || tc::bpf_filters(ifindex(ifname)?, Hook::Egress))?;
-    let ours = filters
-        .iter()
-        .any(|f| f.pref == PREF_NUM && f.direct_action && crate::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == PROG_NAME));
-    if !ours {
+    if !in_netns(netns, || tc::has_filter(ifindex(ifname)?, Hook::Egress, PREF_NUM, PROG_NAME))? {
         bail!("the raw-frame guard is missing from {ifname}");
     }
     Ok(())

@@ -322,6 +322,26 @@ pub fn bpf_filters(ifindex: u32, hook: Hook) -> Result<Vec<BpfFilter>> {
     Ok(out)
 }
 
+/// Opens the program pinned at `prog_pin`, gives the interface a clsact
+/// qdisc (an existing one is kept, with the filters on it) and adds or
+/// replaces the direct-action cls_bpf filter at `pref`/`handle` on `hook`
+/// running that program: what `tc qdisc replace dev X clsact; tc filter
+/// replace dev X HOOK pref P handle H bpf da pinned PIN` does.
+pub fn attach_pinned_filter(ifindex: u32, hook: Hook, pref: u16, handle: u32, prog_pin: &std::path::Path, name: &str) -> Result<()> {
+    use std::os::fd::AsFd;
+    let prog = crate::bpf_sys::obj_get(prog_pin).with_context(|| format!("cannot open the pinned program {}", prog_pin.display()))?;
+    clsact(Verb::Replace, ifindex)?;
+    bpf_filter(Verb::Replace, ifindex, hook, pref, handle, prog.as_fd(), name)
+}
+
+/// Whether the filter at `pref` on `hook` runs, in direct-action mode, a
+/// program the kernel names `prog_name` (it keeps 15 bytes of a name).
+pub fn has_filter(ifindex: u32, hook: Hook, pref: u16, prog_name: &str) -> Result<bool> {
+    Ok(bpf_filters(ifindex, hook)?
+        .iter()
+        .any(|f| f.pref == pref && f.direct_action && crate::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == prog_name)))
+}
+
 // ---- The socket ----
 
 /// A NETLINK_ROUTE socket in the calling thread's network namespace.

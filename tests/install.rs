@@ -318,6 +318,10 @@ fn refusals_name_the_file_and_change_nothing() {
     node.refused(&["--conflist", "nope.conflist"], &["nope.conflist", "does not exist"]);
     node.refused(&["--conflist", "../etc/passwd"], &["--conflist takes a file name"]);
     node.refused(&["--bogus"], &["unknown option"]);
+    let in_conf_dir = node.conf("policy.json");
+    node.refused(&["--config", in_conf_dir.to_str().unwrap()], &["outside --conf-dir"]);
+    node.refused(&["--wait", "--ready-file", in_conf_dir.to_str().unwrap()], &["outside --conf-dir"]);
+    node.refused(&["--ready-file", "/tmp/x"], &["--ready-file needs --wait"]);
 }
 
 #[test]

@@ -215,3 +215,35 @@ fn raw_guard_attach_verify_detach_over_netlink() {
     let _ = std::fs::remove_dir_all(&pin_root);
     result.unwrap();
 }
+
+/// The generic helpers, as an enforcement point on a pod's host-side veth
+/// would use them: a pinned program on the clsact ingress hook in the node's
+/// netns, beside another plugin's filter and qdisc, which stay.
+#[test]
+fn a_pinned_program_on_the_ingress_hook_of_a_host_interface() {
+    let veth = Veth::new("ing");
+    let index = ifindex(&veth.host).unwrap();
+    let pin_root = Path::new("/sys/fs/bpf").join(format!("brl-test-ing-{}", std::process::id()));
+    let pin = pin_root.join("prog");
+    std::fs::create_dir_all(&pin_root).unwrap();
+    with_classifier(|prog, _| bpf_ratelimit::bpf_sys::obj_pin(prog, &pin).unwrap());
+    let result = std::panic::catch_unwind(|| {
+        // Another plugin's clsact and filter come first.
+        let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "clsact"]).status().unwrap();
+        assert!(out.success());
+        with_classifier(|prog, _| tc::bpf_filter(Verb::Add, index, Hook::Ingress, 100, 1, prog, "theirs").unwrap());
+        assert!(!tc::has_filter(index, Hook::Ingress, 49101, "refuse_raw_fram").unwrap());
+        tc::attach_pinned_filter(index, Hook::Ingress, 49101, 1, &pin, "ours").unwrap();
+        tc::attach_pinned_filter(index, Hook::Ingress, 49101, 1, &pin, "ours").unwrap();
+        assert!(tc::has_filter(index, Hook::Ingress, 49101, "refuse_raw_fram").unwrap());
+        assert!(!tc::has_filter(index, Hook::Egress, 49101, "refuse_raw_fram").unwrap());
+        let prefs: Vec<u16> = tc::bpf_filters(index, Hook::Ingress).unwrap().iter().map(|f| f.pref).collect();
+        assert_eq!(prefs, [100, 49101], "the other filter must stay");
+        let shown = tc_json(None, &["filter", "show", "dev", &veth.host, "ingress"]).to_string();
+        assert!(shown.contains("\"bpf_name\":\"ours\"") && shown.contains("\"bpf_name\":\"theirs\""), "{shown}");
+        assert!(tc::filter_delete(index, Hook::Ingress, 49101, 0).unwrap());
+        assert_eq!(tc::bpf_filters(index, Hook::Ingress).unwrap().len(), 1);
+    });
+    let _ = std::fs::remove_dir_all(&pin_root);
+    result.unwrap();
+}
