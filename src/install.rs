@@ -670,15 +670,17 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
         | AddWatchFlags::IN_CLOSE_WRITE
         | AddWatchFlags::IN_ATTRIB;
     let config_dir = opts.config.as_ref().and_then(|c| c.parent()).map(Path::to_path_buf);
+    // Both directories are watched again when a watch is lost (the
+    // directory was removed: IN_IGNORED) or could not be set up yet.
     let mut watching_conf_dir = false;
     let watch = |inotify: &Inotify, watching: &mut bool| {
         if !*watching {
             *watching = inotify.add_watch(&opts.conf_dir, events).is_ok();
+            if let Some(dir) = &config_dir {
+                let _ = inotify.add_watch(dir.as_path(), events);
+            }
         }
     };
-    if let Some(dir) = &config_dir {
-        let _ = inotify.add_watch(dir.as_path(), events);
-    }
     let mut last_error: Option<String> = None;
     let mut ready = false;
     let mut first = true;
@@ -732,11 +734,20 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
             eprintln!("bpf-ratelimit: {name}: exiting and leaving the files as they are");
             return Ok(());
         }
-        if inotify.read_events().is_ok_and(|e| !e.is_empty()) {
+        let mut seen = inotify.read_events().unwrap_or_default();
+        if !seen.is_empty() {
             // Let the writer finish (an installer may write several files),
             // then take every event that came meanwhile.
             std::thread::sleep(Duration::from_millis(100));
-            while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+            while let Ok(more) = inotify.read_events() {
+                if more.is_empty() {
+                    break;
+                }
+                seen.extend(more);
+            }
+            if seen.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                watching_conf_dir = false;
+            }
         }
     }
 }

@@ -592,6 +592,14 @@ fn install_wait_on_an_empty_conf_dir_chains_the_conflist_when_it_appears() {
     println!("chained {:?} after the conflist appeared", written.elapsed());
     assert_eq!(node.ready(&ready).0, 0);
     assert!(node.binary().exists());
+    // The conf dir itself goes and comes back (its watch is lost with it).
+    std::fs::remove_dir_all(node.root.join("net.d")).unwrap();
+    eventually(5, "unready without a conf dir", || !ready.exists());
+    std::fs::create_dir(node.root.join("net.d")).unwrap();
+    std::fs::write(node.conf("10-flannel.conflist"), FLANNEL).unwrap();
+    eventually(5, "chained again in the new conf dir", || {
+        node.json("10-flannel.conflist") == example("10-flannel-bpf-ratelimit.conflist") && ready.exists()
+    });
     assert_eq!(waiting.stop().0, 0);
 }
 
