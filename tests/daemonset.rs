@@ -242,9 +242,19 @@ fn the_metrics_container_serves_prometheus_text() {
     let listen = args.iter().position(|a| *a == "--listen").unwrap() + 1;
     args[listen] = "127.0.0.1:0";
     let mut child = Command::new(env!("CARGO_BIN_EXE_bpf-ratelimit")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().trim_end_matches("/metrics").to_string();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
+    if addr.is_empty() {
+        let _ = child.kill();
+        panic!("metrics --listen did not say where it listens: {line:?}");
+    }
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
     let mut reply = String::new();

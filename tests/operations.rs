@@ -295,7 +295,7 @@ fn list_set_and_metrics_look_in_every_pin_root_the_node_used() {
 /// silent client holds no scrape up and is dropped after the header timeout.
 #[test]
 fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let a = Pod::new("httpa");
     let mut b = Pod::new("httpb");
     b.pin_root = a.pin_root.clone();
@@ -307,16 +307,10 @@ fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
         let out = pod.invoke_full("ADD", &pod.bed.name, &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=test;K8S_POD_UID={uid}"), &pod.config(ann));
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     }
-    let mut server = Command::new(common::plugin())
-        .args(["metrics", "--listen", "127.0.0.1:0", "--pin-root"])
-        .arg(&a.pin_root)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
-    let mut first = String::new();
-    stderr.read_line(&mut first).unwrap();
-    let addr = first.trim().rsplit("http://").next().unwrap().trim_end_matches("/metrics").to_string();
+    let mut server = Server(
+        Command::new(common::plugin()).args(["metrics", "--listen", "127.0.0.1:0", "--pin-root"]).arg(&a.pin_root).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let addr = listening_address(&mut server.0);
     let get = |path: &str| -> (String, String) {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -375,8 +369,7 @@ fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
     let dropped = started.elapsed();
     println!("the silent client was dropped after {dropped:?} ({n} bytes of reply)");
     assert!(dropped < Duration::from_secs(9), "the silent client was not dropped: {dropped:?}");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     a.del();
     b.del();
 }
@@ -404,17 +397,14 @@ fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
     assert!(stdout.contains("bpf_ratelimit_up 0"), "{stdout}");
     assert!(!stderr.is_empty());
 
-    let mut server = nobody(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    use std::io::{BufRead, Read, Write};
-    std::io::BufReader::new(server.stderr.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().trim_end_matches("/metrics").to_string();
+    let mut server = Server(nobody(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
+    use std::io::{Read, Write};
+    let addr = listening_address(&mut server.0);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
     let mut text = String::new();
     s.read_to_string(&mut text).unwrap();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     std::fs::remove_file(&copy).unwrap();
     assert!(text.contains("bpf_ratelimit_up 0"), "{text}");
     // As root the same pin root reads fine.
@@ -422,4 +412,34 @@ fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
     assert_eq!(code, 0, "{err}");
     assert!(metrics.contains("bpf_ratelimit_up 1"), "{metrics}");
     pod.del();
+}
+
+/// The address a `metrics --listen` server says it bound (its first line on
+/// stderr), within 10 s; a server that never says fails the test, not hangs it.
+fn listening_address(server: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
+    if addr.is_empty() {
+        let _ = server.kill();
+        panic!("metrics --listen did not say where it listens: {line:?}");
+    }
+    addr
+}
+
+/// A `metrics --listen` server, killed when the test ends, failed or not.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
