@@ -3,7 +3,8 @@
 #   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …;
 #      containerd, runc, containernetworking-plugins, gcc and protoc for the containerd e2e test),
 #   2. a bpffs mount at /sys/fs/bpf if there is none,
-#   3. a release build, installed by `bpf-ratelimit install`: the binary goes to
+#   3. a release build (statically linked, so it runs on any node's libc), installed by
+#      `bpf-ratelimit install`: the binary goes to
 #      $CNI_BIN_DIR (default /opt/cni/bin), and the plugin is chained into the
 #      conflist the runtime loads first in $CNI_CONF_DIR (default /etc/cni/net.d);
 #      with no CNI config there yet, only the binary is placed and the snippet printed.
@@ -35,7 +36,9 @@ PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 iputils-p
   python3
   # tests/containerd_e2e.rs and bench/: a private containerd with runc and the reference CNI plugins,
   # gcc + libc6-dev for its static pause binary, protoc for the CRI client's build script.
-  containerd runc containernetworking-plugins gcc libc6-dev protobuf-compiler)
+  containerd runc containernetworking-plugins gcc libc6-dev protobuf-compiler
+  # deploy/build-image.sh checks with readelf that the binary is static.
+  binutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -61,17 +64,20 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
-echo "==> building (release)"
+echo "==> building (release, statically linked: see .cargo/config.toml)"
 cargo build --release --locked --quiet
+# .cargo/config.toml names the target, so the binary is under target/<triple>/.
+TRIPLE="$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)"
+BIN="target/$TRIPLE/release/bpf-ratelimit"
 
 CNI_BIN_DIR="${CNI_BIN_DIR:-/opt/cni/bin}"
 CNI_CONF_DIR="${CNI_CONF_DIR:-/etc/cni/net.d}"
 if compgen -G "$CNI_CONF_DIR/*.conf" >/dev/null || compgen -G "$CNI_CONF_DIR/*.conflist" >/dev/null \
    || compgen -G "$CNI_CONF_DIR/*.json" >/dev/null; then
   echo "==> bpf-ratelimit install (into $CNI_BIN_DIR and the first config in $CNI_CONF_DIR)"
-  target/release/bpf-ratelimit install --bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR"
+  "$BIN" install --bin-dir "$CNI_BIN_DIR" --conf-dir "$CNI_CONF_DIR"
 else
-  target/release/bpf-ratelimit install --bin-dir "$CNI_BIN_DIR" --binary-only
+  "$BIN" install --bin-dir "$CNI_BIN_DIR" --binary-only
   cat <<SNIPPET
 
 No CNI config in $CNI_CONF_DIR yet. Once your network plugin has written its

@@ -40,8 +40,9 @@ struct Options {
     seconds: u32,
     pods_for_timing: usize,
     out_dir: PathBuf,
-    /// Which parts to run: the rate table and ADD/DEL timing, the workloads, or both.
+    /// Which parts to run: the rate table, ADD/DEL timing, the workloads.
     rate_table: bool,
+    timing: bool,
     workloads: bool,
 }
 
@@ -52,6 +53,7 @@ fn parse_args() -> Result<Options> {
         pods_for_timing: 100,
         out_dir: PathBuf::from("bench/results"),
         rate_table: true,
+        timing: true,
         workloads: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,10 +72,11 @@ fn parse_args() -> Result<Options> {
             "--out" => opts.out_dir = PathBuf::from(val()?),
             "--only" => match val()?.as_str() {
                 "rates" => opts.workloads = false,
-                "workloads" => opts.rate_table = false,
-                other => bail!("--only takes rates or workloads, not {other}"),
+                "workloads" => (opts.rate_table, opts.timing) = (false, false),
+                "timing" => (opts.rate_table, opts.workloads) = (false, false),
+                other => bail!("--only takes rates (with ADD/DEL timing), timing or workloads, not {other}"),
             },
-            other => bail!("unknown option {other}; options: --rates 10M,100M,1G --seconds 6 --pods 100 --out bench/results --only rates|workloads"),
+            other => bail!("unknown option {other}; options: --rates 10M,100M,1G --seconds 6 --pods 100 --out bench/results --only rates|timing|workloads"),
         }
     }
     Ok(opts)
@@ -127,7 +130,7 @@ fn run() -> Result<()> {
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     let cni = Cni::new(&env.work)?;
     let per_rate = 2 * (1 + 2 * 4 + 2 * ingress::SENDERS.len());
-    let rate_steps = if opts.rate_table { opts.rates.len() * per_rate + 2 * (opts.pods_for_timing / 10 + 1) } else { 0 };
+    let rate_steps = if opts.rate_table { opts.rates.len() * per_rate } else { 0 } + if opts.timing { 2 * (opts.pods_for_timing / 10 + 1) } else { 0 };
     let workload_steps = if opts.workloads { 2 * 8 } else { 0 };
     let mut progress = Progress { done: 0, total: rate_steps + workload_steps, started: Instant::now() };
 
@@ -192,7 +195,7 @@ fn run() -> Result<()> {
             rows.extend(result?);
         }
     }
-    let timings = if opts.rate_table {
+    let timings = if opts.timing {
         vec![
             timing(&cni, Plugin::Ours, opts.pods_for_timing, &mut progress)?,
             timing(&cni, Plugin::Reference, opts.pods_for_timing, &mut progress)?,

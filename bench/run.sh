@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench/run.sh: run as root" >&2; exit 1; }
 ./install.sh --deps-only
 cargo build --release --locked --quiet --bin bpf-ratelimit --example bench
-exec target/release/examples/bench "$@"
+triple="$(sed -n 's/^target = "\(.*\)"/\1/p' .cargo/config.toml)"
+exec "target/$triple/release/examples/bench" "$@"

@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # Builds the DaemonSet's image (deploy/daemonset.yaml) as an OCI image
-# archive, with no registry pulls: one layer holding the bpf-ratelimit
-# binary at /usr/local/bin/bpf-ratelimit and the shared libraries ldd says
-# it loads, taken from this machine.
+# archive, with no registry pulls: one layer holding only the statically
+# linked bpf-ratelimit binary at /usr/local/bin/bpf-ratelimit. The binary is
+# copied onto every node, whatever its libc, so a dynamically linked one is
+# refused.
 #
 #   deploy/build-image.sh OUTPUT.tar [IMAGE_NAME] [BINARY]
 #       IMAGE_NAME  default bpf-ratelimit.local/bpf-ratelimit:<crate version>, as in daemonset.yaml
-#       BINARY      default target/release/bpf-ratelimit (cargo build --release first)
+#       BINARY      default target/<triple>/release/bpf-ratelimit (cargo build --release first;
+#                   .cargo/config.toml names the triple and links statically)
 #
 # Import it on a node with: ctr -n k8s.io images import OUTPUT.tar
-# The binary is copied onto the host, so build it on a distribution whose
-# glibc is no newer than the nodes'.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:?usage: build-image.sh OUTPUT.tar [IMAGE_NAME] [BINARY]}"
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)"
 name="${2:-bpf-ratelimit.local/bpf-ratelimit:$version}"
-binary="${3:-$repo/target/release/bpf-ratelimit}"
+triple="$(sed -n 's/^target = "\(.*\)"/\1/p' "$repo/.cargo/config.toml")"
+binary="${3:-$repo/target/$triple/release/bpf-ratelimit}"
 tag="${name##*:}"
 [ "$tag" != "$name" ] || { echo "build-image.sh: IMAGE_NAME needs a tag (name:tag)" >&2; exit 2; }
 [ -x "$binary" ] || { echo "build-image.sh: $binary is missing: run cargo build --release first" >&2; exit 1; }
-for tool in ldd tar sha256sum; do
+for tool in readelf tar sha256sum; do
   command -v "$tool" >/dev/null || { echo "build-image.sh: $tool is missing" >&2; exit 1; }
 done
 
@@ -30,12 +31,14 @@ trap 'rm -rf "$work"' EXIT
 root="$work/rootfs"
 layout="$work/layout"
 mkdir -p "$root/usr/local/bin" "$layout/blobs/sha256"
+# Static: no program interpreter (PT_INTERP) and no shared library (DT_NEEDED).
+program_headers="$(readelf -lW "$binary")"
+dynamic_section="$(readelf -dW "$binary")"
+if grep -q 'INTERP' <<<"$program_headers" || grep -q '(NEEDED)' <<<"$dynamic_section"; then
+  echo "build-image.sh: $binary is dynamically linked; build it with cargo build --release (.cargo/config.toml links it statically)" >&2
+  exit 1
+fi
 install -m 0755 "$binary" "$root/usr/local/bin/bpf-ratelimit"
-# "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }' | while read -r lib; do
-  mkdir -p "$root$(dirname "$lib")"
-  cp -L "$lib" "$root$lib"   # the file itself, not the symlink
-done
 
 # Moves a file into the blob store; prints "<digest> <size>".
 blob() {

@@ -2,6 +2,8 @@
 //! fast they go, what was dropped), `set` (change a running pod's limits)
 //! and `metrics` (Prometheus exposition). All read the pinned state only, so
 //! they need no runtime, and `set` writes it under the same lock as ADD.
+//! Without `--pin-root` they look in every pin root this node used, as DEL,
+//! CHECK, GC and `stats` do.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -11,14 +13,15 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::datapath;
-use crate::pins::{AttachmentId, PinRoot};
 use crate::limits::{self, Direction, Limit};
+use crate::pins::{AttachmentId, PinRoot};
 use crate::pod_meta::{self, PodMeta};
 use crate::quantity;
 use crate::state::{Bucket, IfaceState as PodState, LimitBasis, IFACE_INGRESS_QUEUED as POD_INGRESS_QUEUED};
 
 /// One shaped pod as its pins show it.
 pub struct PodView {
+    pub pin_root: PathBuf,
     pub id: AttachmentId,
     pub dir: PathBuf,
     pub meta: PodMeta,
@@ -37,23 +40,73 @@ impl PodView {
             Direction::Egress => &self.state.egress,
         }
     }
-}
 
-/// Every shaped pod under the pin root. Attachments whose state cannot be
-/// read (a DEL in progress) are skipped.
-pub fn pods(root: &PinRoot) -> Result<Vec<PodView>> {
-    let mut out = Vec::new();
-    for id in root.attachments()? {
-        let dir = root.pod_dir(&id);
-        let Ok((cgroup_id, state)) = datapath::pod_state_from_pins(&dir) else { continue };
-        let meta = pod_meta::read(&dir).unwrap_or_default();
-        out.push(PodView { id, dir, meta, cgroup_id, state });
+    /// The pod's name for tables and labels: its Kubernetes name, else its container ID.
+    fn pod_name(&self) -> String {
+        if self.meta.name.is_empty() {
+            self.id.container_id.clone()
+        } else {
+            self.meta.name.clone()
+        }
     }
-    Ok(out)
 }
 
+/// The pin roots to read: the one given (`--pin-root`), else every pin root
+/// this node used (the default one and those ADD recorded).
+pub fn pin_roots(given: Option<&Path>) -> Vec<PathBuf> {
+    match given {
+        Some(p) => vec![p.to_path_buf()],
+        None => crate::pin_roots::known(Path::new(crate::netconf::DEFAULT_PIN_ROOT)),
+    }
+}
+
+/// Opens a pin root: `None` when there is none (nothing is shaped there), an
+/// error when it exists but cannot be read (no privileges, say).
 fn open_root(pin_root: &Path) -> Result<Option<PinRoot>> {
+    match std::fs::metadata(pin_root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read pin root {}", pin_root.display())),
+        Ok(_) => {}
+    }
     PinRoot::existing(pin_root).with_context(|| format!("cannot open pin root {}", pin_root.display()))
+}
+
+/// Every shaped pod under these pin roots, locked one root at a time, and
+/// what could not be read (a pin root or a pod's state), one line each.
+pub fn read_pods(roots: &[PathBuf]) -> (Vec<PodView>, Vec<String>) {
+    let (mut out, mut errors) = (Vec::new(), Vec::new());
+    for path in roots {
+        match open_root(path) {
+            Ok(Some(root)) => read_root(&root, &mut out, &mut errors),
+            Ok(None) => {}
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    (out, errors)
+}
+
+/// The pods under one pin root, whose lock the caller holds.
+fn read_root(root: &PinRoot, out: &mut Vec<PodView>, errors: &mut Vec<String>) {
+    let path = root.path();
+    let ids = match root.attachments() {
+        Ok(ids) => ids,
+        Err(e) => {
+            errors.push(format!("cannot list the pods under {}: {e:#}", path.display()));
+            return;
+        }
+    };
+    for id in ids {
+        let dir = root.pod_dir(&id);
+        // Every command holds the pin root's lock, so no ADD or DEL is
+        // half done here: a state that cannot be read is an error.
+        match datapath::pod_state_from_pins(&dir) {
+            Ok((cgroup_id, state)) => {
+                let meta = pod_meta::read(&dir).unwrap_or_default();
+                out.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state });
+            }
+            Err(e) => errors.push(format!("cannot read {}: {e:#}", dir.display())),
+        }
+    }
 }
 
 /// One direction of one pod in `list`: exact numbers (bits/s, bits, bytes).
@@ -74,28 +127,26 @@ pub struct ListRow {
     pub namespace: String,
     pub pod: String,
     pub uid: String,
+    pub network: String,
     pub container_id: String,
     pub ifname: String,
+    pub pin_root: PathBuf,
     pub ingress: DirectionRow,
     pub egress: DirectionRow,
 }
 
-/// Samples every pod twice, `interval` apart, for the current rates.
-pub fn list_rows(pin_root: &Path, interval: Duration) -> Result<Vec<ListRow>> {
-    let first = match open_root(pin_root)? {
-        Some(root) => pods(&root)?,
-        None => return Ok(Vec::new()),
-    };
+/// Samples every pod twice, `interval` apart, for the current rates; and
+/// what could not be read (the rows hold the rest).
+pub fn list_rows(pin_root: Option<&Path>, interval: Duration) -> (Vec<ListRow>, Vec<String>) {
+    let roots = pin_roots(pin_root);
+    let (first, _) = read_pods(&roots);
     let started = Instant::now();
     std::thread::sleep(interval);
-    let second = match open_root(pin_root)? {
-        Some(root) => pods(&root)?,
-        None => Vec::new(),
-    };
+    let (second, errors) = read_pods(&roots);
     let seconds = started.elapsed().as_secs_f64();
     let mut rows = Vec::new();
     for now in &second {
-        let before = first.iter().find(|p| p.id == now.id && p.cgroup_id == now.cgroup_id);
+        let before = first.iter().find(|p| p.id == now.id && p.pin_root == now.pin_root && p.cgroup_id == now.cgroup_id);
         let direction = |dir: Direction| {
             let b = now.bucket(dir);
             let passed_before = before.map(|p| p.bucket(dir).passed_bytes).unwrap_or(b.passed_bytes);
@@ -110,15 +161,17 @@ pub fn list_rows(pin_root: &Path, interval: Duration) -> Result<Vec<ListRow>> {
         };
         rows.push(ListRow {
             namespace: now.meta.namespace.clone(),
-            pod: if now.meta.name.is_empty() { now.id.container_id.clone() } else { now.meta.name.clone() },
+            pod: now.pod_name(),
             uid: now.meta.uid.clone(),
+            network: now.id.network.clone(),
             container_id: now.id.container_id.clone(),
             ifname: now.id.ifname.clone(),
+            pin_root: now.pin_root.clone(),
             ingress: direction(Direction::Ingress),
             egress: direction(Direction::Egress),
         });
     }
-    Ok(rows)
+    (rows, errors)
 }
 
 fn human_bytes(n: u64) -> String {
@@ -180,111 +233,187 @@ impl Change {
             Direction::Egress => (self.egress, self.egress_burst),
         }
     }
+
+    /// Refuses what `set` cannot do, before any pod is looked at.
+    pub fn check(&self) -> Result<()> {
+        for dir in Direction::BOTH {
+            let (rate, burst) = self.get(dir);
+            if rate == Some(0) {
+                bail!(
+                    "--{0} 0 would remove the pod's {0} limit, which set cannot do: whether a pod is limited is decided at ADD \
+                     by its annotations and the operator's policy. Give a rate between 8k and 100G",
+                    dir.name()
+                );
+            }
+            if let Some(r) = rate.filter(|r| !(limits::MIN_RATE..=limits::MAX_RATE).contains(r)) {
+                bail!("--{} {r}: a rate must be between {} and {} bits/s (8k to 100G)", dir.name(), limits::MIN_RATE, limits::MAX_RATE);
+            }
+            if burst == Some(0) {
+                bail!("--{}-burst 0: a burst must be above 0 (leave it out for the default)", dir.name());
+            }
+            if let Some(b) = burst.filter(|b| *b > limits::MAX_BURST) {
+                bail!("--{}-burst {b}: a burst can be at most {} bits (1 GiB)", dir.name(), limits::MAX_BURST);
+            }
+        }
+        if self.ingress.is_none() && self.egress.is_none() && self.ingress_burst.is_none() && self.egress_burst.is_none() {
+            bail!("nothing to set: give --ingress, --egress, --ingress-burst or --egress-burst");
+        }
+        Ok(())
+    }
+}
+
+/// The limit `change` gives one direction of a pod now enforcing `old`
+/// (bits/s, bits; rate 0: unlimited), within the pod's ceilings; `None`
+/// when it leaves the direction alone; and what was capped.
+fn plan(dir: Direction, old: Limit, change: &Change, ceilings: &limits::Ceilings) -> Result<Option<(Limit, Option<String>)>> {
+    let (rate, burst) = change.get(dir);
+    if rate.is_none() && burst.is_none() {
+        return Ok(None);
+    }
+    let new_rate = rate.unwrap_or(old.rate);
+    if new_rate == 0 {
+        bail!("the pod has no {0} limit to change a burst of; give --{0} too", dir.name());
+    }
+    // A burst that was the default for the old rate follows the rate.
+    let defaulted = old.rate == 0 || old.burst == limits::default_burst(dir, old.rate).div_ceil(8) * 8;
+    let new_burst = burst.unwrap_or(if defaulted { limits::default_burst(dir, new_rate) } else { old.burst });
+    let (limit, capped) = ceilings.cap(dir, Limit { rate: new_rate, burst: new_burst });
+    Ok(Some((limit, capped)))
+}
+
+/// The state to write: `latest` (read at the last moment) with the new
+/// limits. The bucket's tokens and refill time are the latest ones, so
+/// nothing the pod spent since it was first read is credited back; tokens
+/// above a smaller burst are dropped, and a newly limited direction starts full.
+pub fn rewrite(latest: &PodState, new: &[(Direction, Limit)], basis: LimitBasis) -> PodState {
+    let mut write = *latest;
+    for (dir, limit) in new {
+        let bucket = match dir {
+            Direction::Ingress => &mut write.ingress,
+            Direction::Egress => &mut write.egress,
+        };
+        let fresh = Bucket::full(Some(*limit), basis);
+        let was_limited = bucket.rate != 0;
+        bucket.rate = fresh.rate;
+        bucket.burst = fresh.burst;
+        if was_limited {
+            bucket.tokens = bucket.tokens.min(fresh.burst as i64);
+        } else {
+            // last_ns 0: the next refill fills it (see Bucket::full).
+            bucket.tokens = fresh.burst as i64;
+            bucket.last_ns = 0;
+        }
+    }
+    write
 }
 
 /// Changes the limits of the pods that `target` names (`namespace/name` or
 /// a pod UID), live: the attachments stay, only their state is rewritten,
-/// under the pin root's lock. The ceilings ADD recorded apply. Returns a
-/// line per attachment changed.
-pub fn set(pin_root: &Path, target: &str, change: Change) -> Result<Vec<String>> {
-    let Some(root) = open_root(pin_root)? else { bail!("no pod is shaped on this node (no pin root at {})", pin_root.display()) };
-    let matches: Vec<PodView> = pods(&root)?
-        .into_iter()
-        .filter(|p| (!p.meta.uid.is_empty() && p.meta.uid == target) || (!p.meta.name.is_empty() && format!("{}/{}", p.meta.namespace, p.meta.name) == target))
-        .collect();
-    if matches.is_empty() {
-        bail!("no shaped pod is named {target:?}: give namespace/name or the pod's UID (see bpf-ratelimit list)");
-    }
+/// under the pin root's lock. The ceilings ADD recorded apply, and what was
+/// set is recorded for CHECK. Returns a line per attachment changed.
+pub fn set(pin_root: Option<&Path>, target: &str, change: Change) -> Result<Vec<String>> {
+    change.check()?;
+    let roots = pin_roots(pin_root);
     let mut done = Vec::new();
-    for pod in matches {
-        let mut state = pod.state;
-        let basis: LimitBasis = crate::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
-        let mut notes = Vec::new();
-        for dir in Direction::BOTH {
-            let (rate, burst) = change.get(dir);
-            if rate.is_none() && burst.is_none() {
+    let mut found = false;
+    // One pin root at a time, under its lock, from the read to the write.
+    for path in &roots {
+        let root = match open_root(path) {
+            Ok(Some(root)) => root,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("set: {e:#}");
                 continue;
             }
-            let current = match dir {
-                Direction::Ingress => &mut state.ingress,
-                Direction::Egress => &mut state.egress,
-            };
-            let old = Limit { rate: current.rate * 8, burst: current.burst * 8 };
-            let new_rate = rate.unwrap_or(old.rate);
-            if new_rate == 0 {
-                bail!("{} has no {} limit to change a burst of; give --{} too", pod.display_name(), dir.name(), dir.name());
-            }
-            if !(limits::MIN_RATE..=limits::MAX_RATE).contains(&new_rate) {
-                bail!("a {} rate must be between {} and {} bits/s", dir.name(), limits::MIN_RATE, limits::MAX_RATE);
-            }
-            // A burst that was the default for the old rate follows the rate.
-            let defaulted = old.rate == 0 || old.burst == limits::default_burst(dir, old.rate).div_ceil(8) * 8;
-            let new_burst = burst.unwrap_or(if defaulted { limits::default_burst(dir, new_rate) } else { old.burst });
-            if new_burst > limits::MAX_BURST {
-                bail!("a burst can be at most {} bits (1 GiB)", limits::MAX_BURST);
-            }
-            let (limit, capped) = pod.meta.ceilings.cap(dir, Limit { rate: new_rate, burst: new_burst });
-            if let Some(note) = capped {
-                notes.push(note);
-            }
-            let fresh = Bucket::full(Some(limit), basis);
-            current.rate = fresh.rate;
-            current.burst = fresh.burst;
-            // Tokens above the new burst are dropped; a newly limited
-            // direction starts full (last_ns 0: the next refill fills it).
-            if old.rate == 0 {
-                current.tokens = fresh.burst as i64;
-                current.last_ns = 0;
-            } else {
-                current.tokens = current.tokens.min(fresh.burst as i64);
-            }
-            if dir == Direction::Ingress && state.flags & POD_INGRESS_QUEUED != 0 {
-                crate::ingress_queue::change(state.host_ifindex, crate::ingress_queue::QueueSpec::for_limit(limit, basis))
-                    .with_context(|| format!("cannot change the ingress queue of {}", pod.display_name()))?;
-            }
-        }
-        // Counters and tokens move while we hold the copy: the limits are
-        // written into the latest value, under its lock.
-        let write = datapath::update_pod_state(&pod.dir, |latest| {
-            for (b, new) in [(&mut latest.ingress, &state.ingress), (&mut latest.egress, &state.egress)] {
-                let fresh = b.rate == 0 && new.rate != 0;
-                b.rate = new.rate;
-                b.burst = new.burst;
-                if fresh {
-                    b.tokens = new.burst as i64;
-                    b.last_ns = 0;
-                } else {
-                    b.tokens = b.tokens.min(new.burst as i64);
-                }
-            }
-        })
-        .with_context(|| format!("cannot change the limits of {}", pod.display_name()))?;
-        let describe = |b: &Bucket| {
-            if b.rate == 0 { "unlimited".to_string() } else { format!("{}bit/s burst {}", quantity::format_rate(b.rate * 8), human_bytes(b.burst)) }
         };
-        let mut line = format!(
-            "{} ({}): ingress {}, egress {}",
-            pod.display_name(),
-            pod.id.container_id,
-            describe(&write.ingress),
-            describe(&write.egress)
-        );
-        for n in notes {
-            let _ = write!(line, "; {n}");
+        let (mut pods, mut errors) = (Vec::new(), Vec::new());
+        read_root(&root, &mut pods, &mut errors);
+        let matches: Vec<PodView> = pods
+            .into_iter()
+            .filter(|p| (!p.meta.uid.is_empty() && p.meta.uid == target) || (!p.meta.name.is_empty() && format!("{}/{}", p.meta.namespace, p.meta.name) == target))
+            .collect();
+        if matches.is_empty() {
+            if let Some(e) = errors.first() {
+                log::warn!("set: {e}");
+            }
+            continue;
         }
-        log::info!("set {line}");
-        done.push(line);
+        found = true;
+        for pod in matches {
+            done.push(set_one(&pod, &change)?);
+        }
+        drop(root);
+    }
+    if !found {
+        bail!("no shaped pod is named {target:?}: give namespace/name or the pod's UID (see bpf-ratelimit list)");
     }
     Ok(done)
 }
 
-/// Prometheus text exposition (format 0.0.4, what node_exporter's textfile
-/// collector and every scraper read) of every shaped pod: limits as gauges,
-/// counters as counters, labelled by namespace, pod and direction.
-pub fn metrics(pin_root: &Path) -> Result<String> {
-    use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+fn set_one(pod: &PodView, change: &Change) -> Result<String> {
+    let mut new = Vec::new();
+    let mut notes = Vec::new();
+    for dir in Direction::BOTH {
+        let b = pod.bucket(dir);
+        let old = Limit { rate: b.rate * 8, burst: b.burst * 8 };
+        let planned = plan(dir, old, change, &pod.meta.ceilings).with_context(|| pod.display_name())?;
+        if let Some((limit, capped)) = planned {
+            notes.extend(capped);
+            new.push((dir, limit));
+        }
+    }
+    let basis: LimitBasis = crate::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
+    // The queue first (a netlink request), then the state's read and write
+    // back to back, so that the value written is the latest one.
+    if let Some((_, limit)) = new.iter().find(|(d, _)| *d == Direction::Ingress) {
+        if pod.state.flags & POD_INGRESS_QUEUED != 0 {
+            crate::ingress_queue::change(pod.state.host_ifindex, crate::ingress_queue::QueueSpec::for_limit(*limit, basis))
+                .with_context(|| format!("cannot change the ingress queue of {}", pod.display_name()))?;
+        }
+    }
+    let write = datapath::update_pod_state(&pod.dir, |latest| *latest = rewrite(latest, &new, basis))
+        .with_context(|| format!("cannot change the limits of {}", pod.display_name()))?;
+    // CHECK compares against what was set from now on.
+    let mut meta = pod.meta.clone();
+    for (dir, limit) in &new {
+        meta.set.record(*dir, *limit);
+    }
+    if let Err(e) = pod_meta::update(&pod.dir, &meta) {
+        log::warn!("{}: cannot record what was set, so CHECK will compare against the config: {e:#}", pod.display_name());
+    }
+    let describe = |b: &Bucket| {
+        if b.rate == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{}bit/s burst {}", quantity::format_rate(b.rate * 8), human_bytes(b.burst))
+        }
+    };
+    let mut line = format!("{} ({}): ingress {}, egress {}", pod.display_name(), pod.id.container_id, describe(&write.ingress), describe(&write.egress));
+    for n in notes {
+        let _ = write!(line, "; {n}");
+    }
+    log::info!("set {line}");
+    Ok(line)
+}
 
-    const LABELS: [&str; 3] = ["namespace", "pod", "direction"];
+/// A metrics exposition and what could not be read for it.
+pub struct Scrape {
+    pub text: String,
+    pub errors: Vec<String>,
+}
+
+/// Prometheus text exposition (format 0.0.4, what node_exporter's textfile
+/// collector and every scraper read) of every shaped pod, in base units:
+/// limits in bytes per second and bursts in bytes, as gauges, only for the
+/// directions that have a limit; traffic counters for both directions.
+/// Series are labelled by pod (namespace, name, UID), attachment (network,
+/// container ID, interface) and direction, so two attachments never add up
+/// in one series. `bpf_ratelimit_up` is 0 when a pin root or a pod could not
+/// be read (Scrape::errors says what).
+pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
+    use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+    const LABELS: [&str; 7] = ["namespace", "pod", "uid", "network", "container_id", "interface", "direction"];
     let registry = Registry::new();
     let gauge = |name: &str, help: &str| -> Result<IntGaugeVec> {
         let g = IntGaugeVec::new(Opts::new(name, help), &LABELS)?;
@@ -296,8 +425,13 @@ pub fn metrics(pin_root: &Path) -> Result<String> {
         registry.register(Box::new(c.clone()))?;
         Ok(c)
     };
-    let limit = gauge("bpf_ratelimit_limit_bits_per_second", "The pod's rate limit (0: unlimited)")?;
-    let burst = gauge("bpf_ratelimit_burst_bytes", "The pod's burst (token bucket size)")?;
+    let single = |name: &str, help: &str| -> Result<IntGauge> {
+        let g = IntGauge::new(name, help)?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let limit = gauge("bpf_ratelimit_limit_bytes_per_second", "The pod's rate limit in this direction (no series: unlimited)")?;
+    let burst = gauge("bpf_ratelimit_burst_bytes", "The pod's burst (token bucket size) in this direction (no series: unlimited)")?;
     let counters = [
         counter("bpf_ratelimit_passed_bytes_total", "Bytes the shaper passed")?,
         counter("bpf_ratelimit_dropped_bytes_total", "Bytes the shaper dropped over the limit")?,
@@ -306,49 +440,184 @@ pub fn metrics(pin_root: &Path) -> Result<String> {
         counter("bpf_ratelimit_dropped_packets_total", "Packets (skbs) the shaper dropped")?,
         counter("bpf_ratelimit_marked_packets_total", "Packets (skbs) the shaper marked ECN CE")?,
     ];
-    let pods = match open_root(pin_root)? {
-        Some(root) => pods(&root)?,
-        None => Vec::new(),
-    };
+    let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
+    let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
+    let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
+
+    let (pods, mut errors) = read_pods(&pin_roots(pin_root));
+    let mut seen = std::collections::BTreeSet::new();
     for pod in &pods {
-        let name = if pod.meta.name.is_empty() { pod.id.container_id.clone() } else { pod.meta.name.clone() };
+        // The same attachment in two pin roots (a stale copy): one series only.
+        if !seen.insert(pod.id.clone()) {
+            errors.push(format!("{} ({}) is pinned under more than one pin root; showing the one under the first", pod.display_name(), pod.id.container_id));
+            continue;
+        }
+        let name = pod.pod_name();
         for dir in Direction::BOTH {
             let b = pod.bucket(dir);
-            let labels = [pod.meta.namespace.as_str(), name.as_str(), dir.name()];
-            limit.with_label_values(&labels).set(i64::try_from(b.rate * 8).unwrap_or(i64::MAX));
-            burst.with_label_values(&labels).set(i64::try_from(b.burst).unwrap_or(i64::MAX));
+            let labels = [
+                pod.meta.namespace.as_str(),
+                name.as_str(),
+                pod.meta.uid.as_str(),
+                pod.id.network.as_str(),
+                pod.id.container_id.as_str(),
+                pod.id.ifname.as_str(),
+                dir.name(),
+            ];
+            if b.rate != 0 {
+                limit.with_label_values(&labels).set(i64::try_from(b.rate).unwrap_or(i64::MAX));
+                burst.with_label_values(&labels).set(i64::try_from(b.burst).unwrap_or(i64::MAX));
+            }
             let values = [b.passed_bytes, b.dropped_bytes, b.marked_bytes, b.passed_packets, b.dropped_packets, b.marked_packets];
             for (family, v) in counters.iter().zip(values) {
                 family.with_label_values(&labels).inc_by(v);
             }
         }
     }
-    Ok(TextEncoder::new().encode_to_string(&registry.gather())?)
+    attachments.set(seen.len() as i64);
+    errors_gauge.set(errors.len() as i64);
+    up.set(i64::from(errors.is_empty()));
+    Ok(Scrape { text: TextEncoder::new().encode_to_string(&registry.gather())?, errors })
 }
 
-/// Serves `metrics` on http://ADDR/metrics until killed: for a DaemonSet,
-/// or for node_exporter's textfile collector use `metrics` alone.
-pub fn serve_metrics(pin_root: &Path, addr: &str) -> Result<()> {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    log::info!("serving metrics on http://{addr}/metrics");
-    for stream in listener.incoming() {
-        let Ok(mut stream) = stream else { continue };
-        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut request_line = String::new();
-        if BufReader::new(&stream).read_line(&mut request_line).is_err() {
-            continue;
+/// The most connections `serve_metrics` handles at once; more are closed.
+const MAX_CONNECTIONS: usize = 16;
+/// A client must send its request headers within this...
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// ...and be done within this.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `metrics` on http://ADDR/metrics until killed (for a DaemonSet;
+/// for node_exporter's textfile collector use `metrics` alone). HTTP/1.1 by
+/// hyper, one connection per request, headers within 5 s, a connection
+/// within 30 s, at most 16 at once. Prints the address it listens on (port
+/// 0 picks a free one) to stderr.
+pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
+    use std::sync::Arc;
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let roots: Arc<Option<PathBuf>> = Arc::new(pin_root.map(Path::to_path_buf));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().context("cannot start the HTTP server's runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        eprintln!("bpf-ratelimit: serving metrics on http://{local}/metrics");
+        log::info!("serving metrics on http://{local}/metrics");
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of descriptors, say: wait a moment rather than spin.
+                    log::warn!("metrics: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                log::warn!("metrics: {MAX_CONNECTIONS} connections are open; closing the one from {peer}");
+                continue;
+            };
+            let roots = roots.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let roots = roots.clone();
+                    async move {
+                        let reply = |status: StatusCode, ctype: &str, body: String| {
+                            Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body)))
+                        };
+                        let path = req.uri().path();
+                        if req.method() != Method::GET && req.method() != Method::HEAD {
+                            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+                        }
+                        if path != "/metrics" {
+                            return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
+                        }
+                        // Reading the pins is blocking work (bpf(2), the pin root's lock).
+                        let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
+                        match scrape {
+                            Ok(Ok(s)) => {
+                                for e in &s.errors {
+                                    log::warn!("metrics: {e}");
+                                }
+                                reply(StatusCode::OK, prometheus::TEXT_FORMAT, s.text)
+                            }
+                            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e:#}\n")),
+                            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                        }
+                    }
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
+                if tokio::time::timeout(CONNECTION_TIMEOUT, connection).await.is_err() {
+                    log::warn!("metrics: closed the connection from {peer} after {CONNECTION_TIMEOUT:?}");
+                }
+                drop(slot);
+            });
         }
-        let path = request_line.split_whitespace().nth(1).unwrap_or("");
-        let (status, ctype, body) = if path == "/metrics" || path.starts_with("/metrics?") {
-            match metrics(pin_root) {
-                Ok(b) => ("200 OK", prometheus::TEXT_FORMAT, b),
-                Err(e) => ("500 Internal Server Error", "text/plain", format!("{e:#}\n")),
-            }
-        } else {
-            ("404 Not Found", "text/plain", "try /metrics\n".to_string())
-        };
-        let _ = write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ingress: Option<Limit>, egress: Option<Limit>) -> PodState {
+        PodState::new(&limits::Limits { ingress, egress }, LimitBasis::Frames)
     }
-    Ok(())
+
+    #[test]
+    fn set_rewrites_limits_on_the_latest_state_and_credits_nothing_back() {
+        let l = Limit { rate: 10_000_000, burst: 8_000_000 };
+        // The pod spent its bucket into debt after `set` first read it.
+        let mut latest = state(Some(l), Some(l));
+        latest.egress.tokens = -500_000;
+        latest.egress.last_ns = 123_456_789;
+        latest.egress.passed_bytes = 42;
+        let write = rewrite(&latest, &[(Direction::Egress, Limit { rate: 20_000_000, burst: 16_000_000 })], LimitBasis::Frames);
+        assert_eq!((write.egress.rate, write.egress.burst), (2_500_000, 2_000_000));
+        assert_eq!(write.egress.tokens, -500_000, "the debt stays");
+        assert_eq!(write.egress.last_ns, 123_456_789, "no refill is credited again");
+        assert_eq!(write.egress.passed_bytes, 42);
+        assert_eq!(write.ingress, latest.ingress, "the other direction is untouched");
+        // A smaller burst drops the tokens above it.
+        let mut latest = state(Some(l), None);
+        latest.ingress.tokens = 1_000_000;
+        let write = rewrite(&latest, &[(Direction::Ingress, Limit { rate: 10_000_000, burst: 800_000 })], LimitBasis::Frames);
+        assert_eq!(write.ingress.tokens, 100_000);
+        // A newly limited direction starts full.
+        let write = rewrite(&state(None, None), &[(Direction::Egress, l)], LimitBasis::Frames);
+        assert_eq!((write.egress.tokens, write.egress.last_ns), (1_000_000, 0));
+    }
+
+    #[test]
+    fn set_refuses_what_it_cannot_do_with_a_clear_message() {
+        let e = Change { ingress: Some(0), ..Default::default() }.check().unwrap_err().to_string();
+        assert!(e.contains("--ingress 0") && e.contains("cannot"), "{e}");
+        assert!(Change { egress_burst: Some(0), ..Default::default() }.check().is_err());
+        assert!(Change { egress: Some(1), ..Default::default() }.check().unwrap_err().to_string().contains("between"));
+        assert!(Change::default().check().unwrap_err().to_string().contains("nothing to set"));
+        assert!(Change { egress: Some(10_000_000), ..Default::default() }.check().is_ok());
+    }
+
+    #[test]
+    fn planned_bursts_follow_the_rate_when_defaulted_and_stay_within_the_ceilings() {
+        let ceilings = limits::Ceilings { egress_rate: Some(100_000_000), egress_burst: Some(5_000_000), ..Default::default() };
+        let old = Limit { rate: 10_000_000, burst: limits::default_burst(Direction::Egress, 10_000_000) };
+        let change = Change { egress: Some(50_000_000), ..Default::default() };
+        let (l, capped) = plan(Direction::Egress, old, &change, &ceilings).unwrap().unwrap();
+        assert_eq!((l.rate, l.burst, capped), (50_000_000, limits::default_burst(Direction::Egress, 50_000_000), None));
+        let change = Change { egress: Some(1_000_000_000), egress_burst: Some(1_000_000_000), ..Default::default() };
+        let (l, capped) = plan(Direction::Egress, old, &change, &ceilings).unwrap().unwrap();
+        assert_eq!((l.rate, l.burst), (100_000_000, 5_000_000));
+        assert!(capped.unwrap().contains("capped"));
+        assert!(plan(Direction::Ingress, old, &change, &ceilings).unwrap().is_none());
+    }
 }

@@ -364,3 +364,13 @@ pub fn record_read(map: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
     sys_bpf(BPF_MAP_LOOKUP_ELEM, &mut record_elem(map, value.as_mut_ptr() as u64))?;
     Ok(value)
 }
+
+/// Overwrites the value of a one-entry array map made by `record_create`;
+/// `value` must be the map's value size.
+pub fn record_write(map: BorrowedFd<'_>, value: &[u8]) -> io::Result<()> {
+    let size = map_info(map)?.value_size as usize;
+    if value.len() != size {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a {}-byte record for a {size}-byte map", value.len())));
+    }
+    sys_bpf(BPF_MAP_UPDATE_ELEM, &mut record_elem(map, value.as_ptr() as u64))
+}

@@ -1,11 +1,11 @@
 //! Argument parsing for the commands people run: `list`, `set`, `metrics`.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use bpf_ratelimit::admin::{self, Change};
-use bpf_ratelimit::netconf::DEFAULT_PIN_ROOT;
 
 /// Splits `--flag value` pairs and positional arguments.
 fn parse<'a>(args: &'a [String], flags: &[&str], switches: &[&str]) -> Result<(Vec<(&'a str, &'a str)>, Vec<&'a str>, Vec<&'a str>)> {
@@ -26,8 +26,9 @@ fn parse<'a>(args: &'a [String], flags: &[&str], switches: &[&str]) -> Result<(V
     Ok((values, on, positional))
 }
 
-fn pin_root(values: &[(&str, &str)]) -> PathBuf {
-    PathBuf::from(values.iter().find(|(k, _)| *k == "--pin-root").map(|(_, v)| *v).unwrap_or(DEFAULT_PIN_ROOT))
+/// `--pin-root DIR`: that pin root only; without it, every pin root this node used.
+fn pin_root(values: &[(&str, &str)]) -> Option<PathBuf> {
+    values.iter().find(|(k, _)| *k == "--pin-root").map(|(_, v)| PathBuf::from(v))
 }
 
 fn quantity(flag: &str, v: &str) -> Result<u64> {
@@ -49,7 +50,11 @@ pub fn list(args: &[String]) -> Result<String> {
             Duration::from_secs_f64(secs)
         }
     };
-    let rows = admin::list_rows(&pin_root(&values), interval)?;
+    let (rows, errors) = admin::list_rows(pin_root(&values).as_deref(), interval);
+    // What could not be read is said, and the rest shown.
+    for e in &errors {
+        eprintln!("bpf-ratelimit list: {e}");
+    }
     if on.contains(&"--json") {
         Ok(serde_json::to_string_pretty(&rows)? + "\n")
     } else {
@@ -71,23 +76,25 @@ pub fn set(args: &[String]) -> Result<String> {
         };
         *slot = Some(quantity(flag, v)?);
     }
-    if change.ingress.is_none() && change.egress.is_none() && change.ingress_burst.is_none() && change.egress_burst.is_none() {
-        bail!("nothing to set: give --ingress, --egress, --ingress-burst or --egress-burst");
-    }
-    Ok(admin::set(&pin_root(&values), target, change)?.join("\n") + "\n")
+    Ok(admin::set(pin_root(&values).as_deref(), target, change)?.join("\n") + "\n")
 }
 
-pub fn metrics(args: &[String]) -> Result<String> {
+/// `metrics`: printed once (exit 1, with the errors on stderr, when a pin
+/// root or a pod could not be read), or served with `--listen`.
+pub fn metrics(args: &[String]) -> Result<ExitCode> {
     let (values, _, positional) = parse(args, &["--listen", "--pin-root"], &[])?;
     if let Some(p) = positional.first() {
         bail!("metrics takes no argument {p:?}");
     }
     let root = pin_root(&values);
-    match values.iter().find(|(k, _)| *k == "--listen") {
-        Some((_, addr)) => {
-            admin::serve_metrics(&root, addr)?;
-            Ok(String::new())
-        }
-        None => admin::metrics(&root),
+    if let Some((_, addr)) = values.iter().find(|(k, _)| *k == "--listen") {
+        admin::serve_metrics(root.as_deref(), addr)?;
+        return Ok(ExitCode::SUCCESS);
     }
+    let scrape = admin::metrics(root.as_deref())?;
+    print!("{}", scrape.text);
+    for e in &scrape.errors {
+        eprintln!("bpf-ratelimit metrics: {e}");
+    }
+    Ok(if scrape.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

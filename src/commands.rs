@@ -219,11 +219,17 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         cgroup::cgroup_id(&dir).map_err(|e| CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string()))?
     };
     let mut found = None;
+    // What `bpf-ratelimit set` changed for this sandbox, which the pod's
+    // state holds instead of the config's request.
+    let mut limits = limits;
     for path in crate::pin_roots::known(&req.conf.pin_root) {
         let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
         if let Some(a) =
             datapath::inspect_pod(&root, &req.attachment()).map_err(|e| datapath_error("cannot read the pod's attachment", e))?
         {
+            if let Ok(meta) = crate::pod_meta::read(&root.pod_dir(&req.attachment())) {
+                limits = meta.set.over(&limits);
+            }
             found = Some(Found {
                 links: a.links,
                 state: a.state,
@@ -255,30 +261,61 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         }
         if let (true, Some(ingress)) = (record.ingress_queued, limits.ingress) {
             let spec = crate::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
-            crate::ingress_queue::verify(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
+            crate::ingress_queue::verify_spec(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
         }
     }
     Ok(())
 }
 
-/// GC unpins every attachment that the runtime does not list as valid.
+/// GC unpins every attachment that the runtime does not list as valid. A
+/// removal that fails does not stop it: it goes on with the rest, in every
+/// pin root, and then reports every failure (CNI 1.1: GC removes what it can).
 fn cmd_gc(req: &Request) -> Result<(), CniError> {
     let Some(valid) = &req.conf.valid_attachments else {
         return Err(CniError::config("GC needs cni.dev/valid-attachments"));
     };
+    let mut failures = Vec::new();
     for path in crate::pin_roots::known(&req.conf.pin_root) {
-        let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
-        let attachments = root.attachments().map_err(|e| datapath_error("cannot list attachments", e))?;
+        let root = match PinRoot::existing(&path) {
+            Ok(Some(root)) => root,
+            Ok(None) => continue,
+            Err(e) => {
+                failures.push(format!("cannot open pin root {}: {e:#}", path.display()));
+                continue;
+            }
+        };
+        let attachments = match root.attachments() {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(format!("cannot list the attachments under {}: {e:#}", path.display()));
+                continue;
+            }
+        };
         // valid-attachments speaks for this network only.
         for a in attachments.iter().filter(|a| a.network == req.conf.name) {
-            if !valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
-                root.remove_pod(a, None).map_err(|e| datapath_error("cannot remove a stale attachment", e))?;
-                log::info!("GC: removed stale attachment {} ({}) under {}", a.container_id, a.ifname, path.display());
+            if valid.contains(&(a.container_id.clone(), a.ifname.clone())) {
+                continue;
+            }
+            match root.remove_pod(a, None) {
+                Ok(_) => log::info!("GC: removed stale attachment {} ({}) under {}", a.container_id, a.ifname, path.display()),
+                Err(e) => {
+                    log::error!("GC: cannot remove stale attachment {} ({}) under {}: {e:#}", a.container_id, a.ifname, path.display());
+                    failures.push(format!("container {} ({}) under {}: {e:#}", a.container_id, a.ifname, path.display()));
+                }
             }
         }
-        root.remove_datapath_if_unused().map_err(|e| datapath_error("cannot unpin the unused datapath", e))?;
+        if let Err(e) = root.remove_datapath_if_unused() {
+            failures.push(format!("cannot unpin the unused datapath under {}: {e:#}", path.display()));
+        }
     }
-    Ok(())
+    if failures.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        code::DATAPATH,
+        format!("GC removed what it could, but {} removal(s) failed", failures.len()),
+        failures.join("; "),
+    ))
 }
 
 /// STATUS: cgroup2, bpffs and loading the datapath all work. It mounts and

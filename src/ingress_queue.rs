@@ -11,8 +11,8 @@
 //! plugin), the BPF policer stays in force; the logs, CHECK and `stats` say
 //! which.
 //!
-//! The qdisc is set up with iproute2's `tc`, as an operator would, and is
-//! recognised by its handle.
+//! The qdisc is set up over rtnetlink (crate::tc; no `tc` binary is run) and
+//! is recognised by its handle.
 
 use std::path::Path;
 
@@ -21,6 +21,7 @@ use serde_json::Value;
 
 /// The root qdisc handle that marks a queue as ours ("b9a1:").
 pub const HANDLE: &str = "b9a1:";
+const HANDLE_MAJOR: u16 = 0xb9a1;
 
 /// The queue holds max(rate x QUEUE_MS, QUEUE_MIN_BYTES): room for every
 /// receiver's window beyond the path's round trip (ebpf/shaper.h:
@@ -62,34 +63,36 @@ pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
             return None;
         }
         let name = i.get("name")?.as_str()?;
-        // A name that is no interface name is never handed to tc.
+        // A name that is no interface name is never looked up.
         let valid = !name.is_empty() && name.len() < 16 && !name.contains(['/', ' ', '\0']) && name != "." && name != "..";
         let sys = Path::new("/sys/class/net").join(name);
         (valid && sys.exists() && !sys.join("bridge").exists()).then(|| name.to_string())
     })
 }
 
-fn run_tc(args: &[&str]) -> Result<String> {
-    crate::tc::run(args, None)
+/// Our queue's handle as the kernel stores it.
+fn handle_id() -> u32 {
+    crate::tc::handle(HANDLE_MAJOR)
+}
+
+fn tbf_of(spec: QueueSpec) -> crate::tc::Tbf {
+    crate::tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
 }
 
 /// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
 /// the interface already has a root qdisc of its own.
 pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
-    tbf("add", ifname, spec)
+    let ifindex = crate::netns::ifindex(ifname)?;
+    crate::tc::tbf(crate::tc::Verb::Add, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
+        .with_context(|| format!("cannot add the ingress queue (tbf, handle {HANDLE}) to {ifname}"))
 }
 
 /// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
 /// packets in it stay queued.
 pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    tbf("change", &ifname, spec)
-}
-
-/// `tc qdisc VERB dev IFNAME root handle b9a1: tbf ...` for `spec`.
-fn tbf(verb: &str, ifname: &str, spec: QueueSpec) -> Result<()> {
-    let (rate, burst, limit) = (format!("{}bit", spec.rate_bits), spec.burst_bytes.to_string(), spec.limit_bytes.to_string());
-    run_tc(&["qdisc", verb, "dev", ifname, "root", "handle", HANDLE, "tbf", "rate", &rate, "burst", &burst, "limit", &limit]).map(drop)
+    crate::tc::tbf(crate::tc::Verb::Change, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
+        .with_context(|| format!("cannot change the ingress queue on {ifname}"))
 }
 
 /// The interface's name, if `ifindex` still exists in this netns.
@@ -104,15 +107,12 @@ pub fn ifname_of(ifindex: u32) -> Option<String> {
     Some(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
 }
 
-/// The root qdisc of `ifname` as `tc -j` shows it, if it is ours.
-fn our_qdisc(ifname: &str) -> Result<Option<Value>> {
-    let out = run_tc(&["-j", "qdisc", "show", "dev", ifname, "root"])?;
-    let v: Value = serde_json::from_str(&out).context("tc -j printed no JSON")?;
-    Ok(v.as_array()
+/// The root qdisc of `ifindex`, if it is ours: its parameters as read back.
+pub fn our_qdisc(ifindex: u32) -> Result<Option<crate::tc::Tbf>> {
+    Ok(crate::tc::qdiscs(ifindex)?
         .into_iter()
-        .flatten()
-        .find(|q| q["kind"] == "tbf" && q["handle"].as_str() == Some(HANDLE))
-        .cloned())
+        .find(|q| q.parent == crate::tc::ROOT && q.kind == "tbf" && q.handle == handle_id())
+        .map(|q| q.tbf.unwrap_or(crate::tc::Tbf { rate_bits: 0, burst_bytes: 0, limit_bytes: 0 })))
 }
 
 /// Removes our queue from the interface `ifindex`, if both are still there.
@@ -120,23 +120,22 @@ fn our_qdisc(ifname: &str) -> Result<Option<Value>> {
 pub fn remove(ifindex: u32) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
     // The kernel deletes a root qdisc only if its handle is the one given,
-    // so another shaper's qdisc is never touched; one call, as DEL is timed.
-    match run_tc(&["qdisc", "del", "dev", &ifname, "root", "handle", HANDLE]) {
+    // so another shaper's qdisc is never touched; one request, as DEL is timed.
+    match crate::tc::qdisc_delete(ifindex, crate::tc::ROOT, handle_id()) {
         Ok(_) => Ok(()),
-        Err(_) if our_qdisc(&ifname)?.is_none() => Ok(()),
-        Err(e) => Err(e),
+        Err(_) if our_qdisc(ifindex)?.is_none() => Ok(()),
+        Err(e) => Err(e.context(format!("cannot remove the ingress queue from {ifname}"))),
     }
 }
 
-/// For CHECK: the queue is on `ifindex` with the rate and burst of `spec`.
-pub fn verify(ifindex: u32, spec: QueueSpec) -> Result<()> {
+/// For CHECK: the queue is on `ifindex` with the rate of `spec`.
+pub fn verify_spec(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    let Some(q) = our_qdisc(&ifname)? else { bail!("the ingress queue is missing from {ifname}") };
-    let have = q["options"]["rate"].as_u64().map(|bytes_per_s| bytes_per_s * 8);
+    let Some(q) = our_qdisc(ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
     let want = spec.rate_bits;
-    // tc reports the rate in bytes/s, rounded.
-    if have.is_some_and(|h| h.abs_diff(want) > want / 100 + 8) {
-        bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", have.unwrap_or(0));
+    // The kernel keeps the rate in bytes/s.
+    if q.rate_bits.abs_diff(want) > want / 100 + 8 {
+        bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", q.rate_bits);
     }
     Ok(())
 }

@@ -1,9 +1,17 @@
 //! `bpf-ratelimit install` and `uninstall`: put the binary into the CNI bin
 //! dir and chain the plugin into the conflist the runtime uses, and take
-//! both out again. Every file is written beside its target, fsynced and
-//! renamed, so a runtime reading the conf dir at any moment sees either the
-//! old or the new file, never half of one. Every check runs before the
-//! first write, so a refusal changes nothing.
+//! both out again. Every file is written beside its target (a symlinked
+//! conflist's target: the link stays), fsynced and renamed, so a runtime
+//! reading the conf dir at any moment sees either the old or the new file,
+//! never half of one. Every check runs before the first write, so a refusal
+//! changes nothing.
+//!
+//! `--config FILE` carries the operator's policy: a JSON object of this
+//! plugin's keys, validated when install runs and merged into the entry, which
+//! is then kept exactly so. `--wait` stays running (the DaemonSet's
+//! container): it waits for the main plugin's conflist, re-applies whenever
+//! the conf dir or the config changes and every 10 s, and keeps a ready
+//! file for the readiness probe while the node is chained as configured.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,8 +46,13 @@ pub struct Options {
     /// Only place the binary (install.sh on a node with no network plugin yet).
     pub binary_only: bool,
     /// Stay running (as the DaemonSet's container) until SIGTERM or SIGINT,
-    /// re-applying every 10 s in case another installer rewrote the conflist.
+    /// re-applying whenever the conf dir or the config changes and every
+    /// 10 s, in case another installer rewrote the conflist.
     pub wait: bool,
+    /// `--config FILE`: the operator's keys for the entry (install only).
+    pub config: Option<PathBuf>,
+    /// `--ready-file FILE`: kept while the last apply succeeded (with `--wait`).
+    pub ready_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -51,6 +64,8 @@ impl Options {
             replace_bandwidth: false,
             binary_only: false,
             wait: false,
+            config: None,
+            ready_file: None,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -65,10 +80,29 @@ impl Options {
                     }
                     o.conflist = Some(name);
                 }
-                "--replace-bandwidth" if install => o.replace_bandwidth = true,
-                "--binary-only" if install => o.binary_only = true,
+                // uninstall takes every install option, so a DaemonSet's args
+                // can switch verbs (README: roll back); these change nothing for it.
+                "--replace-bandwidth" => o.replace_bandwidth = true,
+                "--binary-only" => o.binary_only = true,
+                "--config" => o.config = Some(value()?.into()),
+                "--ready-file" => o.ready_file = Some(value()?.into()),
                 "--wait" => o.wait = true,
                 other => bail!("unknown option {other:?} (see bpf-ratelimit help)"),
+            }
+        }
+        if !install {
+            o.replace_bandwidth = false;
+            o.binary_only = false;
+            o.config = None;
+        }
+        if o.ready_file.is_some() && !o.wait {
+            bail!("--ready-file needs --wait: it tells a readiness probe that the waiting installer keeps the node chained");
+        }
+        // The conf dir is the runtime's: a policy there would be loaded as a
+        // network config, and a ready file there would wake --wait forever.
+        for (flag, file) in [("--config", &o.config), ("--ready-file", &o.ready_file)] {
+            if file.as_ref().and_then(|f| f.parent()).is_some_and(|d| d == o.conf_dir) {
+                bail!("{flag} must name a file outside --conf-dir {}", o.conf_dir.display());
             }
         }
         Ok(o)
@@ -156,12 +190,141 @@ fn type_of(plugin: &Value) -> &str {
     plugin.get("type").and_then(Value::as_str).unwrap_or_default()
 }
 
-/// The entry `install` appends.
+/// The entry `install` appends without `--config`.
 pub fn plugin_entry() -> Value {
     json!({
         "type": PLUGIN_TYPE,
         "capabilities": {"bandwidth": true, "cgroupPath": true, "io.kubernetes.cri.pod-annotations": true}
     })
+}
+
+/// The operator's limits, at the top level or per namespace (netconf).
+const POLICY_KEYS: &[&str] = &[
+    "ingressRate", "ingressBurst", "egressRate", "egressBurst",
+    "defaultIngressRate", "defaultIngressBurst", "defaultEgressRate", "defaultEgressBurst",
+    "maxIngressRate", "maxIngressBurst", "maxEgressRate", "maxEgressBurst",
+];
+/// The other keys of the plugin's entry an operator may set.
+const OTHER_KEYS: &[&str] =
+    &["namespaces", "cgroupRoot", "pinRoot", "allowRawSockets", "ingressQueue", "logFile", "logLevel", "capabilities"];
+const CAPABILITIES: &[&str] = &["bandwidth", "cgroupPath", "io.kubernetes.cri.pod-annotations"];
+
+/// The entry for a `--config` object: its keys, in its order, after `type`,
+/// with the capabilities it sets over the default ones.
+pub fn entry_with(config: &Map<String, Value>) -> Value {
+    let mut entry = Map::new();
+    entry.insert("type".into(), PLUGIN_TYPE.into());
+    for (k, v) in config.iter().filter(|(k, _)| *k != "capabilities") {
+        entry.insert(k.clone(), v.clone());
+    }
+    let mut caps = plugin_entry()["capabilities"].as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(over)) = config.get("capabilities") {
+        caps.extend(over.clone());
+    }
+    entry.insert("capabilities".into(), Value::Object(caps));
+    Value::Object(entry)
+}
+
+/// The closest known key to a misspelt one, for the error message.
+fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let (a, b): (Vec<char>, Vec<char>) = (a.to_lowercase().chars().collect(), b.to_lowercase().chars().collect());
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for i in 1..=a.len() {
+            let mut prev = row[0];
+            row[0] = i;
+            for j in 1..=b.len() {
+                let cur = row[j];
+                row[j] = (prev + usize::from(a[i - 1] != b[j - 1])).min(row[j] + 1).min(row[j - 1] + 1);
+                prev = cur;
+            }
+        }
+        row[b.len()]
+    }
+    known.iter().map(|k| (distance(key, k), *k)).filter(|(d, _)| *d <= 3).min().map(|(_, k)| k)
+}
+
+fn unknown_key(key: &str, known: &[&str], place: &str) -> anyhow::Error {
+    match closest(key, known) {
+        Some(k) => anyhow!("unknown key {key:?} {place}; did you mean {k:?}?"),
+        None => anyhow!("unknown key {key:?} {place}; the keys are {}", known.join(", ")),
+    }
+}
+
+/// Reads and validates a `--config` file: what every ADD would refuse is
+/// refused here, once, naming the file.
+pub fn load_config(path: &Path) -> Result<Map<String, Value>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read --config {}", path.display()))?;
+    let value: Value = serde_json::from_slice(&bytes).with_context(|| format!("--config {} is not valid JSON", path.display()))?;
+    let Value::Object(config) = value else {
+        bail!("--config {} must hold a JSON object of bpf-ratelimit's keys, such as {{\"maxEgressRate\": 100000000}}", path.display());
+    };
+    validate_config(&config).with_context(|| format!("--config {}", path.display()))?;
+    Ok(config)
+}
+
+/// The checks of `load_config`, on the object.
+pub fn validate_config(config: &Map<String, Value>) -> Result<()> {
+    let known: Vec<&str> = POLICY_KEYS.iter().chain(OTHER_KEYS).copied().collect();
+    for key in config.keys() {
+        if matches!(key.as_str(), "type" | "name" | "cniVersion" | "runtimeConfig" | "prevResult" | "args") {
+            bail!("{key:?} is not the operator's to set: install writes \"type\", the conflist gives \"name\" and \"cniVersion\", the runtime the rest");
+        }
+        if !known.contains(&key.as_str()) {
+            return Err(unknown_key(key, &known, "at the top level"));
+        }
+    }
+    if let Some(ns) = config.get("namespaces") {
+        let Value::Object(ns) = ns else { bail!("\"namespaces\" must be an object of namespace name to limits") };
+        for (name, keys) in ns {
+            let Value::Object(keys) = keys else { bail!("namespaces[{name:?}] must be an object of limits") };
+            if let Some(key) = keys.keys().find(|k| !POLICY_KEYS.contains(&k.as_str())) {
+                return Err(unknown_key(key, POLICY_KEYS, &format!("in namespaces[{name:?}]")));
+            }
+        }
+    }
+    if let Some(caps) = config.get("capabilities") {
+        let Value::Object(caps) = caps else { bail!("\"capabilities\" must be an object of capability name to true or false") };
+        for (name, on) in caps {
+            if !CAPABILITIES.contains(&name.as_str()) {
+                return Err(unknown_key(name, CAPABILITIES, "in capabilities"));
+            }
+            if !on.is_boolean() {
+                bail!("capabilities[{name:?}] must be true or false");
+            }
+        }
+    }
+    // The plugin's own parser, as ADD runs it.
+    let mut conf = Map::new();
+    conf.insert("cniVersion".into(), crate::cni::DEFAULT_VERSION.into());
+    conf.insert("name".into(), "install-check".into());
+    conf.insert("type".into(), PLUGIN_TYPE.into());
+    conf.extend(config.clone());
+    let parsed = crate::netconf::NetConf::parse(Value::Object(conf).to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    // Every value in range, in every namespace's policy.
+    use crate::limits::{Direction, MAX_BURST, MAX_RATE, MIN_RATE};
+    let namespaces: Vec<Option<&str>> = std::iter::once(None).chain(parsed.namespaces.keys().map(|k| Some(k.as_str()))).collect();
+    for ns in &namespaces {
+        let policy = parsed.policy_for(*ns);
+        let place = ns.map(|n| format!(" (namespace {n:?})")).unwrap_or_default();
+        for dir in Direction::BOTH {
+            let p = policy.direction(dir);
+            let cap = if dir == Direction::Ingress { "Ingress" } else { "Egress" };
+            for (key, v) in [(format!("{}Rate", dir.name()), p.rate), (format!("default{cap}Rate"), p.default_rate), (format!("max{cap}Rate"), p.max_rate)] {
+                if let Some(v) = v.filter(|v| *v != 0 && !(MIN_RATE..=MAX_RATE).contains(v)) {
+                    bail!("{key}{place} is {v} bits/s; a rate must be between {MIN_RATE} and {MAX_RATE} bits/s (8k to 100G), or 0 for none");
+                }
+            }
+            for (key, v) in [(format!("{}Burst", dir.name()), p.burst), (format!("default{cap}Burst"), p.default_burst), (format!("max{cap}Burst"), p.max_burst)] {
+                if let Some(v) = v.filter(|v| *v > MAX_BURST) {
+                    bail!("{key}{place} is {v} bits; a burst can be at most {MAX_BURST} bits (1 GiB)");
+                }
+            }
+        }
+        // What a pod that asks for nothing gets: a burst without a rate fails here.
+        crate::limits::resolve(&parsed, *ns).map_err(|e| anyhow!("{}", e.msg))?;
+    }
+    Ok(())
 }
 
 fn target(opts: &Options) -> Result<PathBuf> {
@@ -172,12 +335,33 @@ fn target(opts: &Options) -> Result<PathBuf> {
         }
         return Ok(path);
     }
-    conf_files(&opts.conf_dir)?.into_iter().next().ok_or_else(|| {
+    let files = match conf_files(&opts.conf_dir) {
+        Ok(f) => f,
+        Err(e) if !opts.conf_dir.exists() => return Err(e.context(NoConfigYet)),
+        Err(e) => return Err(e),
+    };
+    files.into_iter().next().ok_or_else(|| {
         anyhow!(
             "no CNI config (.conf, .conflist or .json) in {}: install the main network plugin first, since bpf-ratelimit chains after it",
             opts.conf_dir.display()
         )
+        .context(NoConfigYet)
     })
+}
+
+/// The conf dir holds no config yet: the main network plugin has not
+/// written its conflist (`--wait` waits for it).
+#[derive(Debug)]
+pub struct NoConfigYet;
+
+impl std::fmt::Display for NoConfigYet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("waiting for the main network plugin's CNI config")
+    }
+}
+
+fn is_no_config_yet(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<NoConfigYet>().is_some()
 }
 
 /// Where a converted single-plugin config is written, and where the
@@ -190,6 +374,9 @@ fn converted_paths(path: &Path) -> (PathBuf, PathBuf) {
 
 /// Installs; returns what it did, one line each, for the log.
 pub fn install(opts: &Options) -> Result<Vec<String>> {
+    // The operator's policy is checked before anything else, and before
+    // anything is written.
+    let config = opts.config.as_deref().map(load_config).transpose()?;
     if opts.binary_only {
         return Ok(vec![install_binary(&opts.bin_dir)?]);
     }
@@ -213,6 +400,9 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             "{file} is Multus's own config, which Multus rewrites; name the default network's conflist (the one Multus delegates to) with --conflist"
         );
     }
+    check_version(&loaded, &file)?;
+    let list = &mut loaded.list;
+    let desired = config.as_ref().map(entry_with);
     let mut done = Vec::new();
     let mut changed = false;
     if let Some(ours) = plugins(list).iter().position(|p| type_of(p) == PLUGIN_TYPE) {
@@ -222,7 +412,20 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
                 type_of(&plugins(list)[main])
             );
         }
-        done.push(format!("{file} already chains bpf-ratelimit"));
+        match &desired {
+            // With --config the entry is the file's keys, exactly: an entry
+            // that differs (an installer rewrote it, the policy changed) is
+            // replaced where it stands.
+            Some(entry) if &plugins(list)[ours] != entry => {
+                plugins_mut(list)[ours] = entry.clone();
+                changed = true;
+                done.push(format!("{file}: set the bpf-ratelimit entry to the keys of --config {}", opts.config.as_ref().unwrap().display()));
+            }
+            Some(_) => done.push(format!("{file} already chains bpf-ratelimit as --config says")),
+            // Without --config an existing entry is left alone: it may carry
+            // keys an operator added by hand.
+            None => done.push(format!("{file} already chains bpf-ratelimit")),
+        }
         if plugins(list).iter().any(|p| type_of(p) == "bandwidth") {
             done.push(format!("warning: {file} also chains the reference bandwidth plugin; both shape every annotated pod, remove one"));
         }
@@ -238,18 +441,22 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             list.insert(REPLACED_KEY.into(), json!({"index": bw, "plugin": entry}));
             done.push(format!("{file}: took out the reference bandwidth plugin (entry {bw})"));
         }
-        plugins_mut(list).push(plugin_entry());
+        plugins_mut(list).push(desired.clone().unwrap_or_else(plugin_entry));
         changed = true;
     }
     let (conflist_path, original) = converted_paths(&path);
+    // A single-plugin config beside the conflist an earlier install made of
+    // it: the main plugin's installer wrote it again. It is the newer truth:
+    // converted again, it replaces that conflist and the kept original.
+    let reconverting = loaded.single && conflist_path.exists() && original.exists() && chains_us(&conflist_path);
     if loaded.single {
-        if conflist_path.exists() {
+        if conflist_path.exists() && !reconverting {
             bail!(
-                "{file} is a single-plugin config, to be converted to {}, which exists already; remove one of them",
+                "{file} is a single-plugin config, to be converted to {}, which exists already and is not what an earlier install made of it; remove one of them",
                 conflist_path.display()
             );
         }
-        if original.exists() {
+        if original.exists() && !reconverting {
             bail!("{} exists already; remove it, it is what an earlier install kept of {file}", original.display());
         }
         changed = true;
@@ -270,15 +477,40 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
             .with_context(|| format!("cannot rename {file} to {}", original.display()))?;
         sync_dir(&opts.conf_dir)?;
         done.push(format!(
-            "converted the single-plugin config {file} to {} with bpf-ratelimit chained; the original is kept as {}",
+            "{} the single-plugin config {file} to {} with bpf-ratelimit chained; the original is kept as {}",
+            if reconverting { "converted again (it was written anew)" } else { "converted" },
             conflist_path.display(),
             original.display()
         ));
     } else {
         write_atomically(&path, text.as_bytes(), mode_of(&path))?;
-        done.push(format!("{file}: appended bpf-ratelimit"));
+        if !done.iter().any(|l| l.contains("set the bpf-ratelimit entry")) {
+            done.push(format!("{file}: appended bpf-ratelimit"));
+        }
     }
     Ok(done)
+}
+
+/// The chain must be one this plugin can serve: a cniVersion it speaks and,
+/// for a single-plugin config that will be converted, the name and version
+/// the conflist needs (libcni refuses a conflist without them).
+fn check_version(loaded: &Loaded, file: &str) -> Result<()> {
+    let list = &loaded.list;
+    let what = if loaded.single { "single-plugin config" } else { "conflist" };
+    if loaded.single && !list.get("name").is_some_and(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
+        bail!("{file} has no \"name\", which the conflist it is converted to needs (libcni refuses one without); add the network's name to it");
+    }
+    match list.get("cniVersion").and_then(Value::as_str) {
+        Some(v) if crate::cni::is_supported_version(v) => Ok(()),
+        Some(v) => bail!(
+            "{file} says cniVersion {v:?}, which bpf-ratelimit cannot serve (it speaks {}); every ADD would fail, so it is not chained. Use a conflist of one of those versions",
+            crate::cni::SUPPORTED_VERSIONS.join(", ")
+        ),
+        None => bail!(
+            "the {what} {file} has no \"cniVersion\" (a string), so the runtime would pass bpf-ratelimit none; add one ({})",
+            crate::cni::SUPPORTED_VERSIONS.join(", ")
+        ),
+    }
 }
 
 /// Copies the running binary into `bin_dir` unless an identical copy is there.
@@ -304,6 +536,14 @@ fn mode_of(path: &Path) -> u32 {
 /// directory.
 fn write_atomically(dest: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    // A symlinked file stays a symlink: its target is what is rewritten.
+    let resolved;
+    let dest = if dest.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        resolved = std::fs::canonicalize(dest).with_context(|| format!("cannot follow the symlink {}", dest.display()))?;
+        resolved.as_path()
+    } else {
+        dest
+    };
     let dir = dest.parent().context("the target has no directory")?;
     let name = dest.file_name().context("the target has no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
@@ -396,42 +636,146 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
     Ok(done)
 }
 
-/// Runs install or uninstall, printing what it did to stderr; with `wait`,
-/// then stays until SIGTERM or SIGINT, applying again every 10 s (a network
-/// plugin's own installer may rewrite the conflist it owns).
+/// Runs install or uninstall, printing what it did to stderr. Without
+/// `wait`, once. With `wait`, it stays until SIGTERM or SIGINT: it applies
+/// whenever the conf dir (or the config's directory: a ConfigMap update) changes
+/// and every 10 s, waits for a conflist when there is none yet, and keeps
+/// `ready_file` while the last apply succeeded; errors are logged when they
+/// change, and make the ready file go.
 pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result<()> {
-    for line in apply(opts)? {
-        eprintln!("bpf-ratelimit: {line}");
-    }
     if !opts.wait {
+        for line in apply(opts)? {
+            eprintln!("bpf-ratelimit: {line}");
+        }
         return Ok(());
     }
-    let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(nix::sys::signal::Signal::SIGTERM);
-    signals.add(nix::sys::signal::Signal::SIGINT);
-    // Blocked and then waited for: this works as a container's PID 1 too,
-    // which has no default action for SIGTERM.
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use std::os::fd::AsFd;
+
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    // Blocked and then read from a signalfd: this works as a container's
+    // PID 1 too, which has no default action for SIGTERM.
     signals.thread_block().context("cannot block SIGTERM")?;
-    eprintln!("bpf-ratelimit: waiting for SIGTERM, re-applying every 10 s");
-    loop {
-        if let Some(sig) = wait_for_signal(&signals, Duration::from_secs(10)) {
-            eprintln!("bpf-ratelimit: {sig}: exiting and leaving the files as they are");
-            return Ok(());
+    let signal_fd = SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("cannot make a signalfd")?;
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).context("cannot use inotify")?;
+    let events = AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_CLOSE_WRITE
+        | AddWatchFlags::IN_ATTRIB;
+    let config_dir = opts.config.as_ref().and_then(|c| c.parent()).map(Path::to_path_buf);
+    // Both directories are watched again when a watch is lost (the
+    // directory was removed: IN_IGNORED) or could not be set up yet.
+    let mut watching_conf_dir = false;
+    let watch = |inotify: &Inotify, watching: &mut bool| {
+        if !*watching {
+            *watching = inotify.add_watch(&opts.conf_dir, events).is_ok();
+            if let Some(dir) = &config_dir {
+                let _ = inotify.add_watch(dir.as_path(), events);
+            }
         }
+    };
+    let mut last_error: Option<String> = None;
+    let mut ready = false;
+    let mut first = true;
+    loop {
+        watch(&inotify, &mut watching_conf_dir);
         match apply(opts) {
             Ok(lines) => {
-                for line in lines.iter().filter(|l| !l.contains("already chains") && !l.contains("up to date")) {
+                // The first success says what it did; later ones only what changed.
+                for line in lines.iter().filter(|l| !ready || !(l.contains("already chains") || l.contains("up to date"))) {
                     eprintln!("bpf-ratelimit: {line}");
                 }
+                if let Some(file) = &opts.ready_file {
+                    if let Err(e) = write_ready(file, &lines) {
+                        eprintln!("bpf-ratelimit: cannot write the ready file {}: {e:#}", file.display());
+                    }
+                }
+                if last_error.take().is_some() || !ready {
+                    eprintln!("bpf-ratelimit: ready: {}", lines.iter().find(|l| l.contains("chains") || l.contains("appended") || l.contains("converted") || l.contains("set the")).cloned().unwrap_or_else(|| lines.join("; ")));
+                }
+                ready = true;
             }
-            Err(e) => eprintln!("bpf-ratelimit: {e:#}"),
+            Err(e) => {
+                if let Some(file) = &opts.ready_file {
+                    let _ = std::fs::remove_file(file);
+                }
+                let text = if is_no_config_yet(&e) {
+                    format!("no CNI config in {} yet: waiting for the main network plugin to write one", opts.conf_dir.display())
+                } else {
+                    format!("{e:#}")
+                };
+                if last_error.as_deref() != Some(&text) {
+                    eprintln!("bpf-ratelimit: {}{text}", if ready { "not ready: " } else { "" });
+                    last_error = Some(text);
+                }
+                ready = false;
+            }
+        }
+        if std::mem::take(&mut first) {
+            eprintln!("bpf-ratelimit: waiting for SIGTERM, re-applying when {} changes and every 10 s", opts.conf_dir.display());
+        }
+        // Sleep until a signal, a change in the watched directories, or 10 s
+        // (1 s while not ready and the conf dir cannot be watched yet).
+        let timeout = if ready || watching_conf_dir { 10_000u16 } else { 1_000 };
+        let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN), PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(timeout)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e).context("poll"),
+        }
+        if let Ok(Some(sig)) = signal_fd.read_signal() {
+            let name = Signal::try_from(sig.ssi_signo as i32).map(|s| s.to_string()).unwrap_or_else(|_| sig.ssi_signo.to_string());
+            eprintln!("bpf-ratelimit: {name}: exiting and leaving the files as they are");
+            return Ok(());
+        }
+        let mut seen = inotify.read_events().unwrap_or_default();
+        if !seen.is_empty() {
+            // Let the writer finish (an installer may write several files),
+            // then take every event that came meanwhile.
+            std::thread::sleep(Duration::from_millis(100));
+            while let Ok(more) = inotify.read_events() {
+                if more.is_empty() {
+                    break;
+                }
+                seen.extend(more);
+            }
+            if seen.iter().any(|e| e.mask.contains(AddWatchFlags::IN_IGNORED)) {
+                watching_conf_dir = false;
+            }
         }
     }
 }
 
-fn wait_for_signal(signals: &nix::sys::signal::SigSet, timeout: Duration) -> Option<String> {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: 0 };
-    // SAFETY: the set and timespec are valid for the call; no siginfo is wanted.
-    let sig = unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &ts) };
-    (sig > 0).then(|| nix::sys::signal::Signal::try_from(sig).map(|s| s.to_string()).unwrap_or_else(|_| sig.to_string()))
+/// The ready file: what the last successful apply did, rewritten (so fresh)
+/// on every apply.
+fn write_ready(file: &Path, lines: &[String]) -> Result<()> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let text = format!("applied at {stamp} (unix time)\n{}\n", lines.join("\n"));
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write_atomically(file, text.as_bytes(), 0o644)
+}
+
+/// How stale a ready file may be: `--wait` rewrites it at least every 10 s.
+pub const READY_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// `bpf-ratelimit ready FILE`, the DaemonSet's readiness probe: whether the
+/// waiting installer's last apply succeeded, less than READY_MAX_AGE ago.
+/// Returns what it did, or why the node is not ready.
+pub fn check_ready(file: &Path) -> Result<String> {
+    let meta = std::fs::metadata(file).map_err(|e| {
+        anyhow!("not ready: {} is missing ({e}): install --wait has not chained bpf-ratelimit as configured (see its log)", file.display())
+    })?;
+    let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+    if age > READY_MAX_AGE {
+        bail!("not ready: {} is {} s old: install --wait stopped re-applying", file.display(), age.as_secs());
+    }
+    Ok(std::fs::read_to_string(file).unwrap_or_default())
 }

@@ -16,6 +16,12 @@
 //! - The pod's request, else the default, capped by the ceiling (with a
 //!   warning). With a ceiling and nothing else, the ceiling applies: a pod
 //!   can never be unlimited where the operator set a limit.
+//! - A request is capped before it is range-checked, so a pod that asks for
+//!   more than the ceiling (even more than a rate can be) gets the ceiling.
+//! - Bursts follow the rate the pod gets: the default burst is computed from
+//!   the capped rate, and a pod's own burst is capped by the operator's burst
+//!   ceiling or, where there is none, by the default burst of the rate
+//!   ceiling. No burst is ever above MAX_BURST.
 //!
 //! Rates are bits/s and bursts bits, as in the reference bandwidth plugin.
 
@@ -142,7 +148,8 @@ impl Limits {
 }
 
 /// The operator's ceilings for one pod (bits/s, bits), which `set` enforces
-/// too; `None` where there is none.
+/// too; `None` where there is none. A burst ceiling is the operator's, or,
+/// where only the rate has a ceiling, that rate's default burst.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Ceilings {
     pub ingress_rate: Option<u64>,
@@ -177,9 +184,10 @@ impl Ceilings {
     }
 }
 
+/// The burst a pod gets at `rate` when nobody sets one; never above MAX_BURST.
 pub fn default_burst(direction: Direction, rate: u64) -> u64 {
     let (ms, min_bytes) = direction.default_burst_sizing();
-    (rate / 1000 * ms).max(min_bytes * 8)
+    (rate / 1000).saturating_mul(ms).max(min_bytes * 8).min(MAX_BURST)
 }
 
 /// A value and where it came from, for error messages.
@@ -211,9 +219,22 @@ pub fn ceilings(conf: &NetConf, namespace: Option<&str>) -> Result<Ceilings, Cni
         };
         (lower(p.rate.filter(|r| *r != 0), p.max_rate.filter(|r| *r != 0)), lower(p.burst.filter(|b| *b != 0), p.max_burst.filter(|b| *b != 0)))
     };
-    let (ingress_rate, ingress_burst) = pick(&policy.ingress);
-    let (egress_rate, egress_burst) = pick(&policy.egress);
+    // Without a burst ceiling of its own, a rate ceiling bounds a pod's burst
+    // by its default burst: a pod capped to 100M must not keep a burst sized
+    // for the 100G it asked for.
+    let implied = |dir: Direction, (rate, burst): (Option<u64>, Option<u64>)| (rate, burst.or(rate.map(|r| default_burst(dir, r))));
+    let (ingress_rate, ingress_burst) = implied(Direction::Ingress, pick(&policy.ingress));
+    let (egress_rate, egress_burst) = implied(Direction::Egress, pick(&policy.egress));
     Ok(Ceilings { ingress_rate, ingress_burst, egress_rate, egress_burst })
+}
+
+/// The burst ceiling the operator set for `dir` (the node-wide burst or
+/// `max*Burst`, the lower), without the one a rate ceiling implies.
+fn operator_burst_ceiling(p: &DirectionPolicy) -> Option<u64> {
+    match (p.burst.filter(|b| *b != 0), p.max_burst.filter(|b| *b != 0)) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn resolve_direction(conf: &NetConf, namespace: Option<&str>, dir: Direction, ceilings: &Ceilings) -> Result<Option<Limit>, CniError> {
@@ -255,7 +276,7 @@ fn resolve_direction(conf: &NetConf, namespace: Option<&str>, dir: Direction, ce
     // The operator's default where the pod asks for nothing.
     let default_rate = sourced(policy.default_rate, format!("default{capitalised}Rate")).or_else(|| sourced(policy.rate, dir.key("Rate")));
     let operator_burst = sourced(policy.default_burst, format!("default{capitalised}Burst")).or_else(|| sourced(policy.burst, dir.key("Burst")));
-    let (max_rate, _) = ceilings.get(dir);
+    let max_rate = ceilings.get(dir).0;
     let rate = rate.or(default_rate).or_else(|| max_rate.map(|value| Sourced { value, source: format!("the operator's {} ceiling", dir.name()) }));
     let Some(rate) = rate else {
         if let Some(b) = burst.or(operator_burst) {
@@ -263,9 +284,18 @@ fn resolve_direction(conf: &NetConf, namespace: Option<&str>, dir: Direction, ce
         }
         return Ok(None);
     };
-    let burst = burst.or(operator_burst);
+    let pod_burst = burst;
 
-    if !(MIN_RATE..=MAX_RATE).contains(&rate.value) {
+    // The rate: capped first, then range-checked, so a request above the
+    // ceiling gets the ceiling even when it is more than any rate can be.
+    let pod_burst_ceiling = ceilings.get(dir).1;
+    let mut notes = Vec::new();
+    let mut rate_value = rate.value;
+    if let Some(m) = max_rate.filter(|m| rate.value > *m) {
+        notes.push(format!("rate {} > {m} bits/s", rate.value));
+        rate_value = m;
+    }
+    if !(MIN_RATE..=MAX_RATE).contains(&rate_value) {
         return Err(CniError::config(format!(
             "{} is {} bits/s; a {} rate must be between {} and {} bits/s (8k to 100G)",
             rate.source,
@@ -275,18 +305,33 @@ fn resolve_direction(conf: &NetConf, namespace: Option<&str>, dir: Direction, ce
             MAX_RATE
         )));
     }
-    let burst = match burst {
-        Some(b) if b.value > MAX_BURST => {
-            return Err(CniError::config(format!("{} is {} bits; a burst can be at most {} bits (1 GiB)", b.source, b.value, MAX_BURST)))
-        }
-        Some(b) => b.value,
-        None => default_burst(dir, rate.value),
+
+    // The burst: the pod's own, capped by the burst ceiling (the operator's,
+    // else the rate ceiling's default burst); else the operator's, capped by
+    // the operator's burst ceiling; else the default for the rate the pod gets.
+    let (burst, ceiling) = match (pod_burst, operator_burst) {
+        (Some(b), _) => (Some(b), pod_burst_ceiling),
+        (None, Some(b)) => (Some(b), operator_burst_ceiling(&policy)),
+        (None, None) => (None, None),
     };
-    let (limit, note) = ceilings.cap(dir, Limit { rate: rate.value, burst });
-    if let Some(note) = note {
-        log::warn!("{note} (asked by {})", rate.source);
+    let burst_value = match burst {
+        None => default_burst(dir, rate_value),
+        Some(b) => {
+            let mut value = b.value;
+            if let Some(m) = ceiling.filter(|m| b.value > *m) {
+                notes.push(format!("burst {} > {m} bits", b.value));
+                value = m;
+            }
+            if value > MAX_BURST {
+                return Err(CniError::config(format!("{} is {} bits; a burst can be at most {} bits (1 GiB)", b.source, b.value, MAX_BURST)));
+            }
+            value
+        }
+    };
+    if !notes.is_empty() {
+        log::warn!("{} request capped by the operator's limit: {} (asked by {})", dir.name(), notes.join(", "), rate.source);
     }
-    Ok(Some(limit))
+    Ok(Some(Limit { rate: rate_value, burst: burst_value }))
 }
 
 fn is_sentinel(burst: u64) -> bool {
@@ -460,6 +505,69 @@ mod tests {
         let e = resolve(&with(json!({}), json!({"kubernetes.io/ingress-bandwidth": "10M", "bpf-ratelimit.io/ingress-burst": "100G"})), None)
             .unwrap_err();
         assert!(e.msg.contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn bursts_follow_the_capped_rate() {
+        // The case: a 100M ceiling, a pod asking 100G. Its default
+        // burst is the 100M one (5 Mbit), not the 100G one (5 Gbit).
+        let c = with(json!({"maxEgressRate": 100_000_000}), json!({"kubernetes.io/egress-bandwidth": "100G"}));
+        let l = resolve(&c, None).unwrap().egress.unwrap();
+        assert_eq!(l, Limit { rate: 100_000_000, burst: 5_000_000 });
+        assert_eq!(l.burst, default_burst(Direction::Egress, 100_000_000));
+        // The same through runtimeConfig.bandwidth, as containerd sends it
+        // (its "no burst" value included), and for ingress.
+        let c = conf(json!({"maxIngressRate": 100_000_000, "runtimeConfig": {"bandwidth": {"IngressRate": 100_000_000_000u64, "IngressBurst": 4_294_967_295u64}}}));
+        assert_eq!(resolve(&c, None).unwrap().ingress.unwrap().burst, default_burst(Direction::Ingress, 100_000_000));
+    }
+
+    #[test]
+    fn a_pods_burst_stays_within_the_ceilings_default_burst_unless_the_operator_sets_a_burst_ceiling() {
+        let ask = |plugin: serde_json::Value, burst: &str| {
+            let c = with(plugin, json!({"kubernetes.io/egress-bandwidth": "10M", "bpf-ratelimit.io/egress-burst": burst}));
+            resolve(&c, None).unwrap().egress.unwrap()
+        };
+        // Under a 100M ceiling, at most 100M's default burst (5 Mbit), even at 10M.
+        assert_eq!(ask(json!({"maxEgressRate": 100_000_000}), "1G").burst, 5_000_000);
+        assert_eq!(ask(json!({"maxEgressRate": 100_000_000}), "4M").burst, 4_000_000);
+        // Beyond what a burst can be (8 Gibit), capped rather than refused.
+        assert_eq!(ask(json!({"maxEgressRate": 100_000_000}), "100G").burst, 5_000_000);
+        // The operator's burst ceiling replaces the implied one.
+        assert_eq!(ask(json!({"maxEgressRate": 100_000_000, "maxEgressBurst": 80_000_000}), "1G").burst, 80_000_000);
+        assert_eq!(ask(json!({"maxEgressRate": 100_000_000, "maxEgressBurst": 80_000_000}), "100G").burst, 80_000_000);
+        // The operator's own default burst is the operator's choice.
+        let c = with(json!({"maxEgressRate": 100_000_000, "defaultEgressBurst": 50_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M"}));
+        assert_eq!(resolve(&c, None).unwrap().egress.unwrap().burst, 50_000_000);
+        // Recorded for `set`: the implied burst ceiling too.
+        let cl = ceilings(&with(json!({"maxEgressRate": 100_000_000}), json!({})), None).unwrap();
+        assert_eq!((cl.egress_rate, cl.egress_burst, cl.ingress_burst), (Some(100_000_000), Some(5_000_000), None));
+        // Without any ceiling, the pod's burst stands, up to MAX_BURST.
+        assert_eq!(ask(json!({}), "1G").burst, 1_000_000_000);
+    }
+
+    #[test]
+    fn requests_out_of_range_are_capped_where_a_ceiling_applies() {
+        // containerd accepts 1T; under a 100M ceiling the pod gets 100M.
+        for (policy, want) in [(json!({"maxEgressRate": 100_000_000}), 100_000_000), (json!({"egressRate": 10_000_000}), 10_000_000)] {
+            let c = with(policy, json!({"kubernetes.io/egress-bandwidth": "1T"}));
+            assert_eq!(rate(resolve(&c, None).unwrap().egress), Some(want));
+        }
+        // Below the minimum no ceiling helps; without a ceiling 1T is refused.
+        let e = resolve(&with(json!({"maxEgressRate": 100_000_000}), json!({"kubernetes.io/egress-bandwidth": "1k"})), None).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        let e = resolve(&with(json!({}), json!({"kubernetes.io/egress-bandwidth": "1T"})), None).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
+
+    #[test]
+    fn max_burst_applies_to_every_path() {
+        // Default bursts at high rates.
+        assert_eq!(default_burst(Direction::Ingress, MAX_RATE), MAX_BURST);
+        let c = with(json!({}), json!({"kubernetes.io/ingress-bandwidth": "100G"}));
+        assert_eq!(resolve(&c, None).unwrap().ingress.unwrap().burst, MAX_BURST);
+        // An operator's burst above it is refused, naming the key.
+        let c = with(json!({"egressRate": 10_000_000, "defaultEgressBurst": MAX_BURST + 1}), json!({}));
+        assert!(resolve(&c, None).unwrap_err().msg.contains("defaultEgressBurst"));
     }
 
     #[test]

@@ -37,9 +37,24 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("list") => report(cli::list(&args[1..])),
-        Some("set") => report(cli::set(&args[1..])),
-        Some("metrics") => report(cli::metrics(&args[1..])),
+        Some("list") => {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            report(cli::list(&args[1..]))
+        }
+        Some("set") => {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            report(cli::set(&args[1..]))
+        }
+        Some("metrics") => match {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            cli::metrics(&args[1..])
+        } {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("bpf-ratelimit: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Some(cmd @ ("install" | "uninstall")) => {
             use bpf_ratelimit::install;
             let apply = if cmd == "install" { install::install } else { install::uninstall };
@@ -51,6 +66,23 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("ready") => match args.get(1).filter(|_| args.len() == 2) {
+            None => {
+                eprintln!("bpf-ratelimit ready: give the --ready-file of install --wait\n\n{USAGE}");
+                ExitCode::from(2)
+            }
+            Some(file) => match bpf_ratelimit::install::check_ready(std::path::Path::new(file)) {
+                Ok(what) => {
+                    print!("{what}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    // A readiness probe's output is what kubelet records.
+                    println!("{e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        },
         Some("help") | Some("--help") | Some("-h") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -75,20 +107,28 @@ Commands for people:
   bpf-ratelimit stats [PIN_ROOT]   print every shaped pod's limits and counters as JSON
   bpf-ratelimit list [--interval 1s] [--json] [--pin-root DIR]
                                    one row per shaped pod: limits, current rates, bytes
-                                   passed and dropped/marked per direction
+                                   passed and dropped/marked per direction (every pin root
+                                   this node used, unless --pin-root names one)
   bpf-ratelimit set <namespace/name | pod UID> [--ingress R] [--egress R]
                     [--ingress-burst B] [--egress-burst B] [--pin-root DIR]
                                    change a running pod's limits live (the operator's
                                    ceilings recorded at ADD still apply)
   bpf-ratelimit metrics [--listen ADDR] [--pin-root DIR]
-                                   Prometheus text exposition, once or served on /metrics
+                                   Prometheus text exposition, once (exit 1 if a pin root or
+                                   pod could not be read) or served on http://ADDR/metrics
   bpf-ratelimit version            print the version
   bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
-                        [--conflist NAME] [--replace-bandwidth] [--binary-only] [--wait]
+                        [--conflist NAME] [--replace-bandwidth] [--binary-only]
+                        [--config FILE] [--wait [--ready-file FILE]]
                                    copy this binary into the CNI bin dir and append the plugin
-                                   to the conflist the runtime loads first (or NAME)
-  bpf-ratelimit uninstall [--bin-dir DIR] [--conf-dir DIR] [--conflist NAME] [--wait]
-                                   take the plugin out of the conflist(s), then the binary";
+                                   to the conflist the runtime loads first (or NAME); FILE is a
+                                   JSON object of the plugin's keys (the operator's policy),
+                                   checked now and kept in the entry; --wait stays, waits for
+                                   a conflist and re-applies whenever it changes
+  bpf-ratelimit uninstall [the same options]
+                                   take the plugin out of the conflist(s), then the binary
+  bpf-ratelimit ready FILE         exit 0 if install --wait --ready-file FILE keeps the node
+                                   chained as configured (a readiness probe)";
 
 /// Prints a command's output, or its error on stderr with exit code 1.
 fn report(result: anyhow::Result<String>) -> ExitCode {

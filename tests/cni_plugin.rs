@@ -554,3 +554,115 @@ fn log_file_is_created_0640_and_never_followed_through_a_symlink() {
     assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o640);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A node without iproute2: the plugin runs with a PATH that holds neither
+/// /usr/sbin nor /sbin, in a mount namespace of its own where every `tc` the
+/// old code looked for is covered with /dev/null (the machine's own `tc`
+/// stays, for this test's checks). ADD still queues ingress on the host-side
+/// veth and adds the raw-frame guard, CHECK passes, and DEL removes both.
+#[test]
+fn add_check_and_del_work_on_a_node_without_tc() {
+    use std::ffi::CString;
+    use std::os::unix::process::CommandExt;
+    let before = cgroup_links();
+    let pod = Pod::new("notc");
+    let hidden: Vec<CString> = ["/usr/sbin/tc", "/sbin/tc", "/usr/bin/tc", "/bin/tc"]
+        .into_iter()
+        .filter(|p| std::path::Path::new(p).exists())
+        .map(|p| CString::new(p).unwrap())
+        .collect();
+    let run = |command: &str, conf: &serde_json::Value| {
+        let (root, null) = (CString::new("/").unwrap(), CString::new("/dev/null").unwrap());
+        let hidden = hidden.clone();
+        let mut cmd = std::process::Command::new(common::plugin());
+        cmd.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.bed.name)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", pod.bed.pod_netns_path())
+            .env("CNI_ARGS", "K8S_POD_NAMESPACE=default;K8S_POD_NAME=test")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: only async-signal-safe syscalls on strings made before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return fail();
+                }
+                if libc::mount(std::ptr::null(), root.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) != 0 {
+                    return fail();
+                }
+                for p in &hidden {
+                    if libc::mount(null.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+                        return fail();
+                    }
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let conf = pod.config(limits("20M"));
+    let tc_out = |args: &[&str]| String::from_utf8_lossy(&std::process::Command::new("tc").args(args).output().unwrap().stdout).into_owned();
+    let (code, stdout, stderr) = run("ADD", &conf);
+    assert_eq!(code, 0, "ADD without tc: {stdout}{stderr}");
+    let qdisc = tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]);
+    assert!(qdisc.contains("tbf b9a1:"), "no ingress queue: {qdisc} {stderr}");
+    let filter = tc_out(&["filter", "show", "dev", &pod.bed.pod_host_veth, "ingress"]);
+    assert!(filter.contains("guard_pod_egres") && filter.contains("pref 49101"), "no egress guard: {filter}");
+    let (code, stdout, stderr) = run("CHECK", &conf);
+    assert_eq!(code, 0, "CHECK without tc: {stdout}{stderr}");
+    let (code, stdout, stderr) = run("DEL", &conf);
+    assert_eq!(code, 0, "DEL without tc: {stdout}{stderr}");
+    assert!(!tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]).contains("b9a1:"), "DEL left the queue");
+    assert!(!tc_out(&["filter", "show", "dev", &pod.bed.pod_host_veth, "ingress"]).contains("49101"), "DEL left the guard");
+    assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+    assert_eq!(cgroup_links(), before);
+}
+
+/// GC goes on past an attachment it cannot remove (here a directory that
+/// is no pin sits in its pin directory, so unpinning it fails): it removes
+/// the other stale attachment, then fails naming the one it could not.
+#[test]
+fn gc_goes_on_past_an_attachment_it_cannot_remove_and_reports_it() {
+    let before = cgroup_links();
+    // Attachments are visited in name order: the stuck one comes first.
+    let stuck = Pod::new("gc1stuck");
+    let mut stale = Pod::new("gc2stale");
+    let mut keep = Pod::new("gc3keep");
+    for pod in [&mut stale, &mut keep] {
+        pod.pin_root = stuck.pin_root.clone();
+        pod.net = stuck.net.clone();
+    }
+    for pod in [&stuck, &stale, &keep] {
+        pod.add(limits("20M"));
+    }
+    let obstacle = stuck.pin_root.join(format!("pods/{}/{}/eth0/not-a-pin", stuck.network(), stuck.bed.name));
+    std::fs::create_dir(&obstacle).unwrap();
+    let mut gc = keep.config(json!({}));
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": keep.bed.name, "ifname": "eth0"}]);
+    let out = keep.invoke("GC", &gc);
+    println!("GC with one unremovable attachment: exit {}\n{}", out.code, out.stdout);
+    assert_eq!(out.code, 101, "{}{}", out.stdout, out.stderr);
+    let v = out.json().unwrap();
+    assert!(v["msg"].as_str().unwrap().contains("1 removal(s) failed"), "{v}");
+    assert!(v["details"].as_str().unwrap().contains(&stuck.bed.name), "{v}");
+    assert_eq!(stale.cgroup_attachments(), "", "GC stopped at the first failure: the other stale attachment is still attached");
+    assert!(keep.cgroup_attachments().contains("shape_egress"), "GC removed a valid attachment");
+    // Once the obstacle is gone, GC finishes the job.
+    std::fs::remove_dir(&obstacle).unwrap();
+    let out = keep.invoke("GC", &gc);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert_eq!(stuck.cgroup_attachments(), "");
+    keep.del();
+    assert_eq!(cgroup_links(), before);
+    assert!(keep.pins().is_empty(), "{:?}", keep.pins());
+}

@@ -1,6 +1,7 @@
 //! `bpf-ratelimit install` and `uninstall`, run as the built binary on
 //! temporary CNI bin and conf dirs holding the conflists of real networks
-//! (bridge, flannel, Calico, a single-plugin .conf). Needs no privileges.
+//! (bridge, flannel, Calico, a single-plugin .conf). Needs no privileges,
+//! except the static-binary check (chroot).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -317,6 +318,10 @@ fn refusals_name_the_file_and_change_nothing() {
     node.refused(&["--conflist", "nope.conflist"], &["nope.conflist", "does not exist"]);
     node.refused(&["--conflist", "../etc/passwd"], &["--conflist takes a file name"]);
     node.refused(&["--bogus"], &["unknown option"]);
+    let in_conf_dir = node.conf("policy.json");
+    node.refused(&["--config", in_conf_dir.to_str().unwrap()], &["outside --conf-dir"]);
+    node.refused(&["--wait", "--ready-file", in_conf_dir.to_str().unwrap()], &["outside --conf-dir"]);
+    node.refused(&["--ready-file", "/tmp/x"], &["--ready-file needs --wait"]);
 }
 
 #[test]
@@ -328,4 +333,355 @@ fn binary_only_places_the_binary_and_touches_no_config() {
     // With nothing chaining it, uninstall removes it again.
     node.ok("uninstall", &[]);
     assert!(!node.binary().exists());
+}
+
+/// The program headers and dynamic section of an ELF64 little-endian file:
+/// (has PT_INTERP, the DT_NEEDED count).
+fn elf_links(bytes: &[u8]) -> (bool, usize) {
+    assert_eq!(&bytes[..4], b"\x7fELF", "not an ELF file");
+    assert_eq!((bytes[4], bytes[5]), (2, 1), "not ELF64 little-endian");
+    let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap()) as usize;
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let (phoff, phentsize, phnum) = (u64_at(0x20) as usize, u16_at(0x36), u16_at(0x38));
+    let (mut interp, mut needed) = (false, 0);
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        match u32_at(ph) {
+            3 => interp = true, // PT_INTERP
+            2 => {
+                // PT_DYNAMIC: Elf64_Dyn {d_tag, d_val} until DT_NULL.
+                let (off, size) = (u64_at(ph + 8) as usize, u64_at(ph + 32) as usize);
+                for d in (off..off + size).step_by(16) {
+                    match u64_at(d) {
+                        0 => break,
+                        1 => needed += 1, // DT_NEEDED
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (interp, needed)
+}
+
+/// What `install` copies onto nodes is the binary cargo builds (and
+/// install.sh, deploy/build-image.sh and the README use): statically linked
+/// (.cargo/config.toml), so it runs on a node of any glibc version, or of
+/// none. Checked in its ELF headers, and by running it alone in an empty
+/// root (chroot, so this needs root).
+#[test]
+fn the_binary_is_statically_linked_and_runs_in_an_empty_root() {
+    let binary = env!("CARGO_BIN_EXE_bpf-ratelimit");
+    let (interp, needed) = elf_links(&std::fs::read(binary).unwrap());
+    assert!(!interp, "{binary} names a program interpreter (the dynamic loader): it is not static");
+    assert_eq!(needed, 0, "{binary} needs shared libraries");
+    // The check itself tells a dynamic binary from a static one.
+    let (interp, needed) = elf_links(&std::fs::read("/bin/sh").unwrap_or_else(|_| std::fs::read("/usr/bin/env").unwrap()));
+    assert!(interp && needed > 0, "the ELF check cannot see a dynamic binary");
+
+    let node = Node::new(&[]);
+    let empty = node.root.join("empty-root");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::copy(binary, empty.join("bpf-ratelimit")).unwrap();
+    let out = Command::new("chroot").arg(&empty).arg("/bpf-ratelimit").arg("version").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").output().expect("chroot (coreutils)");
+    assert!(out.status.success(), "the binary does not run without libraries: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("bpf-ratelimit "), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+// ---- --config, --wait, readiness ----
+
+/// A running `install --wait`, stopped with SIGTERM on drop.
+struct Waiting {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Waiting {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit code and how long the exit took.
+    fn stop(mut self) -> (i32, std::time::Duration) {
+        let started = std::time::Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        (status.code().unwrap_or(-1), started.elapsed())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Node {
+    fn spawn(&self, command: &str, extra: &[&str]) -> Waiting {
+        let log = self.root.join(format!("{command}-wait.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_bpf-ratelimit"))
+            .arg(command)
+            .arg("--bin-dir")
+            .arg(self.root.join("bin"))
+            .arg("--conf-dir")
+            .arg(self.root.join("net.d"))
+            .args(extra)
+            .env_remove("CNI_COMMAND")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Waiting { child, log }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    /// `bpf-ratelimit ready FILE`: its exit code and output.
+    fn ready(&self, file: &Path) -> (i32, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_bpf-ratelimit")).arg("ready").arg(file).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Waits up to `secs` for `cond`, polling every 50 ms.
+fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "not within {secs} s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Writes a file as installers and kubelet do: beside it, then renamed over.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp-test");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+const POLICY: &str = r#"{"maxEgressRate": 100000000, "maxIngressRate": 100000000,
+  "namespaces": {"batch": {"maxEgressRate": 1000000000}}, "logLevel": "info"}"#;
+
+fn policy_entry(policy: &str) -> Value {
+    let mut entry = json!({"type": "bpf-ratelimit"});
+    for (k, v) in serde_json::from_str::<Value>(policy).unwrap().as_object().unwrap() {
+        entry[k] = v.clone();
+    }
+    entry["capabilities"] = ours()["capabilities"].clone();
+    entry
+}
+
+#[test]
+fn install_config_is_checked_at_install_and_merged_into_the_entry() {
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    let config = node.path("policy.json");
+    let cfg = config.to_str().unwrap();
+    for (text, needles) in [
+        (r#"{"maxEgresRate": 100000000}"#, &["maxEgresRate", "did you mean \"maxEgressRate\""][..]),
+        (r#"{"ingressBurst": 1000000}"#, &["ingressBurst", "rate must also be set"]),
+        (r#"{"defaultEgressBurst": 1000000}"#, &["no egress rate"]),
+        (r#"{"maxEgressRate": "100M"}"#, &["maxEgressRate", "must be a number"]),
+        (r#"{"egressRate": 1000000000000}"#, &["egressRate", "between"]),
+        (r#"{"namespaces": {"batch": {"maxEgresRate": 1}}}"#, &["namespaces[\"batch\"]", "did you mean"]),
+        (r#"{"name": "x"}"#, &["\"name\" is not the operator's"]),
+        (r#"{"pinRoot": "relative"}"#, &["pinRoot"]),
+        (r#"[1]"#, &["JSON object"]),
+        ("{", &["not valid JSON"]),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        node.refused(&["--config", cfg], &[&["policy.json"][..], needles].concat());
+        assert!(!node.binary().exists());
+    }
+    std::fs::write(&config, POLICY).unwrap();
+    node.ok("install", &["--config", cfg]);
+    let list = node.json("10-flannel.conflist");
+    assert_eq!(list["plugins"][2], policy_entry(POLICY), "{list}");
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 3);
+    // The same config again changes nothing; a new one replaces the entry in place.
+    let snap = node.snapshot();
+    node.ok("install", &["--config", cfg]);
+    assert_eq!(node.snapshot(), snap);
+    let tighter = r#"{"maxEgressRate": 50000000}"#;
+    std::fs::write(&config, tighter).unwrap();
+    node.ok("install", &["--config", cfg]);
+    assert_eq!(node.json("10-flannel.conflist")["plugins"][2], policy_entry(tighter));
+    // Without --config an existing entry is left as it is (it may be hand-edited).
+    let snap = node.snapshot();
+    node.ok("install", &[]);
+    assert_eq!(node.snapshot(), snap);
+    node.ok("uninstall", &["--config", cfg]);
+    assert_eq!(node.json("10-flannel.conflist"), serde_json::from_str::<Value>(FLANNEL).unwrap());
+}
+
+/// The DaemonSet's loop: the policy arrives with install --config, flannel's
+/// installer rewrites its conflist (the policy comes back within seconds),
+/// someone edits the entry (it is set back), the ConfigMap changes (the
+/// entry follows), a broken config makes the pod unready while the last good
+/// entry stays, and SIGTERM ends it at once.
+#[test]
+fn install_wait_keeps_the_configured_entry_through_rewrites_and_reports_readiness() {
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    let config_dir = node.path("config");
+    std::fs::create_dir(&config_dir).unwrap();
+    let config = config_dir.join("policy.json");
+    std::fs::write(&config, POLICY).unwrap();
+    let ready = node.path("run/ready");
+    let conflist = node.conf("10-flannel.conflist");
+    let chained_as = |policy: &str| {
+        let list: Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap_or_default()).unwrap_or(Value::Null);
+        list["plugins"].as_array().is_some_and(|p| p.len() == 3 && p[2] == policy_entry(policy))
+    };
+    let waiting = node.spawn("install", &["--config", config.to_str().unwrap(), "--wait", "--ready-file", ready.to_str().unwrap()]);
+    eventually(5, "chained with the policy and ready", || chained_as(POLICY) && ready.exists());
+    let (code, what) = node.ready(&ready);
+    assert_eq!(code, 0, "{what}");
+    assert!(what.contains("10-flannel.conflist"), "{what}");
+
+    // flannel's install-cni copies its stock conflist again.
+    std::fs::write(&conflist, FLANNEL).unwrap();
+    eventually(3, "the policy is back after flannel's rewrite", || chained_as(POLICY));
+    // An edit of our entry by hand is set back to the configured one.
+    let mut edited = node.json("10-flannel.conflist");
+    edited["plugins"][2]["maxEgressRate"] = json!(1);
+    replace_file(&conflist, &edited.to_string());
+    eventually(3, "the entry is set back to the configured one", || chained_as(POLICY));
+    // The ConfigMap changes: the entry follows.
+    let tighter = r#"{"maxEgressRate": 20000000}"#;
+    replace_file(&config, tighter);
+    eventually(3, "the entry follows the new policy", || chained_as(tighter));
+    // A broken policy: unready, and the last good entry stays.
+    replace_file(&config, r#"{"maxEgresRate": 1}"#);
+    eventually(3, "unready on a broken config", || !ready.exists());
+    let (code, why) = node.ready(&ready);
+    assert_eq!(code, 1, "{why}");
+    assert!(why.contains("not ready"), "{why}");
+    assert!(chained_as(tighter), "the last good entry must stay");
+    eventually(3, "the error is logged", || waiting.log().contains("did you mean \"maxEgressRate\""));
+    replace_file(&config, POLICY);
+    eventually(3, "ready again", || chained_as(POLICY) && ready.exists());
+    let log = waiting.log();
+    let (code, took) = waiting.stop();
+    println!("install --wait log:\n{log}");
+    assert_eq!(code, 0);
+    assert!(took < std::time::Duration::from_secs(2), "SIGTERM took {took:?}");
+    assert!(chained_as(POLICY), "exiting leaves the installation in place");
+}
+
+/// At boot the main plugin may not have written its conflist yet: --wait
+/// waits (unready) instead of exiting, and chains it as soon as it appears.
+#[test]
+fn install_wait_on_an_empty_conf_dir_chains_the_conflist_when_it_appears() {
+    let node = Node::new(&[]);
+    let ready = node.path("run/ready");
+    let mut waiting = node.spawn("install", &["--wait", "--ready-file", ready.to_str().unwrap()]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(waiting.child.try_wait().unwrap().is_none(), "install --wait exited on an empty conf dir: {}", waiting.log());
+    assert!(!ready.exists());
+    assert_eq!(node.ready(&ready).0, 1);
+    assert!(waiting.log().contains("waiting for the main network plugin"), "{}", waiting.log());
+    let written = std::time::Instant::now();
+    std::fs::write(node.conf("10-flannel.conflist"), FLANNEL).unwrap();
+    eventually(3, "chained once flannel wrote its conflist", || {
+        node.json("10-flannel.conflist") == example("10-flannel-bpf-ratelimit.conflist") && ready.exists()
+    });
+    println!("chained {:?} after the conflist appeared", written.elapsed());
+    assert_eq!(node.ready(&ready).0, 0);
+    assert!(node.binary().exists());
+    // The conf dir itself goes and comes back (its watch is lost with it).
+    std::fs::remove_dir_all(node.root.join("net.d")).unwrap();
+    eventually(5, "unready without a conf dir", || !ready.exists());
+    std::fs::create_dir(node.root.join("net.d")).unwrap();
+    std::fs::write(node.conf("10-flannel.conflist"), FLANNEL).unwrap();
+    eventually(5, "chained again in the new conf dir", || {
+        node.json("10-flannel.conflist") == example("10-flannel-bpf-ratelimit.conflist") && ready.exists()
+    });
+    assert_eq!(waiting.stop().0, 0);
+}
+
+/// The README's Calico roll-back switches the DaemonSet's first arg to
+/// uninstall and keeps the rest, --replace-bandwidth and --config included.
+#[test]
+fn uninstall_takes_every_option_install_took() {
+    let node = Node::new(&[("10-calico.conflist", CALICO)]);
+    let config = node.path("policy.json");
+    std::fs::write(&config, POLICY).unwrap();
+    let cfg = config.to_str().unwrap();
+    node.ok("install", &["--replace-bandwidth", "--config", cfg]);
+    assert_eq!(node.json("10-calico.conflist")["plugins"][2], policy_entry(POLICY));
+    node.ok("uninstall", &["--replace-bandwidth", "--config", cfg]);
+    assert_eq!(node.json("10-calico.conflist"), serde_json::from_str::<Value>(CALICO).unwrap());
+    assert!(!node.binary().exists());
+    // And as the waiting container, with a ready file.
+    node.ok("install", &["--replace-bandwidth", "--config", cfg]);
+    let ready = node.path("run/ready");
+    let waiting = node.spawn("uninstall", &["--replace-bandwidth", "--config", cfg, "--wait", "--ready-file", ready.to_str().unwrap()]);
+    eventually(5, "uninstalled and ready", || ready.exists() && !node.binary().exists());
+    assert_eq!(node.json("10-calico.conflist"), serde_json::from_str::<Value>(CALICO).unwrap());
+    assert_eq!(waiting.stop().0, 0);
+}
+
+#[test]
+fn a_symlinked_conflist_stays_a_symlink_and_its_target_is_written() {
+    let node = Node::new(&[]);
+    let real_dir = node.path("managed");
+    std::fs::create_dir(&real_dir).unwrap();
+    std::fs::write(real_dir.join("10-flannel.conflist"), FLANNEL).unwrap();
+    std::os::unix::fs::symlink("../managed/10-flannel.conflist", node.conf("10-flannel.conflist")).unwrap();
+    node.ok("install", &[]);
+    let link = node.conf("10-flannel.conflist");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink(), "install replaced the symlink with a file");
+    assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    assert_eq!(std::fs::read_dir(&real_dir).unwrap().count(), 1, "a temporary file was left beside the target");
+    node.ok("uninstall", &[]);
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(node.json("10-flannel.conflist"), serde_json::from_str::<Value>(FLANNEL).unwrap());
+}
+
+/// The main plugin's installer writes its .conf again beside the .conflist
+/// an earlier install converted it to: install converts the new one (it is
+/// the newer truth) instead of refusing forever, and uninstall restores it.
+#[test]
+fn a_conf_written_again_beside_its_converted_conflist_is_converted_again() {
+    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF)]);
+    node.ok("install", &[]);
+    assert!(node.conf("10-mynet.conflist").exists() && !node.conf("10-mynet.conf").exists());
+    let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.33.0.0/16");
+    std::fs::write(node.conf("10-mynet.conf"), &newer).unwrap();
+    let stderr = node.ok("install", &[]);
+    assert!(stderr.contains("converted again"), "{stderr}");
+    assert!(!node.conf("10-mynet.conf").exists(), "libcni would load the unchained .conf first");
+    let conf: Value = serde_json::from_str(&newer).unwrap();
+    assert_eq!(node.json("10-mynet.conflist"), json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [conf, ours()]}));
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf.bpf-ratelimit-orig")).unwrap(), newer);
+    node.ok("uninstall", &[]);
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer);
+    assert!(!node.conf("10-mynet.conflist").exists());
+    // A .conflist of that name that is not ours is still refused.
+    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("10-mynet.conflist", BRIDGE)]);
+    node.refused(&[], &["10-mynet.conflist", "exists already"]);
+}
+
+#[test]
+fn chains_the_plugin_cannot_serve_are_refused() {
+    let no_name = r#"{"cniVersion": "0.4.0", "type": "bridge", "bridge": "cni0"}"#;
+    let no_version = r#"{"name": "mynet", "type": "bridge", "bridge": "cni0"}"#;
+    let old = r#"{"cniVersion": "0.2.0", "name": "n", "plugins": [{"type": "bridge"}]}"#;
+    let future = r#"{"cniVersion": "2.0.0", "name": "n", "plugins": [{"type": "bridge"}]}"#;
+    let unversioned = r#"{"name": "n", "plugins": [{"type": "bridge"}]}"#;
+    for (file, text, needles) in [
+        ("10-mynet.conf", no_name, &["10-mynet.conf", "no \"name\""][..]),
+        ("10-mynet.conf", no_version, &["10-mynet.conf", "no \"cniVersion\""]),
+        ("10-old.conflist", old, &["10-old.conflist", "\"0.2.0\"", "cannot serve"]),
+        ("10-future.conflist", future, &["\"2.0.0\"", "cannot serve"]),
+        ("10-none.conflist", unversioned, &["no \"cniVersion\""]),
+    ] {
+        let node = Node::new(&[(file, text)]);
+        node.refused(&[], needles);
+        assert!(!node.binary().exists());
+    }
 }

@@ -99,7 +99,11 @@ fn mean_between(v: &Value, from: f64, to: f64) -> f64 {
 #[test]
 fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings() {
     let mut pod = pod_with("set", json!({"maxEgressRate": 80_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
-    let links_before = common::cgroup_links();
+    // This pod's links only: other tests on the machine attach and detach theirs.
+    let cgroup_id = bpf_ratelimit::cgroup::cgroup_id(&pod.bed.cgroup).unwrap();
+    let links = || common::cgroup_links().into_iter().filter(|l| l.cgroup_id == cgroup_id).collect::<Vec<_>>();
+    let links_before = links();
+    assert_eq!(links_before.len(), 3, "egress, ingress and sock_ops: {links_before:?}");
     for (reverse, flag, what) in [(false, "--egress", "egress"), (true, "--ingress", "ingress")] {
         let child = iperf3_intervals(&mut pod, reverse, 8);
         std::thread::sleep(Duration::from_secs(3));
@@ -113,7 +117,7 @@ fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings()
         assert_ratio(&format!("{what} before set"), before, 10e6, 0.9, 1.1);
         assert_ratio(&format!("{what} from 2 s after set 50M"), after, 50e6, 0.9, 1.1);
     }
-    assert_eq!(common::cgroup_links(), links_before, "set touched the attachments");
+    assert_eq!(links(), links_before, "set touched the attachments");
     // The ceiling ADD recorded holds for set too.
     let (code, out, _) = admin(&pod, &["set", "default/test", "--egress", "1G"]);
     assert_eq!(code, 0);
@@ -175,8 +179,9 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
             ref other => panic!("{name} is {other:?}"),
         }
     };
-    assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "egress"), 10e6);
-    assert_eq!(sample("bpf_ratelimit_limit_bits_per_second", "ingress"), 20e6);
+    // Base units: bytes per second.
+    assert_eq!(sample("bpf_ratelimit_limit_bytes_per_second", "egress"), 10e6 / 8.0);
+    assert_eq!(sample("bpf_ratelimit_limit_bytes_per_second", "ingress"), 20e6 / 8.0);
     assert!(sample("bpf_ratelimit_passed_bytes_total", "egress") > 1e6);
     // Packets are skbs: at in-cluster RTTs most are 64 KB GSO skbs.
     assert!(sample("bpf_ratelimit_passed_packets_total", "egress") > 10.0);
@@ -185,4 +190,248 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     pod.del();
     let (_, empty, _) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
     assert_eq!(empty.trim(), "[]");
+}
+
+/// The case through ADD and `list --json`: under `maxEgressRate:
+/// 100000000` a pod annotated `egress-bandwidth: 100G` gets 100M and the
+/// burst of 100M (5 Mbit, 625 KB), not the 5 Gbit of 100G; one annotated 1T,
+/// more than any rate can be, is capped the same way instead of failing ADD.
+#[test]
+fn a_pod_capped_by_a_rate_ceiling_gets_the_ceilings_burst() {
+    for asked in ["100G", "1T"] {
+        let pod = pod_with("capburst", json!({"maxEgressRate": 100_000_000}), json!({"kubernetes.io/egress-bandwidth": asked}));
+        let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+        assert_eq!(code, 0, "{err}");
+        println!("egress-bandwidth {asked} under maxEgressRate 100M: list --json\n{out}");
+        let rows: Value = serde_json::from_str(&out).unwrap();
+        let egress = &rows[0]["egress"];
+        assert_eq!(egress["limitBitsPerSecond"], 100_000_000, "{out}");
+        assert_eq!(egress["burstBits"], 5_000_000, "{out}");
+        pod.del();
+    }
+}
+
+/// CHECK after `set`: set records what it changed, and CHECK compares the
+/// pod's state against that instead of the config's request. `set` refuses
+/// `--ingress 0` with a message that says why.
+#[test]
+fn check_passes_after_set_and_set_ingress_0_is_refused_clearly() {
+    let pod = pod_with("checkset", json!({}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
+    let conf = pod.config(json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
+    let check = |what: &str| {
+        let out = pod.invoke("CHECK", &conf);
+        assert_eq!(out.code, 0, "CHECK {what}: {}{}", out.stdout, out.stderr);
+    };
+    check("after ADD");
+    let (code, out, err) = admin(&pod, &["set", "default/test", "--egress", "50M", "--ingress-burst", "4M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    check("after set --egress 50M --ingress-burst 4M");
+    let (code, out, err) = admin(&pod, &["set", "default/test", "--ingress", "20M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    check("after a second set");
+    // The state and the queue did change: CHECK against the old request
+    // alone would fail, which is what it did before set was recorded.
+    let (_, listed, _) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+    let rows: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(rows[0]["egress"]["limitBitsPerSecond"], 50_000_000);
+    assert_eq!(rows[0]["ingress"]["limitBitsPerSecond"], 20_000_000);
+    assert_eq!(rows[0]["ingress"]["burstBits"], 4_000_000, "an explicit burst stays when the rate changes");
+    // A CHECK for limits that are neither the request nor what was set fails.
+    let tampered = {
+        let dir = pod.pin_root.join(format!("pods/{}/{}/eth0", pod.network(), pod.bed.name));
+        bpf_ratelimit::datapath::update_pod_state(&dir, |s| s.egress.rate = 1_000_000).unwrap();
+        pod.invoke("CHECK", &conf)
+    };
+    assert_eq!(tampered.code, 102, "{}", tampered.stdout);
+    // --ingress 0: refused, saying why, and nothing changes.
+    let (code, _, err) = admin(&pod, &["set", "default/test", "--ingress", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("--ingress 0") && err.contains("set cannot"), "{err}");
+    pod.del();
+}
+
+/// `list`, `set` and `metrics` without --pin-root find a pod attached under
+/// a pin root of its own (recorded by ADD), as DEL, GC and `stats` do.
+#[test]
+fn list_set_and_metrics_look_in_every_pin_root_the_node_used() {
+    let pod = Pod::new("allroots");
+    let uid = format!("7e57a11e-0000-4000-8000-{:012x}", std::process::id());
+    let conf = pod.config(json!({"kubernetes.io/egress-bandwidth": "10M"}));
+    let out = pod.invoke_full("ADD", &pod.bed.name, &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=allroots;K8S_POD_UID={uid}"), &conf);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let run = |args: &[&str]| {
+        let out = Command::new(common::plugin()).args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, listed, err) = run(&["list", "--json", "--interval", "0.1"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: Value = serde_json::from_str(&listed).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["containerId"] == pod.bed.name.as_str()).unwrap_or_else(|| panic!("not listed: {listed}\n{err}"));
+    assert_eq!(row["pinRoot"], pod.pin_root.display().to_string());
+    let (code, out, err) = run(&["set", &uid, "--egress", "20M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("default/allroots") && out.contains("egress 20Mbit/s"), "{out}");
+    let (_, metrics, err) = run(&["metrics"]);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("bpf_ratelimit_limit_bytes_per_second") && l.contains(&pod.bed.name))
+        .unwrap_or_else(|| panic!("no series for the pod: {metrics}\n{err}"));
+    assert!(line.ends_with(" 2500000"), "{line}");
+    pod.del();
+}
+
+/// `metrics --listen`, scraped over HTTP and read back by a Prometheus
+/// parser: base units, no series for an unlimited direction, labels that keep
+/// two attachments of pods with the same name apart, bpf_ratelimit_up; a
+/// silent client holds no scrape up and is dropped after the header timeout.
+#[test]
+fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
+    use std::io::{Read, Write};
+    let a = Pod::new("httpa");
+    let mut b = Pod::new("httpb");
+    b.pin_root = a.pin_root.clone();
+    // Same namespace and name ("default/test"), different UIDs; b has no ingress limit.
+    for (pod, uid, ann) in [
+        (&a, "aaaaaaaa-0000-4000-8000-000000000001", json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "20M"})),
+        (&b, "bbbbbbbb-0000-4000-8000-000000000002", json!({"kubernetes.io/egress-bandwidth": "30M"})),
+    ] {
+        let out = pod.invoke_full("ADD", &pod.bed.name, &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=test;K8S_POD_UID={uid}"), &pod.config(ann));
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    }
+    let mut server = Server(
+        Command::new(common::plugin()).args(["metrics", "--listen", "127.0.0.1:0", "--pin-root"]).arg(&a.pin_root).stderr(Stdio::piped()).spawn().unwrap(),
+    );
+    let addr = listening_address(&mut server.0);
+    let get = |path: &str| -> (String, String) {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (head.to_string(), body.to_string())
+    };
+
+    // A client that connects and says nothing.
+    let mut idle = std::net::TcpStream::connect(&addr).unwrap();
+    let started = std::time::Instant::now();
+    let (head, body) = get("/metrics");
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(took < Duration::from_secs(2), "a silent client held the scrape up for {took:?}");
+    println!("scrape beside a silent client took {took:?}:\n{body}");
+
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("valid Prometheus text");
+    let find = |name: &str, uid: &str, direction: &str| {
+        scrape.samples.iter().find(|s| s.metric == name && s.labels.get("uid") == Some(uid) && s.labels.get("direction") == Some(direction))
+    };
+    let gauge = |name: &str, uid: &str, direction: &str| match find(name, uid, direction).map(|s| &s.value) {
+        Some(prometheus_parse::Value::Gauge(v)) => *v,
+        other => panic!("{name}{{uid={uid},direction={direction}}}: {other:?}\n{body}"),
+    };
+    let (ua, ub) = ("aaaaaaaa-0000-4000-8000-000000000001", "bbbbbbbb-0000-4000-8000-000000000002");
+    assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ua, "egress"), 10e6 / 8.0);
+    assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ua, "ingress"), 20e6 / 8.0);
+    assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ub, "egress"), 30e6 / 8.0);
+    assert_eq!(gauge("bpf_ratelimit_burst_bytes", ub, "egress"), (bpf_ratelimit::limits::default_burst(bpf_ratelimit::limits::Direction::Egress, 30_000_000) / 8) as f64);
+    assert!(find("bpf_ratelimit_limit_bytes_per_second", ub, "ingress").is_none(), "an unlimited direction has a limit series");
+    assert!(find("bpf_ratelimit_burst_bytes", ub, "ingress").is_none(), "an unlimited direction has a burst series");
+    for (pod, uid) in [(&a, ua), (&b, ub)] {
+        let s = find("bpf_ratelimit_passed_bytes_total", uid, "egress").unwrap_or_else(|| panic!("{body}"));
+        assert!(matches!(s.value, prometheus_parse::Value::Counter(_)));
+        assert_eq!(s.labels.get("container_id"), Some(pod.bed.name.as_str()));
+        let net = pod.network();
+        assert_eq!((s.labels.get("network"), s.labels.get("interface"), s.labels.get("namespace"), s.labels.get("pod")), (Some(net.as_str()), Some("eth0"), Some("default"), Some("test")));
+    }
+    let up = scrape.samples.iter().find(|s| s.metric == "bpf_ratelimit_up").unwrap();
+    assert!(matches!(up.value, prometheus_parse::Value::Gauge(v) if v == 1.0), "{body}");
+    // Every series is one attachment: no two samples share a label set.
+    let mut keys: Vec<String> = scrape.samples.iter().map(|s| format!("{}{:?}", s.metric, s.labels)).collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "duplicate series");
+    assert!(get("/other").0.starts_with("HTTP/1.1 404"));
+
+    // The silent client is dropped after the header timeout (5 s).
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    let dropped = started.elapsed();
+    println!("the silent client was dropped after {dropped:?} ({n} bytes of reply)");
+    assert!(dropped < Duration::from_secs(9), "the silent client was not dropped: {dropped:?}");
+    drop(server);
+    a.del();
+    b.del();
+}
+
+/// A scrape that cannot read the pin root says so: run without privileges
+/// (as nobody, which cannot open the pins), the one-shot form prints
+/// bpf_ratelimit_up 0 and exits 1 with the reason on stderr, and the server
+/// serves bpf_ratelimit_up 0, where before both printed an empty, healthy
+/// exposition.
+#[test]
+fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
+    let pod = pod_with("scrapefail", json!({}), json!({"kubernetes.io/egress-bandwidth": "10M"}));
+    // The binary must be reachable by nobody: copy it out of target/.
+    let copy = std::env::temp_dir().join(format!("brl-metrics-nobody-{}", std::process::id()));
+    std::fs::copy(common::plugin(), &copy).unwrap();
+    let nobody = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(&copy).args(args).arg("--pin-root").arg(&pod.pin_root);
+        c
+    };
+    let out = nobody(&["metrics"]).output().expect("setpriv (util-linux)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!("metrics as nobody: exit {:?}\n{stdout}{stderr}", out.status.code());
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("bpf_ratelimit_up 0"), "{stdout}");
+    assert!(!stderr.is_empty());
+
+    let mut server = Server(nobody(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
+    use std::io::{Read, Write};
+    let addr = listening_address(&mut server.0);
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    drop(server);
+    std::fs::remove_file(&copy).unwrap();
+    assert!(text.contains("bpf_ratelimit_up 0"), "{text}");
+    // As root the same pin root reads fine.
+    let (code, metrics, err) = admin(&pod, &["metrics"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(metrics.contains("bpf_ratelimit_up 1"), "{metrics}");
+    pod.del();
+}
+
+/// The address a `metrics --listen` server says it bound (its first line on
+/// stderr), within 10 s; a server that never says fails the test, not hangs it.
+fn listening_address(server: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
+    if addr.is_empty() {
+        let _ = server.kill();
+        panic!("metrics --listen did not say where it listens: {line:?}");
+    }
+    addr
+}
+
+/// A `metrics --listen` server, killed when the test ends, failed or not.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -129,6 +129,37 @@ proptest! {
         prop_assert_eq!(resolved.ingress, None);
     }
 
+    /// Under a rate ceiling, whatever a pod asks for (any rate from the
+    /// minimum up, far beyond what a rate can be, with or without a burst of
+    /// any size), ADD succeeds: the pod gets at most the ceiling, a default
+    /// burst that follows the rate it gets, and never a burst above the
+    /// ceiling's default burst (no burst ceiling is set) nor MAX_BURST.
+    #[test]
+    fn a_rate_ceiling_bounds_the_rate_and_the_burst_of_any_request(
+        ceiling in MIN_RATE..=MAX_RATE,
+        asked in MIN_RATE..u64::MAX / 2,
+        burst in proptest::option::of(1u64..u64::MAX / 2),
+        ingress in any::<bool>(),
+    ) {
+        let (dir, name) = if ingress { (limits::Direction::Ingress, "ingress") } else { (limits::Direction::Egress, "egress") };
+        let mut ann = json!({format!("kubernetes.io/{name}-bandwidth"): asked.to_string()});
+        if let Some(b) = burst {
+            ann[format!("bpf-ratelimit.io/{name}-burst")] = json!(b.to_string());
+        }
+        let key = if ingress { "maxIngressRate" } else { "maxEgressRate" };
+        let conf = json!({"cniVersion": "1.1.0", "name": "n", key: ceiling, "runtimeConfig": {"io.kubernetes.cri.pod-annotations": ann}});
+        let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap();
+        let resolved = limits::resolve(&parsed, None);
+        prop_assert!(resolved.is_ok(), "{:?}", resolved);
+        let got = resolved.unwrap().get(dir).unwrap();
+        prop_assert_eq!(got.rate, asked.min(ceiling));
+        prop_assert!(got.burst <= limits::default_burst(dir, ceiling), "burst {} above the ceiling's default", got.burst);
+        prop_assert!(got.burst <= limits::MAX_BURST);
+        if burst.is_none() {
+            prop_assert_eq!(got.burst, limits::default_burst(dir, got.rate));
+        }
+    }
+
     /// A burst without a rate in the same source is error 7, as in the
     /// reference plugin; the runtimes' "no burst" values are no burst.
     #[test]

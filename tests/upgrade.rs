@@ -66,7 +66,10 @@ fn build(src: &Path, target_name: &str, tag: &str) -> PathBuf {
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building release N from {} failed", src.display());
-    target.join("release/bpf-ratelimit")
+    // Builds that name a target in .cargo/config.toml (the static build)
+    // put the binary under target/<triple>/.
+    let static_build = target.join("x86_64-unknown-linux-gnu/release/bpf-ratelimit");
+    if static_build.exists() { static_build } else { target.join("release/bpf-ratelimit") }
 }
 
 fn datapath_version_of(binary: &Path) -> String {

@@ -42,7 +42,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 CNI_BIN_DIR=/opt/cni/bin "$REPO/install.sh"
 
 # --- node set-up shared with the containerd e2e test
-bash "$REPO/deploy/node-setup.sh" cni-bin /opt/cni/bin "$REPO/target/release/bpf-ratelimit"
+bash "$REPO/deploy/node-setup.sh" cni-bin /opt/cni/bin "$REPO/target/x86_64-unknown-linux-gnu/release/bpf-ratelimit"
 mkdir -p /etc/containerd /etc/cni/net.d
 ROOT=/var/lib/containerd STATE=/run/containerd SOCKET=/run/containerd/containerd.sock \
   CNI_BIN_DIR=/opt/cni/bin CNI_CONF_DIR=/etc/cni/net.d SANDBOX_IMAGE=registry.k8s.io/pause:3.9 \

@@ -31,7 +31,7 @@ pub struct WireCounter {
     pins: PathBuf,
 }
 
-const PREF: &str = "7";
+const PREF: u16 = 7;
 
 impl WireCounter {
     /// Counts what arrives on `ifname` in the netns at `netns`.
@@ -45,11 +45,10 @@ impl WireCounter {
         prog.pin(pins.join("prog")).context("cannot pin count_wire")?;
         ebpf.map("wire_counts").context("no wire_counts")?.pin(pins.join("counts")).context("cannot pin wire_counts")?;
         let prog = pins.join("prog");
-        let batch = format!(
-            "qdisc replace dev {ifname} clsact\nfilter replace dev {ifname} ingress pref {PREF} handle 1 bpf da pinned {}\n",
-            prog.display()
-        );
-        crate::tc::run_in(netns, &["-batch", "-"], Some(&batch)).context("cannot attach the wire counter")?;
+        crate::netns::in_netns(netns, || {
+            crate::tc::attach_pinned_filter(crate::netns::ifindex(ifname)?, crate::tc::Hook::Ingress, PREF, 1, &prog, "count_wire")
+        })
+        .context("cannot attach the wire counter")?;
         Ok(counter)
     }
 
@@ -64,7 +63,10 @@ impl WireCounter {
 impl Drop for WireCounter {
     fn drop(&mut self) {
         if self.netns.exists() {
-            let _ = crate::tc::run_in(&self.netns, &["filter", "del", "dev", &self.ifname, "ingress", "pref", PREF], None);
+            let ifname = self.ifname.clone();
+            let _ = crate::netns::in_netns(&self.netns, || {
+                crate::tc::filter_delete(crate::netns::ifindex(&ifname)?, crate::tc::Hook::Ingress, PREF, 0)
+            });
         }
         let _ = std::fs::remove_dir_all(&self.pins);
     }

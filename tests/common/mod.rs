@@ -30,6 +30,9 @@ pub struct Pod {
     pub bed: Testbed,
     pub pin_root: PathBuf,
     pub cgroup_path: String,
+    /// The network name of this pod's configs: its own unless a test puts
+    /// pods on one network, so that a GC in one test never touches another's.
+    pub net: String,
 }
 
 impl Pod {
@@ -44,13 +47,13 @@ impl Pod {
         let mount = bpf_ratelimit::testbed::cgroup2_mount().unwrap();
         let cgroup_path = format!("/{}", bed.cgroup.strip_prefix(&mount).unwrap().display());
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/brl-test-{}", bed.name));
-        Pod { bed, pin_root, cgroup_path }
+        let net = format!("net-{}", bed.name);
+        Pod { bed, pin_root, cgroup_path, net }
     }
 
-    /// The network name of this test's configs: its own, so that a GC in
-    /// one test can never touch another's pods.
+    /// The network name of this pod's configs.
     pub fn network(&self) -> String {
-        format!("net-{}", self.bed.name)
+        self.net.clone()
     }
 
     /// A network config as containerd sends it, with the pod's annotations.

@@ -31,10 +31,19 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// deploy/daemonset.yaml as JSON.
-pub fn daemonset() -> Value {
+/// A document of deploy/daemonset.yaml (a ConfigMap and the DaemonSet) as JSON.
+pub fn document(kind: &str) -> Value {
+    use serde::Deserialize;
     let text = std::fs::read_to_string(repo().join("deploy/daemonset.yaml")).expect("deploy/daemonset.yaml");
-    serde_norway::from_str(&text).expect("deploy/daemonset.yaml parses")
+    let found = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("deploy/daemonset.yaml parses"))
+        .find(|d| d["kind"] == kind);
+    found.unwrap_or_else(|| panic!("no {kind} in deploy/daemonset.yaml"))
+}
+
+/// The DaemonSet of deploy/daemonset.yaml as JSON.
+pub fn daemonset() -> Value {
+    document("DaemonSet")
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -53,7 +62,7 @@ pub struct Outcome {
 pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome> {
     let ds = daemonset();
     let pod = &ds["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
+    let container = pod["containers"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "install")).context("no install container")?;
     let image = container["image"].as_str().context("no image in daemonset.yaml")?.to_string();
 
     let archive = node.dir.join("images/daemonset.tar");
@@ -66,12 +75,26 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
     run(Command::new("ctr").arg("--address").arg(&node.socket).args(["-n", "k8s.io", "images", "import"]).arg(&archive))
         .with_context(|| format!("cannot import {image}"))?;
 
-    // hostPath volumes, by volume name, re-rooted under host_root.
+    // hostPath volumes, by volume name, re-rooted under host_root; the
+    // ConfigMap's data and emptyDirs in directories of their own there.
     let mut mounts = Vec::new();
     for m in container["volumeMounts"].as_array().context("no volumeMounts")? {
         let volume = pod["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"] == m["name"])).context("mount without volume")?;
-        let host = volume["hostPath"]["path"].as_str().context("not a hostPath volume")?;
-        let host_path = host_root.join(host.trim_start_matches('/'));
+        let host_path = if let Some(host) = volume["hostPath"]["path"].as_str() {
+            host_root.join(host.trim_start_matches('/'))
+        } else if let Some(name) = volume["configMap"]["name"].as_str() {
+            let dir = host_root.join("configmaps").join(name);
+            std::fs::create_dir_all(&dir)?;
+            let cm = document("ConfigMap");
+            for (key, text) in cm["data"].as_object().context("the ConfigMap has no data")? {
+                std::fs::write(dir.join(key), text.as_str().unwrap_or_default())?;
+            }
+            dir
+        } else if volume["emptyDir"].is_object() {
+            host_root.join("emptydirs").join(m["name"].as_str().unwrap_or("empty"))
+        } else {
+            bail!("volume {} is neither hostPath, configMap nor emptyDir", volume["name"]);
+        };
         std::fs::create_dir_all(&host_path)?; // type: DirectoryOrCreate
         mounts.push(api::Mount {
             container_path: m["mountPath"].as_str().context("no mountPath")?.into(),
