@@ -13,6 +13,9 @@
  *                                           its share once the burst is spent;
  *                                           sizes each receiving socket's
  *                                           window from its share and RTT
+ *   prioritize_light_   tc egress on the    lets light flows toward the pod (a
+ *     flows             pod's host-side     response) pass its download in the
+ *                       veth                ingress queue
  *   guard_pod_egress    tc ingress on the   charges every frame the pod emits
  *                       pod's host-side     to its egress limit, out of the
  *                       veth                pod's reach (the guarantee)
@@ -335,6 +338,115 @@ int guard_pod_egress(struct __sk_buff *skb)
 	if (!guard)
 		return TC_ACT_UNSPEC;
 	return guard_egress(guard, skb, bpf_ktime_get_ns());
+}
+
+/* ---- Light flows first, in the ingress queue ------------------------------
+ *
+ * The ingress queue's TBF has a pfifo_fast child (src/ingress_queue.rs):
+ * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A flow
+ * toward the pod that has moved less than LIGHT_FLOW_BYTES in this window
+ * and the one before (a request's response, a handshake, a health check)
+ * gets that priority, so it does not wait behind the pod's own download;
+ * every other flow is set to best effort, whatever priority its sender gave
+ * it. Flows are remembered in an LRU map shared by every pod.
+ */
+#define TC_PRIO_BESTEFFORT 0
+#define TC_PRIO_INTERACTIVE 6
+#define MAX_QUEUED_FLOWS 65536
+
+struct flow_tuple {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct queued_flow {
+	__u64 window;     /* the window `bytes` is for */
+	__u64 bytes;      /* bytes of the flow queued in it */
+	__u64 prev_bytes; /* and in the window before */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_QUEUED_FLOWS);
+	__type(key, struct flow_tuple);
+	__type(value, struct queued_flow);
+} queued_flows SEC(".maps");
+
+/* The 5-tuple of an IPv4 or IPv6 TCP/UDP frame (ports 0 for other
+ * protocols, fragments and extension headers); false if not IP. */
+static __always_inline bool flow_tuple_of(struct __sk_buff *skb, struct flow_tuple *t)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	__u32 l4_off;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr_min { __u8 vihl, tos; __u16 len, id, frag; __u8 ttl, proto; __u16 check; __u32 saddr, daddr; } *ip =
+			data + ETH_HLEN;
+
+		if ((void *)(ip + 1) > end)
+			return false;
+		t->saddr[0] = ip->saddr;
+		t->daddr[0] = ip->daddr;
+		t->proto = ip->proto;
+		if (ip->frag & bpf_htons(0x3fff))
+			return true;
+		l4_off = ETH_HLEN + (ip->vihl & 0xf) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr_min { __u32 vtcfl; __u16 len; __u8 next, hops; __u32 saddr[4], daddr[4]; } *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > end)
+			return false;
+		__builtin_memcpy(t->saddr, ip6->saddr, 16);
+		__builtin_memcpy(t->daddr, ip6->daddr, 16);
+		t->proto = ip6->next;
+		l4_off = ETH_HLEN + 40;
+	} else {
+		return false;
+	}
+	if (t->proto == IPPROTO_TCP_ || t->proto == IPPROTO_UDP_) {
+		__u16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, l4_off, ports, sizeof(ports)) == 0) {
+			t->sport = ports[0];
+			t->dport = ports[1];
+		}
+	}
+	return true;
+}
+
+/* The host side of the pod's veth, tc egress, where ingress is queued. */
+SEC("classifier")
+int prioritize_light_flows(struct __sk_buff *skb)
+{
+	struct flow_tuple key = {};
+	struct queued_flow *f;
+	__u64 window;
+
+	if (!flow_tuple_of(skb, &key))
+		return TC_ACT_UNSPEC;
+	window = bpf_ktime_get_ns() >> FLOW_WINDOW_SHIFT;
+	f = bpf_map_lookup_elem(&queued_flows, &key);
+	if (!f) {
+		struct queued_flow fresh = { .window = window };
+
+		bpf_map_update_elem(&queued_flows, &key, &fresh, BPF_ANY);
+		f = bpf_map_lookup_elem(&queued_flows, &key);
+		if (!f)
+			return TC_ACT_UNSPEC;
+	}
+	if (f->window != window) {
+		f->prev_bytes = f->window + 1 == window ? f->bytes : 0;
+		f->bytes = 0;
+		f->window = window;
+	}
+	__sync_fetch_and_add(&f->bytes, skb->len);
+	skb->priority = f->bytes <= LIGHT_FLOW_BYTES && f->prev_bytes <= LIGHT_FLOW_BYTES ? TC_PRIO_INTERACTIVE
+											   : TC_PRIO_BESTEFFORT;
+	return TC_ACT_UNSPEC;
 }
 
 /*

@@ -52,15 +52,17 @@ const PROG_SOCKOPS: &str = "pace_tcp";
 const PROG_SETSOCKOPT: &str = "refuse_raw_bypass";
 const PROG_RAW: &str = "refuse_raw_frames";
 const PROG_GUARD: &str = "guard_pod_egress";
+const PROG_PRIORITY: &str = "prioritize_light_flows";
 const CGROUP_SKB_PROGS: [&str; 2] = [PROG_EGRESS, PROG_INGRESS];
-const CLASSIFIER_PROGS: [&str; 2] = [PROG_RAW, PROG_GUARD];
+const CLASSIFIER_PROGS: [&str; 3] = [PROG_RAW, PROG_GUARD, PROG_PRIORITY];
 const MAP_POD_STATE: &str = "pod_state";
 const MAP_IFACE_STATE: &str = "iface_state";
 const MAP_FLOW_STATE: &str = "flow_state";
 const MAP_HOST_GUARDS: &str = "host_guards";
 const MAP_RAW_GUARDED: &str = "raw_guarded";
-const DATAPATH_MAPS: [&str; 5] = [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED];
-const DATAPATH_PROGS: [&str; 6] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD];
+const MAP_QUEUED_FLOWS: &str = "queued_flows";
+const DATAPATH_MAPS: [&str; 6] = [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED, MAP_QUEUED_FLOWS];
+const DATAPATH_PROGS: [&str; 7] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_PRIORITY];
 const LOADING_PREFIX: &str = "loading-";
 
 /// The cgroup link pins every attachment has, and the map pins beside them.
@@ -520,7 +522,8 @@ fn attach_and_pin(
         (Some(_), None) => IngressMode::Policer("no host-side interface in prevResult".into()),
         (Some(_), Some(_)) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
         (Some(limit), Some((name, index))) => {
-            match crate::ingress_queue::install(name, crate::ingress_queue::QueueSpec::for_limit(limit, network.basis)) {
+            let spec = crate::ingress_queue::QueueSpec::for_limit(limit, network.basis);
+            match crate::ingress_queue::install(name, spec, &datapath.join(PROG_PRIORITY)) {
                 Ok(()) => {
                     rollback.push(move || {
                         let _ = crate::ingress_queue::remove(index);

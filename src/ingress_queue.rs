@@ -11,8 +11,12 @@
 //! plugin), the BPF policer stays in force; the logs, CHECK and `stats` say
 //! which.
 //!
-//! The qdisc is set up over rtnetlink (crate::tc; no `tc` binary is run) and
-//! is recognised by its handle.
+//! Light flows toward the pod (a response, a handshake) pass its download:
+//! the TBF's child is a pfifo_fast, and a filter on the interface's egress
+//! gives them its first band (ebpf/shaper.bpf.c: prioritize_light_flows).
+//!
+//! The qdiscs are set up over rtnetlink (crate::tc; no `tc` binary is run)
+//! and are recognised by their handles.
 
 use std::path::Path;
 
@@ -22,6 +26,15 @@ use serde_json::Value;
 /// The root qdisc handle that marks a queue as ours ("b9a1:").
 pub const HANDLE: &str = "b9a1:";
 const HANDLE_MAJOR: u16 = 0xb9a1;
+/// The queue's child: pfifo_fast, whose first band (priority
+/// TC_PRIO_INTERACTIVE) leaves before the rest.
+const CHILD_MAJOR: u16 = 0xb9a2;
+/// The filter on the interface's egress that gives light flows that
+/// priority (ebpf/shaper.bpf.c: prioritize_light_flows).
+pub const PRIORITY_PREF: u16 = 49102;
+const PRIORITY_PROG: &str = "prioritize_light_flows";
+/// The kernel keeps 15 bytes of a program's name.
+const PRIORITY_PROG_NAME: &str = "prioritize_ligh";
 
 /// The queue holds max(rate x QUEUE_MS, QUEUE_MIN_BYTES): room for every
 /// receiver's window beyond the path's round trip (ebpf/shaper.h:
@@ -79,12 +92,25 @@ fn tbf_of(spec: QueueSpec) -> crate::tc::Tbf {
     crate::tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
 }
 
-/// Adds the queue as the root qdisc of `ifname`. Fails, changing nothing, if
-/// the interface already has a root qdisc of its own.
-pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
+/// Adds the queue as the root qdisc of `ifname`, its pfifo_fast child, and
+/// the filter that gives light flows the first band, running the program
+/// pinned at `classifier`. Fails, changing nothing, if the interface
+/// already has a root qdisc of its own.
+pub fn install(ifname: &str, spec: QueueSpec, classifier: &Path) -> Result<()> {
     let ifindex = crate::netns::ifindex(ifname)?;
     crate::tc::tbf(crate::tc::Verb::Add, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
-        .with_context(|| format!("cannot add the ingress queue (tbf, handle {HANDLE}) to {ifname}"))
+        .with_context(|| format!("cannot add the ingress queue (tbf, handle {HANDLE}) to {ifname}"))?;
+    let rest = set_up_priority(ifindex, classifier);
+    if rest.is_err() {
+        let _ = remove(ifindex);
+    }
+    rest.with_context(|| format!("cannot set up the ingress queue's bands on {ifname}"))
+}
+
+/// The TBF's pfifo_fast child and the filter choosing its band.
+fn set_up_priority(ifindex: u32, classifier: &Path) -> Result<()> {
+    crate::tc::pfifo_fast(crate::tc::Verb::Replace, ifindex, handle_id() | 1, crate::tc::handle(CHILD_MAJOR))?;
+    crate::tc::attach_pinned_filter(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, 1, classifier, PRIORITY_PROG)
 }
 
 /// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
@@ -92,7 +118,10 @@ pub fn install(ifname: &str, spec: QueueSpec) -> Result<()> {
 pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
     crate::tc::tbf(crate::tc::Verb::Change, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
-        .with_context(|| format!("cannot change the ingress queue on {ifname}"))
+        .with_context(|| format!("cannot change the ingress queue on {ifname}"))?;
+    // A change of TBF's limit may give it a plain fifo child again.
+    crate::tc::pfifo_fast(crate::tc::Verb::Replace, ifindex, handle_id() | 1, crate::tc::handle(CHILD_MAJOR))
+        .with_context(|| format!("cannot keep the ingress queue's bands on {ifname}"))
 }
 
 /// The interface's name, if `ifindex` still exists in this netns.
@@ -119,6 +148,7 @@ pub fn our_qdisc(ifindex: u32) -> Result<Option<crate::tc::Tbf>> {
 /// The interface usually goes with the pod's netns; that is not an error.
 pub fn remove(ifindex: u32) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
+    let _ = crate::tc::filter_delete(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, 0);
     // The kernel deletes a root qdisc only if its handle is the one given,
     // so another shaper's qdisc is never touched; one request, as DEL is timed.
     match crate::tc::qdisc_delete(ifindex, crate::tc::ROOT, handle_id()) {
@@ -132,6 +162,9 @@ pub fn remove(ifindex: u32) -> Result<()> {
 pub fn verify_spec(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
     let Some(q) = our_qdisc(ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
+    if !crate::tc::has_filter(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, PRIORITY_PROG_NAME)? {
+        bail!("the ingress queue's band filter is missing from {ifname}");
+    }
     let want = spec.rate_bits;
     // The kernel keeps the rate in bytes/s.
     if q.rate_bits.abs_diff(want) > want / 100 + 8 {

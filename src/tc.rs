@@ -205,6 +205,13 @@ pub fn tbf(verb: Verb, ifindex: u32, parent: u32, handle: u32, spec: &Tbf) -> Re
     Rtnl::open()?.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), verb.flags())
 }
 
+/// Adds or replaces a pfifo_fast qdisc `handle` at `parent`: three bands,
+/// dequeued in order, chosen by each packet's priority.
+pub fn pfifo_fast(verb: Verb, ifindex: u32, parent: u32, handle: u32) -> Result<()> {
+    let msg = TcMessage::from_parts(tc_header(ifindex, parent, handle, 0)?, vec![TcAttribute::Kind("pfifo_fast".into())]);
+    Rtnl::open()?.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), verb.flags())
+}
+
 /// Adds or replaces the clsact qdisc; `Replace` keeps an existing one and
 /// the filters on it, as `tc qdisc replace dev X clsact` does.
 pub fn clsact(verb: Verb, ifindex: u32) -> Result<()> {

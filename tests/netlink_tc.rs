@@ -114,15 +114,21 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
 #[test]
 fn ingress_queue_install_change_verify_remove_over_netlink() {
     use bpf_ratelimit::ingress_queue::{self, QueueSpec};
+    let classifier = PinnedClassifier::new("prioritize_light_flows");
+    let prog = classifier.path();
     let spec = |rate: u64| {
         QueueSpec::for_limit(bpf_ratelimit::limits::Limit { rate, burst: 2_500_000 }, bpf_ratelimit::state::LimitBasis::Frames)
     };
     let veth = Veth::new("iq");
     let index = ifindex(&veth.host).unwrap();
-    ingress_queue::install(&veth.host, spec(10_000_000)).unwrap();
-    let e = ingress_queue::install(&veth.host, spec(10_000_000)).unwrap_err();
+    ingress_queue::install(&veth.host, spec(10_000_000), &prog).unwrap();
+    let e = ingress_queue::install(&veth.host, spec(10_000_000), &prog).unwrap_err();
     assert!(format!("{e:#}").contains(&veth.host), "{e:#}");
     ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
+    // The TBF has a pfifo_fast child, and light flows get its first band.
+    let kinds: Vec<(String, u32)> = tc::qdiscs(index).unwrap().into_iter().map(|q| (q.kind, q.parent)).collect();
+    assert!(kinds.contains(&("pfifo_fast".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
+    assert!(tc::has_filter(index, tc::Hook::Egress, ingress_queue::PRIORITY_PREF, "prioritize_ligh").unwrap());
     assert!(ingress_queue::verify_spec(index, spec(20_000_000)).is_err());
     ingress_queue::change(index, spec(20_000_000)).unwrap();
     ingress_queue::verify_spec(index, spec(20_000_000)).unwrap();
@@ -133,7 +139,7 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     // Another shaper's root qdisc is neither replaced nor removed.
     let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "root", "handle", "77:", "tbf", "rate", "1mbit", "burst", "10k", "limit", "100k"]).status().unwrap();
     assert!(out.success());
-    assert!(ingress_queue::install(&veth.host, spec(10_000_000)).is_err());
+    assert!(ingress_queue::install(&veth.host, spec(10_000_000), &prog).is_err());
     ingress_queue::remove(index).unwrap();
     assert_eq!(tc_root_qdisc(&veth.host)["handle"], "77:");
 }
@@ -250,4 +256,31 @@ fn a_pinned_program_on_the_ingress_hook_of_a_host_interface() {
     });
     let _ = std::fs::remove_dir_all(&pin_root);
     result.unwrap();
+}
+
+/// A program of the production datapath, loaded and pinned on its own.
+struct PinnedClassifier {
+    dir: std::path::PathBuf,
+}
+
+impl PinnedClassifier {
+    fn new(name: &str) -> Self {
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/brl-nltc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::SHAPER_OBJ).unwrap();
+        let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
+        prog.load().unwrap();
+        prog.pin(dir.join("prog")).unwrap();
+        PinnedClassifier { dir }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.join("prog")
+    }
+}
+
+impl Drop for PinnedClassifier {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
