@@ -45,4 +45,21 @@ fn main() {
         .unwrap_or_else(|e| panic!("cannot run {cc} to build tests/tools/delayline.c: {e}. Install gcc (sudo ./install.sh does)."));
     assert!(status.success(), "{cc} failed to compile tests/tools/delayline.c");
     println!("cargo:rustc-env=BRL_DELAYLINE={}", delayline.display());
+
+    // The senders the wire tests make hostile traffic with (tests/wire.rs):
+    // AF_XDP, AF_PACKET (with compat setsockopt), raw IP floods, UDP GSO.
+    let tools = out.join("tools");
+    std::fs::create_dir_all(&tools).expect("OUT_DIR/tools");
+    for tool in ["xdp_tx", "raw_tx", "pktflood", "udp_gso"] {
+        let src = format!("tests/tools/{tool}.c");
+        println!("cargo:rerun-if-changed={src}");
+        let status = Command::new(&cc)
+            .args(["-O2", "-Wall", "-Wextra", "-Itests/tools", &src, "-o"])
+            .arg(tools.join(tool))
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run {cc} to build {src}: {e}"));
+        assert!(status.success(), "{cc} failed to compile {src}");
+    }
+    println!("cargo:rerun-if-changed=tests/tools/frame.h");
+    println!("cargo:rustc-env=BRL_TEST_TOOLS={}", tools.display());
 }

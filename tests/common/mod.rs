@@ -5,6 +5,9 @@
 
 pub mod retries;
 
+/// The request/response and odd-traffic tool (tests/tools/podload.py).
+pub const PODLOAD: &str = bpf_ratelimit::testbed::scenario::PODLOAD;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -291,4 +294,39 @@ pub fn assert_ratio(what: &str, measured: f64, configured: f64, low: f64, high: 
     let ratio = measured / configured;
     println!("{what}: configured {configured:.0} bit/s, measured {measured:.0} bit/s, ratio {ratio:.3}");
     assert!((low..=high).contains(&ratio), "{what}: ratio {ratio:.3} outside {low}..{high}");
+}
+
+/// A background process, killed when dropped.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` in the background, its output discarded.
+pub fn background(mut cmd: Command) -> Background {
+    use std::process::Stdio;
+    Background(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}")))
+}
+
+/// `program` with `args` in the pod (its cgroup and netns).
+pub fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
+    let mut cmd = pod.bed.pod_command(program).unwrap();
+    cmd.args(args);
+    cmd
+}
+
+/// A sender tool built from tests/tools (xdp_tx, raw_tx, pktflood, udp_gso).
+pub fn tool(name: &str) -> String {
+    format!("{}/{name}", env!("BRL_TEST_TOOLS"))
+}
+
+/// The MAC address of `dev` in the netns `ns`.
+pub fn mac_of(ns: &str, dev: &str) -> String {
+    let out = bpf_ratelimit::testbed::ip(&["-n", ns, "-j", "link", "show", dev]).unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["address"].as_str().expect("a MAC address").to_string()
 }

@@ -19,6 +19,12 @@ iperf3 covers bulk flows; this covers the rest:
                                    BPS bits/s in 10 requests a second.
   raw IFNAME COUNT SIZE            AF_PACKET frames on IFNAME; prints what
                                    sendto() and PACKET_QDISC_BYPASS did.
+  udp6ext HOST PORT SECONDS SIZE GSO
+                                   UDP over IPv6 with a destination options
+                                   header on every packet, SIZE bytes a
+                                   send (in GSO-byte segments with
+                                   UDP_SEGMENT, unless GSO is 0), as fast as
+                                   the socket takes them.
 
 Every command ends by itself; the tests bound them with timeouts too.
 """
@@ -134,6 +140,27 @@ def raw(ifname, count, size):
     print(json.dumps(out))
 
 
+def udp6ext(host, port, seconds, size, gso):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    # Destination options: next header (the kernel fills it), length 0
+    # (8 bytes), a PadN option of 6 bytes.
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DSTOPTS, bytes([0, 0, 1, 4, 0, 0, 0, 0]))
+    if gso:
+        s.setsockopt(socket.IPPROTO_UDP, 103, gso)  # UDP_SEGMENT
+    payload = b"e" * size
+    deadline = time.monotonic() + seconds
+    sent, errors = 0, {}
+    while time.monotonic() < deadline:
+        try:
+            s.sendto(payload, (host, port))
+            sent += 1
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            errors[name] = errors.get(name, 0) + 1
+            time.sleep(0.0005)
+    print(json.dumps({"sent": sent, "errors": errors}))
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve":
@@ -145,6 +172,8 @@ def main(argv):
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":
         raw(args[0], int(args[1]), int(args[2]))
+    elif cmd == "udp6ext":
+        udp6ext(args[0], int(args[1]), float(args[2]), int(args[3]), int(args[4]))
     else:
         sys.exit(f"unknown command {cmd!r}\n{__doc__}")
 
