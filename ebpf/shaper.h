@@ -606,37 +606,38 @@ static __always_inline __u64 payload_rate(__u64 wire_rate, __u32 mss, bool ipv6)
 }
 
 /*
- * Shares shrink when the egress bucket is deep in debt: from the full share
- * at half a burst owed to 1/8 of it at one burst, so the aggregate settles
- * where the debt pays for what light senders, small segments and UDP use.
- * Above half a burst of debt, shares stay exact: at in-cluster RTTs TCP
- * builds 64 KB skbs whatever its pacing rate, so the level swings by whole
- * skbs, and the gap TCP leaves after one is fixed by the rate it left at;
+ * Shares shrink when the egress bucket is in debt: from the full share at
+ * a quarter of a burst owed to 1/8 of it at one burst, so the aggregate
+ * settles where the debt pays for what light senders, small segments and
+ * UDP use, leaving most of the burst for light senders to borrow. Within
+ * a quarter of a burst, shares stay exact: the level swings by whole skbs,
+ * and the gap TCP leaves after one is fixed by the rate it left at;
  * following every swing made flows wait out gaps set in a passing dip
- * (8 flows at 10M: 0.79-0.88 of the rate; exact shares: 0.95-0.96, wire
- * 0.99-1.00). Fractions are in 1/1024.
+ * (8 flows at 10M: 0.79-0.88 of the rate, with 64 KB skbs; see
+ * cwnd_clamp). Fractions are in 1/1024.
  */
 #define DEBT_MIN_FRACTION 128
 
-/* Sockets are paced a quarter above their share, and the debt feedback
- * brings them back: BBR cycles its own pacing 25% above and below its
- * estimate, and a cap at the share alone cut it to 0.90-0.94 of it. */
+/* While tokens are left, sockets are paced a quarter above their share:
+ * BBR cycles its own pacing 25% above and below its estimate, and a cap at
+ * the share alone cut it to 0.90-0.94 of it. In debt, exactly the share,
+ * so the first second after idle stays within rate x 1 s + burst. */
 #define PACING_HEADROOM 4
 
 static __always_inline __u64 repay_debt(__u64 share, __s64 level, __u64 burst)
 {
-	__u64 owed, half, fraction;
+	__u64 owed, free, fraction;
 
 	if (level >= 0 || burst == 0)
 		return share;
 	owed = (__u64)(-level);
-	half = burst / 2;
-	if (owed <= half)
+	free = burst / 4;
+	if (owed <= free)
 		return share;
 	if (owed >= burst)
 		return share * DEBT_MIN_FRACTION >> 10;
-	/* 1024 at half a burst owed, DEBT_MIN_FRACTION at a whole one */
-	fraction = 1024 - (owed - half) * (1024 - DEBT_MIN_FRACTION) / (burst - half);
+	/* 1024 at a quarter of a burst owed, DEBT_MIN_FRACTION at a whole one */
+	fraction = 1024 - (owed - free) * (1024 - DEBT_MIN_FRACTION) / (burst - free);
 	return share * fraction >> 10;
 }
 
@@ -646,8 +647,10 @@ static __always_inline __u64 repay_debt(__u64 share, __s64 level, __u64 burst)
  * its segment size, and the payload it is about to send (0 when called for
  * an ACK). The burst is honoured as a token bucket promises: while the
  * interface's egress bucket is at least 3/4 full, sockets send at full
- * speed; below 1/4 they are paced at their share; in between they keep
- * their mode (hysteresis, so a pod at its rate does not flap).
+ * speed; below 1/4 they are paced at their share (a quarter more while
+ * tokens are left, for senders that cycle around their estimate, as BBR
+ * does); in between they keep their mode (hysteresis, so a pod at its rate
+ * does not flap).
  */
 static __always_inline __u64 pacing_rate(const struct iface_state *iface, __u64 now, __u64 current, bool counted,
 					 __u32 mss, bool ipv6, __u64 pending)
@@ -664,8 +667,15 @@ static __always_inline __u64 pacing_rate(const struct iface_state *iface, __u64 
 		return UNPACED;
 	if (level >= quarter && current == UNPACED)
 		return UNPACED;
+	/* A light flow (a request, a health check) goes at full speed while
+	 * what it is about to send can be borrowed: the counted flows repay it
+	 * (repay_debt), so it does not wait behind the pod's own upload. */
+	if (!counted && level > -(__s64)iface->egress.burst)
+		return UNPACED;
 	share = flow_share(&iface->senders, iface->egress.rate, counted);
-	share = repay_debt(share + share / PACING_HEADROOM, level, iface->egress.burst);
+	if (level > 0)
+		share += share / PACING_HEADROOM;
+	share = repay_debt(share, level, iface->egress.burst);
 	share = payload_rate(share, mss, ipv6);
 	return share ? share : 1;
 }

@@ -712,8 +712,10 @@ fn pacing(h: &mut Harness, tokens: i64, counted_flows: i32, current: u64, counte
     h.evaluate(s).out_rate
 }
 
-/// Pacing without an MSS is in bytes on the wire: the share and its headroom.
-const SHARE_1: u64 = 1_250_000;
+/// Pacing without an MSS is in bytes on the wire: the share, and a quarter
+/// more while tokens are left.
+const SHARE_1: u64 = 1_000_000;
+const WITH_HEADROOM: u64 = 1_250_000;
 
 #[test]
 fn pacing_honours_the_burst_with_hysteresis() {
@@ -722,9 +724,10 @@ fn pacing_honours_the_burst_with_hysteresis() {
     assert_eq!(pacing(&mut h, 75_000, 1, 500_000, true), UNPACED);
     // Between 1/4 and 3/4: the socket keeps its mode.
     assert_eq!(pacing(&mut h, 50_000, 1, UNPACED, true), UNPACED);
-    assert_eq!(pacing(&mut h, 50_000, 1, 500_000, true), SHARE_1);
-    // Below 1/4: paced at its share, a quarter above the rate.
-    assert_eq!(pacing(&mut h, 24_999, 1, UNPACED, true), SHARE_1);
+    assert_eq!(pacing(&mut h, 50_000, 1, 500_000, true), WITH_HEADROOM);
+    // Below 1/4: paced at its share, a quarter more while tokens are left.
+    assert_eq!(pacing(&mut h, 24_999, 1, UNPACED, true), WITH_HEADROOM);
+    assert_eq!(pacing(&mut h, 0, 1, UNPACED, true), SHARE_1);
     // The skb about to leave counts: 80 kB less a 60 kB skb (and its
     // frames' headers) is below 1/4.
     let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, 80_000, SEC), SEC);
@@ -737,23 +740,36 @@ fn pacing_honours_the_burst_with_hysteresis() {
     // 1 MB/s adds 10 kB to 70 kB.
     let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, 70_000, SEC), SEC + 5_000_000);
     s.current_rate = 500_000;
+    s.counted = 1;
     assert_eq!(h.evaluate(s).out_rate, UNPACED);
 }
 
 #[test]
-fn pacing_splits_the_rate_among_counted_senders_and_repays_deep_debt() {
+fn pacing_splits_the_rate_among_counted_senders_and_repays_debt() {
     let mut h = Harness::new();
     assert_eq!(pacing(&mut h, 0, 4, 1, true), SHARE_1 / 4);
-    // A flow not counted is paced as one more; alone, it gets the rate.
-    assert_eq!(pacing(&mut h, 0, 4, 1, false), 1_000_000 / 5 * 5 / 4);
-    assert_eq!(pacing(&mut h, 0, 0, 1, false), SHARE_1);
     assert_eq!(pacing(&mut h, 0, 0, 1, true), SHARE_1);
-    // Debt within half a burst leaves shares exact; from there they shrink
-    // to an eighth at a whole burst owed.
-    assert_eq!(pacing(&mut h, -50_000, 1, 1, true), SHARE_1);
-    assert_eq!(pacing(&mut h, -75_000, 1, 1, true), SHARE_1 * (1024 - 25_000 * 896 / 50_000) / 1024);
+    // Debt within a quarter of a burst leaves shares exact; from there they
+    // shrink to an eighth at a whole burst owed.
+    assert_eq!(pacing(&mut h, -25_000, 1, 1, true), SHARE_1);
+    assert_eq!(pacing(&mut h, -50_000, 1, 1, true), SHARE_1 * (1024 - 25_000 * 896 / 75_000) / 1024);
     assert_eq!(pacing(&mut h, -100_000, 1, 1, true), SHARE_1 * 128 / 1024);
     assert_eq!(pacing(&mut h, -400_000, 1, 1, true), SHARE_1 * 128 / 1024);
+}
+
+#[test]
+fn a_light_flow_goes_at_full_speed_while_its_bytes_can_be_borrowed() {
+    let mut h = Harness::new();
+    // Not counted (a request): unpaced in debt, while the pod owes less
+    // than a burst after it.
+    assert_eq!(pacing(&mut h, -50_000, 4, 1, false), UNPACED);
+    let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, -50_000, SEC), SEC);
+    s.iface.senders.window = SEC / WINDOW_NS;
+    s.iface.senders.counted[0] = 4;
+    s.current_rate = 1;
+    s.pending = 60_000;
+    // Deeper than a burst with its skb: paced as one more flow.
+    assert_eq!(h.evaluate(s).out_rate, SHARE_1 / 5 * 128 / 1024);
 }
 
 #[test]
@@ -777,7 +793,7 @@ fn a_paced_sockets_window_is_clamped_to_keep_its_skbs_small() {
     s.current_rate = 1;
     s.mss = 1000;
     s.rtt_us = 10_000;
-    // Paced at 1.25 MB/s: 2 x 12.5 kB per 10 ms round trip, + 4 segments.
+    // Paced at 1 MB/s: 2 x 10 kB per 10 ms round trip, + 4 segments.
     let out = h.evaluate(s);
     assert_eq!(out.out_rate, SHARE_1 * 1000 / 1066);
     assert_eq!(out.out_cwnd as u64, 4 + 2 * out.out_rate * 10_000 / 1_000_000 / 1000);

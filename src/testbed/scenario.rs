@@ -41,17 +41,24 @@ pub struct Bulk {
     pub seconds: u32,
     /// UDP at this many bits/s instead of TCP (`cc` and `flows` then unused).
     pub udp_bps: Option<u64>,
+    /// Over IPv6 instead of IPv4.
+    pub ipv6: bool,
 }
 
 impl Bulk {
     /// `flows` TCP flows from a `cc` sender, `omit` seconds left out, `seconds` measured.
     pub fn tcp(way: Way, cc: &str, flows: u32, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None }
+        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false }
+    }
+
+    /// The same over IPv6.
+    pub fn over_ipv6(self) -> Self {
+        Bulk { ipv6: true, ..self }
     }
 
     /// UDP offered at `bps`.
     pub fn udp(way: Way, bps: u64, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps) }
+        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false }
     }
 }
 
@@ -81,7 +88,8 @@ impl Testbed {
     pub fn bulk(&self, b: &Bulk) -> Result<BulkResult> {
         let total = b.omit + b.seconds;
         let mut cmd = self.pod_command("iperf3")?;
-        cmd.args(["-c", SERVER_IP, "-p", "5201", "-J", "--connect-timeout", "3000"])
+        let server = if b.ipv6 { super::SERVER_IP6 } else { SERVER_IP };
+        cmd.args(["-c", server, "-p", "5201", "-J", "--connect-timeout", "3000"])
             .args(["-t", &total.to_string(), "-O", &b.omit.to_string()]);
         match b.udp_bps {
             Some(bps) => cmd.args(["-u", "-b", &bps.to_string()]),
