@@ -17,8 +17,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use common::{bpftool_cgroup_show, cgroup_links, CgroupLink as Link};
+use anyhow::{Context, Result};
+use bpf_ratelimit::testbed::iperf::Transfer;
+use bpf_ratelimit::testbed::wire::WireCounter;
+use common::{bpftool_cgroup_show, cgroup_links, retries, CgroupLink as Link};
 use containerd::{Node, Pod};
 use serde_json::Value;
 
@@ -79,14 +81,9 @@ fn host_netns_cni() -> Vec<String> {
         .collect()
 }
 
-/// Runs iperf3 from `client` against the server pod; TCP goodput in bit/s,
-/// first second omitted. `reverse`: the server sends (the client's ingress).
-fn iperf3(node: &Node, client: &Pod, server_ip: &str, reverse: bool, seconds: u32) -> Result<f64> {
-    iperf3_with_resent(node, client, server_ip, reverse, seconds).map(|(bps, _)| bps)
-}
-
-/// As iperf3, with the share of the sender's segments that were resent.
-fn iperf3_with_resent(node: &Node, client: &Pod, server_ip: &str, reverse: bool, seconds: u32) -> Result<(f64, f64)> {
+/// Runs iperf3 from `client` against the server pod (`-O 1`); what it
+/// reported, read strictly. `reverse`: the server sends (the client's ingress).
+fn iperf3(node: &Node, client: &Pod, server_ip: &str, reverse: bool, seconds: u32) -> Result<Transfer> {
     let t = seconds.to_string();
     let mut cmd = vec!["/usr/bin/iperf3", "-c", server_ip, "-J", "-O", "1", "-t", &t, "--connect-timeout", "3000"];
     if reverse {
@@ -95,13 +92,7 @@ fn iperf3_with_resent(node: &Node, client: &Pod, server_ip: &str, reverse: bool,
     let out = node.exec(client, &cmd, i64::from(seconds) + 20)?;
     let v: Value = serde_json::from_str(&out.stdout)
         .with_context(|| format!("iperf3 printed no JSON (exit {}): {} {}", out.exit_code, out.stdout, out.stderr))?;
-    if let Some(e) = v.get("error") {
-        bail!("iperf3 failed: {e}");
-    }
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no sum_received in the iperf3 output")?;
-    let resent = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
-    let segments = v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(1.0) / 1448.0;
-    Ok((bps, resent / segments))
+    Transfer::from_json(&v)
 }
 
 /// At most this share of the sender's segments may be resent (issue 8): the
@@ -127,40 +118,55 @@ fn wait_for_server(node: &Node, client: &Pod, server_ip: &str) {
     }
 }
 
-/// The shaping-quality band (bench/README.md). Measured over 10 s after an
-/// omitted first second: the ingress policer's bucket moves a 5 s ratio by up
-/// to 5% (docs/shaping.md), 10 s by 2.5%.
+/// The shaping-quality band, on the wire (every frame, per segment, as the
+/// limit counts it), over 10 s after an omitted first second.
 const BAND: (f64, f64) = (0.97, 1.02);
 const MEASURE_SECONDS: u32 = 10;
 
-/// One direction, inside BAND; a measurement outside it is repeated once,
-/// since other traffic on this 2-core machine can starve iperf3.
-fn measure(node: &Node, client: &Pod, server_ip: &str, reverse: bool, rate: f64, what: &str) -> f64 {
-    let mut measured = 0.0;
-    let mut resent = 0.0;
+/// One direction, inside BAND on the wire: a counter on the receiving pod's
+/// eth0 counts every segment while iperf3 runs. Above the band fails at
+/// once; below it, the run is repeated once (recorded against the suite's
+/// retry budget) only if the CPUs were starved while it ran.
+fn measure(node: &Node, client: &Pod, server: &Pod, reverse: bool, rate: f64, what: &str) -> f64 {
+    let receiver = if reverse { client } else { server };
+    let counter = WireCounter::attach(&receiver.netns, "eth0", &format!("ctrd-{}", receiver.name)).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     for attempt in 1..=2 {
-        (measured, resent) = iperf3_with_resent(node, client, server_ip, reverse, MEASURE_SECONDS + 1)
-            .unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", node.logs()));
-        let ratio = measured / rate;
+        let cpu = retries::CpuSample::now();
+        let (transfer, wire_bps) = std::thread::scope(|s| {
+            let sampler = s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(1300));
+                let (b0, t0) = (counter.read().unwrap().bytes, Instant::now());
+                std::thread::sleep(Duration::from_secs(u64::from(MEASURE_SECONDS)) - Duration::from_millis(600));
+                let (b1, t1) = (counter.read().unwrap().bytes, Instant::now());
+                (b1 - b0) as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
+            });
+            let transfer = iperf3(node, client, &server.ip, reverse, MEASURE_SECONDS + 1);
+            (transfer, sampler.join().unwrap())
+        });
+        let transfer = transfer.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", node.logs()));
+        let busy = cpu.busy_since();
+        let ratio = wire_bps / rate;
+        let resent = transfer.resent_share(1448.0);
         println!(
-            "{what}: configured {:.0} Mbit/s, measured {:.2} Mbit/s, ratio {ratio:.3}, {:.2}% of segments resent (attempt {attempt})",
+            "{what}: configured {:.0} Mbit/s, on the wire {:.2} Mbit/s, ratio {ratio:.3} (goodput {:.3}), {:.2}% of segments resent, CPUs {:.0}% busy",
             rate / 1e6,
-            measured / 1e6,
-            resent * 100.0
+            wire_bps / 1e6,
+            transfer.goodput_bps / rate,
+            resent * 100.0,
+            busy * 100.0
         );
-        if (BAND.0..=BAND.1).contains(&ratio) && resent <= MAX_RESENT {
-            break;
+        assert!(resent <= MAX_RESENT, "{what}: {:.2}% of segments resent", resent * 100.0);
+        assert!(ratio <= BAND.1, "{what}: {ratio:.3} of the limit on the wire, above {}", BAND.1);
+        if ratio >= BAND.0 {
+            return wire_bps;
         }
+        if attempt == 1 && busy >= retries::STARVED {
+            retries::record(what, &format!("{ratio:.3} < {} with the CPUs {:.0}% busy", BAND.0, busy * 100.0));
+            continue;
+        }
+        panic!("{what}: {ratio:.3} of the limit on the wire, below {}", BAND.0);
     }
-    assert!(resent <= MAX_RESENT, "{what}: {:.2}% of segments resent", resent * 100.0);
-    let ratio = measured / rate;
-    assert!(
-        (BAND.0..=BAND.1).contains(&ratio),
-        "{what}: measured {measured:.0} bit/s is {ratio:.3} of {rate:.0}, outside {}..{}",
-        BAND.0,
-        BAND.1
-    );
-    measured
+    unreachable!()
 }
 
 /// What one pod can leave behind on the node, for before/after comparisons.
@@ -194,20 +200,21 @@ impl Leftovers {
     }
 }
 
-/// The pod's shaping: its cgroup links (egress, ingress, sock_ops,
-/// setsockopt), the raw-frame link on its interface, pins and limits.
+/// The pod's shaping: its cgroup links (egress, ingress, sock_ops; with the
+/// bridge's host-side veth, raw frames are charged by the egress guard there,
+/// not refused, so no setsockopt link), its pins and limits.
 fn assert_shaped(node: &Node, pod: &Pod) -> Vec<Link> {
     let show = bpftool_cgroup_show(&pod.cgroup);
-    for prog in ["shape_egress", "shape_ingress", "pace_tcp", "refuse_qdisc_bypass"] {
+    for prog in ["shape_egress", "shape_ingress", "pace_tcp"] {
         assert!(show.contains(&prog[..prog.len().min(15)]), "{prog} is not attached to {}:\n{show}", pod.cgroup.display());
     }
     let pins = node.pod_pins(&pod.sandbox_id);
-    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/setsockopt", "eth0/state"] {
+    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/state", "eth0/iface", "eth0/guards"] {
         assert!(pins.contains(&pin.to_string()), "pin {pin} missing for {}: {pins:?}", pod.name);
     }
     let id = cgroup_id(&pod.cgroup);
     let links: Vec<Link> = cgroup_links().into_iter().filter(|l| l.cgroup_id == id).collect();
-    assert_eq!(links.len(), 4, "expected egress, ingress, sock_ops and setsockopt links on {}: {links:?}", pod.cgroup.display());
+    assert_eq!(links.len(), 3, "expected egress, ingress and sock_ops links on {}: {links:?}", pod.cgroup.display());
     links
 }
 
@@ -314,15 +321,15 @@ fn containerd_runs_bpf_ratelimit_for_real_pods() {
     let client_links = assert_shaped(&node, &client);
 
     wait_for_server(&node, &client, &server.ip);
-    measure(&node, &client, &server.ip, false, EGRESS_RATE, "client egress (egress-bandwidth 20M)");
-    measure(&node, &client, &server.ip, true, INGRESS_RATE, "client ingress (ingress-bandwidth 50M)");
+    measure(&node, &client, &server, false, EGRESS_RATE, "client egress (egress-bandwidth 20M)");
+    measure(&node, &client, &server, true, INGRESS_RATE, "client ingress (ingress-bandwidth 50M)");
 
     // A pod without annotations is not limited.
     // `rate` is the prototype's annotation but not namespaced: a pod may
     // carry it for its own reasons, and one that is not a rate is ignored.
     let free = node.run_pod("free", &[("rate", "high")], SLEEP).unwrap_or_else(|e| panic!("free pod: {e:#}\n{}", node.logs()));
     assert_unshaped(&node, &free);
-    let free_rate = iperf3(&node, &free, &server.ip, false, 3).unwrap_or_else(|e| panic!("free pod iperf3: {e:#}"));
+    let free_rate = iperf3(&node, &free, &server.ip, false, 3).unwrap_or_else(|e| panic!("free pod iperf3: {e:#}")).goodput_bps;
     println!("unannotated pod egress: measured {:.0} Mbit/s (must exceed {:.0})", free_rate / 1e6, 2.0 * INGRESS_RATE / 1e6);
     assert!(free_rate > 2.0 * INGRESS_RATE, "an unannotated pod ran at only {free_rate:.0} bit/s");
     remove_and_check(&node, &free, &[]);
@@ -354,8 +361,8 @@ fn containerd_runs_bpf_ratelimit_for_real_pods() {
     let (status, _) = node.cri().pod_sandbox_status(&client.sandbox_id).expect("PodSandboxStatus after restart");
     assert_eq!(status.state, k8s_cri::v1::PodSandboxState::SandboxReady as i32, "the client sandbox is not ready after the restart");
     assert_eq!(assert_shaped(&node, &client), client_links, "the client's links changed across the restart");
-    measure(&node, &client, &server.ip, false, EGRESS_RATE, "client egress after containerd restart");
-    measure(&node, &client, &server.ip, true, INGRESS_RATE, "client ingress after containerd restart");
+    measure(&node, &client, &server, false, EGRESS_RATE, "client egress after containerd restart");
+    measure(&node, &client, &server, true, INGRESS_RATE, "client ingress after containerd restart");
 
     // DEL after the restart cleans up; the last shaped pod takes the datapath with it.
     remove_and_check(&node, &client, &client_links);
