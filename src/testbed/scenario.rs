@@ -84,13 +84,15 @@ impl Testbed {
 
     /// Runs a bulk transfer from a client in the pod (with `-R` for a
     /// download), and samples the wire once the omitted seconds are over
-    /// and again just before the end.
+    /// and again just before the end. iperf3 runs `-O omit` seconds and
+    /// then `-t seconds` more (its `-t` does not include the omitted ones),
+    /// so the transfer lasts omit + seconds.
     pub fn bulk(&self, b: &Bulk) -> Result<BulkResult> {
         let total = b.omit + b.seconds;
         let mut cmd = self.pod_command("iperf3")?;
         let server = if b.ipv6 { super::SERVER_IP6 } else { SERVER_IP };
         cmd.args(["-c", server, "-p", "5201", "-J", "--connect-timeout", "3000"])
-            .args(["-t", &total.to_string(), "-O", &b.omit.to_string()]);
+            .args(["-t", &b.seconds.to_string(), "-O", &b.omit.to_string()]);
         match b.udp_bps {
             Some(bps) => cmd.args(["-u", "-b", &bps.to_string()]),
             None => cmd.args(["-P", &b.flows.to_string(), "-C", &b.cc]),
