@@ -9,11 +9,12 @@ use serde_json::Value;
 pub struct Transfer {
     /// Receiver-side goodput over the measured time (omitted seconds excluded).
     pub goodput_bps: f64,
-    /// Bytes the sender sent in that time (TCP: payload).
+    /// Bytes the sender sent in that time (payload).
     pub sent_bytes: f64,
     /// Segments the sender retransmitted (TCP only; 0 for UDP).
     pub retransmits: u64,
-    /// Each stream's receiver-side goodput.
+    /// Each stream's receiver-side goodput (TCP; for UDP iperf3 gives each
+    /// stream's sender-side rate only).
     pub streams_bps: Vec<f64>,
     /// Goodput per reporting interval (omitted ones excluded).
     pub intervals_bps: Vec<f64>,
@@ -39,7 +40,9 @@ impl Transfer {
         let udp = v["start"]["test_start"]["protocol"] == "UDP";
         let end = &v["end"];
         let (goodput_bps, sent_bytes, retransmits) = if udp {
-            (number(end, &["sum", "bits_per_second"])?, number(end, &["sum", "bytes"])?, 0)
+            // end.sum is the client's side: the sender's rate unless -R.
+            // sum_received is what the receiver got (iperf3 >= 3.11).
+            (number(end, &["sum_received", "bits_per_second"])?, number(end, &["sum_sent", "bytes"])?, 0)
         } else {
             (
                 number(end, &["sum_received", "bits_per_second"])?,
@@ -97,6 +100,26 @@ mod tests {
         assert_eq!(t.intervals_bps, vec![9.0]);
         assert!((t.resent_share(1448.0) - 0.1).abs() < 1e-9);
         assert_eq!(t.cpu_percent, (10.0, 20.0));
+    }
+
+    #[test]
+    fn udp_goodput_is_what_the_receiver_got() {
+        let v = serde_json::json!({
+            "start": {"test_start": {"protocol": "UDP"}},
+            "intervals": [{"sum": {"bits_per_second": 2e7, "omitted": false}}],
+            "end": {
+                "sum": {"bits_per_second": 2e7, "bytes": 2.5e6},
+                "sum_sent": {"bits_per_second": 2e7, "bytes": 2.5e6},
+                "sum_received": {"bits_per_second": 1e7, "bytes": 1.25e6},
+                "streams": [{"udp": {"bits_per_second": 2e7}}],
+                "cpu_utilization_percent": {"host_total": 1.0, "remote_total": 2.0}
+            }
+        });
+        let t = Transfer::from_json(&v).unwrap();
+        assert_eq!((t.goodput_bps, t.sent_bytes, t.retransmits), (1e7, 2.5e6, 0));
+        let mut old = v.clone();
+        old["end"].as_object_mut().unwrap().remove("sum_received");
+        assert!(Transfer::from_json(&old).unwrap_err().to_string().contains("sum_received"));
     }
 
     #[test]
