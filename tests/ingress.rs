@@ -49,7 +49,7 @@ fn min_rtt_ms(pod: &Pod) -> f64 {
 }
 
 fn responses(count: u32) -> Requests {
-    Requests { size: 100, response: 16_384, count, gap_ms: 300, fresh: true }
+    Requests::fresh_responses(count, 300)
 }
 
 /// A 16 KB response to an idle 10M pod arrives at the path's speed (its

@@ -16,7 +16,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bpf_ratelimit::testbed::{GW_IP, POD_IP, SERVER_IP, SERVER_IP6};
+use bpf_ratelimit::testbed::scenario::{Sender, Way};
+use bpf_ratelimit::testbed::{GW_IP, POD_IP, SERVER_IP};
 use common::{background, in_pod, mac_of, tool, Pod};
 use serde_json::{json, Value};
 
@@ -26,52 +27,17 @@ const BOUND: f64 = 1.05;
 /// Egress wire bits/s (at the far end) while `senders` run, measured from
 /// `settle` (spent burst) for `measure`.
 fn egress_wire_bps(pod: &Pod, senders: Vec<Command>, settle: Duration, measure: Duration) -> f64 {
-    let running: Vec<_> = senders.into_iter().map(background).collect();
-    std::thread::sleep(settle);
-    let (w0, t0) = (pod.bed.wire().unwrap().a_to_b.wire_bytes, Instant::now());
-    std::thread::sleep(measure);
-    let (w1, t1) = (pod.bed.wire().unwrap().a_to_b.wire_bytes, Instant::now());
-    drop(running);
-    (w1 - w0) as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
+    pod.bed.wire_while(Way::Upload, senders, settle, measure).unwrap().bps
 }
 
 /// Ingress wire bits/s at the pod's interface while `senders` run.
 fn ingress_wire_bps(pod: &Pod, senders: Vec<Command>, settle: Duration, measure: Duration) -> f64 {
-    let running: Vec<_> = senders.into_iter().map(background).collect();
-    std::thread::sleep(settle);
-    let (w0, t0) = (pod.bed.pod_wire().unwrap().bytes, Instant::now());
-    std::thread::sleep(measure);
-    let (w1, t1) = (pod.bed.pod_wire().unwrap().bytes, Instant::now());
-    drop(running);
-    (w1 - w0) as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
+    pod.bed.wire_while(Way::Download, senders, settle, measure).unwrap().bps
 }
 
-/// The hostile senders, from inside the pod, each flat out.
+/// The hostile senders (the testbed's scenario senders), from inside the pod, each flat out.
 fn senders(pod: &Pod) -> Vec<(&'static str, Vec<Command>)> {
-    let gw_mac = mac_of(&pod.bed.gw_ns, "eth0");
-    let frames = |extra: &[&str]| {
-        let mut args = vec!["--ifname", "eth0", "--dst-mac", &gw_mac, "--src-ip", POD_IP, "--dst-ip", SERVER_IP, "--size", "1000", "--seconds", "8", "--count", "1000000000"];
-        args.extend_from_slice(extra);
-        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-    };
-    let cmd = |program: &str, args: Vec<String>| {
-        let mut c = pod.bed.pod_command(program).unwrap();
-        c.args(args);
-        c
-    };
-    let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    vec![
-        ("UDP_SEGMENT, 8-byte segments", vec![cmd(&tool("udp_gso"), strs(&["--dst-ip", SERVER_IP, "--gso-size", "8", "--payload", "1024", "--seconds", "8"]))]),
-        ("TCP with MSS 88", vec![cmd("iperf3", strs(&["-c", SERVER_IP, "-t", "8", "-M", "88"]))]),
-        ("raw IPPROTO_TCP packets (SYN flood)", vec![cmd(&tool("pktflood"), strs(&["--kind", "syn", "--src-ip", POD_IP, "--dst-ip", SERVER_IP, "--size", "41", "--seconds", "8"]))]),
-        ("64-byte TCP_NODELAY writes", vec![cmd("iperf3", strs(&["-c", SERVER_IP, "-t", "8", "-N", "-l", "64"]))]),
-        ("AF_PACKET frames", vec![cmd(&tool("raw_tx"), frames(&[]))]),
-        ("AF_XDP, copy mode", vec![cmd(&tool("xdp_tx"), frames(&[]))]),
-        ("AF_PACKET with PACKET_QDISC_BYPASS through a compat syscall", vec![cmd(&tool("raw_tx"), frames(&["--bypass", "--compat-setsockopt"]))]),
-        ("AF_XDP set up through compat syscalls", vec![cmd(&tool("xdp_tx"), frames(&["--compat-setsockopt"]))]),
-        ("IPv6 UDP with destination options, 8-byte segments", vec![cmd("python3", strs(&[common::PODLOAD, "udp6ext", SERVER_IP6, "9", "8", "1024", "8"]))]),
-        ("ICMP echo flood", vec![cmd("ping", strs(&["-f", "-q", "-s", "1400", "-w", "8", SERVER_IP]))]),
-    ]
+    Sender::ALL.iter().map(|s| (s.what(), vec![pod.bed.sender(*s, 8).unwrap()])).collect()
 }
 
 /// The wire is held to the limit whatever the pod sends; with no limit, the

@@ -40,12 +40,9 @@ fn charged_bytes(pod: &Pod) -> u64 {
         .sum()
 }
 
-/// iperf3 between two processes of the pod over `addr`: bits/s.
+/// iperf3 between two processes of the pod over `addr` (the testbed's sidecar scenario): bits/s.
 fn loopback_bps(pod: &Pod, addr: &str) -> f64 {
-    let _server = background(in_pod(pod, "iperf3", &["-s", "-p", "5301", "-B", addr]));
-    std::thread::sleep(Duration::from_millis(300));
-    let v = run_json(in_pod(pod, "iperf3", &["-c", addr, "-p", "5301", "-J", "-t", "2"]), Duration::from_secs(20)).unwrap();
-    bpf_ratelimit::testbed::iperf::Transfer::from_json(&v).unwrap().goodput_bps
+    pod.bed.sidecar(addr, 2).expect("sidecar traffic")
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! defined once: a scenario runs on a testbed, whoever shapes it (this
 //! plugin, the reference one, or nothing), and returns what it measured.
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::iperf::Transfer;
-use super::{run_with_timeout, Testbed, SERVER_IP};
+use super::wire::WireCount;
+use super::{run_with_timeout, Testbed, POD_IP, SERVER_IP, SERVER_IP6};
 
 /// Which way a transfer goes, seen from the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,12 +44,15 @@ pub struct Bulk {
     pub udp_bps: Option<u64>,
     /// Over IPv6 instead of IPv4.
     pub ipv6: bool,
+    /// More iperf3 client arguments, after the scenario's own: `-N -l 64`
+    /// (64-byte TCP_NODELAY writes), `-M 88` (a tiny MSS).
+    pub args: Vec<String>,
 }
 
 impl Bulk {
     /// `flows` TCP flows from a `cc` sender, `omit` seconds left out, `seconds` measured.
     pub fn tcp(way: Way, cc: &str, flows: u32, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false }
+        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false, args: Vec::new() }
     }
 
     /// The same over IPv6.
@@ -58,7 +62,13 @@ impl Bulk {
 
     /// UDP offered at `bps`.
     pub fn udp(way: Way, bps: u64, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false }
+        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false, args: Vec::new() }
+    }
+
+    /// The same transfer with more iperf3 client arguments.
+    pub fn with_args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 }
 
@@ -100,6 +110,7 @@ impl Testbed {
         if b.way == Way::Download {
             cmd.arg("-R");
         }
+        cmd.args(&b.args);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = cmd.spawn().context("cannot run iperf3")?;
         let started = Instant::now();
@@ -231,5 +242,276 @@ impl Testbed {
         let _ = child.kill();
         let _ = child.wait();
         Ok(bytes)
+    }
+}
+
+impl Requests {
+    /// 100-byte requests, each answered with 16 KB on a new connection (its
+    /// handshake timed too), one every `gap_ms`: a response to a pod.
+    pub fn fresh_responses(count: u32, gap_ms: u32) -> Self {
+        Requests { size: 100, response: 16_384, count, gap_ms, fresh: true }
+    }
+
+    /// 16 KB requests from the pod, each answered with 64 bytes, one every
+    /// `gap_ms` on one keep-alive connection.
+    pub fn keepalive_uploads(count: u32, gap_ms: u32) -> Self {
+        Requests { size: 16_384, response: 64, count, gap_ms, fresh: false }
+    }
+}
+
+/// What crossed the wire while some senders ran.
+#[derive(Debug, Clone, Copy)]
+pub struct WireWindow {
+    /// Bits per second on the wire (every frame, per segment, with its headers).
+    pub bps: f64,
+    pub frames_per_s: f64,
+    /// The measured time.
+    pub seconds: f64,
+}
+
+/// Kills a sender when dropped, however the scenario ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Testbed {
+    /// The frames and bytes on the wire so far in `way` (see `wire_bytes`).
+    pub fn wire_count(&self, way: Way) -> Result<WireCount> {
+        match way {
+            Way::Upload => {
+                let c = self.wire()?.a_to_b;
+                Ok(WireCount { frames: c.frames, bytes: c.wire_bytes })
+            }
+            Way::Download => self.pod_wire(),
+        }
+    }
+
+    /// Starts `senders` (their output discarded), waits `settle` (a full
+    /// bucket spent), measures the wire in `way` for `measure`, and stops
+    /// them.
+    pub fn wire_while(&self, way: Way, senders: Vec<Command>, settle: Duration, measure: Duration) -> Result<WireWindow> {
+        let mut running = Vec::new();
+        for mut c in senders {
+            let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {c:?}"))?;
+            running.push(Running(child));
+        }
+        std::thread::sleep(settle);
+        let (w0, t0) = (self.wire_count(way)?, Instant::now());
+        std::thread::sleep(measure);
+        let (w1, t1) = (self.wire_count(way)?, Instant::now());
+        drop(running);
+        let d = w1.since(&w0);
+        let seconds = t1.duration_since(t0).as_secs_f64();
+        Ok(WireWindow { bps: d.bytes as f64 * 8.0 / seconds, frames_per_s: d.frames as f64 / seconds, seconds })
+    }
+
+    /// The MAC address of the gateway's interface, where the pod's raw
+    /// frames are addressed.
+    pub fn gw_mac(&self) -> Result<String> {
+        let out = super::ip(&["-n", &self.gw_ns, "-j", "link", "show", "eth0"])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v[0]["address"].as_str().map(String::from).context("the gateway's eth0 has no MAC address")
+    }
+
+    /// `sender` from inside the pod, flat out for `seconds`.
+    pub fn sender(&self, sender: Sender, seconds: u32) -> Result<Command> {
+        let secs = seconds.to_string();
+        let frames = |extra: &[&str]| -> Result<Vec<String>> {
+            let mac = self.gw_mac()?;
+            let mut a = vec!["--ifname", "eth0", "--dst-mac", &mac, "--src-ip", POD_IP, "--dst-ip", SERVER_IP, "--size"];
+            a.extend_from_slice(&[RAW_FRAME_STR, "--seconds", &secs, "--count", "1000000000"]);
+            a.extend_from_slice(extra);
+            Ok(a.iter().map(|s| s.to_string()).collect())
+        };
+        let strs = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (program, args) = match sender {
+            Sender::UdpGso8 => (tool("udp_gso"), strs(&["--dst-ip", SERVER_IP, "--gso-size", "8", "--payload", "1024", "--seconds", &secs])),
+            Sender::Mss88 | Sender::Nodelay64 => {
+                let mut a = strs(&["-c", SERVER_IP, "-t", &secs]);
+                a.extend(strs(sender.iperf3_args().unwrap_or_default()));
+                ("iperf3".into(), a)
+            }
+            Sender::SynFlood => (
+                tool("pktflood"),
+                strs(&["--kind", "syn", "--src-ip", POD_IP, "--dst-ip", SERVER_IP, "--size", "41", "--seconds", &secs]),
+            ),
+            Sender::AfPacket => (tool("raw_tx"), frames(&[])?),
+            Sender::AfXdp => (tool("xdp_tx"), frames(&[])?),
+            Sender::AfPacketBypassCompat => (tool("raw_tx"), frames(&["--bypass", "--compat-setsockopt"])?),
+            Sender::AfXdpCompat => (tool("xdp_tx"), frames(&["--compat-setsockopt"])?),
+            Sender::Ipv6DstOpts => ("python3".into(), strs(&[PODLOAD, "udp6ext", SERVER_IP6, "9", &secs, "1024", "8"])),
+            Sender::IcmpFlood => ("ping".into(), strs(&["-f", "-q", "-s", "1400", "-w", &secs, SERVER_IP])),
+        };
+        let mut cmd = self.pod_command(&program)?;
+        cmd.args(args);
+        Ok(cmd)
+    }
+}
+
+/// The frame size (with its Ethernet header) of the raw senders.
+pub const RAW_FRAME: u64 = 1000;
+const RAW_FRAME_STR: &str = "1000";
+
+/// The senders from tests/tools (built by build.rs).
+pub const TOOLS: &str = env!("BRL_TEST_TOOLS");
+
+/// The path of a sender built from tests/tools: xdp_tx, raw_tx, pktflood, udp_gso.
+pub fn tool(name: &str) -> String {
+    format!("{TOOLS}/{name}")
+}
+
+/// Every traffic shape a pod can make to put more on the wire than its
+/// sockets' byte counts say, or to go around its cgroup hooks (issue 15):
+/// what tests/wire.rs holds to the limit and the benchmark reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// UDP_SEGMENT (UDP GSO) with 8-byte segments: 1024 bytes a send.
+    UdpGso8,
+    /// iperf3 TCP with an MSS of 88.
+    Mss88,
+    /// Raw IPPROTO_TCP SYNs of 41 bytes.
+    SynFlood,
+    /// iperf3 TCP with TCP_NODELAY and 64-byte writes.
+    Nodelay64,
+    /// AF_PACKET frames of RAW_FRAME bytes (UDP to port 9).
+    AfPacket,
+    /// AF_XDP in copy mode, frames of RAW_FRAME bytes.
+    AfXdp,
+    AfPacketBypassCompat,
+    AfXdpCompat,
+    /// UDP over IPv6 with a destination options header, 8-byte GSO segments.
+    Ipv6DstOpts,
+    /// ping -f with 1400-byte payloads.
+    IcmpFlood,
+}
+
+impl Sender {
+    pub const ALL: [Sender; 10] = [
+        Sender::UdpGso8,
+        Sender::Mss88,
+        Sender::SynFlood,
+        Sender::Nodelay64,
+        Sender::AfPacket,
+        Sender::AfXdp,
+        Sender::AfPacketBypassCompat,
+        Sender::AfXdpCompat,
+        Sender::Ipv6DstOpts,
+        Sender::IcmpFlood,
+    ];
+
+    pub fn what(self) -> &'static str {
+        match self {
+            Sender::UdpGso8 => "UDP_SEGMENT, 8-byte segments",
+            Sender::Mss88 => "TCP with MSS 88",
+            Sender::SynFlood => "raw IPPROTO_TCP packets (SYN flood)",
+            Sender::Nodelay64 => "64-byte TCP_NODELAY writes",
+            Sender::AfPacket => "AF_PACKET frames",
+            Sender::AfXdp => "AF_XDP, copy mode",
+            Sender::AfPacketBypassCompat => "AF_PACKET with PACKET_QDISC_BYPASS through a compat syscall",
+            Sender::AfXdpCompat => "AF_XDP set up through compat syscalls",
+            Sender::Ipv6DstOpts => "IPv6 UDP with destination options, 8-byte segments",
+            Sender::IcmpFlood => "ICMP echo flood",
+        }
+    }
+
+    /// For the senders that are iperf3 TCP clients, their own arguments
+    /// (a `Bulk` with these is the same sender, measured by iperf3 too).
+    pub fn iperf3_args(self) -> Option<&'static [&'static str]> {
+        match self {
+            Sender::Mss88 => Some(&["-M", "88"]),
+            Sender::Nodelay64 => Some(&["-N", "-l", "64"]),
+            _ => None,
+        }
+    }
+
+    /// Payload bytes each of its frames carries, where that is fixed (its
+    /// goodput is then frames on the wire x this): UDP payload for the
+    /// UDP senders.
+    pub fn payload_per_frame(self) -> Option<u64> {
+        match self {
+            Sender::UdpGso8 | Sender::Ipv6DstOpts => Some(8),
+            // Ethernet 14 + IPv4 20 + UDP 8.
+            Sender::AfPacket | Sender::AfXdp | Sender::AfPacketBypassCompat | Sender::AfXdpCompat => Some(RAW_FRAME - 42),
+            _ => None,
+        }
+    }
+}
+
+impl Testbed {
+    /// Starts another iperf3 server in the server namespace, on `port`
+    /// (two transfers at once need two servers), killed with the testbed.
+    pub fn start_server_on(&mut self, port: &str) -> Result<()> {
+        let child = self
+            .server_command("iperf3")?
+            .args(["-s", "-p", port])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start iperf3 -s")?;
+        self.keep(child);
+        super::wait_for_port(&self.pod_netns_path(), SERVER_IP, port)
+    }
+
+    /// An app and its sidecar inside the pod, over `addr` (127.0.0.1 or
+    /// the pod's own IP): iperf3 server and client both in the pod for
+    /// `seconds`; the goodput in bits/s.
+    pub fn sidecar(&self, addr: &str, seconds: u32) -> Result<f64> {
+        let server = self
+            .pod_command("iperf3")?
+            .args(["-s", "-p", SIDECAR_PORT, "-B", addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start iperf3 -s in the pod")?;
+        let _server = Running(server);
+        super::wait_for_port(&self.pod_netns_path(), addr, SIDECAR_PORT)?;
+        let mut cmd = self.pod_command("iperf3")?;
+        cmd.args(["-c", addr, "-p", SIDECAR_PORT, "-J", "-t", &seconds.to_string()]);
+        let v = run_json(cmd, Duration::from_secs(u64::from(seconds) + 20))?;
+        Ok(Transfer::from_json(&v)?.goodput_bps)
+    }
+
+    /// `bulk` while `conns` keep-alive connections from the pod each send
+    /// `bps` bits/s to the request/response server (start_rr_server), which
+    /// start a second before it.
+    pub fn bulk_beside_light(&self, conns: u32, bps: u64, bulk: &Bulk) -> Result<BulkResult> {
+        let seconds = bulk.omit + bulk.seconds + 3;
+        let light = self
+            .pod_command("python3")?
+            .args([PODLOAD, "light", SERVER_IP, RR_PORT])
+            .args([conns.to_string(), bps.to_string(), seconds.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start podload light")?;
+        let _light = Running(light);
+        std::thread::sleep(Duration::from_secs(1));
+        self.bulk(bulk)
+    }
+}
+
+/// Where `sidecar` listens inside the pod.
+pub const SIDECAR_PORT: &str = "5301";
+
+/// The port of the second iperf3 server (`start_server_on`) that
+/// `tcp_with_udp` sends its UDP to.
+pub const SECOND_IPERF_PORT: &str = "5202";
+
+impl Testbed {
+    /// A TCP upload and a UDP stream at `udp_bps` from the pod at once
+    /// (the second iperf3 server, on SECOND_IPERF_PORT, must be running):
+    /// the wire after `settle`, for `measure`.
+    pub fn tcp_with_udp(&self, udp_bps: u64, settle: Duration, measure: Duration) -> Result<WireWindow> {
+        let secs = (settle + measure + Duration::from_secs(1)).as_secs().to_string();
+        let mut tcp = self.pod_command("iperf3")?;
+        tcp.args(["-c", SERVER_IP, "-t", &secs]);
+        let mut udp = self.pod_command("iperf3")?;
+        udp.args(["-c", SERVER_IP, "-p", SECOND_IPERF_PORT, "-u", "-b", &udp_bps.to_string(), "-t", &secs]);
+        self.wire_while(Way::Upload, vec![tcp, udp], settle, measure)
     }
 }

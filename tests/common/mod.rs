@@ -321,7 +321,7 @@ pub fn in_pod(pod: &Pod, program: &str, args: &[&str]) -> Command {
 
 /// A sender tool built from tests/tools (xdp_tx, raw_tx, pktflood, udp_gso).
 pub fn tool(name: &str) -> String {
-    format!("{}/{name}", env!("BRL_TEST_TOOLS"))
+    bpf_ratelimit::testbed::scenario::tool(name)
 }
 
 /// The MAC address of `dev` in the netns `ns`.
