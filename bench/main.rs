@@ -1,111 +1,185 @@
 //! Side-by-side benchmark: bpf-ratelimit against the reference `bandwidth`
-//! CNI plugin (Debian's containernetworking-plugins), in the same run.
-//!
-//! Three pods behind one bridge, each set up by real CNI ADDs of a chain:
-//!   server: bridge + host-local
-//!   ours:   bridge + host-local + bpf-ratelimit
-//!   ref:    bridge + host-local + bandwidth
-//! Both shaped pods get the same runtimeConfig.bandwidth as containerd sends
-//! it (the rate, and containerd's "no burst given" value), plus the same
-//! pod annotations. See bench/README.md.
+//! CNI plugin (Debian's containernetworking-plugins), in the same run, on
+//! the testbed the tests use (src/testbed): a pod netns and cgroup, the
+//! host end of its veth on a bridge, a gateway netns, and the server behind
+//! a delay line at the chosen one-way delay. The testbed plays the main
+//! plugin; each shaper is then called as a runtime calls it (bench/plugins.rs),
+//! and every measurement is a scenario of src/testbed/scenario.rs, the ones
+//! the tests assert. See bench/README.md.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use bpf_ratelimit::testbed::{cgroup2_mount, in_netns, ip, remove_cgroup, run_with_timeout};
 use serde::Serialize;
-use serde_json::{json, Value};
 
-mod ingress;
-mod workloads;
-mod cni_chain;
-mod measure;
+mod matrix;
+mod plugins;
 mod report;
+mod timing;
+mod util;
+mod wire_table;
+mod workloads;
 
-use cni_chain::*;
-use measure::*;
-use report::*;
+use util::{output_of, Progress};
 
-const BRIDGE: &str = "brlbench0";
-const SUBNET: &str = "10.253.0.0/24";
-const CONTAINERD_NO_BURST: u64 = 4_294_967_295;
+const USAGE: &str = "options:
+  --rtts 0,1.5,10,20,50     round-trip times in ms (the delay line adds half each way; 0 = LAN)
+  --rates 10M,100M,1G       limits (both directions)
+  --only matrix,wire,workloads,timing
+                            parts to run (comma-separated; default all)
+  --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
+  --pods 100                pods per plugin for the ADD/DEL timing
+  --out bench/results       where results.json, results.md and ratio_vs_rtt.svg go
+  --estimate                print how long the run would take, and exit";
 
-struct Options {
-    rates: Vec<(String, u64)>,
-    seconds: u32,
-    pods_for_timing: usize,
-    out_dir: PathBuf,
-    /// Which parts to run: the rate table, ADD/DEL timing, the workloads.
-    rate_table: bool,
-    timing: bool,
-    workloads: bool,
+pub struct Options {
+    pub rtts_ms: Vec<f64>,
+    pub rates: Vec<(String, u64)>,
+    pub seconds: u32,
+    pub pods: usize,
+    pub out: PathBuf,
+    pub matrix: bool,
+    pub wire: bool,
+    pub workloads: bool,
+    pub timing: bool,
+    pub estimate_only: bool,
 }
 
-fn parse_args() -> Result<Options> {
-    let mut opts = Options {
-        rates: vec![("10M".into(), 10_000_000), ("100M".into(), 100_000_000), ("1G".into(), 1_000_000_000)],
-        seconds: 6,
-        pods_for_timing: 100,
-        out_dir: PathBuf::from("bench/results"),
-        rate_table: true,
-        timing: true,
+fn parse_args(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        rtts_ms: vec![0.0, 1.5, 10.0, 20.0, 50.0],
+        rates: ["10M", "100M", "1G"].iter().map(|r| (r.to_string(), bpf_ratelimit::quantity::parse(r).unwrap())).collect(),
+        seconds: 4,
+        pods: 100,
+        out: PathBuf::from("bench/results"),
+        matrix: true,
+        wire: true,
         workloads: true,
+        timing: true,
+        estimate_only: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| anyhow::anyhow!("{a} needs a value"));
+        let mut val = || it.next().cloned().with_context(|| format!("{a} needs a value\n{USAGE}"));
         match a.as_str() {
-            "--rates" => {
-                opts.rates = val()?
+            "--rtts" => {
+                o.rtts_ms = val()?
                     .split(',')
-                    .map(|r| Ok((r.to_string(), bpf_ratelimit::quantity::parse(r)?)))
+                    .map(|r| r.trim().trim_end_matches("ms").parse::<f64>().with_context(|| format!("--rtts: {r:?} is not a number of ms")))
+                    .collect::<Result<_>>()?;
+                if o.rtts_ms.iter().any(|r| !(0.0..=2000.0).contains(r)) {
+                    bail!("--rtts: each RTT must be 0..2000 ms");
+                }
+            }
+            "--rates" => {
+                o.rates = val()?
+                    .split(',')
+                    .map(|r| Ok((r.to_string(), bpf_ratelimit::quantity::parse(r).map_err(|e| anyhow::anyhow!("--rates: {e}"))?)))
                     .collect::<Result<_>>()?
             }
-            "--seconds" => opts.seconds = val()?.parse()?,
-            "--pods" => opts.pods_for_timing = val()?.parse()?,
-            "--out" => opts.out_dir = PathBuf::from(val()?),
-            "--only" => match val()?.as_str() {
-                "rates" => opts.workloads = false,
-                "workloads" => (opts.rate_table, opts.timing) = (false, false),
-                "timing" => (opts.rate_table, opts.workloads) = (false, false),
-                other => bail!("--only takes rates (with ADD/DEL timing), timing or workloads, not {other}"),
-            },
-            other => bail!("unknown option {other}; options: --rates 10M,100M,1G --seconds 6 --pods 100 --out bench/results --only rates|timing|workloads"),
+            "--seconds" => {
+                o.seconds = val()?.parse().context("--seconds")?;
+                if o.seconds < 2 {
+                    bail!("--seconds: at least 2 (the wire is sampled 0.3 s inside both ends)");
+                }
+            }
+            "--pods" => o.pods = val()?.parse().context("--pods")?,
+            "--out" => o.out = PathBuf::from(val()?),
+            "--only" => {
+                let parts = val()?;
+                (o.matrix, o.wire, o.workloads, o.timing) = (false, false, false, false);
+                for p in parts.split(',') {
+                    match p.trim() {
+                        "matrix" | "rtt" => o.matrix = true,
+                        "wire" => o.wire = true,
+                        "workloads" => o.workloads = true,
+                        "timing" => o.timing = true,
+                        other => bail!("--only: unknown part {other:?}\n{USAGE}"),
+                    }
+                }
+            }
+            "--estimate" => o.estimate_only = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    Ok(opts)
+    Ok(o)
 }
 
-/// Kills a background process (an iperf3 server) when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+/// Seconds the run is expected to take.
+fn estimate(o: &Options) -> f64 {
+    let mut s = 0.0;
+    if o.matrix {
+        s += o.rtts_ms.iter().map(|r| matrix::estimate(o, *r)).sum::<f64>();
     }
+    if o.wire {
+        s += wire_table::estimate();
+    }
+    if o.workloads {
+        s += workloads::estimate();
+    }
+    if o.timing {
+        s += timing::estimate(o.pods);
+    }
+    s
 }
 
-struct BenchEnv {
-    work: PathBuf,
-    bpf_stats_was: String,
+#[derive(Debug, Default, Serialize)]
+pub struct Meta {
+    pub command: String,
+    pub date_utc: String,
+    pub commit: String,
+    /// Uncommitted changes in the tree the run started from.
+    pub dirty: bool,
+    pub kernel: String,
+    pub cpus: usize,
+    pub reference_path: String,
+    /// `bandwidth --version` (Debian's build prints "version unknown").
+    pub reference_version_output: String,
+    /// dpkg-query -W containernetworking-plugins.
+    pub reference_package: String,
+    pub rtts_ms: Vec<f64>,
+    pub rates: Vec<(String, u64)>,
+    pub omit: u32,
+    pub seconds: u32,
+    pub parts: Vec<&'static str>,
+    /// Per rate, per shaper: the bursts asked for, bits (ingress, egress).
+    pub bursts_asked_bits: Vec<(String, &'static str, u64, u64)>,
+    pub estimated_s: f64,
+    pub elapsed_s: f64,
+    pub load_average_at_start: String,
 }
 
-impl Drop for BenchEnv {
+#[derive(Debug, Default, Serialize)]
+pub struct Results {
+    pub meta: Meta,
+    /// False while the run goes on, or if it stopped early.
+    pub complete: bool,
+    pub matrix: matrix::MatrixResults,
+    pub wire: Vec<wire_table::WireRow>,
+    pub workloads: Vec<workloads::WorkloadRow>,
+    pub timing: Vec<timing::Timing>,
+}
+
+/// Restores what the run changed on the node, however it ends.
+struct Node {
+    bpf_stats_was: Option<String>,
+    pin_root: PathBuf,
+}
+
+impl Drop for Node {
     fn drop(&mut self) {
-        let _ = ip(&["link", "del", BRIDGE]);
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.bpf_stats_was);
-        let _ = std::fs::remove_dir_all(&self.work);
-        if let Ok(m) = cgroup2_mount() {
+        if let Some(was) = &self.bpf_stats_was {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", was);
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+        if let Ok(m) = bpf_ratelimit::testbed::cgroup2_mount() {
             let _ = std::fs::remove_dir(m.join("bpf-ratelimit-bench"));
         }
-        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/brl-bench-{}", std::process::id()));
     }
 }
 
@@ -116,114 +190,109 @@ fn main() {
     }
 }
 
+fn meta(o: &Options, args: &[String]) -> Meta {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let git = |a: &[&str]| output_of("git", &[&["-C", repo], a].concat());
+    let mut parts = Vec::new();
+    for (on, name) in [(o.matrix, "matrix"), (o.wire, "wire"), (o.workloads, "workloads"), (o.timing, "timing")] {
+        if on {
+            parts.push(name);
+        }
+    }
+    let mut bursts = Vec::new();
+    for (name, rate) in &o.rates {
+        for row in plugins::Row::SHAPED {
+            let (i, e) = row.bursts(*rate);
+            bursts.push((name.clone(), row.label(), i, e));
+        }
+    }
+    Meta {
+        command: format!("bench/run.sh {}", args.join(" ")).trim().to_string(),
+        date_utc: output_of("date", &["-u", "+%Y-%m-%d %H:%M:%S"]),
+        commit: Some(git(&["rev-parse", "HEAD"])).filter(|c| !c.is_empty()).unwrap_or_else(|| "unknown".into()),
+        dirty: !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+        kernel: output_of("uname", &["-r"]),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        reference_path: plugins::REFERENCE.into(),
+        reference_version_output: {
+            let o = std::process::Command::new(plugins::REFERENCE).arg("--version").output();
+            o.map(|o| format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)).trim().to_string()).unwrap_or_default()
+        },
+        reference_package: output_of("dpkg-query", &["-W", "-f", "${Package} ${Version}", "containernetworking-plugins"]),
+        rtts_ms: o.rtts_ms.clone(),
+        rates: o.rates.clone(),
+        omit: matrix::OMIT,
+        seconds: o.seconds,
+        parts,
+        bursts_asked_bits: bursts,
+        estimated_s: estimate(o),
+        elapsed_s: 0.0,
+        load_average_at_start: std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+    }
+}
+
 fn run() -> Result<()> {
-    let opts = parse_args()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = parse_args(&args)?;
+    let total = estimate(&opts);
+    if opts.estimate_only {
+        println!("estimated duration: {:.0} s ({:.1} min)", total, total / 60.0);
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("run as root: the benchmark creates network namespaces and loads BPF programs");
     }
-    let work = std::env::temp_dir().join(format!("brl-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let env = BenchEnv {
-        bpf_stats_was: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_else(|_| "0".into()),
-        work: work.clone(),
+    util::catch_interrupts();
+    let plugins = plugins::Plugins::new()?;
+    let _node = Node {
+        bpf_stats_was: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
+        pin_root: plugins.pin_root.clone(),
     };
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
-    let cni = Cni::new(&env.work)?;
-    let per_rate = 2 * (1 + 2 * 4 + 2 * ingress::SENDERS.len());
-    let rate_steps = if opts.rate_table { opts.rates.len() * per_rate } else { 0 } + if opts.timing { 2 * (opts.pods_for_timing / 10 + 1) } else { 0 };
-    let workload_steps = if opts.workloads { 2 * 8 } else { 0 };
-    let mut progress = Progress { done: 0, total: rate_steps + workload_steps, started: Instant::now() };
-
-    let mut server = CniPod::new(&format!("brlb-srv-{}", std::process::id()), vec![cni.bridge()], json!({}))?;
-    cni.add(&mut server)?;
-    let iperf_server = in_netns(Command::new("iperf3"), &server.netns, None)?
-        .args(["-s", "-B", &server.ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _server_guard = Kill(iperf_server);
-    let server_at = Server { ip: server.ip.clone(), netns: server.netns.clone() };
-    std::thread::sleep(Duration::from_millis(300));
-
-    let mut rows = Vec::new();
-    let mut bpf_cost = BTreeMap::new();
-    let mut workload_rows = Vec::new();
-    let mut ingress_rows = Vec::new();
-    if opts.workloads {
-        let _servers = workloads::start_servers(&server_at)?;
-        for plugin in [Plugin::Ours, Plugin::Reference] {
-            workload_rows.push(workloads::measure(&cni, plugin, &server_at, &mut progress)?);
-        }
+    if opts.matrix {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     }
-    let rates = if opts.rate_table { opts.rates.clone() } else { Vec::new() };
-    for (rate_name, rate) in &rates {
-        for plugin in [Plugin::Ours, Plugin::Reference] {
-            let mut pod = CniPod::new(&format!("brlb-{}-{}", plugin_tag(plugin), std::process::id()), chain(&cni, plugin), runtime_config(Some(*rate)))?;
-            cni.add(&mut pod)?;
-            let _pod_server = Kill(
-                pod.command("iperf3")?.args(["-s", "-B", &pod.ip]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
-            );
-            std::thread::sleep(Duration::from_millis(300));
-            progress.step(&format!("{} {rate_name}: idle RTT", plugin.label()));
-            let idle_rtt_ms = mean(&ping_times(start_ping(&pod, &server_at.ip, 2)?)?);
-            let before = bpf_prog_stats();
-            let result = (|| -> Result<Vec<Row>> {
-                let mut out = Vec::new();
-                for reverse in [false, true] {
-                    let burst = match plugin {
-                        Plugin::Ours => configured_burst_bytes(reverse)?,
-                        Plugin::Reference => CONTAINERD_NO_BURST as f64 / 8.0,
-                    };
-                    out.push(measure(&pod, plugin, &server_at, rate_name, *rate, reverse, &opts, &mut progress, burst, idle_rtt_ms)?);
-                }
-                ingress_rows.extend(ingress::measure(&pod, plugin, &server_at, rate_name, *rate, opts.seconds, &mut progress)?);
-                Ok(out)
-            })();
-            if plugin == Plugin::Ours {
-                let after = bpf_prog_stats();
-                let (mut ns, mut cnt) = (0u64, 0u64);
-                for (name, (a_ns, a_cnt)) in &after {
-                    let (b_ns, b_cnt) = before.get(name).copied().unwrap_or((0, 0));
-                    if name.starts_with("shape") {
-                        ns += a_ns - b_ns;
-                        cnt += a_cnt - b_cnt;
-                    }
-                }
-                bpf_cost.insert(rate_name.clone(), if cnt > 0 { ns as f64 / cnt as f64 } else { f64::NAN });
-            }
-            cni.del(&pod)?;
-            rows.extend(result?);
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let mut results = Results { meta: meta(&opts, &args), ..Default::default() };
+    eprintln!("bench: about {:.0} min ({}); results in {}", total / 60.0, results.meta.parts.join(", "), opts.out.display());
+    let started = Instant::now();
+    let mut progress = Progress::new(total);
+
+    let outcome = (|| -> Result<()> {
+        if opts.matrix {
+            let r = matrix::run(&opts, &plugins, &mut progress, &mut results.matrix);
+            save(&opts, &mut results, started)?;
+            r?;
         }
-    }
-    let timings = if opts.timing {
-        vec![
-            timing(&cni, Plugin::Ours, opts.pods_for_timing, &mut progress)?,
-            timing(&cni, Plugin::Reference, opts.pods_for_timing, &mut progress)?,
-        ]
-    } else {
-        Vec::new()
-    };
-    cni.del(&server)?;
+        if opts.wire {
+            results.wire = wire_table::run(&plugins, &mut progress)?;
+            save(&opts, &mut results, started)?;
+        }
+        if opts.workloads {
+            results.workloads = workloads::run(&plugins, &mut progress)?;
+            save(&opts, &mut results, started)?;
+        }
+        if opts.timing {
+            results.timing = timing::run(&plugins, opts.pods, &mut progress)?;
+        }
+        Ok(())
+    })();
     eprintln!();
-
-    std::fs::create_dir_all(&opts.out_dir)?;
-    let json_out = json!({"rows": rows, "bpf_ns_per_packet": bpf_cost, "timings": timings, "seconds": opts.seconds,
-                          "workloads": workload_rows, "ingress_senders": ingress_rows});
-    std::fs::write(opts.out_dir.join("results.json"), serde_json::to_string_pretty(&json_out)?)?;
-    let mut md = markdown(&rows, &bpf_cost, &timings);
-    if !ingress_rows.is_empty() {
-        md.push_str("\nIngress from CUBIC and BBR senders (goodput ÷ limit / share of segments resent):\n\n");
-        md.push_str(&ingress::markdown(&ingress_rows));
-    }
-    if !workload_rows.is_empty() {
-        md.push_str("\nThe traffic real pods make (10M pod unless stated; wire ratios after the first 2 s, past any burst):\n\n");
-        md.push_str(&workloads::markdown(&workload_rows));
-    }
-    std::fs::write(opts.out_dir.join("results.md"), &md)?;
-    std::fs::write(opts.out_dir.join("throughput.svg"), svg(&rows, &opts))?;
-    println!("{md}");
-    println!("wrote {0}/results.json, {0}/results.md, {0}/throughput.svg", opts.out_dir.display());
-    drop(env);
+    results.complete = outcome.is_ok();
+    save(&opts, &mut results, started)?;
+    outcome?;
+    println!("{}", report::markdown(&results));
+    println!("wrote {0}/results.json, {0}/results.md{1}", opts.out.display(), if opts.matrix { format!(", {}/ratio_vs_rtt.svg", opts.out.display()) } else { String::new() });
     Ok(())
 }
 
+/// Writes what there is so far: a run that stops keeps its figures.
+fn save(opts: &Options, results: &mut Results, started: Instant) -> Result<()> {
+    results.meta.elapsed_s = started.elapsed().as_secs_f64();
+    std::fs::write(opts.out.join("results.json"), serde_json::to_string_pretty(results)?)?;
+    std::fs::write(opts.out.join("results.md"), report::markdown(results))?;
+    if !results.matrix.cells.is_empty() {
+        std::fs::write(opts.out.join("ratio_vs_rtt.svg"), report::svg(results))?;
+    }
+    Ok(())
+}

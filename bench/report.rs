@@ -1,77 +1,402 @@
-//! The results as Markdown (bench/README.md tables) and an SVG of throughput over time.
+//! results.md (the tables) and ratio_vs_rtt.svg (wire ÷ limit against RTT),
+//! from the results alone: every figure printed is one in results.json.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 
-pub(crate) fn markdown(rows: &[Row], bpf: &BTreeMap<String, f64>, timings: &[Timing]) -> String {
-    let mut s = String::new();
-    if rows.is_empty() {
-        return s; // --only workloads
+use crate::matrix::{Cell, CCS, FLOWS, WAYS};
+use crate::plugins::Row;
+use crate::Results;
+
+/// A run whose CPUs were this busy may have been starved by the machine.
+const STARVED: f64 = 0.90;
+
+fn f3(x: Option<f64>) -> String {
+    x.map_or("—".into(), |v| format!("{v:.3}"))
+}
+
+fn rtt_label(rtt_ms: f64) -> String {
+    if rtt_ms == 0.0 {
+        "LAN".into()
+    } else {
+        format!("{rtt_ms} ms")
     }
-    let _ = writeln!(s, "| plugin | rate | dir | TCP 1 flow ÷ limit | TCP 8 flows ÷ limit | retrans 1 / 8 flows | ping RTT idle / loaded mean / p99 (ms) | added RTT (ms) | UDP 2× delivered ÷ limit | 1st second ÷ (rate·1s + burst) | 1st second ÷ rate·1s | burst (bytes) |");
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.3} | {:.3} | {} / {} | {:.3} / {:.3} / {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} |",
-            r.plugin, r.rate, r.direction, r.tcp1_ratio, r.tcp8_ratio, r.retransmits_1flow, r.retransmits_8flow,
-            r.rtt_idle_ms, r.rtt_loaded_mean_ms, r.rtt_loaded_p99_ms, r.rtt_added_mean_ms, r.udp_2x_delivered_ratio,
-            r.first_second_ratio, r.first_second_over_rate, r.burst_bytes
-        );
+}
+
+fn find<'a>(cells: &'a [Cell], rtt: f64, rate: Option<&str>, row: Row, way: &str, cc: &str, flows: u32) -> Option<&'a Cell> {
+    cells.iter().find(|c| c.rtt_ms == rtt && c.rate.as_deref() == rate && c.row == row && c.way == way && c.cc == cc && c.flows == flows)
+}
+
+/// "wire / goodput · resent · Jain", with a mark when the CPUs were starved.
+fn cell_text(c: &Cell) -> String {
+    let mut s = format!("{} / {} · {:.1}%", f3(c.wire_ratio), f3(c.goodput_ratio), c.resent_share * 100.0);
+    if let Some(j) = c.jain {
+        let _ = write!(s, " · J {j:.2}");
     }
-    let _ = writeln!(s, "\nBPF cost per packet (bpf-ratelimit cgroup_skb programs, run_time_ns ÷ run_cnt, all tests at that rate):\n");
-    let _ = writeln!(s, "| rate | ns/packet |\n|---|---|");
-    for (rate, ns) in bpf {
-        let _ = writeln!(s, "| {rate} | {ns:.0} |");
-    }
-    let _ = writeln!(s, "\nADD / DEL wall time of the shaping plugin itself (bridge not included):\n");
-    let _ = writeln!(s, "| plugin | ADD median (ms) | ADD p99 (ms) | DEL median (ms) | DEL p99 (ms) |\n|---|---|---|---|---|");
-    for t in timings {
-        let _ = writeln!(s, "| {} | {:.1} | {:.1} | {:.1} | {:.1} |", t.plugin, t.add_median_ms, t.add_p99_ms, t.del_median_ms, t.del_p99_ms);
-    }
-    if let [ours, reference] = timings {
-        let _ = writeln!(s, "\nADD p99 ratio ours ÷ reference: {:.2}", ours.add_p99_ms / reference.add_p99_ms);
+    if c.cpu_busy >= STARVED {
+        s.push_str(" ‡");
     }
     s
 }
 
-/// Throughput over time of the 1-flow TCP runs: one panel per rate and
-/// direction, both plugins, normalised to the limit.
-pub(crate) fn svg(rows: &[Row], opts: &Options) -> String {
-    let (pw, ph, m) = (420.0, 220.0, 40.0);
-    let cols = 2.0;
-    let nrows = opts.rates.len() as f64;
-    let (w, h) = (cols * pw, nrows * ph + 30.0);
-    let mut s = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>"#);
-    let _ = write!(s, r##"<text x="10" y="18" font-size="13">TCP throughput ÷ limit over time (1 flow, 0.2 s intervals). <tspan fill="#1f77b4">bpf-ratelimit</tspan> vs <tspan fill="#d62728">bandwidth (reference)</tspan></text>"##);
-    for (ri, (rate_name, _)) in opts.rates.iter().enumerate() {
-        for (ci, dir) in ["egress", "ingress"].iter().enumerate() {
-            let (x0, y0) = (ci as f64 * pw + m, 30.0 + ri as f64 * ph + 20.0);
-            let (iw, ih) = (pw - 1.5 * m, ph - 2.0 * m);
-            let ymax = 2.0;
+pub fn markdown(r: &Results) -> String {
+    let mut s = String::new();
+    let m = &r.meta;
+    let _ = writeln!(s, "# bpf-ratelimit against the reference `bandwidth` plugin\n");
+    let _ = writeln!(
+        s,
+        "Run {} (UTC), commit `{}`{}, kernel {}, reference plugin {} ({}), {} CPUs; `{}`; took {:.0} min{}.\n",
+        m.date_utc,
+        m.commit,
+        if m.dirty { " with uncommitted changes" } else { "" },
+        m.kernel,
+        m.reference_package,
+        m.reference_version_output.replace('\n', "; "),
+        m.cpus,
+        m.command,
+        m.elapsed_s / 60.0,
+        if r.complete { "" } else { " — **incomplete: the run stopped early**" }
+    );
+    matrix_tables(&mut s, r);
+    latency_table(&mut s, r);
+    wire_table(&mut s, r);
+    workloads_table(&mut s, r);
+    bpf_table(&mut s, r);
+    timing_table(&mut s, r);
+    s
+}
+
+fn matrix_tables(s: &mut String, r: &Results) {
+    let cells = &r.matrix.cells;
+    if cells.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Bulk TCP at each round-trip time\n");
+    let _ = writeln!(
+        s,
+        "Each cell: **wire ÷ limit** / goodput ÷ limit · share of segments resent · Jain's index (8 flows). \
+         Measured after {} s omitted, for {} s, on a fresh pod (a new ADD: full bucket, empty queue). \
+         *Path unshaped ÷ limit*: the same 1-flow transfer with no shaper, what the path carries. \
+         *Resent*: segments the sender retransmitted in the measured seconds ÷ the segments it sent in them (or the receiver got, where that is more: \
+         a sender whose data waits seconds in a deep queue writes little while the wire still carries it; its timeouts may then resend the same \
+         data many times over, and this exceeds 100%). \
+         ‡: the CPUs were ≥ {:.0}% busy during the cell.\n",
+        crate::matrix::OMIT,
+        r.meta.seconds,
+        STARVED * 100.0
+    );
+    for (rate_name, _) in &r.meta.rates {
+        for way in WAYS {
+            let _ = writeln!(s, "### {rate_name}, {}\n", way.name());
+            let _ = writeln!(s, "| RTT | sender | flows | path unshaped ÷ limit | {} | {} | {} |", Row::Ours.label(), Row::RefContainerd.label(), Row::RefFair.label());
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            let limit = r.meta.rates.iter().find(|(n, _)| n == rate_name).map(|(_, l)| *l as f64).unwrap_or(f64::NAN);
+            for &rtt in &r.meta.rtts_ms {
+                for cc in CCS {
+                    for flows in FLOWS {
+                        let path = if flows == 1 {
+                            find(cells, rtt, None, Row::Unshaped, way.name(), cc, 1).map_or("—".into(), |c| format!("{:.2}", c.wire_bps / limit))
+                        } else {
+                            "".into()
+                        };
+                        let text = |row| find(cells, rtt, Some(rate_name), row, way.name(), cc, flows).map_or("—".into(), cell_text);
+                        if Row::SHAPED.iter().all(|row| find(cells, rtt, Some(rate_name), *row, way.name(), cc, flows).is_none()) {
+                            continue;
+                        }
+                        let _ = writeln!(
+                            s,
+                            "| {} | {cc} | {flows} | {path} | {} | {} | {} |",
+                            rtt_label(rtt),
+                            text(Row::Ours),
+                            text(Row::RefContainerd),
+                            text(Row::RefFair)
+                        );
+                    }
+                }
+            }
+            let _ = writeln!(s);
+        }
+    }
+    // The buckets each row held, as read back.
+    let _ = writeln!(s, "Buckets held (bytes, ingress / egress): ours as `bpf-ratelimit stats` reports them; the reference's as the kernel holds its TBFs (read back over netlink).\n");
+    let _ = writeln!(s, "| rate | {} | {} | {} |\n|---|---|---|---|", Row::Ours.label(), Row::RefContainerd.label(), Row::RefFair.label());
+    for (rate_name, _) in &r.meta.rates {
+        let b = |row: Row| {
+            cells
+                .iter()
+                .find(|c| c.rate.as_deref() == Some(rate_name) && c.row == row)
+                .and_then(|c| c.buckets)
+                .map_or("—".into(), |b| format!("{:.0} / {:.0}", b.ingress_bytes, b.egress_bytes))
+        };
+        if cells.iter().any(|c| c.rate.as_deref() == Some(rate_name)) {
+            let _ = writeln!(s, "| {rate_name} | {} | {} | {} |", b(Row::Ours), b(Row::RefContainerd), b(Row::RefFair));
+        }
+    }
+    let _ = writeln!(s);
+    let dropped: u64 = r.matrix.delay_line_dropped.values().sum();
+    if dropped > 0 {
+        let _ = writeln!(s, "**The delay line dropped {dropped} packets** ({:?}): the path, not a shaper, lost them.\n", r.matrix.delay_line_dropped);
+    }
+}
+
+fn latency_table(s: &mut String, r: &Results) {
+    let l = &r.matrix.latency;
+    if l.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## An idle pod, and responses beside its own download\n");
+    let _ = writeln!(
+        s,
+        "*First second*: bytes on the wire in the first second of a transfer into (download) or out of (upload) a pod idle since its ADD, \
+         ÷ (rate × 1 s + the bucket it holds for that direction), and ÷ (rate × 1 s). \
+         *Idle response*: 100-byte requests answered with 16 KB on a new connection each, to the idle pod (p50; the same path unshaped in brackets). \
+         *Beside download*: the same responses, one every 150 ms plus its own time, started while the pod runs a 1-flow CUBIC download (p50 / p99, failed, how many), and that download's wire ÷ limit.\n"
+    );
+    let _ = writeln!(s, "| RTT | rate | shaper | 1st s download ÷ (rate·1s + bucket) / ÷ rate·1s | 1st s upload ÷ (rate·1s + bucket) / ÷ rate·1s | idle 16 KB response p50 ms (unshaped) | beside download p50 / p99 ms, failed | its download wire ÷ limit |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for x in l {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} / {:.2} | {:.3} / {:.2} | {:.2} ({:.2}) | {:.1} / {:.1}, {} (n = {}) | {:.3} |",
+            rtt_label(x.rtt_ms),
+            x.rate,
+            x.row.label(),
+            x.first_second_download_ratio,
+            x.first_second_download_over_rate,
+            x.first_second_upload_ratio,
+            x.first_second_upload_over_rate,
+            x.idle_response_p50_ms,
+            x.unshaped_response_p50_ms,
+            x.beside_p50_ms,
+            x.beside_p99_ms,
+            x.beside_failed,
+            x.beside_samples,
+            x.beside_download_wire_ratio
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn wire_table(s: &mut String, r: &Results) {
+    if r.wire.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Every traffic shape, on the wire (10M pod, LAN)\n");
+    let _ = writeln!(
+        s,
+        "Each cell: **wire ÷ limit** / goodput ÷ limit. Wire: every frame with its Ethernet, IP and L4 headers, per segment, \
+         at the far end of the path (upload) or at the pod's interface (download), after the first 3 s (a full bucket spent), for 4 s. \
+         Goodput: what the receiver got (iperf3's receiver side; for the UDP_SEGMENT, AF_PACKET and AF_XDP senders, frames on the wire × the UDP payload each carries). \
+         *Unshaped*: the same sender with no shaper (after 1 s, for 2 s): the counter sees its frames. \
+         A shaper given containerd's burst lets a sender through unshaped until its bucket is spent: at 10M, whether that happened \
+         within 3 s depends on how fast the sender goes. Flat-out senders keep both CPUs busy.\n"
+    );
+    let _ = writeln!(s, "| traffic | unshaped | {} | {} | {} |\n|---|---|---|---|---|", Row::Ours.label(), Row::RefContainerd.label(), Row::RefFair.label());
+    let mut shapes: Vec<&str> = Vec::new();
+    for w in &r.wire {
+        if !shapes.contains(&w.shape.as_str()) {
+            shapes.push(&w.shape);
+        }
+    }
+    for shape in shapes {
+        let text = |row: Row| {
+            r.wire.iter().find(|w| w.shape == shape && w.row == row).map_or("—".into(), |w| {
+                format!("{:.3} / {:.3}", w.wire_ratio, w.goodput_ratio)
+            })
+        };
+        let _ = writeln!(s, "| {shape} | {} | {} | {} | {} |", text(Row::Unshaped), text(Row::Ours), text(Row::RefContainerd), text(Row::RefFair));
+    }
+    let _ = writeln!(s);
+}
+
+fn workloads_table(s: &mut String, r: &Results) {
+    if r.workloads.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## The traffic real pods make (LAN)\n");
+    let _ = writeln!(
+        s,
+        "*Sidecar*: iperf3 client and server inside a 10M pod over 127.0.0.1. \
+         *Idle requests*: 16 KB requests with 64-byte replies on a keep-alive connection from an idle 10M pod, every 300 ms. \
+         *Beside own upload*: the same, one every 100 ms plus its own time, started while the pod uploads (1 CUBIC flow); and that upload's wire ÷ limit. \
+         *Beside 20 light connections*: a 100M pod's upload beside 20 keep-alive connections sending 16 kbit/s each: goodput ÷ (limit − 320 kbit/s), wire ÷ limit. \
+         *TCP + UDP*: a TCP upload and 6M of UDP at once from a 10M pod, wire ÷ limit after 3 s.\n"
+    );
+    let _ = writeln!(s, "| shaper | sidecar (Gbit/s) | idle requests p50 / p99 ms, failed | beside own upload p50 / p99 ms, failed, n (upload wire ÷ limit) | 100M beside 20 light: goodput ÷ what they leave / wire ÷ limit | TCP + UDP wire ÷ limit |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for w in &r.workloads {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} / {:.2}, {} | {:.1} / {:.1}, {}, {} ({:.3}) | {:.3} / {:.3} | {:.3} |",
+            w.row.map_or("?", Row::label),
+            w.sidecar_bps / 1e9,
+            w.idle_request_p50_ms,
+            w.idle_request_p99_ms,
+            w.idle_request_failed,
+            w.beside_upload_p50_ms,
+            w.beside_upload_p99_ms,
+            w.beside_upload_failed,
+            w.beside_upload_samples,
+            w.beside_upload_wire_ratio,
+            w.bulk_beside_light_goodput_ratio,
+            w.bulk_beside_light_wire_ratio,
+            w.tcp_udp_wire_ratio
+        );
+    }
+    let _ = writeln!(s);
+}
+
+fn bpf_table(s: &mut String, r: &Results) {
+    let stats: &BTreeMap<String, BTreeMap<String, (u64, u64)>> = &r.matrix.bpf_stats;
+    if stats.values().all(|m| m.is_empty()) {
+        return;
+    }
+    let _ = writeln!(s, "## BPF cost (bpf-ratelimit)\n");
+    let _ = writeln!(
+        s,
+        "kernel.bpf_stats_enabled: run_time_ns ÷ run_cnt of the programs attached to the pod's cgroup, over every bpf-ratelimit cell of the matrix at that rate (a mean, with bpf_stats' own two clock reads per run).\n"
+    );
+    let _ = writeln!(s, "| rate | program | ns per run | runs |\n|---|---|---|---|");
+    for (rate, progs) in stats {
+        for (name, (ns, cnt)) in progs {
+            if *cnt > 0 {
+                let _ = writeln!(s, "| {rate} | {name} | {:.0} | {cnt} |", *ns as f64 / *cnt as f64);
+            }
+        }
+    }
+    let _ = writeln!(s);
+}
+
+fn timing_table(s: &mut String, r: &Results) {
+    if r.timing.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## ADD and DEL\n");
+    let _ = writeln!(
+        s,
+        "Wall time of one plugin invocation as a runtime waits for it (process start to exit), {} pods per plugin, taking turns; \
+         the reference with containerd's values. Pods stay until all are ADDed.\n",
+        r.timing[0].pods
+    );
+    let _ = writeln!(s, "| plugin | ADD median (ms) | ADD p99 (ms) | DEL median (ms) | DEL p99 (ms) |\n|---|---|---|---|---|");
+    for t in &r.timing {
+        let _ = writeln!(s, "| {} | {:.2} | {:.2} | {:.2} | {:.2} |", t.row.map_or("?", Row::label), t.add_median_ms, t.add_p99_ms, t.del_median_ms, t.del_p99_ms);
+    }
+    if let [ours, reference] = &r.timing[..] {
+        let _ = writeln!(
+            s,
+            "| ours ÷ reference | {:.2} | {:.2} | {:.2} | {:.2} |",
+            ours.add_median_ms / reference.add_median_ms,
+            ours.add_p99_ms / reference.add_p99_ms,
+            ours.del_median_ms / reference.del_median_ms,
+            ours.del_p99_ms / reference.del_p99_ms
+        );
+    }
+    let _ = writeln!(s);
+}
+
+const COLOURS: [(Row, &str); 4] =
+    [(Row::Ours, "#1f77b4"), (Row::RefContainerd, "#d62728"), (Row::RefFair, "#ff7f0e"), (Row::Unshaped, "#7f7f7f")];
+
+fn dash(cc: &str, flows: u32) -> &'static str {
+    match (cc, flows) {
+        ("cubic", 1) => "",
+        ("cubic", _) => "6,3",
+        (_, 1) => "2,2",
+        _ => "8,3,2,3",
+    }
+}
+
+/// Wire ÷ limit against RTT: one panel per rate (rows) and direction
+/// (columns); one line per shaper (colour) and sender × flows (dash); the
+/// path unshaped in grey. Values above the axis are marked at its top with
+/// their value.
+pub fn svg(r: &Results) -> String {
+    let cells = &r.matrix.cells;
+    let rtts = &r.meta.rtts_ms;
+    let rates = &r.meta.rates;
+    let (pw, ph) = (430.0, 250.0);
+    let (ml, mt, mr, mb) = (46.0, 26.0, 14.0, 34.0);
+    let head = 64.0;
+    let (w, h) = (2.0 * pw, head + rates.len() as f64 * ph);
+    let ymax = 1.6;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/>"#
+    );
+    let _ = write!(s, r#"<text x="10" y="16" font-size="13">Bulk TCP: bytes on the wire ÷ limit, against round-trip time (after {} s, for {} s)</text>"#, crate::matrix::OMIT, r.meta.seconds);
+    let mut x = 10.0;
+    for (row, colour) in COLOURS {
+        let _ = write!(s, r#"<line x1="{x}" y1="32" x2="{}" y2="32" stroke="{colour}" stroke-width="2.5"/><text x="{}" y="36">{}</text>"#, x + 18.0, x + 22.0, row.label());
+        x += 34.0 + row.label().len() as f64 * 6.0;
+    }
+    let mut x = 10.0;
+    for cc in CCS {
+        for flows in FLOWS {
+            let label = format!("{cc}, {flows} flow{}", if flows > 1 { "s" } else { "" });
+            let _ = write!(s, r##"<line x1="{x}" y1="50" x2="{}" y2="50" stroke="#333" stroke-width="1.5" stroke-dasharray="{}"/><text x="{}" y="54">{label}</text>"##, x + 26.0, dash(cc, flows), x + 30.0);
+            x += 44.0 + label.len() as f64 * 6.0;
+        }
+    }
+    for (ri, (rate_name, limit)) in rates.iter().enumerate() {
+        for (ci, way) in WAYS.iter().enumerate() {
+            let (x0, y0) = (ci as f64 * pw + ml, head + ri as f64 * ph + mt);
+            let (iw, ih) = (pw - ml - mr, ph - mt - mb);
+            let xat = |i: usize| x0 + if rtts.len() > 1 { i as f64 / (rtts.len() - 1) as f64 * iw } else { iw / 2.0 };
+            let yat = |v: f64| y0 + ih - v.min(ymax) / ymax * ih;
             let _ = write!(s, r##"<rect x="{x0}" y="{y0}" width="{iw}" height="{ih}" fill="none" stroke="#999"/>"##);
-            let _ = write!(s, r#"<text x="{x0}" y="{}">{rate_name} {dir}</text>"#, y0 - 4.0);
-            let y1 = y0 + ih - ih / ymax;
-            let _ = write!(s, r##"<line x1="{x0}" y1="{y1}" x2="{}" y2="{y1}" stroke="#999" stroke-dasharray="3,3"/><text x="{}" y="{}">1.0</text><text x="{}" y="{}">2.0</text><text x="{}" y="{}">0</text>"##,
-                x0 + iw, x0 - 22.0, y1 + 4.0, x0 - 22.0, y0 + 8.0, x0 - 12.0, y0 + ih);
-            let tmax = opts.seconds as f64;
-            let _ = write!(s, r#"<text x="{}" y="{}">{tmax} s</text>"#, x0 + iw - 20.0, y0 + ih + 14.0);
-            for (plugin, colour) in [("bpf-ratelimit", "#1f77b4"), ("bandwidth (reference)", "#d62728")] {
-                let Some(row) = rows.iter().find(|r| r.plugin == plugin && &r.rate == rate_name && r.direction == *dir) else { continue };
-                let rate = bpf_ratelimit::quantity::parse(rate_name).unwrap_or(1) as f64;
-                let pts: Vec<String> = row
-                    .series
-                    .iter()
-                    .map(|(t, bps)| {
-                        let x = x0 + (t / tmax).min(1.0) * iw;
-                        let y = y0 + ih - (bps / rate).min(ymax) / ymax * ih;
-                        format!("{x:.1},{y:.1}")
-                    })
-                    .collect();
-                let _ = write!(s, r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#, pts.join(" "));
+            let _ = write!(s, r#"<text x="{x0}" y="{}" font-weight="bold">{rate_name}, {}</text>"#, y0 - 6.0, way.name());
+            for v in [0.5, 1.0, 1.5] {
+                let y = yat(v);
+                let _ = write!(s, r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ccc" stroke-dasharray="{}"/><text x="{}" y="{}" text-anchor="end">{v:.1}</text>"##,
+                    x0 + iw, if v == 1.0 { "" } else { "2,3" }, x0 - 4.0, y + 4.0);
+            }
+            let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">0</text>"#, x0 - 4.0, y0 + ih + 4.0);
+            for (i, rtt) in rtts.iter().enumerate() {
+                let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#, xat(i), y0 + ih + 14.0, rtt_label(*rtt));
+            }
+            let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="middle">RTT</text>"#, x0 + iw / 2.0, y0 + ih + 28.0);
+            let mut over: Vec<(f64, f64, &str)> = Vec::new();
+            for (row, colour) in COLOURS {
+                for cc in CCS {
+                    for flows in FLOWS {
+                        let pts: Vec<(f64, f64)> = rtts
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, rtt)| {
+                                let c = if row == Row::Unshaped {
+                                    if flows > 1 {
+                                        return None;
+                                    }
+                                    find(cells, *rtt, None, row, way.name(), cc, 1)?
+                                } else {
+                                    find(cells, *rtt, Some(rate_name), row, way.name(), cc, flows)?
+                                };
+                                Some((i as f64, c.wire_bps / *limit as f64))
+                            })
+                            .collect();
+                        if pts.is_empty() {
+                            continue;
+                        }
+                        let line: Vec<String> = pts.iter().map(|(i, v)| format!("{:.1},{:.1}", xat(*i as usize), yat(*v))).collect();
+                        let _ = write!(s, r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" stroke-dasharray="{}" points="{}"/>"#, dash(cc, flows), line.join(" "));
+                        for (i, v) in &pts {
+                            let _ = write!(s, r#"<circle cx="{:.1}" cy="{:.1}" r="2" fill="{colour}"/>"#, xat(*i as usize), yat(*v));
+                            if *v > ymax {
+                                over.push((xat(*i as usize), *v, colour));
+                            }
+                        }
+                    }
+                }
+            }
+            // Off-scale values, stacked under the top edge at their RTT.
+            let mut stacked: BTreeMap<i64, f64> = BTreeMap::new();
+            for (x, v, colour) in over {
+                let dy = stacked.entry(x as i64).or_insert(0.0);
+                let _ = write!(s, r#"<text x="{:.1}" y="{:.1}" fill="{colour}" font-size="9" text-anchor="middle">↑{}</text>"#, x, y0 + 10.0 + *dy, if v >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") });
+                *dy += 9.0;
             }
         }
     }
     s.push_str("</svg>\n");
     s
 }
-

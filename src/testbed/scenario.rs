@@ -160,6 +160,9 @@ pub struct Requests {
     pub gap_ms: u32,
     /// A new connection per request (its handshake timed too), or one kept alive.
     pub fresh: bool,
+    /// Start no request after this long (those started are waited for):
+    /// with a large `count`, requests for as long as a transfer beside them runs.
+    pub within_ms: Option<u32>,
 }
 
 /// Request latencies, in ms.
@@ -196,13 +199,18 @@ impl Testbed {
         if r.fresh {
             cmd.arg("fresh");
         }
-        let timeout = Duration::from_millis(u64::from(r.count) * (u64::from(r.gap_ms) + 500) + 10_000);
+        let mut timeout = Duration::from_millis(u64::from(r.count) * (u64::from(r.gap_ms) + 500) + 10_000);
+        if let Some(ms) = r.within_ms {
+            cmd.arg(format!("within={:.3}", f64::from(ms) / 1e3));
+            timeout = timeout.min(Duration::from_millis(u64::from(ms) + 30_000));
+        }
         Latencies::from_json(&run_json(cmd, timeout)?)
     }
 
     /// Requests made while the pod runs `download` (or any bulk transfer),
     /// started after its omitted seconds; both results, so that a test can
-    /// hold the transfer to its band in the same run.
+    /// hold the transfer to its band in the same run. (Requests that take
+    /// long may outlast the transfer, unless `within_ms` stops them.)
     pub fn requests_beside(&self, bulk: &Bulk, r: &Requests) -> Result<(Latencies, BulkResult)> {
         std::thread::scope(|scope| {
             let transfer = scope.spawn(|| self.bulk(bulk));
@@ -249,13 +257,13 @@ impl Requests {
     /// 100-byte requests, each answered with 16 KB on a new connection (its
     /// handshake timed too), one every `gap_ms`: a response to a pod.
     pub fn fresh_responses(count: u32, gap_ms: u32) -> Self {
-        Requests { size: 100, response: 16_384, count, gap_ms, fresh: true }
+        Requests { size: 100, response: 16_384, count, gap_ms, fresh: true, within_ms: None }
     }
 
     /// 16 KB requests from the pod, each answered with 64 bytes, one every
     /// `gap_ms` on one keep-alive connection.
     pub fn keepalive_uploads(count: u32, gap_ms: u32) -> Self {
-        Requests { size: 16_384, response: 64, count, gap_ms, fresh: false }
+        Requests { size: 16_384, response: 64, count, gap_ms, fresh: false, within_ms: None }
     }
 }
 

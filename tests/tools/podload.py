@@ -7,13 +7,15 @@ iperf3 covers bulk flows; this covers the rest:
                                    an 8-byte header (request and response
                                    sizes, big-endian u32) and the request
                                    bytes; the reply is the response bytes.
-  requests HOST PORT SIZE COUNT GAP_MS [RESPONSE] [fresh]
+  requests HOST PORT SIZE COUNT GAP_MS [RESPONSE] [fresh] [within=SECONDS]
                                    one request of SIZE bytes every GAP_MS on
                                    a keep-alive connection (with "fresh": a
                                    new connection each, its handshake
                                    timed too), answered with RESPONSE bytes
-                                   (64); prints latency percentiles (ms) as
-                                   JSON.
+                                   (64); with within=SECONDS, no request is
+                                   started after SECONDS (those started are
+                                   waited for); prints latency percentiles
+                                   (ms) as JSON.
   light HOST PORT CONNS BPS SECONDS
                                    CONNS keep-alive connections each sending
                                    BPS bits/s in 10 requests a second.
@@ -75,12 +77,15 @@ def connect(host, port):
     return conn
 
 
-def requests(host, port, size, count, gap_ms, response=64, fresh=False):
+def requests(host, port, size, count, gap_ms, response=64, fresh=False, within=None):
+    deadline = None if within is None else time.monotonic() + within
     conn = None if fresh else connect(host, port)
     payload = struct.pack("!II", size, response) + b"q" * size
     samples, failed = [], 0
     for _ in range(count):
         start = time.monotonic()
+        if deadline is not None and start >= deadline:
+            break
         try:
             if fresh:
                 conn = connect(host, port)
@@ -166,8 +171,10 @@ def main(argv):
     if cmd == "serve":
         serve(int(args[0]))
     elif cmd == "requests":
+        extra = args[6:]
+        within = next((float(a.split("=", 1)[1]) for a in extra if a.startswith("within=")), None)
         requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]),
-                 int(args[5]) if len(args) > 5 else 64, len(args) > 6 and args[6] == "fresh")
+                 int(args[5]) if len(args) > 5 else 64, "fresh" in extra, within)
     elif cmd == "light":
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":

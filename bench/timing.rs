@@ -1,0 +1,156 @@
+//! ADD and DEL wall time of each plugin, as a runtime waits for it
+//! (process start to exit). Pods are what a main plugin leaves: a netns
+//! with eth0, the host end of its veth on a bridge, and a cgroup; no
+//! traffic. The plugins take turns pod by pod (which goes first alternates)
+//! so that both meet the same machine load and the same number of pods
+//! already set up; all pods stay until every ADD is done, then are DELed
+//! in reverse order. One ADD and DEL of each plugin come first, uncounted.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bpf_ratelimit::testbed::measure::percentile;
+use bpf_ratelimit::testbed::{cgroup2_mount, ip, remove_cgroup};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::plugins::{Attached, Plugins, PodRef, Row};
+use crate::util::{check_interrupted, Progress};
+
+const RATE: u64 = 10_000_000;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Timing {
+    pub row: Option<Row>,
+    pub pods: usize,
+    pub add_median_ms: f64,
+    pub add_p99_ms: f64,
+    pub del_median_ms: f64,
+    pub del_p99_ms: f64,
+}
+
+/// A pod as a main plugin leaves it.
+struct LightPod {
+    netns: String,
+    host_veth: String,
+    cgroup: PathBuf,
+    pod: PodRef,
+}
+
+impl LightPod {
+    fn new(bridge: &str, n: usize) -> Result<Self> {
+        let pid = std::process::id();
+        let netns = format!("brlt-{pid}-{n}");
+        let host_veth = format!("brlt{pid:x}x{n:x}");
+        let mount = cgroup2_mount()?;
+        let cgroup = mount.join("bpf-ratelimit-bench").join(&netns);
+        let pod = LightPod {
+            pod: PodRef {
+                netns: bpf_ratelimit::testbed::netns_path(&netns),
+                host_veth: host_veth.clone(),
+                cgroup_path: format!("/{}", cgroup.strip_prefix(&mount)?.display()),
+                prev_result: json!({
+                    "cniVersion": "1.0.0",
+                    "interfaces": [
+                        {"name": bridge},
+                        {"name": host_veth},
+                        {"name": "eth0", "sandbox": bpf_ratelimit::testbed::netns_path(&netns)}
+                    ],
+                    "ips": [{"address": format!("10.252.{}.{}/16", n / 250, n % 250 + 2), "interface": 2}],
+                    "dns": {}
+                }),
+            },
+            netns,
+            host_veth,
+            cgroup,
+        };
+        ip(&["netns", "add", &pod.netns])?;
+        ip(&["link", "add", "eth0", "netns", &pod.netns, "type", "veth", "peer", "name", &pod.host_veth])?;
+        ip(&["link", "set", &pod.host_veth, "master", bridge, "up"])?;
+        ip(&["-n", &pod.netns, "link", "set", "eth0", "up"])?;
+        std::fs::create_dir_all(&pod.cgroup)?;
+        Ok(pod)
+    }
+}
+
+impl Drop for LightPod {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_veth]);
+        let _ = ip(&["netns", "del", &self.netns]);
+        remove_cgroup(&self.cgroup);
+    }
+}
+
+struct Bridge(String);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.0]);
+    }
+}
+
+pub fn estimate(pods: usize) -> f64 {
+    pods as f64 * 2.0 * 0.08 + 2.0
+}
+
+pub fn run(plugins: &Plugins, pods: usize, progress: &mut Progress) -> Result<Vec<Timing>> {
+    let rows = [Row::Ours, Row::RefContainerd];
+    let bridge = Bridge(format!("brlt{:x}", std::process::id()));
+    ip(&["link", "add", &bridge.0, "type", "bridge"])?;
+    ip(&["link", "set", &bridge.0, "up"])?;
+    progress.step(pods as f64 * 2.0 * 0.03, &format!("timing: {} pods as a main plugin leaves them", 2 * pods))?;
+    let mut made = Vec::new();
+    for n in 0..2 * pods {
+        check_interrupted()?;
+        made.push(LightPod::new(&bridge.0, n)?);
+    }
+    // One ADD and DEL of each first, not counted: ours loads its programs
+    // on its first ADD in a pin root, and both plugins' binaries come into
+    // the page cache.
+    for (k, row) in rows.iter().enumerate() {
+        plugins.add(&made[k].pod, *row, RATE)?.del()?;
+    }
+    let mut adds: [Vec<f64>; 2] = Default::default();
+    let mut dels: [Vec<f64>; 2] = Default::default();
+    let mut attached: Vec<(usize, Attached)> = Vec::new();
+    progress.step(pods as f64 * 2.0 * 0.025, &format!("timing: ADD x {pods} per plugin"))?;
+    let added = (|| -> Result<()> {
+        for i in 0..pods {
+            check_interrupted()?;
+            let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+            for k in order {
+                let a = plugins.add(&made[2 * i + k].pod, rows[k], RATE)?;
+                adds[k].push(a.add_elapsed.as_secs_f64() * 1e3);
+                attached.push((k, a));
+            }
+        }
+        Ok(())
+    })();
+    // DEL every pod that was ADDed, also after a failure (the reference
+    // leaves ifb devices on the node otherwise).
+    progress.step(pods as f64 * 2.0 * 0.025, &format!("timing: DEL x {pods} per plugin"))?;
+    let mut del_error = None;
+    while let Some((k, a)) = attached.pop() {
+        match a.del() {
+            Ok(t) => dels[k].push(t.as_secs_f64() * 1e3),
+            Err(e) => del_error = Some(e),
+        }
+    }
+    added.context("timing: ADD")?;
+    if let Some(e) = del_error {
+        return Err(e.context("timing: DEL"));
+    }
+    drop(attached);
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(k, row)| Timing {
+            row: Some(*row),
+            pods,
+            add_median_ms: percentile(&adds[k], 50.0),
+            add_p99_ms: percentile(&adds[k], 99.0),
+            del_median_ms: percentile(&dels[k], 50.0),
+            del_p99_ms: percentile(&dels[k], 99.0),
+        })
+        .collect())
+}
