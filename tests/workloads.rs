@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bpf_ratelimit::testbed::measure::jain;
-use bpf_ratelimit::testbed::scenario::{run_json, Bulk, Requests, Way};
+use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way};
 use bpf_ratelimit::testbed::{POD_IP, SERVER_IP};
 use common::{assert_bulk, background, in_pod, Pod, PODLOAD};
 use serde_json::{json, Value};
@@ -96,7 +96,7 @@ fn an_idle_pod_sends_a_request_within_its_burst_at_full_speed() {
     let mut pod = Pod::new("idle");
     pod.bed.start_server().unwrap();
     pod.bed.start_rr_server().unwrap();
-    let requests = Requests { size: 16_384, response: 64, count: 20, gap_ms: 300, fresh: false };
+    let requests = Requests::keepalive_uploads(20, 300);
     let unshaped = pod.bed.requests(&requests).unwrap();
     pod.add(json!({"kubernetes.io/egress-bandwidth": "10M"}));
     let shaped = pod.bed.requests(&requests).unwrap();
@@ -125,7 +125,7 @@ fn requests_beside_the_pods_own_upload_stay_fast_and_the_first_second_keeps_to_t
     assert!(first_second >= bound * 0.9, "first second {first_second} bytes < 0.9 x (rate x 1 s + burst)");
     std::thread::sleep(Duration::from_secs(1));
     let upload = Bulk::tcp(Way::Upload, "cubic", 1, 2, 6);
-    let (lat, bulk) = pod.bed.requests_beside(&upload, &Requests { size: 16_384, response: 64, count: 30, gap_ms: 150, fresh: false }).unwrap();
+    let (lat, bulk) = pod.bed.requests_beside(&upload, &Requests::keepalive_uploads(30, 150)).unwrap();
     println!("16 KB requests beside the pod's own 10M upload: p50 {:.2} ms, p99 {:.2} ms, {} failed; the pod's wire {:.3} of the limit",
              lat.p50_ms, lat.p99_ms, lat.failed, bulk.wire_bps / 10e6);
     assert_eq!(lat.failed, 0);
