@@ -49,7 +49,7 @@ pub struct Options {
 fn parse_args(args: &[String]) -> Result<Options> {
     let mut o = Options {
         rtts_ms: vec![0.0, 1.5, 10.0, 20.0, 50.0],
-        rates: ["10M", "100M", "1G"].iter().map(|r| (r.to_string(), bpf_ratelimit::quantity::parse(r).unwrap())).collect(),
+        rates: ["10M", "100M", "1G"].iter().map(|r| (r.to_string(), bpf_ratelimit::policy::quantity::parse(r).unwrap())).collect(),
         seconds: 4,
         pods: 100,
         out: PathBuf::from("bench/results"),
@@ -75,7 +75,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--rates" => {
                 o.rates = val()?
                     .split(',')
-                    .map(|r| Ok((r.to_string(), bpf_ratelimit::quantity::parse(r).map_err(|e| anyhow::anyhow!("--rates: {e}"))?)))
+                    .map(|r| Ok((r.to_string(), bpf_ratelimit::policy::quantity::parse(r).map_err(|e| anyhow::anyhow!("--rates: {e}"))?)))
                     .collect::<Result<_>>()?
             }
             "--seconds" => {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bpf_ratelimit::limits::{default_burst, Direction};
+use bpf_ratelimit::policy::limits::{default_burst, Direction};
 use bpf_ratelimit::testbed::{Invocation, PluginOutput, Testbed};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -263,21 +263,21 @@ impl Drop for Attached<'_> {
 }
 
 /// The interface's root qdisc, unless it is the kernel's default.
-fn root_qdisc(ifname: &str) -> Result<Option<bpf_ratelimit::tc::Qdisc>> {
-    let index = bpf_ratelimit::netns::ifindex(ifname)?;
-    Ok(bpf_ratelimit::tc::qdiscs(index)?
+fn root_qdisc(ifname: &str) -> Result<Option<bpf_ratelimit::datapath::tc::Qdisc>> {
+    let index = bpf_ratelimit::node::netns::ifindex(ifname)?;
+    Ok(bpf_ratelimit::datapath::tc::qdiscs(index)?
         .into_iter()
-        .find(|q| q.parent == bpf_ratelimit::tc::ROOT && !matches!(q.kind.as_str(), "noqueue" | "noop" | "pfifo_fast" | "mq")))
+        .find(|q| q.parent == bpf_ratelimit::datapath::tc::ROOT && !matches!(q.kind.as_str(), "noqueue" | "noop" | "pfifo_fast" | "mq")))
 }
 
 /// Removes every qdisc from the host end of a pod's veth: the root one and
 /// the ingress/clsact one (which share a handle).
 pub fn reset_host_veth(ifname: &str) -> Result<()> {
-    let index = bpf_ratelimit::netns::ifindex(ifname)?;
+    let index = bpf_ratelimit::node::netns::ifindex(ifname)?;
     if let Some(q) = root_qdisc(ifname)? {
-        bpf_ratelimit::tc::qdisc_delete(index, bpf_ratelimit::tc::ROOT, q.handle)?;
+        bpf_ratelimit::datapath::tc::qdisc_delete(index, bpf_ratelimit::datapath::tc::ROOT, q.handle)?;
     }
-    bpf_ratelimit::tc::clsact_delete(index)?;
+    bpf_ratelimit::datapath::tc::clsact_delete(index)?;
     Ok(())
 }
 

@@ -5,10 +5,11 @@ use std::io::{Read, Write};
 use std::process::ExitCode;
 
 use bpf_ratelimit::cni::{self, Command, CniError, Env};
-use bpf_ratelimit::commands::{self, Request};
-use bpf_ratelimit::netconf::NetConf;
+use bpf_ratelimit::plugin::commands::{self, Request};
+use bpf_ratelimit::policy::netconf::NetConf;
+use bpf_ratelimit::ops::cli;
 
-mod cli;
+
 
 fn main() -> ExitCode {
     if std::env::var_os("CNI_COMMAND").is_some() {
@@ -17,17 +18,17 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("version") | Some("--version") | Some("-V") => {
-            println!("bpf-ratelimit {} (datapath {})", env!("CARGO_PKG_VERSION"), bpf_ratelimit::datapath::datapath_version());
+            println!("bpf-ratelimit {} (datapath {})", env!("CARGO_PKG_VERSION"), bpf_ratelimit::datapath::attach::datapath_version());
             ExitCode::SUCCESS
         }
-        Some("demo") => match parse_demo(&args[1..]).and_then(|o| bpf_ratelimit::demo::run(&o)) {
+        Some("demo") => match parse_demo(&args[1..]).and_then(|o| bpf_ratelimit::ops::demo::run(&o)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bpf-ratelimit demo: {e:#}");
                 ExitCode::FAILURE
             }
         },
-        Some("stats") => match bpf_ratelimit::commands::stats(args.get(1).map(std::path::Path::new)) {
+        Some("stats") => match bpf_ratelimit::plugin::commands::stats(args.get(1).map(std::path::Path::new)) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
@@ -56,7 +57,7 @@ fn main() -> ExitCode {
             }
         },
         Some(cmd @ ("install" | "uninstall")) => {
-            use bpf_ratelimit::install;
+            use bpf_ratelimit::ops::install;
             let apply = if cmd == "install" { install::install } else { install::uninstall };
             match install::Options::parse(&args[1..], cmd == "install").and_then(|o| install::run(&o, apply)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -71,7 +72,7 @@ fn main() -> ExitCode {
                 eprintln!("bpf-ratelimit ready: give the --ready-file of install --wait\n\n{USAGE}");
                 ExitCode::from(2)
             }
-            Some(file) => match bpf_ratelimit::install::check_ready(std::path::Path::new(file)) {
+            Some(file) => match bpf_ratelimit::ops::install::check_ready(std::path::Path::new(file)) {
                 Ok(what) => {
                     print!("{what}");
                     ExitCode::SUCCESS
@@ -144,8 +145,8 @@ fn report(result: anyhow::Result<String>) -> ExitCode {
     }
 }
 
-fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::demo::DemoOptions> {
-    let mut opts = bpf_ratelimit::demo::DemoOptions { rate: "10M".into(), seconds: 5 };
+fn parse_demo(args: &[String]) -> anyhow::Result<bpf_ratelimit::ops::demo::DemoOptions> {
+    let mut opts = bpf_ratelimit::ops::demo::DemoOptions { rate: "10M".into(), seconds: 5 };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| anyhow::anyhow!("{flag} needs a value"));

@@ -496,7 +496,7 @@ fn status_loads_the_datapath_once_and_is_cheap_after() {
     let first = pod.invoke("STATUS", &conf);
     assert_eq!(first.code, 0, "{}{}", first.stdout, first.stderr);
     let cached = std::fs::read_to_string("/run/bpf-ratelimit/status-verified").expect("the verdict is cached");
-    assert!(cached.contains(&bpf_ratelimit::datapath::datapath_version()), "{cached}");
+    assert!(cached.contains(&bpf_ratelimit::datapath::attach::datapath_version()), "{cached}");
     // Program IDs only grow: a probe loaded before and after 50 more calls
     // shows whether any of them loaded the datapath (six programs a load).
     let before = probe_prog_id();
@@ -521,11 +521,11 @@ fn status_loads_the_datapath_once_and_is_cheap_after() {
 /// The ID the kernel gives a program loaded now (the harness's smallest).
 fn probe_prog_id() -> u32 {
     use std::os::fd::AsFd;
-    let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::HARNESS_OBJ).unwrap();
+    let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::attach::HARNESS_OBJ).unwrap();
     let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut("count_wire").unwrap().try_into().unwrap();
     prog.load().unwrap();
     let fd = prog.fd().unwrap();
-    bpf_ratelimit::bpf_sys::prog_info(fd.as_fd()).unwrap().id
+    bpf_ratelimit::node::bpf_sys::prog_info(fd.as_fd()).unwrap().id
 }
 
 /// logFile is opened with O_NOFOLLOW (a planted symlink does not redirect a

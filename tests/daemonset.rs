@@ -66,7 +66,7 @@ fn daemonset_runs_install_and_metrics_on_every_node_with_no_privilege() {
     let c = container(&ds, "install");
     let args: Vec<String> = strings(&c["args"]).into_iter().map(String::from).collect();
     assert_eq!(args[0], "install");
-    let opts = bpf_ratelimit::install::Options::parse(&args[1..], true).unwrap();
+    let opts = bpf_ratelimit::ops::install::Options::parse(&args[1..], true).unwrap();
     assert!(opts.wait, "the container must stay up after installing");
     assert!(opts.conflist.is_none() && !opts.replace_bandwidth);
     assert!(c["securityContext"]["capabilities"]["add"].is_null(), "install needs no capability");
@@ -98,7 +98,7 @@ fn daemonset_runs_install_and_metrics_on_every_node_with_no_privilege() {
     assert_eq!(c["ports"][0]["name"], "metrics");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/metrics");
     assert_eq!(strings(&c["securityContext"]["capabilities"]["add"]), ["BPF"]);
-    for (mount, host) in [("/sys/fs/bpf", "/sys/fs/bpf"), (bpf_ratelimit::pin_roots::INDEX_DIR, "/run/bpf-ratelimit")] {
+    for (mount, host) in [("/sys/fs/bpf", "/sys/fs/bpf"), (bpf_ratelimit::node::pin_roots::INDEX_DIR, "/run/bpf-ratelimit")] {
         let (v, m) = volume_at(pod, c, Path::new(mount));
         assert_eq!(m["readOnly"], true, "{mount}");
         assert_eq!(v["hostPath"]["path"], host);
@@ -115,7 +115,7 @@ fn the_configmaps_policy_is_one_install_accepts() {
     let cm = kind("ConfigMap");
     assert_eq!(cm["metadata"]["namespace"], "kube-system");
     let policy: Value = serde_json::from_str(cm["data"]["policy.json"].as_str().unwrap()).expect("policy.json is JSON");
-    bpf_ratelimit::install::validate_config(policy.as_object().expect("a JSON object")).unwrap();
+    bpf_ratelimit::ops::install::validate_config(policy.as_object().expect("a JSON object")).unwrap();
 }
 
 /// A container's mounts stood in for by directories under `root`.
@@ -196,7 +196,7 @@ fn the_install_container_chains_the_configmaps_policy_and_turns_ready() {
     let c = container(&ds, "install");
     let mounts = Mounts::new("install", c);
     let args = strings(&c["args"]);
-    let opts = bpf_ratelimit::install::Options::parse(&args[1..].iter().map(|a| mounts.host(a)).collect::<Vec<_>>(), true).unwrap();
+    let opts = bpf_ratelimit::ops::install::Options::parse(&args[1..].iter().map(|a| mounts.host(a)).collect::<Vec<_>>(), true).unwrap();
     let config = opts.config.clone().unwrap();
     let key = config.file_name().unwrap().to_str().unwrap().to_string();
     let policy = r#"{"maxEgressRate": 100000000, "maxIngressRate": 100000000}"#;

@@ -7,8 +7,9 @@
 use aya::maps::{Array, HashMap};
 use aya::programs::{CgroupSkb, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
-use bpf_ratelimit::datapath::HARNESS_OBJ;
-use bpf_ratelimit::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, LimitBasis, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use bpf_ratelimit::datapath::attach::HARNESS_OBJ;
+use bpf_ratelimit::datapath::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use bpf_ratelimit::policy::operator::LimitBasis;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
@@ -446,7 +447,7 @@ fn sustained_overload_passes_the_rate_and_drops_the_rest() {
 
 #[test]
 fn a_fresh_interface_with_last_ns_0_starts_with_a_full_bucket() {
-    use bpf_ratelimit::limits::{Limit, Limits};
+    use bpf_ratelimit::policy::limits::{Limit, Limits};
     let mut h = Harness::new();
     let limits = Limits { ingress: Some(Limit { rate: 8_000_000, burst: 800_000 }), egress: Some(Limit { rate: 8_000_000, burst: 800_000 }) };
     let iface = IfaceState::new(&limits, LimitBasis::Frames);
@@ -571,7 +572,7 @@ impl TestInterface {
         ip(&["netns", "add", &netns]);
         ip(&["-n", &netns, "link", "add", "pod0", "type", "veth", "peer", "name", "peer0"]);
         let path = std::path::PathBuf::from(format!("/var/run/netns/{netns}"));
-        let ifindex = bpf_ratelimit::netns::in_netns(&path, || bpf_ratelimit::netns::ifindex("pod0")).unwrap();
+        let ifindex = bpf_ratelimit::node::netns::in_netns(&path, || bpf_ratelimit::node::netns::ifindex("pod0")).unwrap();
         TestInterface { netns, ifindex }
     }
 
@@ -600,7 +601,7 @@ fn only_a_shaped_interface_is_shaped_and_charged() {
     // state: it passes uncharged.
     assert_eq!(h.run("harness_lookup", 1500, NOT_ECT, UDP).0, PASS);
     // The pod's interface is shaped.
-    let verdict = bpf_ratelimit::netns::in_netns(&dev.path(), || {
+    let verdict = bpf_ratelimit::node::netns::in_netns(&dev.path(), || {
         Ok(h.run_with("harness_lookup", ipv4_packet(1500, NOT_ECT, UDP), Some(dev.ifindex), Gso::default()).0)
     })
     .unwrap();
@@ -611,7 +612,7 @@ fn only_a_shaped_interface_is_shaped_and_charged() {
     // Another pod's cgroup, and a cgroup of 0 (storage never written), find nothing.
     for other in [8, 0] {
         h.set(HarnessInput { cgroup_id: other, now: SEC, ..Default::default() });
-        let verdict = bpf_ratelimit::netns::in_netns(&dev.path(), || {
+        let verdict = bpf_ratelimit::node::netns::in_netns(&dev.path(), || {
             Ok(h.run_with("harness_lookup", ipv4_packet(1500, NOT_ECT, UDP), Some(dev.ifindex), Gso::default()).0)
         })
         .unwrap();

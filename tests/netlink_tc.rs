@@ -9,8 +9,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::Command;
 
-use bpf_ratelimit::netns::{ifindex, in_netns};
-use bpf_ratelimit::tc::{self, Hook, Tbf, Verb};
+use bpf_ratelimit::node::netns::{ifindex, in_netns};
+use bpf_ratelimit::datapath::tc::{self, Hook, Tbf, Verb};
 use bpf_ratelimit::testbed::ip;
 use serde_json::Value;
 
@@ -72,8 +72,8 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
     let specs: Vec<Tbf> = [8_000u64, 10_000_000, 100_000_000, 1_000_000_000, 40_000_000_000, 100_000_000_000]
         .iter()
         .map(|r| {
-            let limit = bpf_ratelimit::limits::Limit { rate: *r, burst: bpf_ratelimit::limits::default_burst(bpf_ratelimit::limits::Direction::Ingress, *r) };
-            let q = bpf_ratelimit::ingress_queue::QueueSpec::for_limit(limit, bpf_ratelimit::state::LimitBasis::Frames);
+            let limit = bpf_ratelimit::policy::limits::Limit { rate: *r, burst: bpf_ratelimit::policy::limits::default_burst(bpf_ratelimit::policy::limits::Direction::Ingress, *r) };
+            let q = bpf_ratelimit::datapath::ingress_queue::QueueSpec::for_limit(limit, bpf_ratelimit::policy::operator::LimitBasis::Frames);
             Tbf { rate_bits: q.rate_bits, burst_bytes: q.burst_bytes, limit_bytes: q.limit_bytes }
         })
         .chain([Tbf { rate_bits: 12_345_678, burst_bytes: 7_777, limit_bytes: 333_333 }])
@@ -113,11 +113,11 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
 
 #[test]
 fn ingress_queue_install_change_verify_remove_over_netlink() {
-    use bpf_ratelimit::ingress_queue::{self, QueueSpec};
+    use bpf_ratelimit::datapath::ingress_queue::{self, QueueSpec};
     let classifier = PinnedClassifier::new("prioritize_light_flows");
     let prog = classifier.path();
     let spec = |rate: u64| {
-        QueueSpec::for_limit(bpf_ratelimit::limits::Limit { rate, burst: 2_500_000 }, bpf_ratelimit::state::LimitBasis::Frames)
+        QueueSpec::for_limit(bpf_ratelimit::policy::limits::Limit { rate, burst: 2_500_000 }, bpf_ratelimit::policy::operator::LimitBasis::Frames)
     };
     let veth = Veth::new("iq");
     let index = ifindex(&veth.host).unwrap();
@@ -146,10 +146,10 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
 
 /// The datapath's cls_bpf program (refuse_raw_frames), loaded for the test.
 fn with_classifier<T>(f: impl FnOnce(std::os::fd::BorrowedFd<'_>, u32) -> T) -> T {
-    let mut ebpf = bpf_ratelimit::datapath::load().unwrap();
+    let mut ebpf = bpf_ratelimit::datapath::attach::load().unwrap();
     let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut("refuse_raw_frames").unwrap().try_into().unwrap();
     let fd = prog.fd().unwrap();
-    let id = bpf_ratelimit::bpf_sys::prog_info(fd.as_fd()).unwrap().id;
+    let id = bpf_ratelimit::node::bpf_sys::prog_info(fd.as_fd()).unwrap().id;
     f(fd.as_fd(), id)
 }
 
@@ -165,7 +165,7 @@ fn check_filters(netns: Option<&str>, dev: &str, index: u32, prog: std::os::fd::
         assert_eq!(ours.len(), 1, "{ours:?}");
         let f = &ours[0];
         assert_eq!((f.pref, f.handle, f.prog_id, f.name.as_str(), f.direct_action), (pref, 1, prog_id, "refuse_raw_frames", true));
-        assert_eq!(bpf_ratelimit::bpf_sys::prog_name(f.prog_id).unwrap(), "refuse_raw_fram");
+        assert_eq!(bpf_ratelimit::node::bpf_sys::prog_name(f.prog_id).unwrap(), "refuse_raw_fram");
         // What tc shows for the same hook.
         let theirs = tc_json(netns, &["filter", "show", "dev", dev, hook.name()]);
         let t = theirs.as_array().unwrap().iter().find(|f| f["options"]["handle"].is_string() || f["options"]["prog"].is_object()).unwrap_or_else(|| panic!("{theirs}"));
@@ -209,17 +209,17 @@ fn raw_guard_attach_verify_detach_over_netlink() {
     let pin_root = Path::new("/sys/fs/bpf").join(format!("brl-test-rg-{}", std::process::id()));
     let pin = pin_root.join("refuse_raw_frames");
     std::fs::create_dir_all(&pin_root).unwrap();
-    with_classifier(|prog, _| bpf_ratelimit::bpf_sys::obj_pin(prog, &pin).unwrap());
+    with_classifier(|prog, _| bpf_ratelimit::node::bpf_sys::obj_pin(prog, &pin).unwrap());
     let result = std::panic::catch_unwind(|| {
-        assert!(bpf_ratelimit::raw_guard::verify(&ns, "eth0").is_err());
-        bpf_ratelimit::raw_guard::attach(&ns, "eth0", &pin).unwrap();
-        bpf_ratelimit::raw_guard::attach(&ns, "eth0", &pin).unwrap(); // idempotent
-        bpf_ratelimit::raw_guard::verify(&ns, "eth0").unwrap();
+        assert!(bpf_ratelimit::datapath::raw_guard::verify(&ns, "eth0").is_err());
+        bpf_ratelimit::datapath::raw_guard::attach(&ns, "eth0", &pin).unwrap();
+        bpf_ratelimit::datapath::raw_guard::attach(&ns, "eth0", &pin).unwrap(); // idempotent
+        bpf_ratelimit::datapath::raw_guard::verify(&ns, "eth0").unwrap();
         let shown = tc_json(Some(&veth.netns), &["filter", "show", "dev", "eth0", "egress"]);
         assert!(shown.to_string().contains("refuse_raw_fram"), "{shown}");
-        bpf_ratelimit::raw_guard::detach(&ns, "eth0");
-        assert!(bpf_ratelimit::raw_guard::verify(&ns, "eth0").unwrap_err().to_string().contains("missing"));
-        let e = bpf_ratelimit::raw_guard::attach(&ns, "nosuch0", &pin).unwrap_err();
+        bpf_ratelimit::datapath::raw_guard::detach(&ns, "eth0");
+        assert!(bpf_ratelimit::datapath::raw_guard::verify(&ns, "eth0").unwrap_err().to_string().contains("missing"));
+        let e = bpf_ratelimit::datapath::raw_guard::attach(&ns, "nosuch0", &pin).unwrap_err();
         assert!(format!("{e:#}").contains("nosuch0"), "{e:#}");
     });
     let _ = std::fs::remove_dir_all(&pin_root);
@@ -236,7 +236,7 @@ fn a_pinned_program_on_the_ingress_hook_of_a_host_interface() {
     let pin_root = Path::new("/sys/fs/bpf").join(format!("brl-test-ing-{}", std::process::id()));
     let pin = pin_root.join("prog");
     std::fs::create_dir_all(&pin_root).unwrap();
-    with_classifier(|prog, _| bpf_ratelimit::bpf_sys::obj_pin(prog, &pin).unwrap());
+    with_classifier(|prog, _| bpf_ratelimit::node::bpf_sys::obj_pin(prog, &pin).unwrap());
     let result = std::panic::catch_unwind(|| {
         // Another plugin's clsact and filter come first.
         let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "clsact"]).status().unwrap();
@@ -267,7 +267,7 @@ impl PinnedClassifier {
     fn new(name: &str) -> Self {
         let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/brl-nltc-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::SHAPER_OBJ).unwrap();
+        let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::attach::SHAPER_OBJ).unwrap();
         let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
         prog.load().unwrap();
         prog.pin(dir.join("prog")).unwrap();

@@ -100,7 +100,7 @@ fn mean_between(v: &Value, from: f64, to: f64) -> f64 {
 fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings() {
     let mut pod = pod_with("set", json!({"maxEgressRate": 80_000_000}), json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
     // This pod's links only: other tests on the machine attach and detach theirs.
-    let cgroup_id = bpf_ratelimit::cgroup::cgroup_id(&pod.bed.cgroup).unwrap();
+    let cgroup_id = bpf_ratelimit::node::cgroup::cgroup_id(&pod.bed.cgroup).unwrap();
     let links = || common::cgroup_links().into_iter().filter(|l| l.cgroup_id == cgroup_id).collect::<Vec<_>>();
     let links_before = links();
     assert_eq!(links_before.len(), 3, "egress, ingress and sock_ops: {links_before:?}");
@@ -151,7 +151,7 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     assert_eq!((row["namespace"].as_str(), row["pod"].as_str()), (Some("default"), Some("test")));
     assert_eq!(row["egress"]["limitBitsPerSecond"], 10_000_000);
     assert_eq!(row["ingress"]["limitBitsPerSecond"], 20_000_000);
-    assert_eq!(row["egress"]["burstBits"], bpf_ratelimit::limits::default_burst(bpf_ratelimit::limits::Direction::Egress, 10_000_000));
+    assert_eq!(row["egress"]["burstBits"], bpf_ratelimit::policy::limits::default_burst(bpf_ratelimit::policy::limits::Direction::Egress, 10_000_000));
     let rate = row["egress"]["rateBitsPerSecond"].as_f64().unwrap();
     assert!((8e6..=11.5e6).contains(&rate), "egress rate while shaped at 10M: {rate}");
     assert!(row["egress"]["passedBytes"].as_u64().unwrap() > 1_000_000);
@@ -239,7 +239,7 @@ fn check_passes_after_set_and_set_ingress_0_is_refused_clearly() {
     // A CHECK for limits that are neither the request nor what was set fails.
     let tampered = {
         let dir = pod.pin_root.join(format!("pods/{}/{}/eth0", pod.network(), pod.bed.name));
-        bpf_ratelimit::datapath::update_pod_state(&dir, |s| s.egress.rate = 1_000_000).unwrap();
+        bpf_ratelimit::datapath::attach::update_pod_state(&dir, |s| s.egress.rate = 1_000_000).unwrap();
         pod.invoke("CHECK", &conf)
     };
     assert_eq!(tampered.code, 102, "{}", tampered.stdout);
@@ -334,7 +334,7 @@ fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
     assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ua, "egress"), 10e6 / 8.0);
     assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ua, "ingress"), 20e6 / 8.0);
     assert_eq!(gauge("bpf_ratelimit_limit_bytes_per_second", ub, "egress"), 30e6 / 8.0);
-    assert_eq!(gauge("bpf_ratelimit_burst_bytes", ub, "egress"), (bpf_ratelimit::limits::default_burst(bpf_ratelimit::limits::Direction::Egress, 30_000_000) / 8) as f64);
+    assert_eq!(gauge("bpf_ratelimit_burst_bytes", ub, "egress"), (bpf_ratelimit::policy::limits::default_burst(bpf_ratelimit::policy::limits::Direction::Egress, 30_000_000) / 8) as f64);
     assert!(find("bpf_ratelimit_limit_bytes_per_second", ub, "ingress").is_none(), "an unlimited direction has a limit series");
     assert!(find("bpf_ratelimit_burst_bytes", ub, "ingress").is_none(), "an unlimited direction has a burst series");
     for (pod, uid) in [(&a, ua), (&b, ub)] {

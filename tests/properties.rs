@@ -3,9 +3,10 @@
 //! second each in release mode.
 
 use bpf_ratelimit::cni::code;
-use bpf_ratelimit::limits::{self, MAX_RATE, MIN_RATE};
-use bpf_ratelimit::netconf::NetConf;
-use bpf_ratelimit::quantity;
+use bpf_ratelimit::policy::limits::{self, MAX_RATE, MIN_RATE};
+use bpf_ratelimit::policy::resolve;
+use bpf_ratelimit::policy::netconf::NetConf;
+use bpf_ratelimit::policy::quantity;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -120,7 +121,7 @@ proptest! {
             conf["runtimeConfig"]["io.kubernetes.cri.pod-annotations"]["kubernetes.io/egress-bandwidth"] = json!(r.to_string());
         }
         let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap();
-        let resolved = limits::resolve(&parsed, None).unwrap();
+        let resolved = resolve::resolve(&parsed.pod_request(None)).unwrap();
         let expected = match (annotation.or(runtime), plugin) {
             (Some(asked), Some(limit)) => Some(asked.min(limit)),
             (asked, limit) => asked.or(limit),
@@ -149,7 +150,7 @@ proptest! {
         let key = if ingress { "maxIngressRate" } else { "maxEgressRate" };
         let conf = json!({"cniVersion": "1.1.0", "name": "n", key: ceiling, "runtimeConfig": {"io.kubernetes.cri.pod-annotations": ann}});
         let parsed = NetConf::parse(conf.to_string().as_bytes()).unwrap();
-        let resolved = limits::resolve(&parsed, None);
+        let resolved = resolve::resolve(&parsed.pod_request(None));
         prop_assert!(resolved.is_ok(), "{:?}", resolved);
         let got = resolved.unwrap().get(dir).unwrap();
         prop_assert_eq!(got.rate, asked.min(ceiling));

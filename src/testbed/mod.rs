@@ -60,7 +60,7 @@ pub fn ip(args: &[&str]) -> Result<Output> {
 
 /// The cgroup v2 mount of this host.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    crate::cgroup::cgroup2_root(None).map_err(|e| anyhow::anyhow!("{e}"))
+    crate::node::cgroup::cgroup2_root(None).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub struct Testbed {
@@ -135,7 +135,7 @@ impl Testbed {
         }
         ip(&["-n", &self.pod_ns, "route", "add", &format!("{SERVER_IP}/32"), "via", GW_IP])?;
         ip(&["-n", &self.pod_ns, "-6", "route", "add", &format!("{SERVER_IP6}/128"), "via", GW_IP6])?;
-        crate::netns::in_netns(&netns_path(&self.gw_ns), || {
+        crate::node::netns::in_netns(&netns_path(&self.gw_ns), || {
             std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
             std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")?;
             Ok(())

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use aya::programs::SchedClassifier;
 use aya::EbpfLoader;
 
-use crate::bpf_sys;
+use crate::node::bpf_sys;
 
 /// Frames and their bytes on the wire.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -39,14 +39,14 @@ impl WireCounter {
         let pins = PathBuf::from(format!("/sys/fs/bpf/brl-wire-{tag}"));
         let counter = WireCounter { netns: netns.into(), ifname: ifname.into(), pins: pins.clone() };
         std::fs::create_dir_all(&pins).with_context(|| format!("cannot create {}", pins.display()))?;
-        let mut ebpf = EbpfLoader::new().load(crate::datapath::HARNESS_OBJ).context("cannot load the harness object")?;
+        let mut ebpf = EbpfLoader::new().load(crate::datapath::attach::HARNESS_OBJ).context("cannot load the harness object")?;
         let prog: &mut SchedClassifier = ebpf.program_mut("count_wire").context("no count_wire")?.try_into()?;
         prog.load().context("the kernel refused count_wire")?;
         prog.pin(pins.join("prog")).context("cannot pin count_wire")?;
         ebpf.map("wire_counts").context("no wire_counts")?.pin(pins.join("counts")).context("cannot pin wire_counts")?;
         let prog = pins.join("prog");
-        crate::netns::in_netns(netns, || {
-            crate::tc::attach_pinned_filter(crate::netns::ifindex(ifname)?, crate::tc::Hook::Ingress, PREF, 1, &prog, "count_wire")
+        crate::node::netns::in_netns(netns, || {
+            crate::datapath::tc::attach_pinned_filter(crate::node::netns::ifindex(ifname)?, crate::datapath::tc::Hook::Ingress, PREF, 1, &prog, "count_wire")
         })
         .context("cannot attach the wire counter")?;
         Ok(counter)
@@ -64,8 +64,8 @@ impl Drop for WireCounter {
     fn drop(&mut self) {
         if self.netns.exists() {
             let ifname = self.ifname.clone();
-            let _ = crate::netns::in_netns(&self.netns, || {
-                crate::tc::filter_delete(crate::netns::ifindex(&ifname)?, crate::tc::Hook::Ingress, PREF, 0)
+            let _ = crate::node::netns::in_netns(&self.netns, || {
+                crate::datapath::tc::filter_delete(crate::node::netns::ifindex(&ifname)?, crate::datapath::tc::Hook::Ingress, PREF, 0)
             });
         }
         let _ = std::fs::remove_dir_all(&self.pins);

@@ -5,14 +5,15 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::cgroup;
+use crate::node::cgroup;
 use crate::cni::{code, Command, CniError, Env};
-use crate::bpf_sys::CgroupLinkInfo;
-use crate::datapath::{self, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
-use crate::pins::{AttachmentId, PinRoot};
-use crate::state::IfaceState;
-use crate::limits::{self, Limits};
-use crate::netconf::NetConf;
+use crate::node::bpf_sys::CgroupLinkInfo;
+use crate::datapath::attach::{self, PodNetwork, LINK_PINS, RAW_GUARD_PINS};
+use crate::node::pins::{AttachmentId, PinRoot};
+use crate::datapath::state::IfaceState;
+use crate::policy::limits::{self, Limits};
+use crate::policy::resolve;
+use crate::policy::netconf::NetConf;
 
 /// Everything one invocation was given.
 pub struct Request {
@@ -23,7 +24,7 @@ pub struct Request {
 
 pub fn run(req: &Request) -> Result<String, CniError> {
     crate::cni::require_version_for(req.command, &req.conf.cni_version)?;
-    let missing = crate::privilege::missing();
+    let missing = crate::node::privilege::missing();
     if !missing.is_empty() {
         let code = if req.command == Command::Status { code::NOT_AVAILABLE } else { code::DATAPATH };
         return Err(CniError::new(
@@ -81,7 +82,7 @@ fn pass_prev_result(conf: &NetConf) -> Result<String, CniError> {
 
 fn cmd_add(req: &Request) -> Result<String, CniError> {
     let reply = pass_prev_result(&req.conf)?;
-    let limits = limits::resolve(&req.conf, req.namespace())?;
+    let limits = resolve::resolve(&req.conf.pod_request(req.namespace()))?;
     if limits.is_empty() {
         // A repeated ADD of this attachment without limits replaces one with.
         del_everywhere(req).map_err(|e| datapath_error("cannot remove the earlier attachment", e))?;
@@ -94,14 +95,14 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
         netns: std::path::Path::new(&req.env.netns),
         ifname: &req.env.ifname,
         allow_raw_sockets: req.conf.allow_raw_sockets,
-        host_interface: crate::ingress_queue::host_interface(req.conf.prev_result.as_ref()),
+        host_interface: crate::datapath::ingress_queue::host_interface(req.conf.prev_result.as_ref()),
         ingress_queue: req.conf.ingress_queue,
         basis: req.conf.limit_basis,
     };
-    let mode = datapath::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
+    let mode = attach::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
-    let meta = crate::pod_meta::PodMeta::from_args(&req.env.args, limits::ceilings(&req.conf, req.namespace())?);
-    if let Err(e) = crate::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
+    let meta = crate::node::pod_meta::PodMeta::from_args(&req.env.args, resolve::ceilings(&req.conf.policy_for(req.namespace())));
+    if let Err(e) = crate::node::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
         let _ = root.remove_pod(&req.attachment(), Some(std::path::Path::new(&req.env.netns)));
         let _ = root.remove_datapath_if_unused();
         return Err(datapath_error("cannot record the pod's identity", e));
@@ -119,7 +120,7 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
 pub fn describe(limits: &Limits) -> String {
     let one = |l: Option<limits::Limit>| match l {
         None => "unlimited".to_string(),
-        Some(l) => format!("{}bit/s burst {} bytes", crate::quantity::format_rate(l.rate), l.burst / 8),
+        Some(l) => format!("{}bit/s burst {} bytes", crate::policy::quantity::format_rate(l.rate), l.burst / 8),
     };
     format!("ingress {}, egress {}", one(limits.ingress), one(limits.egress))
 }
@@ -142,7 +143,7 @@ fn cmd_del(req: &Request) -> Result<(), CniError> {
 /// Removes this request's attachment from every known pin root; whether one existed.
 fn del_everywhere(req: &Request) -> anyhow::Result<bool> {
     let mut removed = false;
-    for path in crate::pin_roots::known(&req.conf.pin_root) {
+    for path in crate::node::pin_roots::known(&req.conf.pin_root) {
         let Some(root) = PinRoot::existing(&path)? else { continue };
         // The raw-frame guard lives on the pod's interface, not among the
         // pins; when the netns is already gone, so is the guard.
@@ -166,9 +167,9 @@ pub struct Found {
     /// The pod runs this build's datapath, not another release's.
     pub this_release: bool,
     /// What ADD recorded it set up (None for pods of layouts 1 and 2).
-    pub record: Option<crate::attachment::AttachmentRecord>,
+    pub record: Option<crate::datapath::attachment::AttachmentRecord>,
     /// What the config's `limitBasis` asks limits to count.
-    pub basis: crate::state::LimitBasis,
+    pub basis: crate::policy::operator::LimitBasis,
 }
 
 /// CHECK's verdict, without I/O: what was requested against what was found.
@@ -179,7 +180,7 @@ pub fn check_verdict(requested: &Limits, found: Option<&Found>) -> Result<(), St
         (false, None) => Err("no shaper is attached for this container".into()),
         (false, Some(f)) => {
             // A pod of another release has the links that release attached.
-            let required: &[&str] = if f.this_release { &LINK_PINS } else { &datapath::LINKS_OF_EVERY_RELEASE };
+            let required: &[&str] = if f.this_release { &LINK_PINS } else { &attach::LINKS_OF_EVERY_RELEASE };
             if let Some(name) = required.iter().find(|name| !f.links.iter().any(|(n, _)| n == *name)) {
                 return Err(format!("the {name} link is missing"));
             }
@@ -211,7 +212,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
     if req.conf.prev_result.is_none() {
         return Err(CniError::config("CHECK needs prevResult"));
     }
-    let limits = limits::resolve(&req.conf, req.namespace())?;
+    let limits = resolve::resolve(&req.conf.pod_request(req.namespace()))?;
     let cgroup_id = if limits.is_empty() {
         0
     } else {
@@ -222,12 +223,12 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
     // What `bpf-ratelimit set` changed for this sandbox, which the pod's
     // state holds instead of the config's request.
     let mut limits = limits;
-    for path in crate::pin_roots::known(&req.conf.pin_root) {
+    for path in crate::node::pin_roots::known(&req.conf.pin_root) {
         let Some(root) = PinRoot::existing(&path).map_err(|e| datapath_error("cannot open the pin root", e))? else { continue };
         if let Some(a) =
-            datapath::inspect_pod(&root, &req.attachment()).map_err(|e| datapath_error("cannot read the pod's attachment", e))?
+            attach::inspect_pod(&root, &req.attachment()).map_err(|e| datapath_error("cannot read the pod's attachment", e))?
         {
-            if let Ok(meta) = crate::pod_meta::read(&root.pod_dir(&req.attachment())) {
+            if let Ok(meta) = crate::node::pod_meta::read(&root.pod_dir(&req.attachment())) {
                 limits = meta.set.over(&limits);
             }
             found = Some(Found {
@@ -254,14 +255,14 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
             return Err(failed(format!("the pod's limits count {:?}, the config asks for {wanted_basis:?}", record.basis)));
         }
         if record.raw_guarded {
-            crate::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname).map_err(|e| failed(format!("{e:#}")))?;
+            crate::datapath::raw_guard::verify(std::path::Path::new(&req.env.netns), &req.env.ifname).map_err(|e| failed(format!("{e:#}")))?;
         }
         if record.egress_guarded {
-            crate::host_guard::verify(record.host_ifindex).map_err(|e| failed(format!("egress is guarded on the host side, but {e:#}")))?;
+            crate::datapath::host_guard::verify(record.host_ifindex).map_err(|e| failed(format!("egress is guarded on the host side, but {e:#}")))?;
         }
         if let (true, Some(ingress)) = (record.ingress_queued, limits.ingress) {
-            let spec = crate::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
-            crate::ingress_queue::verify_spec(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
+            let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
+            crate::datapath::ingress_queue::verify_spec(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
         }
     }
     Ok(())
@@ -275,7 +276,7 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
         return Err(CniError::config("GC needs cni.dev/valid-attachments"));
     };
     let mut failures = Vec::new();
-    for path in crate::pin_roots::known(&req.conf.pin_root) {
+    for path in crate::node::pin_roots::known(&req.conf.pin_root) {
         let root = match PinRoot::existing(&path) {
             Ok(Some(root)) => root,
             Ok(None) => continue,
@@ -323,15 +324,15 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
 fn cmd_status(req: &Request) -> Result<(), CniError> {
     let unavailable = |msg: &str, details: String| CniError::new(code::NOT_AVAILABLE, msg, details);
     cgroup::cgroup2_root(req.conf.cgroup_root.as_deref()).map_err(|e| unavailable("cgroup v2 is not usable", e.to_string()))?;
-    crate::pins::bpffs_usable(&req.conf.pin_root)
+    crate::node::pins::bpffs_usable(&req.conf.pin_root)
         .map_err(|e| unavailable("the bpf filesystem is not usable", format!("{e:#}")))?;
     // A pinned datapath was verified when it was loaded, and a load that
     // passed once passes again on the same kernel and boot: runtimes poll
     // STATUS, so only the first call per kernel and datapath pays for a
     // verifier run (status_cache).
-    if !datapath::datapath_pinned(&req.conf.pin_root) && !crate::status_cache::verified() {
-        datapath::load().map_err(|e| unavailable("the kernel cannot load the eBPF datapath", format!("{e:#}")))?;
-        crate::status_cache::record_verified();
+    if !attach::datapath_pinned(&req.conf.pin_root) && !crate::plugin::status_cache::verified() {
+        attach::load().map_err(|e| unavailable("the kernel cannot load the eBPF datapath", format!("{e:#}")))?;
+        crate::plugin::status_cache::record_verified();
     }
     Ok(())
 }
@@ -342,18 +343,18 @@ fn cmd_status(req: &Request) -> Result<(), CniError> {
 pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
     let roots = match pin_root {
         Some(p) => vec![p.to_path_buf()],
-        None => crate::pin_roots::known(std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT)),
+        None => crate::node::pin_roots::known(std::path::Path::new(crate::policy::netconf::DEFAULT_PIN_ROOT)),
     };
     let mut pods = Vec::new();
     for path in roots {
         let Some(root) = PinRoot::existing(&path)? else { continue };
         for a in root.attachments()? {
             let dir = root.pod_dir(&a);
-            let entry = match datapath::pod_state_from_pins(&dir) {
+            let entry = match attach::pod_state_from_pins(&dir) {
                 Ok((cgroup_id, state)) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
                     "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
-                    "egressGuard": datapath::guard_from_pins(&dir),
+                    "egressGuard": attach::guard_from_pins(&dir),
                 }),
                 Err(e) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
@@ -370,8 +371,8 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
 fn ingress_mode(state: &IfaceState) -> String {
     if state.ingress.rate == 0 {
         "none".into()
-    } else if state.flags & crate::state::IFACE_INGRESS_QUEUED != 0 {
-        match crate::ingress_queue::ifname_of(state.host_ifindex) {
+    } else if state.flags & crate::datapath::state::IFACE_INGRESS_QUEUED != 0 {
+        match crate::datapath::ingress_queue::ifname_of(state.host_ifindex) {
             Some(name) => format!("queue on {name}"),
             None => format!("queue on interface {} (gone)", state.host_ifindex),
         }
@@ -383,7 +384,7 @@ fn ingress_mode(state: &IfaceState) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::Limit;
+    use crate::policy::limits::Limit;
 
     fn limits(rate: u64) -> Limits {
         Limits { ingress: Some(Limit { rate, burst: rate / 4 }), egress: Some(Limit { rate, burst: rate / 20 }) }
@@ -393,11 +394,11 @@ mod tests {
         let link = CgroupLinkInfo { cgroup_id, ..Default::default() };
         Found {
             links: LINK_PINS.iter().map(|n| (*n, link)).collect(),
-            state: Some(IfaceState::new(requested, crate::state::LimitBasis::Frames)),
+            state: Some(IfaceState::new(requested, crate::policy::operator::LimitBasis::Frames)),
             cgroup_id,
             this_release: true,
             record: None,
-            basis: crate::state::LimitBasis::Frames,
+            basis: crate::policy::operator::LimitBasis::Frames,
         }
     }
 
@@ -423,7 +424,7 @@ mod tests {
         assert!(err(Some(&f), &l).contains("attached to cgroup id 8"));
         // Another release's pod needs only the links every release attaches.
         let mut f = found(&l, 7);
-        f.links.retain(|(n, _)| datapath::LINKS_OF_EVERY_RELEASE.contains(n));
+        f.links.retain(|(n, _)| attach::LINKS_OF_EVERY_RELEASE.contains(n));
         f.this_release = false;
         assert_eq!(check_verdict(&l, Some(&f)), Ok(()));
         f.links.retain(|(n, _)| *n != "ingress");

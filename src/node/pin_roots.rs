@@ -10,7 +10,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::netconf::DEFAULT_PIN_ROOT;
+use crate::policy::netconf::DEFAULT_PIN_ROOT;
 
 pub const INDEX_DIR: &str = "/run/bpf-ratelimit/pin-roots";
 

@@ -5,13 +5,13 @@
 //! it: AF_PACKET, AF_XDP, compat syscalls, sub-interfaces and tunnels all
 //! leave through that veth. The filter lives and dies with the interface;
 //! DEL removes it while the interface is still there. It is found by its
-//! preference number, and set up over rtnetlink (crate::tc).
+//! preference number, and set up over rtnetlink (crate::datapath::tc).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::tc::{self, Hook};
+use crate::datapath::tc::{self, Hook};
 
 /// The filter's preference on the interface's ingress hook.
 pub const PREF: u16 = 49101;
@@ -23,21 +23,21 @@ const PROG_NAME: &str = "guard_pod_egres";
 /// of `ifname`. Idempotent: an existing clsact (another plugin's filters)
 /// is kept, our filter replaced.
 pub fn attach(ifname: &str, prog_pin: &Path) -> Result<()> {
-    let ifindex = crate::netns::ifindex(ifname)?;
+    let ifindex = crate::node::netns::ifindex(ifname)?;
     tc::attach_pinned_filter(ifindex, Hook::Ingress, PREF, FILTER_HANDLE, prog_pin, "guard_pod_egress")
         .with_context(|| format!("cannot add the egress guard to the pod's host-side interface {ifname}"))
 }
 
 /// Removes our filter from the interface `ifindex`, if it is still there.
 pub fn detach(ifindex: u32) {
-    if crate::ingress_queue::ifname_of(ifindex).is_some() {
+    if crate::datapath::ingress_queue::ifname_of(ifindex).is_some() {
         let _ = tc::filter_delete(ifindex, Hook::Ingress, PREF, 0);
     }
 }
 
 /// For CHECK: our filter is on the interface's ingress and runs our program.
 pub fn verify(ifindex: u32) -> Result<()> {
-    let Some(ifname) = crate::ingress_queue::ifname_of(ifindex) else {
+    let Some(ifname) = crate::datapath::ingress_queue::ifname_of(ifindex) else {
         bail!("the pod's host-side interface (index {ifindex}) is gone")
     };
     if !tc::has_filter(ifindex, Hook::Ingress, PREF, PROG_NAME)? {

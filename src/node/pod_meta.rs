@@ -11,8 +11,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf_sys;
-use crate::limits::{Ceilings, Direction, Limit, Limits};
+use crate::node::bpf_sys;
+use crate::policy::limits::{Ceilings, Direction, Limit, Limits};
 
 pub const META_PIN: &str = "meta";
 /// The record's size; the fields are capped well below it.

@@ -10,10 +10,11 @@
 //! appended to a layout, so a newer release's values read as their common
 //! prefix.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::bpf_sys::Pod;
-use crate::limits::{Limit, Limits};
+use crate::node::bpf_sys::Pod;
+use crate::policy::limits::{Limit, Limits};
+use crate::policy::operator::LimitBasis;
 
 /// Layout 3: per-interface state in a hash map, keyed by pod cgroup and
 /// interface, so that a pod on several networks has each shaped on its own.
@@ -22,40 +23,6 @@ pub const STATE_LAYOUT: u32 = 3;
 /// `IfaceState::flags`: ingress is shaped by a queue on the host side of
 /// the pod's veth, and the datapath sizes receive windows for that queue.
 pub const IFACE_INGRESS_QUEUED: u32 = 1;
-
-/// What a limit counts. The datapath always counts frames on the wire;
-/// `TcpGoodput` scales the frame budget so that bulk TCP's payload meets the
-/// limit, as the `limitBasis` key asks.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum LimitBasis {
-    /// Every frame's Ethernet, IP and L4 headers and payload, as tc's TBF,
-    /// the reference plugin and Calico count.
-    #[default]
-    Frames,
-    /// Frames, scaled by 1514/1448: a full-sized TCP segment's frame per
-    /// byte of its payload, so bulk TCP goodput meets the limit and the wire
-    /// carries at most 4.6% more.
-    TcpGoodput,
-}
-
-impl LimitBasis {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "frames" => Some(LimitBasis::Frames),
-            "tcp-goodput" => Some(LimitBasis::TcpGoodput),
-            _ => None,
-        }
-    }
-
-    /// The frame budget, in bytes per second on the wire, for a limit of `rate` bits/s.
-    pub fn wire_bytes_per_second(self, rate: u64) -> u64 {
-        match self {
-            LimitBasis::Frames => rate / 8,
-            LimitBasis::TcpGoodput => ((rate as u128) * 1514 / (1448 * 8)) as u64,
-        }
-    }
-}
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]

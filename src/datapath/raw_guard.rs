@@ -6,7 +6,7 @@
 //! A tcx link would do the same and could be pinned like the cgroup links,
 //! but attaching one waits for an RCU grace period: 15 ms of every ADD on
 //! these machines, against 4 ms for running `tc` (the filter is now added over
-//! rtnetlink, crate::tc). The filter lives and dies with the
+//! rtnetlink, crate::datapath::tc). The filter lives and dies with the
 //! interface; DEL removes it while the netns is still there. It is found by
 //! its preference number.
 
@@ -14,8 +14,8 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::{ifindex, in_netns};
-use crate::tc::{self, Hook};
+use crate::node::netns::{ifindex, in_netns};
+use crate::datapath::tc::{self, Hook};
 
 /// The filter's preference on the interface's egress hook.
 pub const PREF: &str = "49100";

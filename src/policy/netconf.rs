@@ -8,70 +8,11 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use crate::cni::{self, truncate, CniError};
+use crate::policy::operator::{BandwidthKeys, DirectionPolicy, LimitBasis, Policy};
+use crate::policy::resolve::PodRequest;
 
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/bpf-ratelimit";
 pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
-
-/// Bandwidth keys as the reference `bandwidth` plugin names them: rates in
-/// bits/s, bursts in bits. `None` means the key was absent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BandwidthKeys {
-    pub ingress_rate: Option<u64>,
-    pub ingress_burst: Option<u64>,
-    pub egress_rate: Option<u64>,
-    pub egress_burst: Option<u64>,
-}
-
-/// What the operator set for one direction in the plugin config. Rates are
-/// bits/s, bursts bits; `None` means the key was absent.
-///
-/// - `rate`/`burst` (`ingressRate`, as the reference plugin names them) are
-///   the node-wide limit: both the default and the ceiling;
-/// - `default_*` (`defaultIngressRate`) apply when the pod asks for nothing;
-/// - `max_*` (`maxIngressRate`) clamp what the pod asks for.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DirectionPolicy {
-    pub rate: Option<u64>,
-    pub burst: Option<u64>,
-    pub default_rate: Option<u64>,
-    pub default_burst: Option<u64>,
-    pub max_rate: Option<u64>,
-    pub max_burst: Option<u64>,
-}
-
-impl DirectionPolicy {
-    /// `over`'s keys where it sets them, else this one's.
-    fn overlaid(self, over: DirectionPolicy) -> DirectionPolicy {
-        DirectionPolicy {
-            rate: over.rate.or(self.rate),
-            burst: over.burst.or(self.burst),
-            default_rate: over.default_rate.or(self.default_rate),
-            default_burst: over.default_burst.or(self.default_burst),
-            max_rate: over.max_rate.or(self.max_rate),
-            max_burst: over.max_burst.or(self.max_burst),
-        }
-    }
-}
-
-/// The operator's limits for both directions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Policy {
-    pub ingress: DirectionPolicy,
-    pub egress: DirectionPolicy,
-}
-
-impl Policy {
-    pub fn direction(&self, dir: crate::limits::Direction) -> &DirectionPolicy {
-        match dir {
-            crate::limits::Direction::Ingress => &self.ingress,
-            crate::limits::Direction::Egress => &self.egress,
-        }
-    }
-
-    fn overlaid(self, over: Policy) -> Policy {
-        Policy { ingress: self.ingress.overlaid(over.ingress), egress: self.egress.overlaid(over.egress) }
-    }
-}
 
 #[derive(Debug, Clone, Default)]
 pub struct NetConf {
@@ -88,7 +29,7 @@ pub struct NetConf {
     pub ingress_queue: bool,
     /// `limitBasis`: what a limit counts (frames on the wire, or frames
     /// scaled so that bulk TCP goodput meets it).
-    pub limit_basis: crate::state::LimitBasis,
+    pub limit_basis: LimitBasis,
     /// The operator's limits at the top level of the config.
     pub policy: Policy,
     /// `namespaces`: per-namespace overrides of `policy`, by K8S_POD_NAMESPACE.
@@ -125,8 +66,8 @@ impl NetConf {
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
             limit_basis: match string_field(&obj, "limitBasis")? {
-                None => crate::state::LimitBasis::default(),
-                Some(b) => crate::state::LimitBasis::parse(&b).ok_or_else(|| {
+                None => LimitBasis::default(),
+                Some(b) => LimitBasis::parse(&b).ok_or_else(|| {
                     CniError::config(format!(
                         "limitBasis must be \"frames\" (every frame on the wire, as tc counts) or \"tcp-goodput\" (frames scaled so bulk TCP payload meets the limit), got {:?}",
                         truncate(&b, 40)
@@ -210,7 +151,7 @@ impl NetConf {
 /// reference bandwidth plugin ("if burst is set, rate must also be set").
 /// The runtimes' "no burst given" values are not a burst.
 pub fn validate_burst_has_rate(keys: &BandwidthKeys, source: &str) -> Result<(), CniError> {
-    let given = |b: Option<u64>| b.is_some_and(|b| b != 0 && !crate::limits::BURST_SENTINELS.contains(&b));
+    let given = |b: Option<u64>| b.is_some_and(|b| b != 0 && !crate::policy::limits::BURST_SENTINELS.contains(&b));
     for (dir, rate, burst) in [("ingress", keys.ingress_rate, keys.ingress_burst), ("egress", keys.egress_rate, keys.egress_burst)] {
         if given(burst) && rate.unwrap_or(0) == 0 {
             return Err(CniError::config(format!("{dir}Burst in {source} is set without {dir}Rate: if burst is set, rate must also be set")));
@@ -325,6 +266,17 @@ impl NetConf {
         match namespace.and_then(|ns| self.namespaces.get(ns)) {
             Some(over) => self.policy.overlaid(*over),
             None => self.policy,
+        }
+    }
+
+    /// What a pod in `namespace` is given and asks for: the input of
+    /// `resolve::limits`.
+    pub fn pod_request(&self, namespace: Option<&str>) -> PodRequest<'_> {
+        PodRequest {
+            policy: self.policy_for(namespace),
+            overriding_namespace: namespace.filter(|ns| self.namespaces.contains_key(*ns)).map(str::to_string),
+            runtime_bandwidth: self.runtime_bandwidth,
+            annotations: &self.pod_annotations,
         }
     }
 }

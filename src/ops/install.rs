@@ -300,9 +300,9 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<()> {
     conf.insert("name".into(), "install-check".into());
     conf.insert("type".into(), PLUGIN_TYPE.into());
     conf.extend(config.clone());
-    let parsed = crate::netconf::NetConf::parse(Value::Object(conf).to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
+    let parsed = crate::policy::netconf::NetConf::parse(Value::Object(conf).to_string().as_bytes()).map_err(|e| anyhow!("{e}"))?;
     // Every value in range, in every namespace's policy.
-    use crate::limits::{Direction, MAX_BURST, MAX_RATE, MIN_RATE};
+    use crate::policy::limits::{Direction, MAX_BURST, MAX_RATE, MIN_RATE};
     let namespaces: Vec<Option<&str>> = std::iter::once(None).chain(parsed.namespaces.keys().map(|k| Some(k.as_str()))).collect();
     for ns in &namespaces {
         let policy = parsed.policy_for(*ns);
@@ -322,7 +322,7 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<()> {
             }
         }
         // What a pod that asks for nothing gets: a burst without a rate fails here.
-        crate::limits::resolve(&parsed, *ns).map_err(|e| anyhow!("{}", e.msg))?;
+        crate::policy::resolve::resolve(&parsed.pod_request(*ns)).map_err(|e| anyhow!("{}", e.msg))?;
     }
     Ok(())
 }

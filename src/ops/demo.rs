@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context, Result};
 
-use crate::quantity;
+use crate::policy::quantity;
 use crate::testbed::scenario::{Bulk, Way};
 use crate::testbed::{Invocation, Testbed};
 
@@ -92,15 +92,15 @@ pub fn run(opts: &DemoOptions) -> Result<()> {
 fn verify_gone(bed: &Testbed) -> Result<()> {
     use std::os::fd::AsFd;
     let cgroup = std::fs::File::open(&bed.cgroup)?;
-    use crate::bpf_sys::{ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_SOCK_OPS};
+    use crate::node::bpf_sys::{ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_SOCK_OPS};
     for attach_type in [ATTACH_CGROUP_INET_EGRESS, ATTACH_CGROUP_INET_INGRESS, ATTACH_CGROUP_SOCK_OPS] {
-        let left = crate::bpf_sys::attached_prog_ids(cgroup.as_fd(), attach_type)?;
+        let left = crate::node::bpf_sys::attached_prog_ids(cgroup.as_fd(), attach_type)?;
         if !left.is_empty() {
-            let names: Vec<String> = left.iter().map(|id| crate::bpf_sys::prog_name(*id).unwrap_or_else(|_| format!("id {id}"))).collect();
+            let names: Vec<String> = left.iter().map(|id| crate::node::bpf_sys::prog_name(*id).unwrap_or_else(|_| format!("id {id}"))).collect();
             bail!("after DEL the pod cgroup still has programs attached (attach type {attach_type}): {names:?}");
         }
     }
-    let pins = std::path::Path::new(crate::netconf::DEFAULT_PIN_ROOT).join("pods/demo").join(&bed.name);
+    let pins = std::path::Path::new(crate::policy::netconf::DEFAULT_PIN_ROOT).join("pods/demo").join(&bed.name);
     if pins.exists() {
         bail!("after DEL {} still exists", pins.display());
     }

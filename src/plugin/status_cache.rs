@@ -15,7 +15,7 @@ fn key() -> String {
     // The uname release, as procfs gives it.
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    format!("kernel {}\nboot {}\ndatapath {}\n", release.trim(), boot_id.trim(), crate::datapath::datapath_version())
+    format!("kernel {}\nboot {}\ndatapath {}\n", release.trim(), boot_id.trim(), crate::datapath::attach::datapath_version())
 }
 
 /// Whether this kernel, this boot, already loaded this datapath for STATUS.

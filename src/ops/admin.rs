@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::datapath;
-use crate::limits::{self, Direction, Limit};
-use crate::pins::{AttachmentId, PinRoot};
-use crate::pod_meta::{self, PodMeta};
-use crate::quantity;
-use crate::state::{Bucket, IfaceState as PodState, LimitBasis, IFACE_INGRESS_QUEUED as POD_INGRESS_QUEUED};
+use crate::datapath::attach;
+use crate::policy::limits::{self, Direction, Limit};
+use crate::node::pins::{AttachmentId, PinRoot};
+use crate::node::pod_meta::{self, PodMeta};
+use crate::policy::quantity;
+use crate::datapath::state::{Bucket, IfaceState as PodState, IFACE_INGRESS_QUEUED as POD_INGRESS_QUEUED};
+use crate::policy::operator::LimitBasis;
 
 /// One shaped pod as its pins show it.
 pub struct PodView {
@@ -56,7 +57,7 @@ impl PodView {
 pub fn pin_roots(given: Option<&Path>) -> Vec<PathBuf> {
     match given {
         Some(p) => vec![p.to_path_buf()],
-        None => crate::pin_roots::known(Path::new(crate::netconf::DEFAULT_PIN_ROOT)),
+        None => crate::node::pin_roots::known(Path::new(crate::policy::netconf::DEFAULT_PIN_ROOT)),
     }
 }
 
@@ -99,7 +100,7 @@ fn read_root(root: &PinRoot, out: &mut Vec<PodView>, errors: &mut Vec<String>) {
         let dir = root.pod_dir(&id);
         // Every command holds the pin root's lock, so no ADD or DEL is
         // half done here: a state that cannot be read is an error.
-        match datapath::pod_state_from_pins(&dir) {
+        match attach::pod_state_from_pins(&dir) {
             Ok((cgroup_id, state)) => {
                 let meta = pod_meta::read(&dir).unwrap_or_default();
                 out.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state });
@@ -362,16 +363,16 @@ fn set_one(pod: &PodView, change: &Change) -> Result<String> {
             new.push((dir, limit));
         }
     }
-    let basis: LimitBasis = crate::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
+    let basis: LimitBasis = crate::datapath::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
     // The queue first (a netlink request), then the state's read and write
     // back to back, so that the value written is the latest one.
     if let Some((_, limit)) = new.iter().find(|(d, _)| *d == Direction::Ingress) {
         if pod.state.flags & POD_INGRESS_QUEUED != 0 {
-            crate::ingress_queue::change(pod.state.host_ifindex, crate::ingress_queue::QueueSpec::for_limit(*limit, basis))
+            crate::datapath::ingress_queue::change(pod.state.host_ifindex, crate::datapath::ingress_queue::QueueSpec::for_limit(*limit, basis))
                 .with_context(|| format!("cannot change the ingress queue of {}", pod.display_name()))?;
         }
     }
-    let write = datapath::update_pod_state(&pod.dir, |latest| *latest = rewrite(latest, &new, basis))
+    let write = attach::update_pod_state(&pod.dir, |latest| *latest = rewrite(latest, &new, basis))
         .with_context(|| format!("cannot change the limits of {}", pod.display_name()))?;
     // CHECK compares against what was set from now on.
     let mut meta = pod.meta.clone();

@@ -14,8 +14,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::bpf_sys;
-use crate::state::{IfaceKey, LimitBasis};
+use crate::node::bpf_sys;
+use crate::datapath::state::IfaceKey;
+use crate::policy::operator::LimitBasis;
 
 pub const RECORD_PIN: &str = "iface";
 /// Room for the fields and a netns path of up to 4096 bytes.

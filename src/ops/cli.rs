@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use bpf_ratelimit::admin::{self, Change};
+use crate::ops::admin::{self, Change};
 
 /// Splits `--flag value` pairs and positional arguments.
 fn parse<'a>(args: &'a [String], flags: &[&str], switches: &[&str]) -> Result<(Vec<(&'a str, &'a str)>, Vec<&'a str>, Vec<&'a str>)> {
@@ -32,7 +32,7 @@ fn pin_root(values: &[(&str, &str)]) -> Option<PathBuf> {
 }
 
 fn quantity(flag: &str, v: &str) -> Result<u64> {
-    bpf_ratelimit::quantity::parse(v).map_err(|e| anyhow!("{flag} {v:?}: {e} (a quantity such as 10M, 500k, 1G)"))
+    crate::policy::quantity::parse(v).map_err(|e| anyhow!("{flag} {v:?}: {e} (a quantity such as 10M, 500k, 1G)"))
 }
 
 pub fn list(args: &[String]) -> Result<String> {

@@ -4,7 +4,7 @@
 //!
 //! Every function works in the network namespace of the calling thread: the
 //! netlink socket is opened there. Inside a pod's netns, call them from
-//! `crate::netns::in_netns`. Requests carry the flags iproute2's `tc` sends
+//! `crate::node::netns::in_netns`. Requests carry the flags iproute2's `tc` sends
 //! for the same verb (add: create + exclusive; replace: create + replace;
 //! change: none), so the kernel treats them exactly as it treats `tc`.
 //!
@@ -336,7 +336,7 @@ pub fn bpf_filters(ifindex: u32, hook: Hook) -> Result<Vec<BpfFilter>> {
 /// replace dev X HOOK pref P handle H bpf da pinned PIN` does.
 pub fn attach_pinned_filter(ifindex: u32, hook: Hook, pref: u16, handle: u32, prog_pin: &std::path::Path, name: &str) -> Result<()> {
     use std::os::fd::AsFd;
-    let prog = crate::bpf_sys::obj_get(prog_pin).with_context(|| format!("cannot open the pinned program {}", prog_pin.display()))?;
+    let prog = crate::node::bpf_sys::obj_get(prog_pin).with_context(|| format!("cannot open the pinned program {}", prog_pin.display()))?;
     clsact(Verb::Replace, ifindex)?;
     bpf_filter(Verb::Replace, ifindex, hook, pref, handle, prog.as_fd(), name)
 }
@@ -346,7 +346,7 @@ pub fn attach_pinned_filter(ifindex: u32, hook: Hook, pref: u16, handle: u32, pr
 pub fn has_filter(ifindex: u32, hook: Hook, pref: u16, prog_name: &str) -> Result<bool> {
     Ok(bpf_filters(ifindex, hook)?
         .iter()
-        .any(|f| f.pref == pref && f.direct_action && crate::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == prog_name)))
+        .any(|f| f.pref == pref && f.direct_action && crate::node::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == prog_name)))
 }
 
 // ---- The socket ----

@@ -15,7 +15,7 @@
 //! the TBF's child is a pfifo_fast, and a filter on the interface's egress
 //! gives them its first band (ebpf/shaper.bpf.c: prioritize_light_flows).
 //!
-//! The qdiscs are set up over rtnetlink (crate::tc; no `tc` binary is run)
+//! The qdiscs are set up over rtnetlink (crate::datapath::tc; no `tc` binary is run)
 //! and are recognised by their handles.
 
 use std::path::Path;
@@ -57,7 +57,7 @@ pub struct QueueSpec {
 impl QueueSpec {
     /// For an ingress limit counted in `basis`: the pod receives its burst
     /// at the path's speed after idle, then its rate.
-    pub fn for_limit(limit: crate::limits::Limit, basis: crate::state::LimitBasis) -> Self {
+    pub fn for_limit(limit: crate::policy::limits::Limit, basis: crate::policy::operator::LimitBasis) -> Self {
         let bytes_per_s = basis.wire_bytes_per_second(limit.rate);
         QueueSpec {
             rate_bits: bytes_per_s * 8,
@@ -85,11 +85,11 @@ pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
 
 /// Our queue's handle as the kernel stores it.
 fn handle_id() -> u32 {
-    crate::tc::handle(HANDLE_MAJOR)
+    crate::datapath::tc::handle(HANDLE_MAJOR)
 }
 
-fn tbf_of(spec: QueueSpec) -> crate::tc::Tbf {
-    crate::tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
+fn tbf_of(spec: QueueSpec) -> crate::datapath::tc::Tbf {
+    crate::datapath::tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
 }
 
 /// Adds the queue as the root qdisc of `ifname`, its pfifo_fast child, and
@@ -97,8 +97,8 @@ fn tbf_of(spec: QueueSpec) -> crate::tc::Tbf {
 /// pinned at `classifier`. Fails, changing nothing, if the interface
 /// already has a root qdisc of its own.
 pub fn install(ifname: &str, spec: QueueSpec, classifier: &Path) -> Result<()> {
-    let ifindex = crate::netns::ifindex(ifname)?;
-    crate::tc::tbf(crate::tc::Verb::Add, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
+    let ifindex = crate::node::netns::ifindex(ifname)?;
+    crate::datapath::tc::tbf(crate::datapath::tc::Verb::Add, ifindex, crate::datapath::tc::ROOT, handle_id(), &tbf_of(spec))
         .with_context(|| format!("cannot add the ingress queue (tbf, handle {HANDLE}) to {ifname}"))?;
     let rest = set_up_priority(ifindex, classifier);
     if rest.is_err() {
@@ -109,18 +109,18 @@ pub fn install(ifname: &str, spec: QueueSpec, classifier: &Path) -> Result<()> {
 
 /// The TBF's pfifo_fast child and the filter choosing its band.
 fn set_up_priority(ifindex: u32, classifier: &Path) -> Result<()> {
-    crate::tc::pfifo_fast(crate::tc::Verb::Replace, ifindex, handle_id() | 1, crate::tc::handle(CHILD_MAJOR))?;
-    crate::tc::attach_pinned_filter(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, 1, classifier, PRIORITY_PROG)
+    crate::datapath::tc::pfifo_fast(crate::datapath::tc::Verb::Replace, ifindex, handle_id() | 1, crate::datapath::tc::handle(CHILD_MAJOR))?;
+    crate::datapath::tc::attach_pinned_filter(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, 1, classifier, PRIORITY_PROG)
 }
 
 /// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
 /// packets in it stay queued.
 pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    crate::tc::tbf(crate::tc::Verb::Change, ifindex, crate::tc::ROOT, handle_id(), &tbf_of(spec))
+    crate::datapath::tc::tbf(crate::datapath::tc::Verb::Change, ifindex, crate::datapath::tc::ROOT, handle_id(), &tbf_of(spec))
         .with_context(|| format!("cannot change the ingress queue on {ifname}"))?;
     // A change of TBF's limit may give it a plain fifo child again.
-    crate::tc::pfifo_fast(crate::tc::Verb::Replace, ifindex, handle_id() | 1, crate::tc::handle(CHILD_MAJOR))
+    crate::datapath::tc::pfifo_fast(crate::datapath::tc::Verb::Replace, ifindex, handle_id() | 1, crate::datapath::tc::handle(CHILD_MAJOR))
         .with_context(|| format!("cannot keep the ingress queue's bands on {ifname}"))
 }
 
@@ -137,21 +137,21 @@ pub fn ifname_of(ifindex: u32) -> Option<String> {
 }
 
 /// The root qdisc of `ifindex`, if it is ours: its parameters as read back.
-pub fn our_qdisc(ifindex: u32) -> Result<Option<crate::tc::Tbf>> {
-    Ok(crate::tc::qdiscs(ifindex)?
+pub fn our_qdisc(ifindex: u32) -> Result<Option<crate::datapath::tc::Tbf>> {
+    Ok(crate::datapath::tc::qdiscs(ifindex)?
         .into_iter()
-        .find(|q| q.parent == crate::tc::ROOT && q.kind == "tbf" && q.handle == handle_id())
-        .map(|q| q.tbf.unwrap_or(crate::tc::Tbf { rate_bits: 0, burst_bytes: 0, limit_bytes: 0 })))
+        .find(|q| q.parent == crate::datapath::tc::ROOT && q.kind == "tbf" && q.handle == handle_id())
+        .map(|q| q.tbf.unwrap_or(crate::datapath::tc::Tbf { rate_bits: 0, burst_bytes: 0, limit_bytes: 0 })))
 }
 
 /// Removes our queue from the interface `ifindex`, if both are still there.
 /// The interface usually goes with the pod's netns; that is not an error.
 pub fn remove(ifindex: u32) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
-    let _ = crate::tc::filter_delete(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, 0);
+    let _ = crate::datapath::tc::filter_delete(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, 0);
     // The kernel deletes a root qdisc only if its handle is the one given,
     // so another shaper's qdisc is never touched; one request, as DEL is timed.
-    match crate::tc::qdisc_delete(ifindex, crate::tc::ROOT, handle_id()) {
+    match crate::datapath::tc::qdisc_delete(ifindex, crate::datapath::tc::ROOT, handle_id()) {
         Ok(_) => Ok(()),
         Err(_) if our_qdisc(ifindex)?.is_none() => Ok(()),
         Err(e) => Err(e.context(format!("cannot remove the ingress queue from {ifname}"))),
@@ -162,7 +162,7 @@ pub fn remove(ifindex: u32) -> Result<()> {
 pub fn verify_spec(ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
     let Some(q) = our_qdisc(ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
-    if !crate::tc::has_filter(ifindex, crate::tc::Hook::Egress, PRIORITY_PREF, PRIORITY_PROG_NAME)? {
+    if !crate::datapath::tc::has_filter(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, PRIORITY_PROG_NAME)? {
         bail!("the ingress queue's band filter is missing from {ifname}");
     }
     let want = spec.rate_bits;
@@ -179,8 +179,8 @@ mod tests {
 
     #[test]
     fn the_queue_counts_frames_holds_the_burst_and_scales_above_floors() {
-        use crate::limits::Limit;
-        use crate::state::LimitBasis;
+        use crate::policy::limits::Limit;
+        use crate::policy::operator::LimitBasis;
         let q = QueueSpec::for_limit(Limit { rate: 10_000_000, burst: 2_500_000 }, LimitBasis::Frames);
         assert_eq!(q.rate_bits, 10_000_000);
         assert_eq!(q.burst_bytes, 312_500);

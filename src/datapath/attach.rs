@@ -35,11 +35,12 @@ use anyhow::{bail, Context, Result};
 use aya::programs::{CgroupSkb, CgroupSockopt, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 
-use crate::attachment::{self, AttachmentRecord};
-use crate::bpf_sys::{self, CgroupLinkInfo};
-use crate::limits::Limits;
-use crate::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
-use crate::state::{HostGuard, IfaceState, LimitBasis, PodRecord, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use crate::datapath::attachment::{self, AttachmentRecord};
+use crate::node::bpf_sys::{self, CgroupLinkInfo};
+use crate::policy::limits::Limits;
+use crate::node::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
+use crate::datapath::state::{HostGuard, IfaceState, PodRecord, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use crate::policy::operator::LimitBasis;
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
 pub static SHAPER_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shaper.bpf.o"));
@@ -194,12 +195,12 @@ impl PinRoot {
 
     fn remove_outside_pins(&self, id: &AttachmentId, dir: &Path, record: &AttachmentRecord, netns: Option<&Path>) {
         if record.ingress_queued {
-            if let Err(e) = crate::ingress_queue::remove(record.host_ifindex) {
+            if let Err(e) = crate::datapath::ingress_queue::remove(record.host_ifindex) {
                 log::warn!("cannot remove the ingress queue: {e:#}");
             }
         }
         if record.egress_guarded {
-            crate::host_guard::detach(record.host_ifindex);
+            crate::datapath::host_guard::detach(record.host_ifindex);
             // The host-side index may have been reused by a newer pod's
             // veth since: only our own entry is removed.
             if let Ok(map) = bpf_sys::obj_get(&dir.join(GUARDS_PIN)) {
@@ -213,7 +214,7 @@ impl PinRoot {
         if record.raw_guarded {
             let recorded = (!record.netns.is_empty()).then(|| Path::new(&record.netns));
             if let Some(ns) = netns.or(recorded).filter(|ns| ns.exists()) {
-                crate::raw_guard::detach(ns, &id.ifname);
+                crate::datapath::raw_guard::detach(ns, &id.ifname);
             }
             let others = self.attachments().unwrap_or_default().into_iter().filter(|a| a != id).any(|a| {
                 attachment::read(&self.pod_dir(&a)).ok().flatten().is_some_and(|r| r.raw_guarded && r.cgroup_id == record.cgroup_id)
@@ -295,14 +296,14 @@ impl PinRoot {
 fn remove_legacy_outside_pins(dir: &Path, id: &AttachmentId, netns: Option<&Path>) {
     if let Ok((_, state)) = pod_state_from_pins(dir) {
         if state.flags & IFACE_INGRESS_QUEUED != 0 {
-            if let Err(e) = crate::ingress_queue::remove(state.host_ifindex) {
+            if let Err(e) = crate::datapath::ingress_queue::remove(state.host_ifindex) {
                 log::warn!("cannot remove the ingress queue: {e:#}");
             }
         }
     }
     if let Some(ns) = netns.filter(|ns| ns.exists()) {
         if dir.join(RAW_GUARD_PINS[0]).exists() {
-            crate::raw_guard::detach(ns, &id.ifname);
+            crate::datapath::raw_guard::detach(ns, &id.ifname);
         }
     }
 }
@@ -409,7 +410,7 @@ fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> 
     if attached()?.is_empty() {
         return Ok(None);
     }
-    let other_roots: Vec<PathBuf> = crate::pin_roots::known(root.path()).into_iter().filter(|p| p != root.path()).collect();
+    let other_roots: Vec<PathBuf> = crate::node::pin_roots::known(root.path()).into_iter().filter(|p| p != root.path()).collect();
     // Reading program IDs needs no lock: pins are removed, never rewritten.
     let ours: Vec<u32> = std::iter::once(root.path()).chain(other_roots.iter().map(PathBuf::as_path)).flat_map(pinned_prog_ids).collect();
     let shaped = || -> Result<bool> { Ok(attached()?.iter().any(|p| ours.contains(p))) };
@@ -417,7 +418,7 @@ fn make_room_on_cgroup(root: &PinRoot, id: &AttachmentId, cgroup_dir: &Path) -> 
         return Ok(None);
     }
     // Slow path: find the owners among the pins.
-    let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
+    let cgroup_id = crate::node::cgroup::cgroup_id(cgroup_dir).with_context(|| format!("cannot stat {}", cgroup_dir.display()))?;
     let this_release = datapath_prog_ids(&root.datapath_root().join(datapath_version()));
     let mut sibling = None;
     let mut clear = |r: &PinRoot, same_root: bool| -> Result<()> {
@@ -492,17 +493,17 @@ fn attach_and_pin(
     sibling: Option<&Path>,
 ) -> Result<IngressMode> {
     let cgroup = File::open(cgroup_dir).with_context(|| format!("cannot open pod cgroup {}", cgroup_dir.display()))?;
-    let cgroup_id = crate::cgroup::cgroup_id(cgroup_dir)?;
+    let cgroup_id = crate::node::cgroup::cgroup_id(cgroup_dir)?;
     let open = |name: &str| bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open the datapath's {name}"));
     let (pod_map, iface_map) = (open(MAP_POD_STATE)?, open(MAP_IFACE_STATE)?);
     let (guards, raw_guarded) = (open(MAP_HOST_GUARDS)?, open(MAP_RAW_GUARDED)?);
     let mut rollback = Rollback::default();
 
     // The pod's interface: its index keys its state, inside the pod's netns.
-    let ifindex = crate::netns::in_netns(network.netns, || crate::netns::ifindex(network.ifname))
+    let ifindex = crate::node::netns::in_netns(network.netns, || crate::node::netns::ifindex(network.ifname))
         .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
     let host = match &network.host_interface {
-        Some(name) => Some((name.as_str(), crate::netns::ifindex(name)?)),
+        Some(name) => Some((name.as_str(), crate::node::netns::ifindex(name)?)),
         None => None,
     };
     let mut record = AttachmentRecord {
@@ -522,11 +523,11 @@ fn attach_and_pin(
         (Some(_), None) => IngressMode::Policer("no host-side interface in prevResult".into()),
         (Some(_), Some(_)) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
         (Some(limit), Some((name, index))) => {
-            let spec = crate::ingress_queue::QueueSpec::for_limit(limit, network.basis);
-            match crate::ingress_queue::install(name, spec, &datapath.join(PROG_PRIORITY)) {
+            let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(limit, network.basis);
+            match crate::datapath::ingress_queue::install(name, spec, &datapath.join(PROG_PRIORITY)) {
                 Ok(()) => {
                     rollback.push(move || {
-                        let _ = crate::ingress_queue::remove(index);
+                        let _ = crate::datapath::ingress_queue::remove(index);
                     });
                     record.ingress_queued = true;
                     state.flags |= IFACE_INGRESS_QUEUED;
@@ -549,8 +550,8 @@ fn attach_and_pin(
         rollback.push(move || {
             let _ = bpf_sys::delete(g.as_fd(), &index);
         });
-        crate::host_guard::attach(name, &datapath.join(PROG_GUARD))?;
-        rollback.push(move || crate::host_guard::detach(index));
+        crate::datapath::host_guard::attach(name, &datapath.join(PROG_GUARD))?;
+        rollback.push(move || crate::datapath::host_guard::detach(index));
         record.egress_guarded = true;
     } else if limits.egress.is_some() && !network.allow_raw_sockets {
         let already = bpf_sys::lookup_locked_bytes(raw_guarded.as_fd(), &cgroup_id).is_ok();
@@ -561,9 +562,9 @@ fn attach_and_pin(
                 let _ = bpf_sys::delete(r.as_fd(), &cgroup_id);
             });
         }
-        crate::raw_guard::attach(network.netns, network.ifname, &datapath.join(PROG_RAW))?;
+        crate::datapath::raw_guard::attach(network.netns, network.ifname, &datapath.join(PROG_RAW))?;
         let (netns, ifname) = (network.netns, network.ifname);
-        rollback.push(move || crate::raw_guard::detach(netns, ifname));
+        rollback.push(move || crate::datapath::raw_guard::detach(netns, ifname));
         record.raw_guarded = true;
     }
 

@@ -128,7 +128,7 @@ impl PinRoot {
         for _ in 0..10 {
             fs::create_dir_all(path).with_context(|| format!("cannot create pin root {}", path.display()))?;
             if let Some(root) = Self::lock(path, true)? {
-                crate::pin_roots::record(path);
+                crate::node::pin_roots::record(path);
                 return Ok(root);
             }
         }
