@@ -4,6 +4,8 @@
 //! mounts. The install container also runs under a real containerd in
 //! tests/containerd_e2e.rs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -235,26 +237,14 @@ fn the_install_container_chains_the_configmaps_policy_and_turns_ready() {
 /// free loopback port here instead of its node port).
 #[test]
 fn the_metrics_container_serves_prometheus_text() {
-    use std::io::{BufRead, Read, Write};
+    use std::io::{Read, Write};
     let ds = kind("DaemonSet");
     let c = container(&ds, "metrics");
     let mut args: Vec<&str> = strings(&c["args"]);
     let listen = args.iter().position(|a| *a == "--listen").unwrap() + 1;
     args[listen] = "127.0.0.1:0";
     let mut child = Command::new(env!("CARGO_BIN_EXE_bpf-ratelimit")).args(&args).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
-    if addr.is_empty() {
-        let _ = child.kill();
-        panic!("metrics --listen did not say where it listens: {line:?}");
-    }
+    let addr = common::listening_address(&mut child);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     write!(s, "GET /metrics HTTP/1.1\r\nHost: node\r\n\r\n").unwrap();
     let mut reply = String::new();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use bpf_ratelimit::testbed::SERVER_IP;
-use common::{assert_ratio, Pod};
+use common::{assert_ratio, listening_address, Pod};
 use serde_json::{json, Value};
 
 fn admin(pod: &Pod, args: &[&str]) -> (i32, String, String) {
@@ -406,25 +406,6 @@ fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
     pod.del();
 }
 
-/// The address a `metrics --listen` server says it bound (its first line on
-/// stderr), within 10 s; a server that never says fails the test, not hangs it.
-fn listening_address(server: &mut std::process::Child) -> String {
-    use std::io::BufRead;
-    let stderr = server.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
-    if addr.is_empty() {
-        let _ = server.kill();
-        panic!("metrics --listen did not say where it listens: {line:?}");
-    }
-    addr
-}
 
 /// A `metrics --listen` server, killed when the test ends, failed or not.
 struct Server(std::process::Child);

@@ -1,5 +1,5 @@
 //! The eBPF datapath: loading it once per node, attaching it to pod cgroups
-//! and interfaces, and removing both (the pin root's layout is pins.rs's).
+//! and interfaces, and removing both (the pin root's layout is node/pins.rs's).
 //!
 //! One attachment (a CNI network's interface of a pod) is:
 //!

@@ -20,7 +20,7 @@
 //! ```
 //!
 //! What is attached and loaded, and how it is removed, is the datapath's
-//! (datapath.rs); this module knows only where things are.
+//! (datapath/attach.rs); this module knows only where things are.
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;

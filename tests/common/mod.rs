@@ -330,3 +330,23 @@ pub fn mac_of(ns: &str, dev: &str) -> String {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["address"].as_str().expect("a MAC address").to_string()
 }
+
+/// The address a `metrics --listen` server says it bound (its first line on
+/// stderr), within 10 s; a server that never says fails the test, not hangs it.
+pub fn listening_address(server: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stderr).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap_or_default();
+    let addr = line.trim().rsplit("http://").next().unwrap_or_default().trim_end_matches("/metrics").to_string();
+    if addr.is_empty() {
+        let _ = server.kill();
+        panic!("metrics --listen did not say where it listens: {line:?}");
+    }
+    addr
+}
