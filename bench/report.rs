@@ -201,7 +201,10 @@ fn wire_table(s: &mut String, r: &Results) {
     for shape in shapes {
         let text = |row: Row| {
             r.wire.iter().find(|w| w.shape == shape && w.row == row).map_or("—".into(), |w| {
-                format!("{:.3} / {:.3}", w.wire_ratio, w.goodput_ratio)
+                match w.goodput_ratio {
+                    Some(g) => format!("{:.3} / {g:.3}", w.wire_ratio),
+                    None => format!("{:.3} / —", w.wire_ratio),
+                }
             })
         };
         let _ = writeln!(s, "| {shape} | {} | {} | {} | {} |", text(Row::Unshaped), text(Row::Ours), text(Row::RefContainerd), text(Row::RefFair));

@@ -30,7 +30,7 @@ enum Shape {
     Flood(Sender),
 }
 
-const SHAPES: [Shape; 8] = [
+const SHAPES: [Shape; 11] = [
     Shape::BulkTcp,
     Shape::Udp2x(Way::Upload),
     Shape::Udp2x(Way::Download),
@@ -39,6 +39,9 @@ const SHAPES: [Shape; 8] = [
     Shape::Flood(Sender::UdpGso8),
     Shape::Flood(Sender::AfPacket),
     Shape::Flood(Sender::AfXdp),
+    Shape::Flood(Sender::SynFlood),
+    Shape::Flood(Sender::Ipv6DstOpts),
+    Shape::Flood(Sender::IcmpFlood),
 ];
 
 impl Shape {
@@ -60,9 +63,10 @@ pub struct WireRow {
     pub wire_bps: f64,
     pub wire_ratio: f64,
     /// What the receiver got: iperf3's receiver side, or for the raw and
-    /// GSO senders their frames on the wire x the UDP payload each carries.
-    pub goodput_bps: f64,
-    pub goodput_ratio: f64,
+    /// GSO senders their frames on the wire x the UDP payload each carries;
+    /// none for the senders that carry no payload (SYN and ICMP floods).
+    pub goodput_bps: Option<f64>,
+    pub goodput_ratio: Option<f64>,
     pub frames_per_s: Option<f64>,
     pub settle_s: u32,
     pub measured_s: f64,
@@ -100,7 +104,7 @@ pub fn run(plugins: &Plugins, progress: &mut Progress) -> Result<Vec<WireRow>> {
                 wire_bps,
                 wire_ratio: wire_bps / RATE.1 as f64,
                 goodput_bps,
-                goodput_ratio: goodput_bps / RATE.1 as f64,
+                goodput_ratio: goodput_bps.map(|g| g / RATE.1 as f64),
                 frames_per_s,
                 settle_s: settle,
                 measured_s,
@@ -113,11 +117,11 @@ pub fn run(plugins: &Plugins, progress: &mut Progress) -> Result<Vec<WireRow>> {
 }
 
 /// (wire bits/s, goodput bits/s, frames/s, measured seconds).
-fn measure_shape(bed: &Testbed, shape: Shape, settle: u32, measure: u32) -> Result<(f64, f64, Option<f64>, f64)> {
-    let bulk = |b: Bulk| -> Result<(f64, f64, Option<f64>, f64)> {
+fn measure_shape(bed: &Testbed, shape: Shape, settle: u32, measure: u32) -> Result<(f64, Option<f64>, Option<f64>, f64)> {
+    let bulk = |b: Bulk| -> Result<(f64, Option<f64>, Option<f64>, f64)> {
         let r = crate::util::bulk(bed, &b)?;
         // Testbed::bulk samples the wire 0.3 s inside both ends.
-        Ok((r.wire_bps, r.transfer.goodput_bps, None, f64::from(measure) - 0.6))
+        Ok((r.wire_bps, Some(r.transfer.goodput_bps), None, f64::from(measure) - 0.6))
     };
     match shape {
         Shape::BulkTcp => bulk(Bulk::tcp(Way::Upload, "cubic", 1, settle, measure)),
@@ -126,8 +130,8 @@ fn measure_shape(bed: &Testbed, shape: Shape, settle: u32, measure: u32) -> Resu
         Shape::Flood(s) => {
             let sender = bed.sender(s, settle + measure + 1)?;
             let w = bed.wire_while(Way::Upload, vec![sender], Duration::from_secs(settle.into()), Duration::from_secs(measure.into()))?;
-            let payload = s.payload_per_frame().context("a flood sender carries a fixed payload per frame")?;
-            Ok((w.bps, w.frames_per_s * payload as f64 * 8.0, Some(w.frames_per_s), w.seconds))
+            let goodput = s.payload_per_frame().map(|payload| w.frames_per_s * payload as f64 * 8.0);
+            Ok((w.bps, goodput, Some(w.frames_per_s), w.seconds))
         }
     }
 }
