@@ -163,6 +163,7 @@ pub struct Results {
     pub wire: Vec<wire_table::WireRow>,
     pub workloads: Vec<workloads::WorkloadRow>,
     pub timing: Vec<timing::Timing>,
+    pub status: Option<timing::StatusTiming>,
 }
 
 /// Restores what the run changed on the node, however it ends.
@@ -274,6 +275,7 @@ fn run() -> Result<()> {
         }
         if opts.timing {
             results.timing = timing::run(&plugins, opts.pods, &mut progress)?;
+            results.status = Some(timing::status(&plugins, opts.pods, &mut progress)?);
         }
         Ok(())
     })();

@@ -4,7 +4,8 @@
 //! traffic. The plugins take turns pod by pod (which goes first alternates)
 //! so that both meet the same machine load and the same number of pods
 //! already set up; all pods stay until every ADD is done, then are DELed
-//! in reverse order. One ADD and DEL of each plugin come first, uncounted.
+//! in reverse order. One pod of each plugin is ADDed first, uncounted, and
+//! stays until the end, as on a node that already runs pods.
 
 use std::path::PathBuf;
 
@@ -27,6 +28,17 @@ pub struct Timing {
     pub add_p99_ms: f64,
     pub del_median_ms: f64,
     pub del_p99_ms: f64,
+}
+
+/// STATUS as a runtime polls it, on a node with no pod left (so no
+/// datapath pinned: the cached verdict is what answers). Ours only: the
+/// reference (CNI 1.0.0) has no STATUS.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct StatusTiming {
+    pub calls: usize,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 /// A pod as a main plugin leaves it.
@@ -90,7 +102,26 @@ impl Drop for Bridge {
 }
 
 pub fn estimate(pods: usize) -> f64 {
-    pods as f64 * 2.0 * 0.08 + 2.0
+    pods as f64 * 2.0 * 0.08 + pods as f64 * 0.005 + 2.0
+}
+
+/// `calls` STATUS invocations of ours, after every pod is gone.
+pub fn status(plugins: &Plugins, calls: usize, progress: &mut Progress) -> Result<StatusTiming> {
+    progress.step(calls as f64 * 0.005, &format!("timing: STATUS x {calls}"))?;
+    let pod = PodRef { netns: String::new().into(), host_veth: String::new(), cgroup_path: String::new(), prev_result: json!(null) };
+    let config = json!({"cniVersion": "1.1.0", "name": plugins.network, "type": "bpf-ratelimit", "pinRoot": plugins.pin_root});
+    let mut ms = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        check_interrupted()?;
+        let (_, t) = plugins.invoke(Row::Ours, "STATUS", "", &pod, &config)?;
+        ms.push(t.as_secs_f64() * 1e3);
+    }
+    Ok(StatusTiming {
+        calls,
+        median_ms: percentile(&ms, 50.0),
+        p99_ms: percentile(&ms, 99.0),
+        max_ms: ms.iter().copied().fold(0.0, f64::max),
+    })
 }
 
 pub fn run(plugins: &Plugins, pods: usize, progress: &mut Progress) -> Result<Vec<Timing>> {
@@ -100,15 +131,17 @@ pub fn run(plugins: &Plugins, pods: usize, progress: &mut Progress) -> Result<Ve
     ip(&["link", "set", &bridge.0, "up"])?;
     progress.step(pods as f64 * 2.0 * 0.03, &format!("timing: {} pods as a main plugin leaves them", 2 * pods))?;
     let mut made = Vec::new();
-    for n in 0..2 * pods {
+    for n in 0..2 * pods + 2 {
         check_interrupted()?;
         made.push(LightPod::new(&bridge.0, n)?);
     }
-    // One ADD and DEL of each first, not counted: ours loads its programs
-    // on its first ADD in a pin root, and both plugins' binaries come into
-    // the page cache.
+    // One pod of each plugin first, not counted, which stays until the end,
+    // as on a node that already runs pods: ours loads its programs on the
+    // first ADD in a pin root (and unpins them with its last pod), and both
+    // plugins' binaries come into the page cache.
+    let mut resident = Vec::new();
     for (k, row) in rows.iter().enumerate() {
-        plugins.add(&made[k].pod, *row, RATE)?.del()?;
+        resident.push(plugins.add(&made[2 * pods + k].pod, *row, RATE)?);
     }
     let mut adds: [Vec<f64>; 2] = Default::default();
     let mut dels: [Vec<f64>; 2] = Default::default();
@@ -134,6 +167,11 @@ pub fn run(plugins: &Plugins, pods: usize, progress: &mut Progress) -> Result<Ve
         match a.del() {
             Ok(t) => dels[k].push(t.as_secs_f64() * 1e3),
             Err(e) => del_error = Some(e),
+        }
+    }
+    for a in resident {
+        if let Err(e) = a.del() {
+            del_error = Some(e);
         }
     }
     added.context("timing: ADD")?;
