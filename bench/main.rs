@@ -26,6 +26,8 @@ use util::{output_of, Progress};
 const USAGE: &str = "options:
   --rtts 0,1.5,10,20,50     round-trip times in ms (the delay line adds half each way; 0 = LAN)
   --rates 10M,100M,1G       limits (both directions)
+  --rows ours,containerd,fair
+                            the matrix's shaped rows (also: policer, ours with ingressQueue: false)
   --only matrix,wire,workloads,timing
                             parts to run (comma-separated; default all)
   --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
@@ -36,6 +38,7 @@ const USAGE: &str = "options:
 pub struct Options {
     pub rtts_ms: Vec<f64>,
     pub rates: Vec<(String, u64)>,
+    pub rows: Vec<plugins::Row>,
     pub seconds: u32,
     pub pods: usize,
     pub out: PathBuf,
@@ -50,6 +53,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
     let mut o = Options {
         rtts_ms: vec![0.0, 1.5, 10.0, 20.0, 50.0],
         rates: ["10M", "100M", "1G"].iter().map(|r| (r.to_string(), bpf_ratelimit::policy::quantity::parse(r).unwrap())).collect(),
+        rows: plugins::Row::SHAPED.to_vec(),
         seconds: 4,
         pods: 100,
         out: PathBuf::from("bench/results"),
@@ -85,6 +89,12 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 }
             }
             "--pods" => o.pods = val()?.parse().context("--pods")?,
+            "--rows" => {
+                o.rows = val()?
+                    .split(',')
+                    .map(|r| plugins::Row::parse(r.trim()).with_context(|| format!("--rows: unknown row {r:?}\n{USAGE}")))
+                    .collect::<Result<_>>()?
+            }
             "--out" => o.out = PathBuf::from(val()?),
             "--only" => {
                 let parts = val()?;

@@ -158,7 +158,7 @@ const GAP: Duration = Duration::from_millis(200);
 /// Estimated seconds of one RTT's part (for progress and the README).
 pub fn estimate(opts: &Options, rtt_ms: f64) -> f64 {
     let cell = f64::from(OMIT + opts.seconds) + 0.6 + rtt_ms * 6e-3;
-    let shaped = (opts.rates.len() * Row::SHAPED.len() * CCS.len() * FLOWS.len() * WAYS.len()) as f64 * cell;
+    let shaped = (opts.rates.len() * opts.rows.len() * CCS.len() * FLOWS.len() * WAYS.len()) as f64 * cell;
     // The reference with containerd's burst queues without bound: at the
     // end of an 8-flow download iperf3's last exchange waits behind what
     // its senders queued (measured at 10M: 13 s on a LAN, 20-23 s at 10 ms
@@ -169,7 +169,7 @@ pub fn estimate(opts: &Options, rtt_ms: f64) -> f64 {
     let request = |count: u32, gap: u32| f64::from(count) * (f64::from(gap) * 1e-3 + 3.0 * rtt_ms * 1e-3 + 0.01);
     let latency_rates = opts.rates.iter().filter(|(_, r)| LATENCY_RATES.contains(r)).count() as f64;
     let per_row = 2.0 * (1.2 + 0.5 + 0.3) + request(IDLE_RESPONSES.0, IDLE_RESPONSES.1) + f64::from(OMIT + BESIDE_SECONDS) + 1.5;
-    shaped + drain + unshaped + request(IDLE_RESPONSES.0, IDLE_RESPONSES.1) + latency_rates * Row::SHAPED.len() as f64 * per_row + 2.0
+    shaped + drain + unshaped + request(IDLE_RESPONSES.0, IDLE_RESPONSES.1) + latency_rates * opts.rows.len() as f64 * per_row + 2.0
 }
 
 pub fn run(opts: &Options, plugins: &Plugins, progress: &mut Progress, out: &mut MatrixResults) -> Result<()> {
@@ -213,11 +213,11 @@ fn one_rtt(opts: &Options, plugins: &Plugins, progress: &mut Progress, out: &mut
         for way in WAYS {
             for cc in CCS {
                 for flows in FLOWS {
-                    for row in Row::SHAPED {
+                    for &row in &opts.rows {
                         let bulk = Bulk::tcp(way, cc, flows, OMIT, opts.seconds);
                         progress.step(estimate_cell(opts, rtt_ms), &format!("{at}, {rate_name}, {}: {} {cc} x{flows}", row.label(), way.name()))?;
                         let attached = plugins.attach(&pod, row, rate)?;
-                        let before = (row == Row::Ours).then(|| cgroup_prog_stats(&bed.cgroup));
+                        let before = row.is_ours().then(|| cgroup_prog_stats(&bed.cgroup));
                         let (cpu, t0) = (CpuSample::now(), Instant::now());
                         let r = crate::util::bulk(&bed, &bulk);
                         let (busy, took) = (cpu.busy_since(), t0.elapsed());
@@ -237,7 +237,7 @@ fn one_rtt(opts: &Options, plugins: &Plugins, progress: &mut Progress, out: &mut
         add_prog_stats(e, &BTreeMap::new(), &stats);
 
         if LATENCY_RATES.contains(&rate) {
-            for row in Row::SHAPED {
+            for &row in &opts.rows {
                 let l = latency(&bed, &pod, plugins, progress, rtt_ms, rate_name, rate, row, unshaped_responses.p50_ms)?;
                 out.latency.push(l);
             }

@@ -34,18 +34,41 @@ pub enum Row {
     RefContainerd,
     /// The reference given our default bursts: the fair comparison of tc queueing.
     RefFair,
+    /// bpf-ratelimit with `ingressQueue: false`: ingress policed in the
+    /// pod's cgroup, as where there is no host side (macvlan) or the root
+    /// qdisc is taken.
+    OursPolicer,
     /// Nobody: what the path carries.
     Unshaped,
 }
 
 impl Row {
     pub const SHAPED: [Row; 3] = [Row::Ours, Row::RefContainerd, Row::RefFair];
+    /// Every shaped row, in the order tables show them.
+    pub const ALL_SHAPED: [Row; 4] = [Row::Ours, Row::RefContainerd, Row::RefFair, Row::OursPolicer];
+
+    /// Ours, in either ingress mode.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Row::Ours | Row::OursPolicer)
+    }
+
+    /// The `--rows` name.
+    pub fn parse(name: &str) -> Option<Row> {
+        match name {
+            "ours" => Some(Row::Ours),
+            "containerd" => Some(Row::RefContainerd),
+            "fair" => Some(Row::RefFair),
+            "policer" => Some(Row::OursPolicer),
+            _ => None,
+        }
+    }
 
     pub fn label(self) -> &'static str {
         match self {
             Row::Ours => "bpf-ratelimit",
             Row::RefContainerd => "reference, containerd burst",
             Row::RefFair => "reference, our burst",
+            Row::OursPolicer => "bpf-ratelimit, policer",
             Row::Unshaped => "unshaped path",
         }
     }
@@ -55,6 +78,7 @@ impl Row {
             Row::Ours => "o",
             Row::RefContainerd => "c",
             Row::RefFair => "f",
+            Row::OursPolicer => "p",
             Row::Unshaped => "u",
         }
     }
@@ -148,7 +172,7 @@ impl Plugins {
 
     fn binary(&self, row: Row) -> &Path {
         match row {
-            Row::Ours => &self.ours,
+            Row::Ours | Row::OursPolicer => &self.ours,
             _ => Path::new(REFERENCE),
         }
     }
@@ -159,11 +183,12 @@ impl Plugins {
         // go-cni's BandWidth struct has no JSON tags: containerd writes the keys capitalised.
         let bandwidth = json!({"IngressRate": rate, "IngressBurst": ingress_burst, "EgressRate": rate, "EgressBurst": egress_burst});
         match row {
-            Row::Ours => json!({
+            Row::Ours | Row::OursPolicer => json!({
                 "cniVersion": "1.0.0",
                 "name": self.network,
                 "type": "bpf-ratelimit",
                 "pinRoot": self.pin_root,
+                "ingressQueue": row == Row::Ours,
                 "runtimeConfig": {
                     "bandwidth": bandwidth,
                     "cgroupPath": pod.cgroup_path,
@@ -202,7 +227,7 @@ impl Plugins {
     pub fn attach<'a>(&'a self, pod: &'a PodRef, row: Row, rate: u64) -> Result<Attached<'a>> {
         let mut attached = self.add(pod, row, rate)?;
         attached.buckets = match row {
-            Row::Ours => self.our_buckets()?,
+            Row::Ours | Row::OursPolicer => self.our_buckets()?,
             _ => reference_buckets(pod, &attached.result)?,
         };
         Ok(attached)
@@ -243,7 +268,7 @@ impl Attached<'_> {
     pub fn del(mut self) -> Result<Duration> {
         self.deleted = true;
         let (_, elapsed) = self.plugins.invoke(self.row, "DEL", &self.id, self.pod, &self.config)?;
-        if self.row == Row::Ours {
+        if self.row.is_ours() {
             if let Some(q) = root_qdisc(&self.pod.host_veth)? {
                 eprintln!("\nbench: bpf-ratelimit's DEL left a {} root qdisc on {}", q.kind, self.pod.host_veth);
             }

@@ -85,11 +85,13 @@ fn matrix_tables(s: &mut String, r: &Results) {
         r.meta.seconds,
         STARVED * 100.0
     );
+    let rows: Vec<Row> = Row::ALL_SHAPED.into_iter().filter(|row| cells.iter().any(|c| c.row == *row)).collect();
+    let labels: Vec<&str> = rows.iter().map(|r| r.label()).collect();
     for (rate_name, _) in &r.meta.rates {
         for way in WAYS {
             let _ = writeln!(s, "### {rate_name}, {}\n", way.name());
-            let _ = writeln!(s, "| RTT | sender | flows | path unshaped ÷ limit | {} | {} | {} |", Row::Ours.label(), Row::RefContainerd.label(), Row::RefFair.label());
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| RTT | sender | flows | path unshaped ÷ limit | {} |", labels.join(" | "));
+            let _ = writeln!(s, "|---|---|---|---|{}", "---|".repeat(rows.len()));
             let limit = r.meta.rates.iter().find(|(n, _)| n == rate_name).map(|(_, l)| *l as f64).unwrap_or(f64::NAN);
             for &rtt in &r.meta.rtts_ms {
                 for cc in CCS {
@@ -100,17 +102,11 @@ fn matrix_tables(s: &mut String, r: &Results) {
                             "".into()
                         };
                         let text = |row| find(cells, rtt, Some(rate_name), row, way.name(), cc, flows).map_or("—".into(), cell_text);
-                        if Row::SHAPED.iter().all(|row| find(cells, rtt, Some(rate_name), *row, way.name(), cc, flows).is_none()) {
+                        if rows.iter().all(|row| find(cells, rtt, Some(rate_name), *row, way.name(), cc, flows).is_none()) {
                             continue;
                         }
-                        let _ = writeln!(
-                            s,
-                            "| {} | {cc} | {flows} | {path} | {} | {} | {} |",
-                            rtt_label(rtt),
-                            text(Row::Ours),
-                            text(Row::RefContainerd),
-                            text(Row::RefFair)
-                        );
+                        let texts: Vec<String> = rows.iter().map(|row| text(*row)).collect();
+                        let _ = writeln!(s, "| {} | {cc} | {flows} | {path} | {} |", rtt_label(rtt), texts.join(" | "));
                     }
                 }
             }
@@ -119,7 +115,7 @@ fn matrix_tables(s: &mut String, r: &Results) {
     }
     // The buckets each row held, as read back.
     let _ = writeln!(s, "Buckets held (bytes, ingress / egress): ours as `bpf-ratelimit stats` reports them; the reference's as the kernel holds its TBFs (read back over netlink).\n");
-    let _ = writeln!(s, "| rate | {} | {} | {} |\n|---|---|---|---|", Row::Ours.label(), Row::RefContainerd.label(), Row::RefFair.label());
+    let _ = writeln!(s, "| rate | {} |\n|---|{}", labels.join(" | "), "---|".repeat(rows.len()));
     for (rate_name, _) in &r.meta.rates {
         let b = |row: Row| {
             cells
@@ -129,7 +125,8 @@ fn matrix_tables(s: &mut String, r: &Results) {
                 .map_or("—".into(), |b| format!("{:.0} / {:.0}", b.ingress_bytes, b.egress_bytes))
         };
         if cells.iter().any(|c| c.rate.as_deref() == Some(rate_name)) {
-            let _ = writeln!(s, "| {rate_name} | {} | {} | {} |", b(Row::Ours), b(Row::RefContainerd), b(Row::RefFair));
+            let held: Vec<String> = rows.iter().map(|row| b(*row)).collect();
+            let _ = writeln!(s, "| {rate_name} | {} |", held.join(" | "));
         }
     }
     let _ = writeln!(s);
@@ -305,8 +302,8 @@ fn timing_table(s: &mut String, r: &Results) {
     }
 }
 
-const COLOURS: [(Row, &str); 4] =
-    [(Row::Ours, "#1f77b4"), (Row::RefContainerd, "#d62728"), (Row::RefFair, "#ff7f0e"), (Row::Unshaped, "#7f7f7f")];
+const COLOURS: [(Row, &str); 5] =
+    [(Row::Ours, "#1f77b4"), (Row::RefContainerd, "#d62728"), (Row::RefFair, "#ff7f0e"), (Row::OursPolicer, "#2ca02c"), (Row::Unshaped, "#7f7f7f")];
 
 fn dash(cc: &str, flows: u32) -> &'static str {
     match (cc, flows) {
@@ -335,7 +332,7 @@ pub fn svg(r: &Results) -> String {
     );
     let _ = write!(s, r#"<text x="10" y="16" font-size="13">Bulk TCP: bytes on the wire ÷ limit, against round-trip time (after {} s, for {} s)</text>"#, crate::matrix::OMIT, r.meta.seconds);
     let mut x = 10.0;
-    for (row, colour) in COLOURS {
+    for (row, colour) in COLOURS.into_iter().filter(|(row, _)| r.matrix.cells.iter().any(|c| c.row == *row)) {
         let _ = write!(s, r#"<line x1="{x}" y1="32" x2="{}" y2="32" stroke="{colour}" stroke-width="2.5"/><text x="{}" y="36">{}</text>"#, x + 18.0, x + 22.0, row.label());
         x += 34.0 + row.label().len() as f64 * 6.0;
     }
