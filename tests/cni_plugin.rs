@@ -1,6 +1,6 @@
 //! The built binary, run exactly as a runtime runs it (env + stdin JSON),
 //! against real cgroups, network namespaces, BPF links and iperf3 traffic.
-//! Run as root: `cargo test --release -- --test-threads=1`.
+//! Run as root: `cargo test --profile suite -- --test-threads=1`.
 
 mod common;
 

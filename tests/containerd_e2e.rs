@@ -6,7 +6,7 @@
 //! them with ExecSync, restarts containerd under running pods, and removes
 //! everything again.
 //!
-//! Run as root: `cargo test --release --test containerd_e2e -- --nocapture`.
+//! Run as root: `cargo test --profile suite --test containerd_e2e -- --nocapture`.
 //! It fails, never skips, when something it needs is missing.
 
 mod common;
