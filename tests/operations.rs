@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use bpf_ratelimit::testbed::SERVER_IP;
+use bpf_ratelimit::policy::limits::{default_burst, Direction};
 use common::{assert_ratio, listening_address, Pod};
 use serde_json::{json, Value};
 
@@ -114,7 +115,12 @@ fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings()
         let before = mean_between(&v, 1.0, 3.0);
         let after = mean_between(&v, 5.0, 8.0);
         println!("{what}: {:.2} Mbit/s before set, {:.2} Mbit/s from 2 s after set 50M", before / 1e6, after / 1e6);
-        assert_ratio(&format!("{what} before set"), before, 10e6, 0.9, 1.1);
+        // Seconds 1-3 may still carry what is left of the pod's burst (a
+        // token bucket allows rate x t + burst), and iperf3's half-second
+        // intervals are when the receiver read, not when bytes arrived.
+        let dir = if reverse { Direction::Ingress } else { Direction::Egress };
+        let allowance = default_burst(dir, 10_000_000) as f64 / (10e6 * 2.0);
+        assert_ratio(&format!("{what} before set"), before, 10e6, 0.9, 1.05 + allowance);
         assert_ratio(&format!("{what} from 2 s after set 50M"), after, 50e6, 0.9, 1.1);
     }
     assert_eq!(links(), links_before, "set touched the attachments");
