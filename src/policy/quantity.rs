@@ -88,7 +88,7 @@ pub fn format_rate(bits: u64) -> String {
             return if (v - v.round()).abs() < 1e-9 {
                 format!("{}{suffix}", v.round() as u64)
             } else {
-                format!("{}{suffix}", format!("{v:.3}").trim_end_matches('0'))
+                format!("{}{suffix}", format!("{v:.3}").trim_end_matches('0').trim_end_matches('.'))
             };
         }
     }
@@ -98,6 +98,14 @@ pub fn format_rate(bits: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_format_without_a_dangling_point() {
+        assert_eq!(format_rate(10_000_200), "10M");
+        assert_eq!(format_rate(9_998_000), "9.998M");
+        assert_eq!(format_rate(2_500_000), "2.5M");
+        assert_eq!(format_rate(50_000_000), "50M");
+    }
 
     #[test]
     fn decimal_and_binary_suffixes() {
