@@ -284,7 +284,7 @@ fn run() -> Result<()> {
             save(&opts, &mut results, started)?;
         }
         if opts.timing {
-            results.timing = timing::run(&plugins, opts.pods, &mut progress)?;
+            results.timing = timing::run(&plugins, opts.pods, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
             results.status = Some(timing::status(&plugins, opts.pods, &mut progress)?);
         }
         Ok(())

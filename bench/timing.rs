@@ -124,8 +124,10 @@ pub fn status(plugins: &Plugins, calls: usize, progress: &mut Progress) -> Resul
     })
 }
 
-pub fn run(plugins: &Plugins, pods: usize, progress: &mut Progress) -> Result<Vec<Timing>> {
-    let rows = [Row::Ours, Row::RefContainerd];
+/// `policer`: time ours with `ingressQueue: false` (no qdisc or filter on
+/// the host side) instead, to see what the queue's set-up costs.
+pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progress) -> Result<Vec<Timing>> {
+    let rows = [if policer { Row::OursPolicer } else { Row::Ours }, Row::RefContainerd];
     let bridge = Bridge(format!("brlt{:x}", std::process::id()));
     ip(&["link", "add", &bridge.0, "type", "bridge"])?;
     ip(&["link", "set", &bridge.0, "up"])?;
