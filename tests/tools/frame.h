@@ -242,6 +242,39 @@ static inline void build_eth(uint8_t *frame, const uint8_t dst[6], const uint8_t
 }
 
 
+/* The options both frame senders (raw_tx, xdp_tx) take, parsed once. */
+struct frame_args {
+	const char *ifname, *dst_mac, *src_ip, *dst_ip;
+	unsigned dport, sport;
+	unsigned long count, size;
+	double seconds;
+	int compat; /* --compat-setsockopt */
+};
+
+#define FRAME_LONG_OPTS                                                                                    \
+	{"ifname", 1, 0, 'i'}, {"dst-mac", 1, 0, 'm'}, {"src-ip", 1, 0, 's'}, {"dst-ip", 1, 0, 'd'},      \
+		{"dst-port", 1, 0, 'p'}, {"src-port", 1, 0, 'P'}, {"count", 1, 0, 'n'}, {"size", 1, 0, 'l'}, \
+		{"seconds", 1, 0, 't'}, {"compat-setsockopt", 0, 0, 'c'}
+
+/* Takes getopt_long's `c` into `a` if it is one of FRAME_LONG_OPTS; 0 if not. */
+static inline int frame_arg(int c, const char *arg, struct frame_args *a)
+{
+	switch (c) {
+	case 'i': a->ifname = arg; break;
+	case 'm': a->dst_mac = arg; break;
+	case 's': a->src_ip = arg; break;
+	case 'd': a->dst_ip = arg; break;
+	case 'p': a->dport = strtoul(arg, NULL, 0); break;
+	case 'P': a->sport = strtoul(arg, NULL, 0); break;
+	case 'n': a->count = strtoul(arg, NULL, 0); break;
+	case 'l': a->size = strtoul(arg, NULL, 0); break;
+	case 't': a->seconds = atof(arg); break;
+	case 'c': a->compat = 1; break;
+	default: return 0;
+	}
+	return 1;
+}
+
 /*
  * setsockopt() through the 32-bit system call entry (int $0x80) from a
  * 64-bit process: the kernel then treats it as a compat syscall

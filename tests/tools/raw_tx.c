@@ -75,40 +75,25 @@ static unsigned build_garp(uint8_t *f, unsigned size, const uint8_t mac[6], stru
 
 int main(int argc, char **argv)
 {
-	const char *ifname = NULL, *dst_mac_s = NULL, *src_ip_s = NULL, *dst_ip_s = NULL;
-	unsigned long count = 2000, size = 1000;
-	unsigned dport = 9, sport = 40001;
-	int bypass = 0, arp = 0, int80 = 0;
-	double seconds = 0;
-	static const struct option opts[] = {
-		{"ifname", 1, 0, 'i'}, {"dst-mac", 1, 0, 'm'}, {"src-ip", 1, 0, 's'}, {"dst-ip", 1, 0, 'd'},
-		{"bypass", 0, 0, 'b'}, {"arp", 0, 0, 'a'}, {"dst-port", 1, 0, 'p'}, {"src-port", 1, 0, 'P'},
-		{"count", 1, 0, 'n'}, {"size", 1, 0, 'l'}, {"seconds", 1, 0, 't'}, {"compat-setsockopt", 0, 0, 'c'},
-		{0, 0, 0, 0}};
+	struct frame_args a = {.count = 2000, .size = 1000, .dport = 9, .sport = 40001};
+	int bypass = 0, arp = 0;
+	static const struct option opts[] = {FRAME_LONG_OPTS, {"bypass", 0, 0, 'b'}, {"arp", 0, 0, 'a'}, {0, 0, 0, 0}};
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (frame_arg(c, optarg, &a))
+			continue;
 		switch (c) {
-		case 'i': ifname = optarg; break;
-		case 'm': dst_mac_s = optarg; break;
-		case 's': src_ip_s = optarg; break;
-		case 'd': dst_ip_s = optarg; break;
 		case 'b': bypass = 1; break;
 		case 'a': arp = 1; break;
-		case 'p': dport = strtoul(optarg, NULL, 0); break;
-		case 'P': sport = strtoul(optarg, NULL, 0); break;
-		case 'n': count = strtoul(optarg, NULL, 0); break;
-		case 'l': size = strtoul(optarg, NULL, 0); break;
-		case 't': seconds = atof(optarg); break;
-		case 'c': int80 = 1; break;
 		default: return 1;
 		}
 	}
 	uint8_t dst_mac[6] = {0}, src_mac[6];
 	struct in_addr src_ip, dst_ip = {0};
-	if (!ifname || !src_ip_s || !inet_aton(src_ip_s, &src_ip) ||
-	    (!arp && (!dst_mac_s || !dst_ip_s || parse_mac(dst_mac_s, dst_mac) || !inet_aton(dst_ip_s, &dst_ip))) ||
-	    size < 60 || size > 9000) {
+	if (!a.ifname || !a.src_ip || !inet_aton(a.src_ip, &src_ip) ||
+	    (!arp && (!a.dst_mac || !a.dst_ip || parse_mac(a.dst_mac, dst_mac) || !inet_aton(a.dst_ip, &dst_ip))) ||
+	    a.size < 60 || a.size > 9000) {
 		fprintf(stderr, "usage: %s --ifname IF --src-ip A (--arp | --dst-mac MAC --dst-ip B) [--bypass]\n"
 				"       [--dst-port P] [--src-port P] [--count N] [--size 60..9000] [--seconds T]\n"
 				"       [--compat-setsockopt]\n", argv[0]);
@@ -122,7 +107,7 @@ int main(int argc, char **argv)
 	double t0 = 0, t1 = 0;
 	static uint8_t frame[9000];
 
-	if (if_mac_index(ifname, src_mac, &ifindex)) {
+	if (if_mac_index(a.ifname, src_mac, &ifindex)) {
 		stage = "interface";
 		stage_errno = errno;
 		rc = 2;
@@ -144,24 +129,24 @@ int main(int argc, char **argv)
 			int one = 1;
 			int r;
 #ifdef HAVE_COMPAT_SETSOCKOPT
-			if (int80)
+			if (a.compat)
 				r = compat_setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
 			else
 #endif
 				r = setsockopt(fd, SOL_PACKET, PACKET_QDISC_BYPASS, &one, sizeof(one));
 			bypass_result = r ? errname(errno) : "OK";
 		}
-		unsigned len = (unsigned)size;
+		unsigned len = (unsigned)a.size;
 		if (arp) {
 			len = build_garp(frame, len, src_mac, src_ip);
 		} else {
 			build_eth(frame, dst_mac, src_mac, 0x0800);
-			build_ipv4(frame + ETH_HDR_LEN, len - ETH_HDR_LEN, L4_UDP, src_ip, dst_ip, sport, dport, 0);
+			build_ipv4(frame + ETH_HDR_LEN, len - ETH_HDR_LEN, L4_UDP, src_ip, dst_ip, a.sport, a.dport, 0);
 		}
-		size = len;
+		a.size = len;
 		t0 = now_s();
-		for (tried = 0; tried < count; tried++) {
-			if (seconds > 0 && (tried & 63) == 0 && now_s() - t0 >= seconds)
+		for (tried = 0; tried < a.count; tried++) {
+			if (a.seconds > 0 && (tried & 63) == 0 && now_s() - t0 >= a.seconds)
 				break;
 			if (send(fd, frame, len, 0) == (ssize_t)len)
 				sent++;
@@ -175,12 +160,12 @@ int main(int argc, char **argv)
 			rc = 4;
 	}
 	double elapsed = t1 > t0 ? t1 - t0 : 0;
-	const char *entry = int80 || strcmp(TOOL_ABI, "x86_64") ? "compat" : "native";
+	const char *entry = a.compat || strcmp(TOOL_ABI, "x86_64") ? "compat" : "native";
 	printf("{\"tool\":\"raw_tx\",\"abi\":\"%s\",\"setsockopt\":\"%s\",\"ifname\":\"%s\",\"kind\":\"%s\","
 	       "\"stage\":\"%s\",\"errno\":\"%s\",\"qdisc_bypass\":\"%s\",\"tried\":%lu,\"sent\":%lu,"
 	       "\"frame_bytes\":%lu,\"wire_bytes\":%llu,\"elapsed_s\":%.4f,\"bps\":%.0f,\"errors\":",
-	       TOOL_ABI, entry, ifname, arp ? "garp" : "udp", stage, errname(stage_errno), bypass_result, tried, sent,
-	       size, (unsigned long long)sent * size, elapsed, elapsed > 0 ? sent * size * 8.0 / elapsed : 0.0);
+	       TOOL_ABI, entry, a.ifname, arp ? "garp" : "udp", stage, errname(stage_errno), bypass_result, tried, sent,
+	       a.size, (unsigned long long)sent * a.size, elapsed, elapsed > 0 ? sent * a.size * 8.0 / elapsed : 0.0);
 	errcount_print(stdout, &errors);
 	printf("}\n");
 	if (fd >= 0)

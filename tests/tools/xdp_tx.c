@@ -118,40 +118,29 @@ static int fail(const char *what, int e)
 
 int main(int argc, char **argv)
 {
-	const char *ifname = NULL, *dst_mac_s = NULL, *src_ip_s = NULL, *dst_ip_s = NULL;
-	unsigned long count = 100000, size = 1000, nframes = 1024;
-	unsigned queue = 0, dport = 9, sport = 40000, need_wakeup = 0;
-	double seconds = 0;
-	static const struct option opts[] = {
-		{"ifname", 1, 0, 'i'}, {"dst-mac", 1, 0, 'm'}, {"src-ip", 1, 0, 's'}, {"dst-ip", 1, 0, 'd'},
-		{"queue", 1, 0, 'q'}, {"dst-port", 1, 0, 'p'}, {"src-port", 1, 0, 'P'}, {"count", 1, 0, 'n'},
-		{"size", 1, 0, 'l'}, {"seconds", 1, 0, 't'}, {"need-wakeup", 0, 0, 'w'}, {"frames", 1, 0, 'f'},
-		{"compat-setsockopt", 0, 0, 'c'}, {0, 0, 0, 0}};
+	struct frame_args a = {.count = 100000, .size = 1000, .dport = 9, .sport = 40000};
+	unsigned long nframes = 1024;
+	unsigned queue = 0, need_wakeup = 0;
+	static const struct option opts[] = {FRAME_LONG_OPTS, {"queue", 1, 0, 'q'}, {"need-wakeup", 0, 0, 'w'},
+					     {"frames", 1, 0, 'f'}, {0, 0, 0, 0}};
 	int c;
 
 	while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+		if (frame_arg(c, optarg, &a))
+			continue;
 		switch (c) {
-		case 'i': ifname = optarg; break;
-		case 'm': dst_mac_s = optarg; break;
-		case 's': src_ip_s = optarg; break;
-		case 'd': dst_ip_s = optarg; break;
 		case 'q': queue = strtoul(optarg, NULL, 0); break;
-		case 'p': dport = strtoul(optarg, NULL, 0); break;
-		case 'P': sport = strtoul(optarg, NULL, 0); break;
-		case 'n': count = strtoul(optarg, NULL, 0); break;
-		case 'l': size = strtoul(optarg, NULL, 0); break;
-		case 't': seconds = atof(optarg); break;
 		case 'w': need_wakeup = 1; break;
 		case 'f': nframes = strtoul(optarg, NULL, 0); break;
-		case 'c': use_int80 = 1; break;
 		default: return 1;
 		}
 	}
+	use_int80 = a.compat;
 	uint8_t dst_mac[6], src_mac[6];
 	struct in_addr src_ip, dst_ip;
 	const unsigned frame_size = 2048;
-	if (!ifname || !dst_mac_s || !src_ip_s || !dst_ip_s || parse_mac(dst_mac_s, dst_mac) ||
-	    !inet_aton(src_ip_s, &src_ip) || !inet_aton(dst_ip_s, &dst_ip) || size < 64 || size > frame_size ||
+	if (!a.ifname || !a.dst_mac || !a.src_ip || !a.dst_ip || parse_mac(a.dst_mac, dst_mac) ||
+	    !inet_aton(a.src_ip, &src_ip) || !inet_aton(a.dst_ip, &dst_ip) || a.size < 64 || a.size > frame_size ||
 	    nframes < 8 || (nframes & (nframes - 1))) {
 		fprintf(stderr, "usage: %s --ifname IF --dst-mac MAC --src-ip A --dst-ip B [--queue Q] [--dst-port P]\n"
 				"       [--src-port P] [--count N] [--size 64..2048] [--seconds T] [--need-wakeup]\n"
@@ -169,7 +158,7 @@ int main(int argc, char **argv)
 
 	/* Each step records its name; the first failure stops the setup. */
 	do {
-		if (if_mac_index(ifname, src_mac, &ifindex)) { rc = fail("interface", errno); break; }
+		if (if_mac_index(a.ifname, src_mac, &ifindex)) { rc = fail("interface", errno); break; }
 		stage = "socket";
 		fd = socket(AF_XDP, SOCK_RAW, 0);
 		if (fd < 0) { rc = fail("socket", errno); break; }
@@ -205,20 +194,20 @@ int main(int argc, char **argv)
 		for (unsigned long i = 0; i < nframes; i++) {
 			uint8_t *f = (uint8_t *)umem + i * frame_size;
 			build_eth(f, dst_mac, src_mac, 0x0800);
-			build_ipv4(f + ETH_HDR_LEN, size - ETH_HDR_LEN, L4_UDP, src_ip, dst_ip, sport, dport, i);
+			build_ipv4(f + ETH_HDR_LEN, a.size - ETH_HDR_LEN, L4_UDP, src_ip, dst_ip, a.sport, a.dport, i);
 		}
 		uint32_t tx_prod = *tx.producer, cq_cons = *cq.consumer;
 		unsigned long in_flight = 0;
 		struct xdp_desc *descs = tx.desc;
 		t0 = now_s();
-		while (completed < count) {
-			if (seconds > 0 && now_s() - t0 >= seconds)
+		while (completed < a.count) {
+			if (a.seconds > 0 && now_s() - t0 >= a.seconds)
 				break;
 			/* Queue as many frames as there are free slots. */
-			while (in_flight < nframes && submitted < count) {
+			while (in_flight < nframes && submitted < a.count) {
 				struct xdp_desc *d = &descs[tx_prod & (nframes - 1)];
 				d->addr = (uint64_t)(tx_prod & (nframes - 1)) * frame_size;
-				d->len = size;
+				d->len = a.size;
 				d->options = 0;
 				tx_prod++;
 				in_flight++;
@@ -249,8 +238,8 @@ int main(int argc, char **argv)
 		t1 = now_s();
 		if (strcmp(stage, "send") == 0)
 			stage = "done";
-		rc = completed >= count ? 0 : 6;
-		if (seconds > 0 && completed > 0 && strcmp(stage, "done") == 0)
+		rc = completed >= a.count ? 0 : 6;
+		if (a.seconds > 0 && completed > 0 && strcmp(stage, "done") == 0)
 			rc = 0; /* a timed run: whatever completed is the result */
 	} else if (!strcmp(stage, "socket")) {
 		rc = 2;
@@ -268,8 +257,8 @@ int main(int argc, char **argv)
 	printf("{\"tool\":\"xdp_tx\",\"abi\":\"%s\",\"setsockopt\":\"%s\",\"ifname\":\"%s\",\"queue\":%u,"
 	       "\"stage\":\"%s\",\"errno\":\"%s\",\"submitted\":%lu,\"completed\":%lu,\"frame_bytes\":%lu,"
 	       "\"wire_bytes\":%llu,\"elapsed_s\":%.4f,\"bps\":%.0f,\"kicks\":%lu,\"kick_errors\":",
-	       TOOL_ABI, entry, ifname, queue, stage, errname(stage_errno), submitted, completed, size,
-	       (unsigned long long)completed * size, elapsed, elapsed > 0 ? completed * size * 8.0 / elapsed : 0.0,
+	       TOOL_ABI, entry, a.ifname, queue, stage, errname(stage_errno), submitted, completed, a.size,
+	       (unsigned long long)completed * a.size, elapsed, elapsed > 0 ? completed * a.size * 8.0 / elapsed : 0.0,
 	       kicks);
 	errcount_print(stdout, &kick_errors);
 	printf("}\n");
