@@ -11,7 +11,7 @@ use std::time::Duration;
 use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use bpf_ratelimit::testbed::SERVER_IP;
 use bpf_ratelimit::policy::limits::{default_burst, Direction};
-use common::{assert_ratio, listening_address, Pod};
+use common::{assert_ratio, listening_address, Background, Pod};
 use serde_json::{json, Value};
 
 fn admin(pod: &Pod, args: &[&str]) -> (i32, String, String) {
@@ -304,7 +304,7 @@ fn metrics_over_http_parse_with_base_units_distinct_series_and_timeouts() {
         let out = pod.invoke_full("ADD", &pod.bed.name, &format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME=test;K8S_POD_UID={uid}"), &pod.config(ann));
         assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     }
-    let mut server = Server(
+    let mut server = Background(
         Command::new(common::plugin()).args(["metrics", "--listen", "127.0.0.1:0", "--pin-root"]).arg(&a.pin_root).stderr(Stdio::piped()).spawn().unwrap(),
     );
     let addr = listening_address(&mut server.0);
@@ -395,7 +395,7 @@ fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
     assert!(stdout.contains("bpf_ratelimit_up 0"), "{stdout}");
     assert!(!stderr.is_empty());
 
-    let mut server = Server(nobody(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
+    let mut server = Background(nobody(&["metrics", "--listen", "127.0.0.1:0"]).stderr(Stdio::piped()).spawn().unwrap());
     use std::io::{Read, Write};
     let addr = listening_address(&mut server.0);
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
@@ -413,12 +413,3 @@ fn a_metrics_scrape_that_cannot_read_the_pin_root_fails_visibly() {
 }
 
 
-/// A `metrics --listen` server, killed when the test ends, failed or not.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

@@ -418,3 +418,14 @@ impl Testbed {
         })
     }
 }
+
+/// A background process (a server, a load), killed when dropped, so that a
+/// failed test or measurement leaves none behind.
+pub struct Background(pub Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::iperf::Transfer;
 use super::wire::WireCount;
-use super::{run_with_timeout, Testbed, POD_IP, SERVER_IP, SERVER_IP6};
+use super::{run_with_timeout, Background, Testbed, POD_IP, SERVER_IP, SERVER_IP6};
 
 /// Which way a transfer goes, seen from the pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,15 +277,6 @@ pub struct WireWindow {
     pub seconds: f64,
 }
 
-/// Kills a sender when dropped, however the scenario ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 impl Testbed {
     /// The frames and bytes on the wire so far in `way` (see `wire_bytes`).
@@ -306,7 +297,7 @@ impl Testbed {
         let mut running = Vec::new();
         for mut c in senders {
             let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {c:?}"))?;
-            running.push(Running(child));
+            running.push(Background(child));
         }
         std::thread::sleep(settle);
         let (w0, t0) = (self.wire_count(way)?, Instant::now());
@@ -476,7 +467,7 @@ impl Testbed {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start iperf3 -s in the pod")?;
-        let _server = Running(server);
+        let _server = Background(server);
         super::wait_for_port(&self.pod_netns_path(), addr, SIDECAR_PORT)?;
         let mut cmd = self.pod_command("iperf3")?;
         cmd.args(["-c", addr, "-p", SIDECAR_PORT, "-J", "-t", &seconds.to_string()]);
@@ -497,7 +488,7 @@ impl Testbed {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start podload light")?;
-        let _light = Running(light);
+        let _light = Background(light);
         std::thread::sleep(Duration::from_secs(1));
         self.bulk(bulk)
     }

@@ -296,15 +296,7 @@ pub fn assert_ratio(what: &str, measured: f64, configured: f64, low: f64, high: 
     assert!((low..=high).contains(&ratio), "{what}: ratio {ratio:.3} outside {low}..{high}");
 }
 
-/// A background process, killed when dropped.
-pub struct Background(pub std::process::Child);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use bpf_ratelimit::testbed::Background;
 
 /// Starts `cmd` in the background, its output discarded.
 pub fn background(mut cmd: Command) -> Background {
