@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bpf_ratelimit::testbed::scenario::{Sender, Way};
 use bpf_ratelimit::testbed::{GW_IP, POD_IP, SERVER_IP};
-use common::{background, in_pod, mac_of, tool, Pod};
+use common::{background, in_pod, tool, Pod};
 use serde_json::{json, Value};
 
 const LIMIT: f64 = 10e6;
@@ -140,7 +140,7 @@ fn without_a_host_side_raw_frames_of_the_pod_are_refused_and_others_pass() {
     conf["prevResult"]["ips"][0]["interface"] = json!(0);
     assert_eq!(pod.invoke("ADD", &conf).code, 0);
     assert_eq!(pod.invoke("CHECK", &conf).code, 0);
-    let gw_mac = mac_of(&pod.bed.gw_ns, "eth0");
+    let gw_mac = pod.bed.gw_mac().unwrap();
     let frames = |extra: &[&str]| {
         let mut a = vec!["--ifname", "eth0", "--dst-mac", &gw_mac, "--src-ip", POD_IP, "--dst-ip", SERVER_IP, "--size", "1000", "--count", "500"];
         a.extend_from_slice(extra);

@@ -172,15 +172,7 @@ impl Testbed {
 
     /// Starts an iperf3 server in the server namespace (outside the pod cgroup).
     pub fn start_server(&mut self) -> Result<()> {
-        let child = in_netns(Command::new("iperf3"), &netns_path(&self.server_ns), None)?
-            .args(["-s", "-p", IPERF_PORT])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start iperf3 -s (is iperf3 installed?)")?;
-        self.servers.push(child);
-        wait_for_port(&netns_path(&self.pod_ns), SERVER_IP, IPERF_PORT)?;
-        Ok(())
+        self.start_server_on(IPERF_PORT)
     }
 
     /// Starts an iperf3 server inside the pod (its cgroup and netns) on

@@ -86,10 +86,7 @@ impl Testbed {
     /// The wire bytes so far in `way`: the delay line for what the pod
     /// sent, the counter on its interface for what it received.
     pub fn wire_bytes(&self, way: Way) -> Result<u64> {
-        match way {
-            Way::Upload => Ok(self.wire()?.a_to_b.wire_bytes),
-            Way::Download => Ok(self.pod_wire()?.bytes),
-        }
+        Ok(self.wire_count(way)?.bytes)
     }
 
     /// Runs a bulk transfer from a client in the pod (with `-R` for a
@@ -451,7 +448,7 @@ impl Testbed {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("cannot start iperf3 -s")?;
+            .context("cannot start iperf3 -s in the server's netns (is iperf3 installed?)")?;
         self.keep(child);
         super::wait_for_port(&self.pod_netns_path(), SERVER_IP, port)
     }

@@ -316,13 +316,6 @@ pub fn tool(name: &str) -> String {
     bpf_ratelimit::testbed::scenario::tool(name)
 }
 
-/// The MAC address of `dev` in the netns `ns`.
-pub fn mac_of(ns: &str, dev: &str) -> String {
-    let out = bpf_ratelimit::testbed::ip(&["-n", ns, "-j", "link", "show", dev]).unwrap();
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[0]["address"].as_str().expect("a MAC address").to_string()
-}
-
 /// The address a `metrics --listen` server says it bound (its first line on
 /// stderr), within 10 s; a server that never says fails the test, not hangs it.
 pub fn listening_address(server: &mut std::process::Child) -> String {
