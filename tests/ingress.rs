@@ -97,23 +97,30 @@ fn an_idle_pod_receives_its_burst_at_path_speed_10_ms_away() {
 
 /// 16 KB responses on fresh connections beside the pod's own download, p99
 /// within 3 x RTT + 25 ms at 10M and 3 x RTT + 5 ms at 100M, none failed;
-/// the download holds its band in the same run.
+/// the download holds its band in the same run. p99 is the nearest rank of
+/// 100 responses at 10M (one every 150 ms, about 8% of the limit) and of 200
+/// at 100M (one every 40 ms): of 50, as this test once took, it is the
+/// largest, and one late wake-up of a process on a busy 2-core machine
+/// failed it with the shaper's own p50 0.6 ms over 3 x RTT.
 fn responses_beside_download(one_way_ms: u64, rate: &str, bits: f64, slack_ms: f64) {
     let mut pod = Pod::with_delay("beside", Duration::from_millis(one_way_ms));
     pod.bed.start_server().unwrap();
     pod.bed.start_rr_server().unwrap();
     let rtt_ms = min_rtt_ms(&pod);
     pod.add(ingress(rate));
-    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 10);
-    let (lat, bulk) = pod.bed.requests_beside(&download, &Requests { gap_ms: 150, ..responses(50) }).unwrap();
+    let (count, gap_ms) = if bits < 50e6 { (100, 150) } else { (200, 40) };
+    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
+    let requests = Requests { gap_ms, within_ms: Some(17_500), ..responses(count) };
+    let (lat, bulk) = pod.bed.requests_beside(&download, &requests).unwrap();
     let bound = 3.0 * rtt_ms + slack_ms;
     let what = format!("16 KB responses beside the pod's own {rate} download, {rtt_ms:.2} ms RTT");
-    println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}), {} failed; the download: wire {:.3} of the limit",
-             lat.p50_ms, lat.p99_ms, lat.failed, bulk.wire_bps / bits);
+    println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; the download: wire {:.3} of the limit",
+             lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, bulk.wire_bps / bits);
     assert_eq!(lat.failed, 0, "{what}");
+    assert!(lat.samples >= 100, "{what}: only {} responses within the download", lat.samples);
     assert!(lat.p99_ms <= bound, "{what}: p99 {:.2} ms > {bound:.1}", lat.p99_ms);
     // The pod holds its limit with both; the download, the bulk of it, is
-    // not starved by the responses that pass it (6% of 10M).
+    // not starved by the responses that pass it.
     assert!((0.95..=1.02).contains(&(bulk.wire_bps / bits)), "{what}: the pod received {:.3} of the limit", bulk.wire_bps / bits);
     assert!(bulk.transfer.goodput_bps / bits >= 0.85, "{what}: the download's goodput {:.3} of the limit", bulk.transfer.goodput_bps / bits);
     pod.del();
