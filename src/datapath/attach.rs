@@ -117,16 +117,11 @@ impl std::fmt::Display for IngressMode {
 pub const LINKS_OF_EVERY_RELEASE: [&str; 3] = ["egress", "ingress", "sockops"];
 
 /// Identifies this build's datapath, so an upgraded plugin loads its own copy
-/// while pods attached by the old one keep theirs. `BRL_DATAPATH_TAG` at
-/// build time (build.rs) gives a build a version of its own: the upgrade
-/// test builds "release N" that way.
-pub fn datapath_version() -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in SHAPER_OBJ.iter().chain(env!("BRL_DATAPATH_TAG").as_bytes()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+/// while pods attached by the old one keep theirs: a hash of the shaper
+/// object, computed by build.rs. `BRL_DATAPATH_TAG` at build time gives a
+/// build a version of its own: the upgrade test builds "release N" that way.
+pub fn datapath_version() -> &'static str {
+    env!("BRL_DATAPATH_VERSION")
 }
 
 /// Whether this build's datapath is loaded and pinned under `pin_root`.
@@ -715,4 +710,17 @@ pub fn guard_from_pins(dir: &Path) -> Option<HostGuard> {
     // SAFETY: HostGuard is repr(C) integers only; the sizes match.
     unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), &mut guard as *mut HostGuard as *mut u8, value.len()) };
     (guard.cgroup_id == record.cgroup_id).then_some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The version build.rs hashed is that of the object this binary embeds.
+    #[test]
+    fn the_datapath_version_is_the_hash_of_the_embedded_object() {
+        let h = super::SHAPER_OBJ
+            .iter()
+            .chain(env!("BRL_DATAPATH_TAG").as_bytes())
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+        assert_eq!(super::datapath_version(), format!("{h:016x}"));
+    }
 }

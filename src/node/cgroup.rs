@@ -36,9 +36,14 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The cgroup v2 root: `cgroupRoot` from the config, else the mount found in
-/// /proc/self/mountinfo (not assumed to be /sys/fs/cgroup: hybrid hosts use
-/// /sys/fs/cgroup/unified).
+/// Where systemd mounts the cgroup v2 hierarchy: unified hosts, then hybrid ones.
+const USUAL_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+/// The cgroup v2 root: `cgroupRoot` from the config, else the usual mount
+/// points when they hold the hierarchy's root, else the mount found in
+/// /proc/self/mountinfo. (Every cgroup2 mount shows the same hierarchy; the
+/// two checks cost ADD two syscalls, where formatting mountinfo took it
+/// 0.1 ms.)
 pub fn cgroup2_root(configured: Option<&Path>) -> Result<PathBuf, CniError> {
     if let Some(root) = configured {
         if !is_cgroup2(root) {
@@ -50,6 +55,9 @@ pub fn cgroup2_root(configured: Option<&Path>) -> Result<PathBuf, CniError> {
         }
         return Ok(root.to_path_buf());
     }
+    if let Some(usual) = USUAL_MOUNTS.iter().map(Path::new).find(|p| is_cgroup2_root(p)) {
+        return Ok(usual.to_path_buf());
+    }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| CniError::new(code::CGROUP, "cannot read /proc/self/mountinfo", e.to_string()))?;
     cgroup2_mount_in(&mountinfo).ok_or_else(|| {
@@ -59,6 +67,12 @@ pub fn cgroup2_root(configured: Option<&Path>) -> Result<PathBuf, CniError> {
             "bpf-ratelimit attaches to the pod's cgroup v2 directory; mount cgroup2 (unified or hybrid hierarchy) or set cgroupRoot",
         )
     })
+}
+
+/// A cgroup2 directory that is the hierarchy's root (not a bind mount of a
+/// cgroup below it): only non-root cgroups have `cgroup.type`.
+fn is_cgroup2_root(path: &Path) -> bool {
+    is_cgroup2(path) && !path.join("cgroup.type").exists()
 }
 
 pub fn is_cgroup2(path: &Path) -> bool {

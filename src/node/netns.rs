@@ -1,7 +1,8 @@
 //! Work inside a pod's network namespace: finding its interface, and
-//! attaching to it. Both need the namespace only for a moment, so they run
-//! on a short-lived thread that enters it; the plugin's own thread never
-//! leaves the host namespace.
+//! attaching to it. Both need the namespace only for a moment: the plugin's
+//! one thread enters it and returns before anything else runs. (A thread of
+//! its own per visit, as before, cost ADD a clone and two cross-CPU
+//! wake-ups, 0.1-0.3 ms on a 2-vCPU VM.)
 
 use std::fs::File;
 use std::path::Path;
@@ -9,19 +10,28 @@ use std::path::Path;
 use anyhow::{anyhow, Context, Result};
 use nix::sched::{setns, CloneFlags};
 
-/// Runs `f` on a thread inside the network namespace at `netns`.
-pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let ns = File::open(netns).with_context(|| format!("cannot open the pod's network namespace {}", netns.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .with_context(|| format!("cannot enter the pod's network namespace {}", netns.display()))?;
-                f()
-            })
-            .join()
-            .map_err(|_| anyhow!("the thread working in {} panicked", netns.display()))?
-    })
+/// Runs `f` inside the network namespace at `netns`, then returns to this
+/// thread's own. Sockets `f` opens stay in the pod's namespace; `f` must not
+/// spawn threads that outlive it.
+pub fn in_netns<T>(netns: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let pod = File::open(netns).with_context(|| format!("cannot open the pod's network namespace {}", netns.display()))?;
+    let home = File::open("/proc/thread-self/ns/net").context("cannot open this thread's network namespace")?;
+    setns(&pod, CloneFlags::CLONE_NEWNET).with_context(|| format!("cannot enter the pod's network namespace {}", netns.display()))?;
+    let result = f();
+    if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
+        // Never seen (we hold the descriptor and CAP_SYS_ADMIN), and the
+        // rest of this command, rollback included, would act on the pod's
+        // interfaces by host index: stop here rather than go on.
+        let error = crate::cni::CniError::new(
+            crate::cni::code::DATAPATH,
+            "cannot return to the host's network namespace",
+            format!("after entering {}: {e}", netns.display()),
+        );
+        log::error!("{error}");
+        eprintln!("bpf-ratelimit: {error}");
+        std::process::exit(i32::try_from(error.code).unwrap_or(i32::MAX));
+    }
+    result
 }
 
 /// The index of interface `ifname` in the current thread's namespace.
