@@ -174,6 +174,7 @@ pub struct Results {
     pub workloads: Vec<workloads::WorkloadRow>,
     pub timing: Vec<timing::Timing>,
     pub status: Option<timing::StatusTiming>,
+    pub idle_process: Option<timing::IdleProcess>,
 }
 
 /// Restores what the run changed on the node, however it ends.
@@ -285,7 +286,8 @@ fn run() -> Result<()> {
             save(&opts, &mut results, started)?;
         }
         if opts.timing {
-            results.timing = timing::run(&plugins, opts.pods, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
+            (results.timing, results.idle_process) =
+                timing::run(&plugins, opts.pods, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress).map(|(t, i)| (t, Some(i)))?;
             results.status = Some(timing::status(&plugins, opts.pods, &mut progress)?);
         }
         Ok(())

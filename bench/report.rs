@@ -293,6 +293,13 @@ fn timing_table(s: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(s);
+    if let Some(idle) = &r.idle_process {
+        let _ = writeln!(
+            s,
+            "A process that does nothing (`true`), spawned the same way between the ADDs, {} times: median {:.2} ms, p99 {:.2} ms. That p99 is the machine's own tail, which reaches either plugin's.\n",
+            idle.runs, idle.median_ms, idle.p99_ms
+        );
+    }
     if let Some(st) = &r.status {
         let _ = writeln!(
             s,

@@ -30,6 +30,17 @@ pub struct Timing {
     pub del_p99_ms: f64,
 }
 
+/// A process that does nothing (`/bin/true`), spawned and waited for
+/// between the ADDs: the machine's own tail, against which the plugins'
+/// p99 can be read (on this 2-vCPU VM a stalled vCPU adds the same 10-50 ms
+/// to whichever process it meets).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IdleProcess {
+    pub runs: usize,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
 /// STATUS as a runtime polls it, on a node with no pod left (so no
 /// datapath pinned: the cached verdict is what answers). Ours only: the
 /// reference (CNI 1.0.0) has no STATUS.
@@ -133,7 +144,7 @@ pub fn status(plugins: &Plugins, calls: usize, progress: &mut Progress) -> Resul
 
 /// `policer`: time ours with `ingressQueue: false` (no qdisc or filter on
 /// the host side) instead, to see what the queue's set-up costs.
-pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progress) -> Result<Vec<Timing>> {
+pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progress) -> Result<(Vec<Timing>, IdleProcess)> {
     let rows = [if policer { Row::OursPolicer } else { Row::Ours }, Row::RefContainerd];
     let bridge = Bridge(format!("brlt{:x}", std::process::id()));
     ip(&["link", "add", &bridge.0, "type", "bridge"])?;
@@ -156,6 +167,7 @@ pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progres
     for (k, row) in rows.iter().enumerate() {
         resident.push(plugins.add(&made[2 * pods + k].pod, *row, RATE)?);
     }
+    let mut idle = Vec::with_capacity(pods);
     let mut adds: [Vec<f64>; 2] = Default::default();
     let mut dels: [Vec<f64>; 2] = Default::default();
     let mut attached: Vec<(usize, Attached)> = Vec::new();
@@ -169,6 +181,9 @@ pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progres
                 adds[k].push(a.add_elapsed.as_secs_f64() * 1e3);
                 attached.push((k, a));
             }
+            let started = std::time::Instant::now();
+            std::process::Command::new("true").status().context("cannot run true")?;
+            idle.push(started.elapsed().as_secs_f64() * 1e3);
         }
         Ok(())
     })();
@@ -192,7 +207,8 @@ pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progres
         return Err(e.context("timing: DEL"));
     }
     drop(attached);
-    Ok(rows
+    let idle = IdleProcess { runs: idle.len(), median_ms: percentile(&idle, 50.0), p99_ms: percentile(&idle, 99.0) };
+    let timings = rows
         .iter()
         .enumerate()
         .map(|(k, row)| Timing {
@@ -203,5 +219,6 @@ pub fn run(plugins: &Plugins, pods: usize, policer: bool, progress: &mut Progres
             del_median_ms: percentile(&dels[k], 50.0),
             del_p99_ms: percentile(&dels[k], 99.0),
         })
-        .collect())
+        .collect();
+    Ok((timings, idle))
 }
