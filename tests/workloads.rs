@@ -40,9 +40,13 @@ fn charged_bytes(pod: &Pod) -> u64 {
         .sum()
 }
 
-/// iperf3 between two processes of the pod over `addr` (the testbed's sidecar scenario): bits/s.
+/// iperf3 between two processes of the pod over `addr` (the testbed's
+/// sidecar scenario): bits/s, the best of three 1 s runs. Loopback is
+/// CPU-bound: on this shared 2-vCPU VM one run moves by up to 30% with
+/// what else the host runs (13.2 to 21.7 Gbit/s, unshaped, in past suite
+/// runs), which a single before/after pair took for the shaper's doing.
 fn loopback_bps(pod: &Pod, addr: &str) -> f64 {
-    pod.bed.sidecar(addr, 2).expect("sidecar traffic")
+    (0..3).map(|_| pod.bed.sidecar(addr, 1).expect("sidecar traffic")).fold(0.0, f64::max)
 }
 
 #[test]

@@ -28,7 +28,9 @@ pub fn in_netns<T>(netns: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
             format!("after entering {}: {e}", netns.display()),
         );
         log::error!("{error}");
-        eprintln!("bpf-ratelimit: {error}");
+        if !log::log_enabled!(log::Level::Error) {
+            eprintln!("bpf-ratelimit: {error}");
+        }
         std::process::exit(i32::try_from(error.code).unwrap_or(i32::MAX));
     }
     result
