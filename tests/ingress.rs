@@ -99,9 +99,15 @@ fn an_idle_pod_receives_its_burst_at_path_speed_10_ms_away() {
 /// within 3 x RTT + 25 ms at 10M and 3 x RTT + 5 ms at 100M, none failed;
 /// the download holds its band in the same run. p99 is the nearest rank of
 /// 100 responses at 10M (one every 150 ms, about 8% of the limit) and of 200
-/// at 100M (one every 40 ms): of 50, as this test once took, it is the
-/// largest, and one late wake-up of a process on a busy 2-core machine
-/// failed it with the shaper's own p50 0.6 ms over 3 x RTT.
+/// at 100M (one every 40 ms).
+///
+/// 3 x RTT is what a wire gives. This testbed's delay line is a process on
+/// a 2-vCPU VM that also runs the transfer, and at times it holds packets
+/// 5-20 ms late (pings across the line alone, no shaper, during a 100M
+/// download 10 ms away: p99 17.4 ms). So the same requests also go from
+/// the gateway at the same time, across the same line with no shaper, and
+/// where they take longer than 3 x RTT at p99 the bound starts from theirs.
+/// What the shaper adds, the slack still bounds.
 fn responses_beside_download(one_way_ms: u64, rate: &str, bits: f64, slack_ms: f64) {
     let mut pod = Pod::with_delay("beside", Duration::from_millis(one_way_ms));
     pod.bed.start_server().unwrap();
@@ -111,13 +117,13 @@ fn responses_beside_download(one_way_ms: u64, rate: &str, bits: f64, slack_ms: f
     let (count, gap_ms) = if bits < 50e6 { (100, 150) } else { (200, 40) };
     let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
     let requests = Requests { gap_ms, within_ms: Some(17_500), ..responses(count) };
-    let (lat, bulk) = pod.bed.requests_beside(&download, &requests).unwrap();
-    let bound = 3.0 * rtt_ms + slack_ms;
+    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
+    let bound = (3.0 * rtt_ms).max(control.p99_ms) + slack_ms;
     let what = format!("16 KB responses beside the pod's own {rate} download, {rtt_ms:.2} ms RTT");
-    println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; the download: wire {:.3} of the limit",
-             lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, bulk.wire_bps / bits);
+    println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; from the gateway, no shaper: p50 {:.2} ms, p99 {:.2} ms; the download: wire {:.3} of the limit",
+             lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, control.p50_ms, control.p99_ms, bulk.wire_bps / bits);
     assert_eq!(lat.failed, 0, "{what}");
-    assert!(lat.samples >= 100, "{what}: only {} responses within the download", lat.samples);
+    assert!(lat.samples >= 100 && control.samples >= 100, "{what}: only {} responses (control {}) within the download", lat.samples, control.samples);
     assert!(lat.p99_ms <= bound, "{what}: p99 {:.2} ms > {bound:.1}", lat.p99_ms);
     // The pod holds its limit with both; the download, the bulk of it, is
     // not starved by the responses that pass it.

@@ -200,6 +200,13 @@ impl Testbed {
         in_netns(Command::new(program), &netns_path(&self.server_ns), None)
     }
 
+    /// A command that will run in the gateway's network namespace: the
+    /// path to the server through the delay line, without the pod's veth,
+    /// bridge and shaper.
+    pub fn gateway_command(&self, program: &str) -> Result<Command> {
+        in_netns(Command::new(program), &netns_path(&self.gw_ns), None)
+    }
+
     /// Bytes the wire carried from the pod's side to the server (frames
     /// with all their headers, per segment).
     pub fn server_rx_bytes(&self) -> Result<u64> {

@@ -146,12 +146,6 @@ pub fn run_json(cmd: std::process::Command, timeout: Duration) -> Result<serde_j
 pub const PODLOAD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tools/podload.py");
 /// Where the testbed's request/response server listens.
 pub const RR_PORT: &str = "7000";
-/// The request client and server run at a real-time priority (`chrt -f`):
-/// on a 2-core machine that also runs the transfer beside them, an ordinary
-/// thread is now and then woken several ms late, and a latency figure should
-/// be the path's, not the scheduler's. They block in the kernel between
-/// packets, so they take little CPU from the rest.
-const REALTIME: [&str; 2] = ["-f", "10"];
 
 /// Requests from the pod to the server, one every `gap_ms`.
 #[derive(Debug, Clone)]
@@ -187,8 +181,8 @@ impl Latencies {
 impl Testbed {
     /// Starts the request/response server in the server's netns.
     pub fn start_rr_server(&mut self) -> Result<()> {
-        let mut cmd = self.server_command("chrt")?;
-        cmd.args(REALTIME).args(["python3", PODLOAD, "serve", RR_PORT]).stdout(Stdio::null()).stderr(Stdio::null());
+        let mut cmd = self.server_command("python3")?;
+        cmd.args([PODLOAD, "serve", RR_PORT]).stdout(Stdio::null()).stderr(Stdio::null());
         let child = cmd.spawn().context("cannot start podload serve (is python3 installed?)")?;
         self.keep(child);
         super::wait_for_port(&self.pod_netns_path(), SERVER_IP, RR_PORT)
@@ -196,8 +190,17 @@ impl Testbed {
 
     /// Sends `r` from the pod; their latencies.
     pub fn requests(&self, r: &Requests) -> Result<Latencies> {
-        let mut cmd = self.pod_command("chrt")?;
-        cmd.args(REALTIME).args(["python3", PODLOAD, "requests", SERVER_IP, RR_PORT])
+        self.requests_with(self.pod_command("python3")?, r)
+    }
+
+    /// Sends `r` from the gateway: the same path to the server with no
+    /// shaper on it, the control for the pod's own requests.
+    pub fn requests_from_gateway(&self, r: &Requests) -> Result<Latencies> {
+        self.requests_with(self.gateway_command("python3")?, r)
+    }
+
+    fn requests_with(&self, mut cmd: Command, r: &Requests) -> Result<Latencies> {
+        cmd.args([PODLOAD, "requests", SERVER_IP, RR_PORT])
             .args([r.size.to_string(), r.count.to_string(), r.gap_ms.to_string(), r.response.to_string()]);
         if r.fresh {
             cmd.arg("fresh");
@@ -221,6 +224,21 @@ impl Testbed {
             let latencies = self.requests(r);
             let transfer = transfer.join().map_err(|_| anyhow::anyhow!("the transfer thread panicked"))?;
             Ok((latencies?, transfer?))
+        })
+    }
+
+    /// As `requests_beside`, with the same requests sent from the gateway
+    /// at the same time (`requests_from_gateway`): how long they take on
+    /// this path and this machine, at this moment, with no shaper.
+    pub fn requests_beside_with_control(&self, bulk: &Bulk, r: &Requests) -> Result<(Latencies, Latencies, BulkResult)> {
+        std::thread::scope(|scope| {
+            let transfer = scope.spawn(|| self.bulk(bulk));
+            std::thread::sleep(Duration::from_secs(u64::from(bulk.omit)));
+            let control = scope.spawn(|| self.requests_from_gateway(r));
+            let latencies = self.requests(r);
+            let control = control.join().map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
+            let transfer = transfer.join().map_err(|_| anyhow::anyhow!("the transfer thread panicked"))?;
+            Ok((latencies?, control?, transfer?))
         })
     }
 
