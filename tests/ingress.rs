@@ -56,18 +56,25 @@ fn responses(count: u32) -> Requests {
 /// burst), p50 within 1 ms of the same path unshaped; the first second of a
 /// download after idle carries rate x 1 s + burst, at least 0.9 of it. The
 /// same pod at 1M with a 2 kB burst takes 130 ms a response: the check can fail.
+///
+/// Unshaped and shaped are measured a few seconds apart, and on this 2-vCPU
+/// VM the delay line's timing drifts between two such windows (by 1.1 ms at
+/// p50 once, which failed the check); so each is taken beside the same
+/// requests from the gateway, and compared as its excess over them.
 fn idle_pod_gets_its_burst(one_way_ms: u64) {
     let mut pod = Pod::with_delay("burst", Duration::from_millis(one_way_ms));
     pod.bed.start_server().unwrap();
     pod.bed.start_rr_server().unwrap();
     let rtt = format!("{} ms RTT", 2 * one_way_ms);
-    let unshaped = pod.bed.requests(&responses(15)).unwrap();
+    let (unshaped, control_before) = pod.bed.requests_with_control(&responses(15)).unwrap();
     pod.add(ingress("10M"));
     std::thread::sleep(Duration::from_millis(500));
-    let shaped = pod.bed.requests(&responses(15)).unwrap();
-    println!("16 KB responses on fresh connections, idle 10M pod, {rtt}: p50 {:.2} ms shaped, {:.2} ms unshaped", shaped.p50_ms, unshaped.p50_ms);
+    let (shaped, control) = pod.bed.requests_with_control(&responses(15)).unwrap();
+    let (excess, excess_unshaped) = (shaped.p50_ms - control.p50_ms, unshaped.p50_ms - control_before.p50_ms);
+    println!("16 KB responses on fresh connections, idle 10M pod, {rtt}: p50 {:.2} ms shaped, {:.2} ms unshaped; from the gateway at the same times {:.2} and {:.2} ms",
+             shaped.p50_ms, unshaped.p50_ms, control.p50_ms, control_before.p50_ms);
     assert_eq!(shaped.failed, 0);
-    assert!(shaped.p50_ms <= unshaped.p50_ms + 1.0, "{rtt}: p50 {:.2} ms, unshaped {:.2} ms", shaped.p50_ms, unshaped.p50_ms);
+    assert!(excess <= excess_unshaped + 1.0, "{rtt}: p50 {:.2} ms shaped ({excess:.2} over the gateway's), unshaped {:.2} ms ({excess_unshaped:.2} over)", shaped.p50_ms, unshaped.p50_ms);
 
     std::thread::sleep(Duration::from_secs(1));
     let bytes = pod.bed.first_second(Way::Download).unwrap() as f64;

@@ -227,6 +227,17 @@ impl Testbed {
         })
     }
 
+    /// `r` from the pod and, at the same time, from the gateway (the
+    /// control: the same path with no shaper, at the same moment).
+    pub fn requests_with_control(&self, r: &Requests) -> Result<(Latencies, Latencies)> {
+        std::thread::scope(|scope| {
+            let control = scope.spawn(|| self.requests_from_gateway(r));
+            let latencies = self.requests(r);
+            let control = control.join().map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
+            Ok((latencies?, control?))
+        })
+    }
+
     /// As `requests_beside`, with the same requests sent from the gateway
     /// at the same time (`requests_from_gateway`): how long they take on
     /// this path and this machine, at this moment, with no shaper.
