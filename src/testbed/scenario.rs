@@ -218,13 +218,7 @@ impl Testbed {
     /// hold the transfer to its band in the same run. (Requests that take
     /// long may outlast the transfer, unless `within_ms` stops them.)
     pub fn requests_beside(&self, bulk: &Bulk, r: &Requests) -> Result<(Latencies, BulkResult)> {
-        std::thread::scope(|scope| {
-            let transfer = scope.spawn(|| self.bulk(bulk));
-            std::thread::sleep(Duration::from_secs(u64::from(bulk.omit)));
-            let latencies = self.requests(r);
-            let transfer = transfer.join().map_err(|_| anyhow::anyhow!("the transfer thread panicked"))?;
-            Ok((latencies?, transfer?))
-        })
+        self.beside(bulk, || self.requests(r))
     }
 
     /// `r` from the pod and, at the same time, from the gateway (the
@@ -238,18 +232,20 @@ impl Testbed {
         })
     }
 
-    /// As `requests_beside`, with the same requests sent from the gateway
-    /// at the same time (`requests_from_gateway`): how long they take on
-    /// this path and this machine, at this moment, with no shaper.
+    /// As `requests_beside`, with the control of `requests_with_control`.
     pub fn requests_beside_with_control(&self, bulk: &Bulk, r: &Requests) -> Result<(Latencies, Latencies, BulkResult)> {
+        let ((latencies, control), transfer) = self.beside(bulk, || self.requests_with_control(r))?;
+        Ok((latencies, control, transfer))
+    }
+
+    /// Runs `during` once `bulk`'s omitted seconds are over, while it runs.
+    fn beside<T>(&self, bulk: &Bulk, during: impl FnOnce() -> Result<T>) -> Result<(T, BulkResult)> {
         std::thread::scope(|scope| {
             let transfer = scope.spawn(|| self.bulk(bulk));
             std::thread::sleep(Duration::from_secs(u64::from(bulk.omit)));
-            let control = scope.spawn(|| self.requests_from_gateway(r));
-            let latencies = self.requests(r);
-            let control = control.join().map_err(|_| anyhow::anyhow!("the control thread panicked"))?;
+            let result = during();
             let transfer = transfer.join().map_err(|_| anyhow::anyhow!("the transfer thread panicked"))?;
-            Ok((latencies?, control?, transfer?))
+            Ok((result?, transfer?))
         })
     }
 
