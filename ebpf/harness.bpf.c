@@ -78,7 +78,7 @@ int harness_egress(struct __sk_buff *skb)
 
 	if (!in)
 		return SKB_DROP;
-	in->out_wire = wire_bytes(skb, false);
+	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(&in->iface));
 	return shape_egress(&in->iface, skb, in->now, packet_is_tcp(skb, 0), in->out_wire);
 }
 
@@ -89,7 +89,7 @@ int harness_ingress(struct __sk_buff *skb)
 
 	if (!in)
 		return SKB_DROP;
-	in->out_wire = wire_bytes(skb, false);
+	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(&in->iface));
 	return shape_ingress(&in->iface, skb, in->now, in->out_wire);
 }
 
@@ -170,4 +170,56 @@ int count_wire(struct __sk_buff *skb)
 		__sync_fetch_and_add(&c->bytes, wire_bytes(skb, true));
 	}
 	return TC_ACT_UNSPEC;
+}
+
+/* ---- An eBPF main CNI, emulated (src/testbed/main_cni.rs) -----------------
+ *
+ * What Cilium with BPF host routing and Calico in eBPF mode do on each
+ * pod's host-side veth: a program at the front of its tc ingress (cls_bpf
+ * at pref 1, or tcx first) that hands a frame for a known destination
+ * straight to that destination's veth peer with bpf_redirect_peer (or
+ * bpf_redirect), and passes the rest (ARP, multicast ND) with TC_ACT_OK.
+ * Either verdict ends the filter chain: a later cls_bpf filter on that
+ * hook never runs, and the destination veth's egress qdisc is skipped.
+ */
+struct cni_route_key {
+	__u32 addr[4]; /* IPv4 in addr[0], the rest 0 */
+	__u32 family;  /* 4 or 6 */
+};
+
+struct cni_route {
+	__u32 ifindex; /* a host-side veth: the frame goes to its peer */
+	__u32 peer;    /* 1: bpf_redirect_peer; 0: bpf_redirect (its egress) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, struct cni_route_key);
+	__type(value, struct cni_route);
+} cni_routes SEC(".maps");
+
+#define TC_ACT_OK_ 0
+
+SEC("classifier")
+int ebpf_main_cni(struct __sk_buff *skb)
+{
+	struct cni_route_key key = {};
+	struct cni_route *route;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 16, &key.addr[0], 4))
+			return TC_ACT_OK_;
+		key.family = 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		if (bpf_skb_load_bytes(skb, ETH_HLEN + 24, key.addr, 16))
+			return TC_ACT_OK_;
+		key.family = 6;
+	} else {
+		return TC_ACT_OK_;
+	}
+	route = bpf_map_lookup_elem(&cni_routes, &key);
+	if (!route)
+		return TC_ACT_OK_;
+	return route->peer ? bpf_redirect_peer(route->ifindex, 0) : bpf_redirect(route->ifindex, 0);
 }

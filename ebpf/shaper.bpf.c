@@ -13,12 +13,15 @@
  *                                           its share once the burst is spent;
  *                                           sizes each receiving socket's
  *                                           window from its share and RTT
- *   prioritize_light_   tc egress on the    lets light flows toward the pod (a
- *     flows             pod's host-side     response) pass its download in the
- *                       veth                ingress queue
+ *   queue_pod_ingress   tc ingress on the   hands every frame toward the pod
+ *                       pod's interface     to its ingress queue (an ifb in
+ *                                           the pod's netns), light flows (a
+ *                                           response) ahead of its download
  *   guard_pod_egress    tc ingress on the   charges every frame the pod emits
  *                       pod's host-side     to its egress limit, out of the
- *                       veth                pod's reach (the guarantee)
+ *                       veth, and tc        pod's reach (the guarantee); the
+ *                       egress on the       pod-side copy holds where an eBPF
+ *                       pod's interface     main CNI skips the host side
  *   refuse_raw_frames   tc egress on the    where the pod has no host-side
  *                       pod's interface     peer (macvlan, ipvlan): drops
  *                                           frames of AF_PACKET sockets in the
@@ -180,7 +183,7 @@ int shape_egress_prog(struct __sk_buff *skb)
 	if (!iface)
 		return SKB_PASS;
 	now = bpf_ktime_get_ns();
-	wire = wire_bytes(skb, false);
+	wire = cgroup_wire_bytes(skb, iface_mtu(iface));
 	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
 	tcp = is_tcp(sk);
 	if (tcp)
@@ -199,7 +202,7 @@ int shape_ingress_prog(struct __sk_buff *skb)
 	if (!iface)
 		return SKB_PASS;
 	now = bpf_ktime_get_ns();
-	wire = wire_bytes(skb, false);
+	wire = cgroup_wire_bytes(skb, iface_mtu(iface));
 	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
 	if (is_tcp(sk))
 		account_tcp(skb, sk, iface, now, wire, false);
@@ -326,13 +329,21 @@ int pace_tcp(struct bpf_sock_ops *skops)
 }
 
 /*
- * The host side of the pod's veth, tc ingress: every frame the pod emits,
- * charged to its egress limit (guard_egress).
+ * Every frame the pod emits, charged to its egress limit (guard_egress), in
+ * two places: the host side of the pod's veth (tc ingress, keyed by that
+ * interface's index), out of the pod's reach; and the pod's own interface
+ * (tc egress, keyed by POD_SIDE_GUARD | the filter's classid, which ADD
+ * allocates). An eBPF main CNI (Cilium, Calico eBPF) runs its own program
+ * first on the host side and ends the filter chain there, so only the pod
+ * side sees the pod's frames then. cls_bpf hands the filter's classid to
+ * the program in skb->tc_classid (16 bits), 0 when it has none.
  */
+#define POD_SIDE_GUARD 0x80000000U
+
 SEC("classifier")
 int guard_pod_egress(struct __sk_buff *skb)
 {
-	__u32 key = skb->ifindex;
+	__u32 key = skb->tc_classid ? POD_SIDE_GUARD | skb->tc_classid : skb->ifindex;
 	struct host_guard *guard = bpf_map_lookup_elem(&host_guards, &key);
 
 	if (!guard)
@@ -340,9 +351,16 @@ int guard_pod_egress(struct __sk_buff *skb)
 	return guard_egress(guard, skb, bpf_ktime_get_ns());
 }
 
-/* ---- Light flows first, in the ingress queue ------------------------------
+/* ---- The ingress queue, light flows first ---------------------------------
  *
- * The ingress queue's TBF has a pfifo_fast child (src/ingress_queue.rs):
+ * The pod's ingress queue is a TBF on an ifb device in the pod's own netns
+ * (src/datapath/ingress_queue.rs): every main CNI delivers the pod's
+ * downloads through its interface's tc ingress, even one that skips the
+ * host side with bpf_redirect_peer. queue_pod_ingress, there, redirects
+ * each frame to the ifb, whose index is the filter's classid; the ifb
+ * hands it back to the interface's receive path once the TBF lets it go.
+ *
+ * The TBF has a pfifo_fast child:
  * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A flow
  * toward the pod that has moved less than LIGHT_FLOW_BYTES in this window
  * and the one before (a request's response, a handshake, a health check)
@@ -418,16 +436,15 @@ static __always_inline bool flow_tuple_of(struct __sk_buff *skb, struct flow_tup
 	return true;
 }
 
-/* The host side of the pod's veth, tc egress, where ingress is queued. */
-SEC("classifier")
-int prioritize_light_flows(struct __sk_buff *skb)
+/* Gives a frame toward the pod its band in the ingress queue. */
+static __always_inline void prioritize_light_flows(struct __sk_buff *skb)
 {
 	struct flow_tuple key = {};
 	struct queued_flow *f;
 	__u64 window;
 
 	if (!flow_tuple_of(skb, &key))
-		return TC_ACT_UNSPEC;
+		return;
 	window = bpf_ktime_get_ns() >> FLOW_WINDOW_SHIFT;
 	f = bpf_map_lookup_elem(&queued_flows, &key);
 	if (!f) {
@@ -436,7 +453,7 @@ int prioritize_light_flows(struct __sk_buff *skb)
 		bpf_map_update_elem(&queued_flows, &key, &fresh, BPF_ANY);
 		f = bpf_map_lookup_elem(&queued_flows, &key);
 		if (!f)
-			return TC_ACT_UNSPEC;
+			return;
 	}
 	if (f->window != window) {
 		f->prev_bytes = f->window + 1 == window ? f->bytes : 0;
@@ -446,7 +463,18 @@ int prioritize_light_flows(struct __sk_buff *skb)
 	__sync_fetch_and_add(&f->bytes, skb->len);
 	skb->priority = f->bytes <= LIGHT_FLOW_BYTES && f->prev_bytes <= LIGHT_FLOW_BYTES ? TC_PRIO_INTERACTIVE
 											   : TC_PRIO_BESTEFFORT;
-	return TC_ACT_UNSPEC;
+}
+
+/* The pod's interface, tc ingress: into the ingress queue. */
+SEC("classifier")
+int queue_pod_ingress(struct __sk_buff *skb)
+{
+	__u32 queue = skb->tc_classid;
+
+	if (!queue)
+		return TC_ACT_UNSPEC;
+	prioritize_light_flows(skb);
+	return bpf_redirect(queue, 0);
 }
 
 /*

@@ -103,6 +103,11 @@ struct iface_state {
  * ADD): shape_ingress only counts, and pace_tcp sizes receive windows so
  * that senders keep a short, steady queue there. */
 #define IFACE_INGRESS_QUEUED 1
+/* The upper half of `flags` holds the interface's MTU (ADD writes it; 0:
+ * unknown), so that the cgroup hooks charge a datagram the IP layer
+ * fragments as its fragments (cgroup_wire_bytes). In flags rather than a
+ * field of its own: the layout stays that of STATE_LAYOUT 3. */
+#define IFACE_MTU_SHIFT 16
 
 _Static_assert(sizeof(struct iface_state) == 272, "struct iface_state must match src/state.rs");
 
@@ -238,6 +243,51 @@ static __always_inline __u64 wire_bytes(struct __sk_buff *skb, bool l2_in_skb)
 	if (segs <= 1)
 		return len;
 	return len + (__u64)(segs - 1) * (hdr + ETH_HLEN);
+}
+
+/*
+ * The bytes an skb seen by a cgroup hook puts on the wire. Those hooks see
+ * an IP datagram whole, before fragmentation on the way out and after
+ * reassembly on the way in; the wire, the ingress queue and the host-side
+ * guard see every fragment with its own Ethernet and IP headers (and, for
+ * IPv6, a fragment header). Charging the datagram once, the pod's hooks
+ * would pass ~2% more than the outer layers allow, and the outer ones would
+ * drop one fragment of nearly every datagram, losing it whole: 8000-byte
+ * UDP at 2x the limit delivered 0.08 of it. `mtu` is the interface's (0:
+ * unknown, charge the datagram as one frame).
+ */
+static __always_inline __u64 cgroup_wire_bytes(struct __sk_buff *skb, __u32 mtu)
+{
+	__u64 wire = wire_bytes(skb, false);
+	__u32 hdr, frag_hdr, chunk, payload, frags;
+
+	if (mtu == 0 || skb->gso_size || skb->len <= mtu)
+		return wire;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		/* Every fragment repeats the IP header. */
+		hdr = (load_u8(skb, 0) & 0xf) * 4;
+		frag_hdr = hdr;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		/* The fixed header plus a fragment header each. */
+		hdr = 40;
+		frag_hdr = 48;
+	} else {
+		return wire;
+	}
+	if (mtu <= frag_hdr + 8 || skb->len <= hdr)
+		return wire;
+	/* Fragment payloads are multiples of 8 bytes, but for the last. */
+	chunk = (mtu - frag_hdr) & ~7U;
+	payload = skb->len - hdr;
+	frags = (payload + chunk - 1) / chunk;
+	if (frags <= 1)
+		return wire;
+	return (__u64)frags * (ETH_HLEN + frag_hdr) + payload;
+}
+
+static __always_inline __u32 iface_mtu(const struct iface_state *iface)
+{
+	return iface->flags >> IFACE_MTU_SHIFT;
 }
 
 /* ---- Token buckets ------------------------------------------------------ */

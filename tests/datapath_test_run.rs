@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap};
 use aya::programs::{CgroupSkb, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use bpf_ratelimit::datapath::attach::HARNESS_OBJ;
-use bpf_ratelimit::datapath::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use bpf_ratelimit::datapath::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, STATE_LAYOUT};
 use bpf_ratelimit::policy::operator::LimitBasis;
 
 #[repr(C)]
@@ -257,6 +257,38 @@ fn a_frame_is_charged_its_ethernet_ip_and_l4_headers_and_payload() {
     h.set_guard(HostGuard::default());
     h.run_packet("harness_guard", ipv4_packet(1500, 0, TCP));
     assert_eq!(h.get().out_wire, 1514);
+}
+
+/// The cgroup hooks see a datagram whole, before the IP layer fragments it
+/// (and after it reassembles one); the wire and the host-side guard see
+/// every fragment with its own headers. With the interface's MTU known,
+/// the datagram is charged as its fragments, in both directions.
+#[test]
+fn a_datagram_over_the_mtu_is_charged_as_its_fragments() {
+    let mut h = Harness::new();
+    let mut i = input(Bucket::default(), Bucket::default(), SEC);
+    i.iface.flags = IFACE_INGRESS_QUEUED | (1500 << IFACE_MTU_SHIFT);
+    h.set(i);
+    for prog in ["harness_egress", "harness_ingress"] {
+        // 3000 bytes of IPv4: 2980 of payload in fragments of 1480, 1480, 20.
+        h.run(prog, 3000, 0, UDP);
+        assert_eq!(h.get().out_wire, 3 * (14 + 20) + 2980, "{prog}");
+        // Within the MTU: one frame.
+        h.run(prog, 1500, 0, UDP);
+        assert_eq!(h.get().out_wire, 1514, "{prog}");
+        // IPv6: 1448 bytes a fragment, each with a fragment header.
+        h.run_packet(prog, ipv6_packet_ext(3040, 0, &[], UDP));
+        assert_eq!(h.get().out_wire, 3 * (14 + 48) + 3000, "{prog}");
+    }
+    // A GSO skb is counted by its segments, not as a datagram to fragment.
+    h.run_with("harness_egress", ipv4_packet(52 + 3_000, 0, TCP), None, Gso { segs: 3, size: 1000 });
+    assert_eq!(h.get().out_wire, (52 + 3_000) + 14 + 2 * (52 + 14));
+    // MTU unknown (a pod attached by an earlier release): one frame.
+    let mut i = input(Bucket::default(), Bucket::default(), SEC);
+    i.iface.flags = IFACE_INGRESS_QUEUED;
+    h.set(i);
+    h.run("harness_egress", 3000, 0, UDP);
+    assert_eq!(h.get().out_wire, 3014);
 }
 
 #[test]

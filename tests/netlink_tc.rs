@@ -111,37 +111,56 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
     assert_ne!(tc_root_qdisc(&veth.host)["kind"], "tbf");
 }
 
+/// The ingress queue in front of an interface (in the calling thread's
+/// netns; a pod's in production): an ifb with the TBF and its pfifo_fast
+/// child, txqueuelen from the TBF's limit, fed by a filter on the
+/// interface's ingress whose classid is the ifb's index.
 #[test]
 fn ingress_queue_install_change_verify_remove_over_netlink() {
     use bpf_ratelimit::datapath::ingress_queue::{self, QueueSpec};
-    let classifier = PinnedClassifier::new("prioritize_light_flows");
+    let classifier = PinnedClassifier::new("queue_pod_ingress");
     let prog = classifier.path();
     let spec = |rate: u64| {
         QueueSpec::for_limit(bpf_ratelimit::policy::limits::Limit { rate, burst: 2_500_000 }, bpf_ratelimit::policy::operator::LimitBasis::Frames)
     };
     let veth = Veth::new("iq");
     let index = ifindex(&veth.host).unwrap();
-    ingress_queue::install(&veth.host, spec(10_000_000), &prog).unwrap();
-    let e = ingress_queue::install(&veth.host, spec(10_000_000), &prog).unwrap_err();
-    assert!(format!("{e:#}").contains(&veth.host), "{e:#}");
-    ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
-    // The TBF has a pfifo_fast child, and light flows get its first band.
-    let kinds: Vec<(String, u32)> = tc::qdiscs(index).unwrap().into_iter().map(|q| (q.kind, q.parent)).collect();
-    assert!(kinds.contains(&("pfifo_fast".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
-    assert!(tc::has_filter(index, tc::Hook::Egress, ingress_queue::PRIORITY_PREF, "prioritize_ligh").unwrap());
-    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).is_err());
-    ingress_queue::change(index, spec(20_000_000)).unwrap();
-    ingress_queue::verify_spec(index, spec(20_000_000)).unwrap();
-    assert_eq!(tc_root_qdisc(&veth.host)["options"]["rate"].as_u64().unwrap() * 8, spec(20_000_000).rate_bits / 8 * 8);
-    ingress_queue::remove(index).unwrap();
-    ingress_queue::remove(index).unwrap();
-    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).unwrap_err().to_string().contains("missing"));
-    // Another shaper's root qdisc is neither replaced nor removed.
+    // Another shaper's root qdisc on the interface is left alone throughout.
     let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "root", "handle", "77:", "tbf", "rate", "1mbit", "burst", "10k", "limit", "100k"]).status().unwrap();
     assert!(out.success());
-    assert!(ingress_queue::install(&veth.host, spec(10_000_000), &prog).is_err());
+    ingress_queue::install(index, spec(10_000_000), &prog).unwrap();
+    let ifb = ingress_queue::ifb_index(index).expect("the queue's ifb");
+    let name = ingress_queue::ifb_name(index);
+    ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
+    let kinds: Vec<(String, u32)> = tc::qdiscs(ifb).unwrap().into_iter().map(|q| (q.kind, q.parent)).collect();
+    assert!(kinds.contains(&("tbf".to_string(), tc::ROOT)), "{kinds:?}");
+    assert!(kinds.contains(&("pfifo_fast".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
+    let txqueuelen = || std::fs::read_to_string(format!("/sys/class/net/{name}/tx_queue_len")).unwrap().trim().parse::<u32>().unwrap();
+    assert_eq!(txqueuelen(), spec(10_000_000).txqueuelen());
+    assert!(tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
+    let filter = tc_filters(&veth.host, "ingress");
+    assert!(filter.contains(&format!(":{ifb:x}")) || filter.contains(&format!("classid {ifb}")) || filter.contains(&format!(":{ifb}")), "the filter's classid names the ifb ({ifb}): {filter}");
+    // A repeated ADD replaces the queue rather than failing or stacking another.
+    ingress_queue::install(index, spec(10_000_000), &prog).unwrap();
+    ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
+    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).is_err());
+    ingress_queue::change(index, spec(1_000_000_000)).unwrap();
+    ingress_queue::verify_spec(index, spec(1_000_000_000)).unwrap();
+    assert_eq!(tc_root_qdisc(&name)["options"]["rate"].as_u64().unwrap() * 8, spec(1_000_000_000).rate_bits / 8 * 8);
+    assert_eq!(txqueuelen(), spec(1_000_000_000).txqueuelen());
     ingress_queue::remove(index).unwrap();
+    ingress_queue::remove(index).unwrap();
+    assert!(ingress_queue::ifb_index(index).is_none(), "the ifb is gone");
+    assert!(!tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
+    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).unwrap_err().to_string().contains("missing"));
     assert_eq!(tc_root_qdisc(&veth.host)["handle"], "77:");
+}
+
+/// What `tc filter show` prints for the interface's hook.
+fn tc_filters(ifname: &str, hook: &str) -> String {
+    let out = Command::new("tc").args(["filter", "show", "dev", ifname, hook]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The datapath's cls_bpf program (refuse_raw_frames), loaded for the test.
@@ -157,10 +176,10 @@ fn check_filters(netns: Option<&str>, dev: &str, index: u32, prog: std::os::fd::
     tc::clsact(Verb::Replace, index).unwrap();
     tc::clsact(Verb::Replace, index).unwrap(); // an existing clsact is kept
     for (hook, pref) in [(Hook::Ingress, 49101u16), (Hook::Egress, 49100)] {
-        tc::bpf_filter(Verb::Add, index, hook, pref, 1, prog, "refuse_raw_frames").unwrap();
-        let again = tc::bpf_filter(Verb::Add, index, hook, pref, 1, prog, "refuse_raw_frames").unwrap_err();
+        tc::bpf_filter(Verb::Add, index, hook, pref, 1, prog, "refuse_raw_frames", 0).unwrap();
+        let again = tc::bpf_filter(Verb::Add, index, hook, pref, 1, prog, "refuse_raw_frames", 0).unwrap_err();
         assert!(tc::is_errno(&again, &[libc::EEXIST]), "{again:#}");
-        tc::bpf_filter(Verb::Replace, index, hook, pref, 1, prog, "refuse_raw_frames").unwrap();
+        tc::bpf_filter(Verb::Replace, index, hook, pref, 1, prog, "refuse_raw_frames", 0).unwrap();
         let ours = tc::bpf_filters(index, hook).unwrap();
         assert_eq!(ours.len(), 1, "{ours:?}");
         let f = &ours[0];
@@ -241,7 +260,7 @@ fn a_pinned_program_on_the_ingress_hook_of_a_host_interface() {
         // Another plugin's clsact and filter come first.
         let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "clsact"]).status().unwrap();
         assert!(out.success());
-        with_classifier(|prog, _| tc::bpf_filter(Verb::Add, index, Hook::Ingress, 100, 1, prog, "theirs").unwrap());
+        with_classifier(|prog, _| tc::bpf_filter(Verb::Add, index, Hook::Ingress, 100, 1, prog, "theirs", 0).unwrap());
         assert!(!tc::has_filter(index, Hook::Ingress, 49101, "refuse_raw_fram").unwrap());
         tc::attach_pinned_filter(index, Hook::Ingress, 49101, 1, &pin, "ours").unwrap();
         tc::attach_pinned_filter(index, Hook::Ingress, 49101, 1, &pin, "ours").unwrap();

@@ -9,8 +9,13 @@
 //!   until its last attachment goes;
 //! - its interface's state in `iface_state`, keyed by pod cgroup and
 //!   interface, and the pod cgroup's `pod_state` naming the cgroup;
-//! - on the pod's host-side peer, where prevResult names one: the ingress
-//!   queue (ingress_queue) and the egress guard (host_guard, `host_guards`);
+//! - in the pod's netns: the ingress queue (ingress_queue: an ifb fed from
+//!   the interface's tc ingress), which every main CNI's delivery passes;
+//! - on the pod's host-side peer, where prevResult names one: the egress
+//!   guard (host_guard, `host_guards`), out of the pod's reach; and its copy
+//!   on the pod's interface (host_guard::attach_pod_side), which holds where
+//!   an eBPF main CNI skips the host side; PACKET_QDISC_BYPASS and AF_XDP,
+//!   which skip that copy, are refused (the setsockopt link);
 //! - where there is no host-side peer: the raw-frame filter on the pod's
 //!   interface (raw_guard, `raw_guarded`);
 //! - its record (attachment), which says which of these it made.
@@ -39,7 +44,7 @@ use crate::datapath::attachment::{self, AttachmentRecord};
 use crate::node::bpf_sys::{self, CgroupLinkInfo};
 use crate::policy::limits::Limits;
 use crate::node::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
-use crate::datapath::state::{HostGuard, IfaceState, PodRecord, IFACE_INGRESS_QUEUED, STATE_LAYOUT};
+use crate::datapath::state::{HostGuard, IfaceState, PodRecord, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, POD_SIDE_GUARD, STATE_LAYOUT};
 use crate::policy::operator::LimitBasis;
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
@@ -53,9 +58,9 @@ const PROG_SOCKOPS: &str = "pace_tcp";
 const PROG_SETSOCKOPT: &str = "refuse_raw_bypass";
 const PROG_RAW: &str = "refuse_raw_frames";
 const PROG_GUARD: &str = "guard_pod_egress";
-const PROG_PRIORITY: &str = "prioritize_light_flows";
+const PROG_QUEUE: &str = crate::datapath::ingress_queue::QUEUE_PROG;
 const CGROUP_SKB_PROGS: [&str; 2] = [PROG_EGRESS, PROG_INGRESS];
-const CLASSIFIER_PROGS: [&str; 3] = [PROG_RAW, PROG_GUARD, PROG_PRIORITY];
+const CLASSIFIER_PROGS: [&str; 3] = [PROG_RAW, PROG_GUARD, PROG_QUEUE];
 const MAP_POD_STATE: &str = "pod_state";
 const MAP_IFACE_STATE: &str = "iface_state";
 const MAP_FLOW_STATE: &str = "flow_state";
@@ -63,7 +68,7 @@ const MAP_HOST_GUARDS: &str = "host_guards";
 const MAP_RAW_GUARDED: &str = "raw_guarded";
 const MAP_QUEUED_FLOWS: &str = "queued_flows";
 const DATAPATH_MAPS: [&str; 6] = [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED, MAP_QUEUED_FLOWS];
-const DATAPATH_PROGS: [&str; 7] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_PRIORITY];
+const DATAPATH_PROGS: [&str; 7] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_QUEUE];
 const LOADING_PREFIX: &str = "loading-";
 
 /// The cgroup link pins every attachment has, and the map pins beside them.
@@ -189,9 +194,36 @@ impl PinRoot {
     }
 
     fn remove_outside_pins(&self, id: &AttachmentId, dir: &Path, record: &AttachmentRecord, netns: Option<&Path>) {
+        let recorded = (!record.netns.is_empty()).then(|| Path::new(&record.netns));
+        let pod_netns = netns.or(recorded).filter(|ns| ns.exists());
         if record.ingress_queued {
-            if let Err(e) = crate::datapath::ingress_queue::remove(record.host_ifindex) {
+            if let Err(e) = crate::datapath::ingress_queue::remove_host_side(record.host_ifindex) {
                 log::warn!("cannot remove the ingress queue: {e:#}");
+            }
+        }
+        // The pod-side queue and guard go with the pod's netns; DEL removes
+        // them while it is still there, as a replacing ADD must.
+        if let Some(ns) = pod_netns.filter(|_| record.ingress_queued_in_pod || record.pod_guard != 0) {
+            let removed = crate::node::netns::in_netns(ns, || {
+                if record.ingress_queued_in_pod {
+                    crate::datapath::ingress_queue::remove(record.ifindex)?;
+                }
+                if record.pod_guard != 0 {
+                    crate::datapath::host_guard::detach_pod_side(record.ifindex);
+                }
+                Ok(())
+            });
+            if let Err(e) = removed {
+                log::warn!("cannot remove the ingress queue or the egress guard from the pod's netns: {e:#}");
+            }
+        }
+        if record.pod_guard != 0 {
+            if let Ok(map) = bpf_sys::obj_get(&dir.join(GUARDS_PIN)) {
+                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.pod_guard)
+                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
+                if ours {
+                    let _ = bpf_sys::delete(map.as_fd(), &record.pod_guard);
+                }
             }
         }
         if record.egress_guarded {
@@ -207,8 +239,7 @@ impl PinRoot {
             }
         }
         if record.raw_guarded {
-            let recorded = (!record.netns.is_empty()).then(|| Path::new(&record.netns));
-            if let Some(ns) = netns.or(recorded).filter(|ns| ns.exists()) {
+            if let Some(ns) = pod_netns {
                 crate::datapath::raw_guard::detach(ns, &id.ifname);
             }
             let others = self.attachments().unwrap_or_default().into_iter().filter(|a| a != id).any(|a| {
@@ -291,7 +322,7 @@ impl PinRoot {
 fn remove_legacy_outside_pins(dir: &Path, id: &AttachmentId, netns: Option<&Path>) {
     if let Ok((_, state)) = pod_state_from_pins(dir) {
         if state.flags & IFACE_INGRESS_QUEUED != 0 {
-            if let Err(e) = crate::datapath::ingress_queue::remove(state.host_ifindex) {
+            if let Err(e) = crate::datapath::ingress_queue::remove_host_side(state.host_ifindex) {
                 log::warn!("cannot remove the ingress queue: {e:#}");
             }
         }
@@ -494,9 +525,12 @@ fn attach_and_pin(
     let (guards, raw_guarded) = (open(MAP_HOST_GUARDS)?, open(MAP_RAW_GUARDED)?);
     let mut rollback = Rollback::default();
 
-    // The pod's interface: its index keys its state, inside the pod's netns.
-    let ifindex = crate::node::netns::in_netns(network.netns, || crate::node::netns::ifindex(network.ifname))
-        .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
+    // The pod's interface: its index keys its state, inside the pod's netns;
+    // its MTU lets the cgroup hooks charge IP fragments as the wire does.
+    let (ifindex, mtu) = crate::node::netns::in_netns(network.netns, || {
+        Ok((crate::node::netns::ifindex(network.ifname)?, crate::node::netns::mtu(network.ifname)?))
+    })
+    .with_context(|| format!("cannot use interface {} of the pod", network.ifname))?;
     let host = match &network.host_interface {
         Some(name) => Some((name.as_str(), crate::node::netns::ifindex(name)?)),
         None => None,
@@ -511,33 +545,38 @@ fn attach_and_pin(
     };
     let mut state = IfaceState::new(limits, network.basis);
     state.host_ifindex = record.host_ifindex;
+    state.flags |= mtu.min(0xffff) << IFACE_MTU_SHIFT;
 
-    // Ingress: queued on the host side where it can be, else policed.
-    let mode = match (limits.ingress, host) {
-        (None, _) => IngressMode::None,
-        (Some(_), None) => IngressMode::Policer("no host-side interface in prevResult".into()),
-        (Some(_), Some(_)) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
-        (Some(limit), Some((name, index))) => {
+    // Ingress: queued in the pod's netns, which every main CNI's delivery
+    // passes (ingress_queue); policed where the operator asks or the queue
+    // cannot be made.
+    let mode = match limits.ingress {
+        None => IngressMode::None,
+        Some(_) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
+        Some(limit) => {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(limit, network.basis);
-            match crate::datapath::ingress_queue::install(name, spec, &datapath.join(PROG_PRIORITY)) {
+            let prog = datapath.join(PROG_QUEUE);
+            match crate::node::netns::in_netns(network.netns, || crate::datapath::ingress_queue::install(ifindex, spec, &prog)) {
                 Ok(()) => {
+                    let ns = network.netns;
                     rollback.push(move || {
-                        let _ = crate::datapath::ingress_queue::remove(index);
+                        let _ = crate::node::netns::in_netns(ns, || crate::datapath::ingress_queue::remove(ifindex));
                     });
-                    record.ingress_queued = true;
+                    record.ingress_queued_in_pod = true;
                     state.flags |= IFACE_INGRESS_QUEUED;
-                    IngressMode::Queue(name.to_string())
+                    IngressMode::Queue(format!("{} in the pod's netns", crate::datapath::ingress_queue::ifb_name(ifindex)))
                 }
                 Err(e) => {
-                    log::warn!("cannot queue ingress on {name}, policing instead: {e:#}");
-                    IngressMode::Policer(format!("cannot queue on {name}: {e}"))
+                    log::warn!("cannot queue ingress in the pod's netns, policing instead: {e:#}");
+                    IngressMode::Policer(format!("cannot queue in the pod's netns: {e:#}"))
                 }
             }
         }
     };
 
-    // Egress: guarded on the host side where there is one; else the pod's
-    // raw frames are refused on its interface, unless allowed.
+    // Egress: guarded on the host side where there is one, and on the pod's
+    // interface, which an eBPF main CNI cannot skip; else the pod's raw
+    // frames are refused on its interface, unless allowed.
     if let (Some(_), Some((name, index))) = (limits.egress, host) {
         let guard = HostGuard::for_egress(cgroup_id, &state.egress);
         bpf_sys::update(guards.as_fd(), &index, &guard, bpf_sys::Update::Locked).context("cannot write the egress guard")?;
@@ -548,6 +587,21 @@ fn attach_and_pin(
         crate::datapath::host_guard::attach(name, &datapath.join(PROG_GUARD))?;
         rollback.push(move || crate::datapath::host_guard::detach(index));
         record.egress_guarded = true;
+
+        let key = allocate_pod_guard(guards.as_fd(), &guard, cgroup_id ^ u64::from(ifindex))?;
+        rollback.push(move || {
+            let _ = bpf_sys::delete(g.as_fd(), &key);
+        });
+        let prog = datapath.join(PROG_GUARD);
+        crate::node::netns::in_netns(network.netns, || crate::datapath::host_guard::attach_pod_side(ifindex, key, &prog))?;
+        let ns = network.netns;
+        rollback.push(move || {
+            let _ = crate::node::netns::in_netns(ns, || {
+                crate::datapath::host_guard::detach_pod_side(ifindex);
+                Ok(())
+            });
+        });
+        record.pod_guard = key;
     } else if limits.egress.is_some() && !network.allow_raw_sockets {
         let already = bpf_sys::lookup_locked_bytes(raw_guarded.as_fd(), &cgroup_id).is_ok();
         bpf_sys::update(raw_guarded.as_fd(), &cgroup_id, &1u32, bpf_sys::Update::Plain).context("cannot record the pod for the raw-frame guard")?;
@@ -567,7 +621,9 @@ fn attach_and_pin(
     // process until pinned: an early return drops them, and dropping an
     // unpinned link detaches it.
     let mut link_names: Vec<&str> = LINK_PINS.to_vec();
-    if record.raw_guarded {
+    // PACKET_QDISC_BYPASS and AF_XDP skip the pod's interface's egress hook,
+    // and with it the raw-frame filter or the pod-side guard.
+    if record.raw_guarded || (record.pod_guard != 0 && !network.allow_raw_sockets) {
         link_names.push(RAW_GUARD_PINS[0]);
     }
     let mut links: Vec<(OwnedFd, &str)> = Vec::with_capacity(link_names.len());
@@ -610,7 +666,7 @@ fn attach_and_pin(
         bpf_sys::obj_pin(link.as_fd(), &pod_dir.join(name)).with_context(|| format!("cannot pin link {name}"))?;
     }
     bpf_sys::obj_pin(iface_map.as_fd(), &pod_dir.join(STATE_PIN)).context("cannot pin the interface state map")?;
-    if record.egress_guarded {
+    if record.egress_guarded || record.pod_guard != 0 {
         bpf_sys::obj_pin(guards.as_fd(), &pod_dir.join(GUARDS_PIN)).context("cannot pin the egress guard map")?;
     }
     if record.raw_guarded {
@@ -619,6 +675,23 @@ fn attach_and_pin(
     attachment::pin(pod_dir, &record)?;
     rollback.disarm();
     Ok(mode)
+}
+
+/// Writes `guard` under a free pod-side key in `host_guards` and returns
+/// the key: POD_SIDE_GUARD | a 16-bit id (the filter's classid, which is
+/// all cls_bpf hands a program), probed from `seed`.
+fn allocate_pod_guard(guards: std::os::fd::BorrowedFd<'_>, guard: &HostGuard, seed: u64) -> Result<u32> {
+    let start = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32;
+    for i in 0..0xffff_u32 {
+        let id = (start + i) % 0xffff + 1;
+        let key = POD_SIDE_GUARD | id;
+        match bpf_sys::update(guards, &key, guard, bpf_sys::Update::LockedNew) {
+            Ok(()) => return Ok(key),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+            Err(e) => return Err(e).context("cannot write the pod-side egress guard"),
+        }
+    }
+    bail!("every pod-side egress guard id is in use: 65535 shaped interfaces on this node")
 }
 
 /// What is attached for one pod, as read back from its pins.
@@ -687,22 +760,53 @@ pub fn update_pod_state(dir: &Path, change: impl FnOnce(&mut IfaceState)) -> Res
     bpf_sys::update_locked(map.as_fd(), &record.key(), &state).context("cannot write the interface state")?;
     // The host-side guard follows the egress limit, or it would hold the
     // pod to the old one.
-    if let Some(mut guard) = guard_from_pins(dir) {
+    for (key, guard) in guards_from_pins(dir) {
+        let mut guard = guard;
         let fresh = HostGuard::for_egress(record.cgroup_id, &state.egress);
         guard.egress.rate = fresh.egress.rate;
         guard.egress.burst = fresh.egress.burst;
         guard.egress.tokens = guard.egress.tokens.min(fresh.egress.burst as i64);
         let guards = bpf_sys::obj_get(&dir.join(GUARDS_PIN)).context("cannot open the egress guard map")?;
-        bpf_sys::update_locked(guards.as_fd(), &record.host_ifindex, &guard).context("cannot write the egress guard")?;
+        bpf_sys::update_locked(guards.as_fd(), &key, &guard).context("cannot write the egress guard")?;
     }
     Ok(state)
+}
+
+/// Where the attachment's ingress queue is, if it has one: its record says;
+/// pods of layouts 1 and 2 (no record) had it on the host side.
+pub fn ingress_queue_of(dir: &Path, state: &IfaceState) -> Option<crate::datapath::ingress_queue::QueueAt> {
+    use crate::datapath::ingress_queue::QueueAt;
+    match attachment::read(dir).ok().flatten() {
+        Some(r) if r.ingress_queued_in_pod => Some(QueueAt::Pod { netns: PathBuf::from(&r.netns), pod_ifindex: r.ifindex }),
+        Some(r) if r.ingress_queued => Some(QueueAt::HostSide(r.host_ifindex)),
+        Some(_) => None,
+        None => (state.flags & IFACE_INGRESS_QUEUED != 0).then_some(QueueAt::HostSide(state.host_ifindex)),
+    }
 }
 
 /// The egress guard's state on the host side, if the attachment has one.
 pub fn guard_from_pins(dir: &Path) -> Option<HostGuard> {
     let record = attachment::read(dir).ok().flatten().filter(|r| r.egress_guarded)?;
+    guard_at(dir, &record, record.host_ifindex)
+}
+
+/// The egress guard's state on the pod's interface, if the attachment has one.
+pub fn pod_side_guard_from_pins(dir: &Path) -> Option<HostGuard> {
+    let record = attachment::read(dir).ok().flatten().filter(|r| r.pod_guard != 0)?;
+    guard_at(dir, &record, record.pod_guard)
+}
+
+/// Every egress guard of the attachment, with its key.
+fn guards_from_pins(dir: &Path) -> Vec<(u32, HostGuard)> {
+    let Some(record) = attachment::read(dir).ok().flatten() else { return Vec::new() };
+    let host = record.egress_guarded.then_some(record.host_ifindex);
+    let pod = (record.pod_guard != 0).then_some(record.pod_guard);
+    host.into_iter().chain(pod).filter_map(|k| guard_at(dir, &record, k).map(|g| (k, g))).collect()
+}
+
+fn guard_at(dir: &Path, record: &AttachmentRecord, key: u32) -> Option<HostGuard> {
     let map = bpf_sys::obj_get(&dir.join(GUARDS_PIN)).ok()?;
-    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.host_ifindex).ok()?;
+    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &key).ok()?;
     if value.len() != std::mem::size_of::<HostGuard>() {
         return None;
     }

@@ -31,8 +31,18 @@ pub struct AttachmentRecord {
     pub ifindex: u32,
     /// Its host-side peer in the node's netns, where there is one (0: none).
     pub host_ifindex: u32,
-    /// Ingress is queued on the host-side peer (a TBF root qdisc).
+    /// Ingress is queued on the host-side peer (a TBF root qdisc): pods of
+    /// releases before the queue moved into the pod's netns.
     pub ingress_queued: bool,
+    /// Ingress is queued in the pod's netns: an ifb named after `ifindex`
+    /// and a filter on the interface's ingress (datapath::ingress_queue).
+    #[serde(default)]
+    pub ingress_queued_in_pod: bool,
+    /// The pod-side egress guard's key in `host_guards` (POD_SIDE_GUARD |
+    /// its filter's classid), whose filter is on the interface's egress; 0:
+    /// none.
+    #[serde(default)]
+    pub pod_guard: u32,
     /// Egress is guarded on the host-side peer (a tc ingress filter and a
     /// `host_guards` entry).
     pub egress_guarded: bool,
@@ -78,6 +88,8 @@ mod tests {
             ifindex: u32::MAX,
             host_ifindex: u32::MAX,
             ingress_queued: true,
+            ingress_queued_in_pod: true,
+            pod_guard: u32::MAX,
             egress_guarded: true,
             raw_guarded: true,
             netns: "/var/run/netns/cni-0123456789abcdef0123456789abcdef01234567".into(),
@@ -87,5 +99,13 @@ mod tests {
         assert!(json.len() < RECORD_BYTES);
         assert_eq!(serde_json::from_slice::<AttachmentRecord>(&json).unwrap(), r);
         assert_eq!(r.key(), IfaceKey { cgroup_id: u64::MAX, ifindex: u32::MAX, pad: 0 });
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_release_reads_with_no_pod_side_queue_or_guard() {
+        let old = r#"{"cgroupId":7,"ifindex":2,"hostIfindex":9,"ingressQueued":true,"egressGuarded":true,"rawGuarded":false,"netns":"/x","basis":"frames"}"#;
+        let r: AttachmentRecord = serde_json::from_str(old).unwrap();
+        assert!(r.ingress_queued && !r.ingress_queued_in_pod);
+        assert_eq!(r.pod_guard, 0);
     }
 }

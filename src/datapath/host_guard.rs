@@ -35,6 +35,37 @@ pub fn detach(ifindex: u32) {
     }
 }
 
+/// The guard's copy on the pod's own interface: the filter's preference on
+/// its egress hook. Where an eBPF main CNI's program runs first on the host
+/// side and ends the filter chain there (Cilium, Calico eBPF), only this copy
+/// sees the pod's frames. It is keyed by its filter's classid
+/// (`key` = POD_SIDE_GUARD | classid).
+pub const POD_SIDE_PREF: u16 = 49103;
+
+/// Adds the pod-side copy, running the program pinned at `prog_pin`, to the
+/// egress of the pod's interface `ifindex` (in the calling thread's netns).
+pub fn attach_pod_side(ifindex: u32, key: u32, prog_pin: &Path) -> Result<()> {
+    let classid = (key & 0xffff) as u16;
+    tc::attach_pinned_filter_with_classid(ifindex, Hook::Egress, POD_SIDE_PREF, FILTER_HANDLE, prog_pin, "guard_pod_egress", classid)
+        .context("cannot add the egress guard to the pod's interface")
+}
+
+/// Removes the pod-side copy, if the interface is still there.
+pub fn detach_pod_side(ifindex: u32) {
+    if crate::datapath::ingress_queue::ifname_of(ifindex).is_some() {
+        let _ = tc::filter_delete(ifindex, Hook::Egress, POD_SIDE_PREF, 0);
+    }
+}
+
+/// For CHECK: the pod-side copy is on the interface's egress (in the calling
+/// thread's netns) and runs our program.
+pub fn verify_pod_side(ifindex: u32) -> Result<()> {
+    if !tc::has_filter(ifindex, Hook::Egress, POD_SIDE_PREF, PROG_NAME)? {
+        bail!("the egress guard is missing from the pod's interface");
+    }
+    Ok(())
+}
+
 /// For CHECK: our filter is on the interface's ingress and runs our program.
 pub fn verify(ifindex: u32) -> Result<()> {
     let Some(ifname) = crate::datapath::ingress_queue::ifname_of(ifindex) else {

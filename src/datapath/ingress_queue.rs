@@ -1,27 +1,40 @@
-//! The pod's ingress queue: a TBF qdisc on the host side of the pod's veth.
+//! The pod's ingress queue: a TBF qdisc on an ifb device in the pod's own
+//! netns, fed by a filter on the pod interface's tc ingress.
 //!
 //! A cgroup ingress hook can only pass or drop, and at in-cluster RTTs that
 //! makes senders resend a large share of what they send (docs/shaping.md).
-//! Where the main plugin leaves a host-side veth (bridge, ptp), ADD puts a
-//! queue there instead, whose bucket is the pod's ingress burst, and the
-//! datapath sizes the pod's receive windows from each flow's share and RTT
-//! so that senders keep only a few ms of data in it. Where there is none (macvlan,
-//! ipvlan, a main plugin that lists no host interface), or the interface
-//! already has a root qdisc (another shaper, such as the reference bandwidth
-//! plugin), the BPF policer stays in force; the logs, CHECK and `stats` say
-//! which.
+//! So ADD puts a queue in front of the pod, whose bucket is the pod's
+//! ingress burst, and the datapath sizes the pod's receive windows from
+//! each flow's share and RTT so that senders keep only a few ms of data in it.
+//!
+//! Why in the pod's netns, and not on the host side of its veth as earlier
+//! releases did: an eBPF main CNI (Cilium with BPF host routing, Calico
+//! eBPF) delivers to pods with `bpf_redirect_peer`, which skips the host
+//! veth's qdisc; a pod then downloaded at 79x its limit. Every main CNI
+//! delivers through the pod interface's tc ingress, macvlan and ipvlan too.
+//! There `queue_pod_ingress` (ebpf/shaper.bpf.c) redirects each frame to the
+//! ifb, whose index is the filter's classid; the ifb hands it back to the
+//! interface's receive path once the TBF lets it go. The device goes with
+//! the pod's netns, whatever happens to DEL. A pod with CAP_NET_ADMIN could
+//! remove it (as it could any filter in its netns); Kubernetes does not
+//! grant that by default.
 //!
 //! Light flows toward the pod (a response, a handshake) pass its download:
-//! the TBF's child is a pfifo_fast, and a filter on the interface's egress
-//! gives them its first band (ebpf/shaper.bpf.c: prioritize_light_flows).
+//! the TBF's child is a pfifo_fast, and `queue_pod_ingress` gives them its
+//! first band. pfifo_fast holds up to the device's txqueuelen packets a
+//! band, whatever TBF's own limit says, so the ifb's txqueuelen is set from
+//! that limit in full-sized frames.
 //!
-//! The qdiscs are set up over rtnetlink (crate::datapath::tc; no `tc` binary is run)
-//! and are recognised by their handles.
+//! Everything here works in the calling thread's netns (the pod's: call it
+//! from `crate::node::netns::in_netns`), over rtnetlink (crate::datapath::tc),
+//! and finds its objects by name and handle.
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+
+use crate::datapath::tc::{self, Hook, Verb};
 
 /// The root qdisc handle that marks a queue as ours ("b9a1:").
 pub const HANDLE: &str = "b9a1:";
@@ -29,12 +42,14 @@ const HANDLE_MAJOR: u16 = 0xb9a1;
 /// The queue's child: pfifo_fast, whose first band (priority
 /// TC_PRIO_INTERACTIVE) leaves before the rest.
 const CHILD_MAJOR: u16 = 0xb9a2;
-/// The filter on the interface's egress that gives light flows that
-/// priority (ebpf/shaper.bpf.c: prioritize_light_flows).
-pub const PRIORITY_PREF: u16 = 49102;
-const PRIORITY_PROG: &str = "prioritize_light_flows";
+/// The filter on the pod interface's ingress that feeds the queue
+/// (ebpf/shaper.bpf.c: queue_pod_ingress).
+pub const QUEUE_FILTER_PREF: u16 = 49102;
+pub const QUEUE_PROG: &str = "queue_pod_ingress";
 /// The kernel keeps 15 bytes of a program's name.
-const PRIORITY_PROG_NAME: &str = "prioritize_ligh";
+const QUEUE_PROG_NAME: &str = "queue_pod_ingre";
+/// Earlier releases' band filter on the host side's egress.
+const HOST_SIDE_PRIORITY_PREF: u16 = 49102;
 
 /// The queue holds max(rate x QUEUE_MS, QUEUE_MIN_BYTES): room for every
 /// receiver's window beyond the path's round trip (ebpf/shaper.h:
@@ -44,6 +59,8 @@ const QUEUE_MS: u64 = 20;
 const QUEUE_MIN_BYTES: u64 = 256 * 1024;
 /// TBF's bucket is the pod's ingress burst, at least four frames.
 const TBF_BURST_MIN_BYTES: u64 = 4 * 1514;
+/// A full-sized frame, for the queue's length in packets.
+const FULL_FRAME_BYTES: u64 = 1514;
 
 /// The queue's parameters: TBF counts every frame with its Ethernet header,
 /// as the limit does.
@@ -65,6 +82,12 @@ impl QueueSpec {
             limit_bytes: (bytes_per_s * QUEUE_MS / 1000).max(QUEUE_MIN_BYTES),
         }
     }
+
+    /// The ifb's txqueuelen: the queue's limit in full-sized frames, which
+    /// is what each pfifo_fast band holds.
+    pub fn txqueuelen(&self) -> u32 {
+        u32::try_from(self.limit_bytes.div_ceil(FULL_FRAME_BYTES)).unwrap_or(u32::MAX)
+    }
 }
 
 /// The host-side interface of the pod in prevResult: one without a
@@ -85,43 +108,56 @@ pub fn host_interface(prev_result: Option<&Value>) -> Option<String> {
 
 /// Our queue's handle as the kernel stores it.
 fn handle_id() -> u32 {
-    crate::datapath::tc::handle(HANDLE_MAJOR)
+    tc::handle(HANDLE_MAJOR)
 }
 
-fn tbf_of(spec: QueueSpec) -> crate::datapath::tc::Tbf {
-    crate::datapath::tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
+fn tbf_of(spec: QueueSpec) -> tc::Tbf {
+    tc::Tbf { rate_bits: spec.rate_bits, burst_bytes: spec.burst_bytes, limit_bytes: spec.limit_bytes }
 }
 
-/// Adds the queue as the root qdisc of `ifname`, its pfifo_fast child, and
-/// the filter that gives light flows the first band, running the program
-/// pinned at `classifier`. Fails, changing nothing, if the interface
-/// already has a root qdisc of its own.
-pub fn install(ifname: &str, spec: QueueSpec, classifier: &Path) -> Result<()> {
-    let ifindex = crate::node::netns::ifindex(ifname)?;
-    crate::datapath::tc::tbf(crate::datapath::tc::Verb::Add, ifindex, crate::datapath::tc::ROOT, handle_id(), &tbf_of(spec))
-        .with_context(|| format!("cannot add the ingress queue (tbf, handle {HANDLE}) to {ifname}"))?;
-    let rest = set_up_priority(ifindex, classifier);
+/// The name of the ifb holding the queue of the pod's interface
+/// `pod_ifindex`: one per interface, so several networks each get their own.
+pub fn ifb_name(pod_ifindex: u32) -> String {
+    format!("brlq{pod_ifindex}")
+}
+
+/// The index of the queue's ifb for `pod_ifindex`, if it exists.
+pub fn ifb_index(pod_ifindex: u32) -> Option<u32> {
+    crate::node::netns::ifindex(&ifb_name(pod_ifindex)).ok()
+}
+
+/// Puts the queue in front of the pod's interface `pod_ifindex`: the ifb,
+/// its TBF and pfifo_fast child, and the filter on the interface's ingress
+/// running the program pinned at `classifier`. A queue left by an earlier
+/// ADD of the same interface is replaced. On failure nothing remains.
+pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path) -> Result<()> {
+    let _ = remove(pod_ifindex);
+    let name = ifb_name(pod_ifindex);
+    let ifb = tc::ifb_add(&name, spec.txqueuelen()).with_context(|| format!("cannot create the ingress queue's device {name} (needs the ifb module)"))?;
+    let rest = (|| {
+        // The filter's classid carries the ifb's index: 16 bits.
+        let Ok(classid) = u16::try_from(ifb) else { bail!("{name} has index {ifb}, above the 65535 a filter's classid holds") };
+        tc::tbf(Verb::Add, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).context("cannot add the queue's tbf")?;
+        tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR)).context("cannot add the queue's bands")?;
+        tc::attach_pinned_filter_with_classid(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 1, classifier, QUEUE_PROG, classid)
+            .context("cannot add the filter feeding the queue")
+    })();
     if rest.is_err() {
-        let _ = remove(ifindex);
+        let _ = remove(pod_ifindex);
     }
-    rest.with_context(|| format!("cannot set up the ingress queue's bands on {ifname}"))
+    rest.with_context(|| format!("cannot set up the ingress queue on {name}"))
 }
 
-/// The TBF's pfifo_fast child and the filter choosing its band.
-fn set_up_priority(ifindex: u32, classifier: &Path) -> Result<()> {
-    crate::datapath::tc::pfifo_fast(crate::datapath::tc::Verb::Replace, ifindex, handle_id() | 1, crate::datapath::tc::handle(CHILD_MAJOR))?;
-    crate::datapath::tc::attach_pinned_filter(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, 1, classifier, PRIORITY_PROG)
-}
-
-/// Changes the rate of our queue on `ifindex` in place (`bpf-ratelimit set`):
-/// packets in it stay queued.
-pub fn change(ifindex: u32, spec: QueueSpec) -> Result<()> {
-    let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    crate::datapath::tc::tbf(crate::datapath::tc::Verb::Change, ifindex, crate::datapath::tc::ROOT, handle_id(), &tbf_of(spec))
-        .with_context(|| format!("cannot change the ingress queue on {ifname}"))?;
+/// Changes the rate of the queue in place (`bpf-ratelimit set`): packets in
+/// it stay queued.
+pub fn change(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
+    let name = ifb_name(pod_ifindex);
+    let Some(ifb) = ifb_index(pod_ifindex) else { bail!("the ingress queue's device {name} is gone") };
+    tc::tbf(Verb::Change, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).with_context(|| format!("cannot change the ingress queue on {name}"))?;
     // A change of TBF's limit may give it a plain fifo child again.
-    crate::datapath::tc::pfifo_fast(crate::datapath::tc::Verb::Replace, ifindex, handle_id() | 1, crate::datapath::tc::handle(CHILD_MAJOR))
-        .with_context(|| format!("cannot keep the ingress queue's bands on {ifname}"))
+    tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR))
+        .with_context(|| format!("cannot keep the ingress queue's bands on {name}"))?;
+    tc::set_txqueuelen(ifb, spec.txqueuelen()).with_context(|| format!("cannot change the queue length of {name}"))
 }
 
 /// The interface's name, if `ifindex` still exists in this netns.
@@ -137,40 +173,112 @@ pub fn ifname_of(ifindex: u32) -> Option<String> {
 }
 
 /// The root qdisc of `ifindex`, if it is ours: its parameters as read back.
-pub fn our_qdisc(ifindex: u32) -> Result<Option<crate::datapath::tc::Tbf>> {
-    Ok(crate::datapath::tc::qdiscs(ifindex)?
+pub fn our_qdisc(ifindex: u32) -> Result<Option<tc::Tbf>> {
+    Ok(tc::qdiscs(ifindex)?
         .into_iter()
-        .find(|q| q.parent == crate::datapath::tc::ROOT && q.kind == "tbf" && q.handle == handle_id())
-        .map(|q| q.tbf.unwrap_or(crate::datapath::tc::Tbf { rate_bits: 0, burst_bytes: 0, limit_bytes: 0 })))
+        .find(|q| q.parent == tc::ROOT && q.kind == "tbf" && q.handle == handle_id())
+        .map(|q| q.tbf.unwrap_or(tc::Tbf { rate_bits: 0, burst_bytes: 0, limit_bytes: 0 })))
 }
 
-/// Removes our queue from the interface `ifindex`, if both are still there.
-/// The interface usually goes with the pod's netns; that is not an error.
-pub fn remove(ifindex: u32) -> Result<()> {
-    let Some(ifname) = ifname_of(ifindex) else { return Ok(()) };
-    let _ = crate::datapath::tc::filter_delete(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, 0);
+/// Removes the queue of the pod's interface `pod_ifindex`: the filter and
+/// the ifb (its qdiscs go with it). What is already gone is no error.
+pub fn remove(pod_ifindex: u32) -> Result<()> {
+    if crate::datapath::ingress_queue::ifname_of(pod_ifindex).is_some() {
+        let _ = tc::filter_delete(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 0);
+    }
+    match ifb_index(pod_ifindex) {
+        Some(ifb) => tc::link_delete(ifb).map(drop).with_context(|| format!("cannot remove the ingress queue's device {}", ifb_name(pod_ifindex))),
+        None => Ok(()),
+    }
+}
+
+/// Removes the host-side queue an earlier release put on `host_ifindex`
+/// (in the node's netns), if both are still there.
+pub fn remove_host_side(host_ifindex: u32) -> Result<()> {
+    let Some(ifname) = ifname_of(host_ifindex) else { return Ok(()) };
+    let _ = tc::filter_delete(host_ifindex, Hook::Egress, HOST_SIDE_PRIORITY_PREF, 0);
     // The kernel deletes a root qdisc only if its handle is the one given,
-    // so another shaper's qdisc is never touched; one request, as DEL is timed.
-    match crate::datapath::tc::qdisc_delete(ifindex, crate::datapath::tc::ROOT, handle_id()) {
+    // so another shaper's qdisc is never touched.
+    match tc::qdisc_delete(host_ifindex, tc::ROOT, handle_id()) {
         Ok(_) => Ok(()),
-        Err(_) if our_qdisc(ifindex)?.is_none() => Ok(()),
+        Err(_) if our_qdisc(host_ifindex)?.is_none() => Ok(()),
         Err(e) => Err(e.context(format!("cannot remove the ingress queue from {ifname}"))),
     }
 }
 
-/// For CHECK: the queue is on `ifindex` with the rate of `spec`.
-pub fn verify_spec(ifindex: u32, spec: QueueSpec) -> Result<()> {
-    let Some(ifname) = ifname_of(ifindex) else { bail!("the ingress queue's host interface (index {ifindex}) is gone") };
-    let Some(q) = our_qdisc(ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
-    if !crate::datapath::tc::has_filter(ifindex, crate::datapath::tc::Hook::Egress, PRIORITY_PREF, PRIORITY_PROG_NAME)? {
-        bail!("the ingress queue's band filter is missing from {ifname}");
+/// Where an attachment's ingress queue is: in the pod's netns, or (pods of
+/// earlier releases) on the host side of its veth, in the node's netns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueAt {
+    Pod { netns: std::path::PathBuf, pod_ifindex: u32 },
+    HostSide(u32),
+}
+
+impl QueueAt {
+    /// Changes the queue's rate in place (`bpf-ratelimit set`).
+    pub fn change(&self, spec: QueueSpec) -> Result<()> {
+        match self {
+            QueueAt::Pod { netns, pod_ifindex } => crate::node::netns::in_netns(netns, || change(*pod_ifindex, spec)),
+            QueueAt::HostSide(host) => change_host_side(*host, spec),
+        }
     }
+
+    /// For CHECK: the queue is there, at the rate of `spec`.
+    pub fn verify(&self, spec: QueueSpec) -> Result<()> {
+        match self {
+            QueueAt::Pod { netns, pod_ifindex } => crate::node::netns::in_netns(netns, || verify_spec(*pod_ifindex, spec)),
+            QueueAt::HostSide(host) => verify_host_side(*host, spec),
+        }
+    }
+
+    /// For people: where the queue is.
+    pub fn describe(&self) -> String {
+        match self {
+            QueueAt::Pod { pod_ifindex, .. } => format!("queue on {} in the pod's netns", ifb_name(*pod_ifindex)),
+            QueueAt::HostSide(host) => match ifname_of(*host) {
+                Some(name) => format!("queue on {name}"),
+                None => format!("queue on interface {host} (gone)"),
+            },
+        }
+    }
+}
+
+fn change_host_side(host_ifindex: u32, spec: QueueSpec) -> Result<()> {
+    let Some(ifname) = ifname_of(host_ifindex) else { bail!("the ingress queue's host interface (index {host_ifindex}) is gone") };
+    tc::tbf(Verb::Change, host_ifindex, tc::ROOT, handle_id(), &tbf_of(spec)).with_context(|| format!("cannot change the ingress queue on {ifname}"))?;
+    tc::pfifo_fast(Verb::Replace, host_ifindex, handle_id() | 1, tc::handle(CHILD_MAJOR))
+        .with_context(|| format!("cannot keep the ingress queue's bands on {ifname}"))
+}
+
+fn verify_host_side(host_ifindex: u32, spec: QueueSpec) -> Result<()> {
+    let Some(ifname) = ifname_of(host_ifindex) else { bail!("the ingress queue's host interface (index {host_ifindex}) is gone") };
+    let Some(q) = our_qdisc(host_ifindex)? else { bail!("the ingress queue is missing from {ifname}") };
+    check_rate(&q, spec, &ifname)
+}
+
+fn check_rate(q: &tc::Tbf, spec: QueueSpec, name: &str) -> Result<()> {
     let want = spec.rate_bits;
     // The kernel keeps the rate in bytes/s.
     if q.rate_bits.abs_diff(want) > want / 100 + 8 {
-        bail!("the ingress queue on {ifname} runs at {} bit/s instead of {want}", q.rate_bits);
+        bail!("the ingress queue on {name} runs at {} bit/s instead of {want}", q.rate_bits);
     }
     Ok(())
+}
+
+/// For CHECK: the queue of the pod's interface `pod_ifindex` is in place,
+/// fed by our filter, at the rate of `spec`.
+pub fn verify_spec(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
+    let name = ifb_name(pod_ifindex);
+    let Some(ifb) = ifb_index(pod_ifindex) else { bail!("the ingress queue's device {name} is missing") };
+    let Some(q) = our_qdisc(ifb)? else { bail!("the ingress queue is missing from {name}") };
+    let filters = tc::bpf_filters(pod_ifindex, Hook::Ingress)?;
+    let feeds = filters.iter().any(|f| {
+        f.pref == QUEUE_FILTER_PREF && f.direct_action && crate::node::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == QUEUE_PROG_NAME)
+    });
+    if !feeds {
+        bail!("the filter feeding the ingress queue {name} is missing from the pod's interface");
+    }
+    check_rate(&q, spec, &name)
 }
 
 #[cfg(test)]
@@ -190,6 +298,9 @@ mod tests {
         assert_eq!(q.limit_bytes, 2_500_000);
         let q = QueueSpec::for_limit(Limit { rate: 10_000_000, burst: 8 }, LimitBasis::TcpGoodput);
         assert_eq!(q.rate_bits, 10_455_800);
+        // pfifo_fast holds txqueuelen packets: the limit in full-sized frames.
+        assert_eq!(QueueSpec::for_limit(Limit { rate: 10_000_000, burst: 8 }, LimitBasis::Frames).txqueuelen(), 174);
+        assert_eq!(QueueSpec::for_limit(Limit { rate: 1_000_000_000, burst: 8 }, LimitBasis::Frames).txqueuelen(), 1652);
     }
 
     #[test]

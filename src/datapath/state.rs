@@ -20,9 +20,18 @@ use crate::policy::operator::LimitBasis;
 /// interface, so that a pod on several networks has each shaped on its own.
 pub const STATE_LAYOUT: u32 = 3;
 
-/// `IfaceState::flags`: ingress is shaped by a queue on the host side of
-/// the pod's veth, and the datapath sizes receive windows for that queue.
+/// `IfaceState::flags`: ingress is shaped by a queue (an ifb in the pod's
+/// netns; a host-side TBF for pods of earlier releases), and the datapath
+/// sizes receive windows for that queue.
 pub const IFACE_INGRESS_QUEUED: u32 = 1;
+/// `IfaceState::flags >> IFACE_MTU_SHIFT`: the interface's MTU, so that the
+/// cgroup hooks charge a datagram the IP layer fragments as its fragments
+/// (ebpf/shaper.h: cgroup_wire_bytes). 0: unknown.
+pub const IFACE_MTU_SHIFT: u32 = 16;
+/// `host_guards` keys of guards on the pod's own interface (ebpf/shaper.bpf.c:
+/// guard_pod_egress): this bit and the filter's 16-bit classid. Host-side
+/// guards are keyed by their interface's index, which never has it.
+pub const POD_SIDE_GUARD: u32 = 0x8000_0000;
 
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -132,6 +141,14 @@ unsafe impl Pod for HostGuard {}
 /// never drops what those hooks shaped: it drops only what went around them.
 pub const GUARD_MARGIN_MS: u64 = 5;
 pub const GUARD_MARGIN_MIN_BYTES: u64 = 64 * 1024;
+/// The guard also runs 1/GUARD_RATE_HEADROOM (3.1%) faster than the pod's
+/// bucket: the frames of the pod's netns that its cgroup hooks never see
+/// (ARP and ND, the kernel's own RSTs and ICMP errors, processes outside
+/// the pod cgroup) reach the guard only. Two layers policing at the same
+/// rate, the outer one charged more, would drain the outer one at a
+/// sustained rate and drop the pod's own traffic there. What goes around
+/// the pod's hooks still gets at most 1.031 of the limit.
+pub const GUARD_RATE_HEADROOM: u64 = 32;
 
 impl Bucket {
     /// A full bucket for `limit` (bits), counted in `basis`. `last_ns` is 0
@@ -167,7 +184,7 @@ impl HostGuard {
         let burst = 2 * egress.burst + margin;
         HostGuard {
             cgroup_id,
-            egress: Bucket { rate: egress.rate, burst, tokens: burst as i64, ..Default::default() },
+            egress: Bucket { rate: egress.rate + egress.rate / GUARD_RATE_HEADROOM, burst, tokens: burst as i64, ..Default::default() },
             ..Default::default()
         }
     }
@@ -322,7 +339,7 @@ mod tests {
     fn the_guard_holds_what_the_pods_hooks_can_pass_beyond_the_rate() {
         let egress = Bucket::full(Some(Limit { rate: 10_000_000, burst: 131_072 * 8 }), LimitBasis::Frames);
         let g = HostGuard::for_egress(9, &egress);
-        assert_eq!(g.egress.rate, egress.rate);
+        assert_eq!(g.egress.rate, egress.rate + egress.rate / 32);
         assert_eq!(g.egress.burst, 2 * 131_072 + GUARD_MARGIN_MIN_BYTES);
         assert_eq!(g.egress.tokens, g.egress.burst as i64);
         let fast = Bucket::full(Some(Limit { rate: 1_000_000_000, burst: 6_250_000 * 8 }), LimitBasis::Frames);

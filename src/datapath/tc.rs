@@ -1,6 +1,7 @@
 //! Traffic control over rtnetlink: the root TBF qdisc of the ingress queue,
 //! the clsact qdisc, and cls_bpf filters in direct-action mode on its
-//! ingress or egress hook. No `tc` binary is run or needed.
+//! ingress or egress hook; and the ifb device the ingress queue sits on.
+//! No `tc` or `ip` binary is run or needed.
 //!
 //! Every function works in the network namespace of the calling thread: the
 //! netlink socket is opened there. Inside a pod's netns, call them from
@@ -79,6 +80,10 @@ pub struct Qdisc {
     /// Read back for TBF qdiscs: the rate in bytes/s × 8, the bucket as tc
     /// reports it (derived from the kernel's time buffer), the queue limit.
     pub tbf: Option<Tbf>,
+    /// What the qdisc has sent: bytes (as the qdisc counts them: every
+    /// segment with its headers) and packets.
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
 }
 
 /// A cls_bpf filter as the kernel dumps it.
@@ -250,7 +255,12 @@ pub fn qdiscs(ifindex: u32) -> Result<Vec<Qdisc>> {
         let kind = q.attributes.iter().find_map(|a| if let TcAttribute::Kind(k) = a { Some(k.clone()) } else { None }).unwrap_or_default();
         let options = q.attributes.iter().find_map(|a| if let TcAttribute::Options(o) = a { Some(o.as_slice()) } else { None });
         let tbf = if kind == "tbf" { options.and_then(parse_tbf) } else { None };
-        out.push(Qdisc { kind, handle: q.header.handle.into(), parent: q.header.parent.into(), tbf });
+        let (sent_bytes, sent_packets) = q
+            .attributes
+            .iter()
+            .find_map(|a| if let TcAttribute::Stats(s) = a { Some((s.bytes, u64::from(s.packets))) } else { None })
+            .unwrap_or_default();
+        out.push(Qdisc { kind, handle: q.header.handle.into(), parent: q.header.parent.into(), tbf, sent_bytes, sent_packets });
     }
     Ok(out)
 }
@@ -263,18 +273,22 @@ fn filter_info(pref: u16) -> u32 {
 /// Adds or replaces a cls_bpf filter in direct-action mode on `hook` of the
 /// interface's clsact qdisc (which must exist), running `prog`; `name` is
 /// recorded with it (tc records the object file's section or the pin's name).
-pub fn bpf_filter(verb: Verb, ifindex: u32, hook: Hook, pref: u16, handle: u32, prog: BorrowedFd<'_>, name: &str) -> Result<()> {
+/// A non-zero `classid` is handed to the program in `skb->tc_classid` (its
+/// low 16 bits): one loaded program serves many filters, each with its own key.
+#[allow(clippy::too_many_arguments)]
+pub fn bpf_filter(verb: Verb, ifindex: u32, hook: Hook, pref: u16, handle: u32, prog: BorrowedFd<'_>, name: &str, classid: u16) -> Result<()> {
     let fd = u32::try_from(prog.as_raw_fd()).context("a negative program fd")?;
+    let mut options = vec![
+        TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+        TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+        TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+    ];
+    if classid != 0 {
+        options.push(TcOption::Bpf(TcFilterBpfOption::ClassId(u32::from(classid).into())));
+    }
     let msg = TcMessage::from_parts(
         tc_header(ifindex, hook.parent(), handle, filter_info(pref))?,
-        vec![
-            TcAttribute::Kind("bpf".into()),
-            TcAttribute::Options(vec![
-                TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
-                TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
-                TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
-            ]),
-        ],
+        vec![TcAttribute::Kind("bpf".into()), TcAttribute::Options(options)],
     );
     Rtnl::open()?.ack(RouteNetlinkMessage::NewTrafficFilter(msg), verb.flags())
 }
@@ -335,10 +349,23 @@ pub fn bpf_filters(ifindex: u32, hook: Hook) -> Result<Vec<BpfFilter>> {
 /// running that program: what `tc qdisc replace dev X clsact; tc filter
 /// replace dev X HOOK pref P handle H bpf da pinned PIN` does.
 pub fn attach_pinned_filter(ifindex: u32, hook: Hook, pref: u16, handle: u32, prog_pin: &std::path::Path, name: &str) -> Result<()> {
+    attach_pinned_filter_with_classid(ifindex, hook, pref, handle, prog_pin, name, 0)
+}
+
+/// attach_pinned_filter, with the filter's `classid` (see bpf_filter).
+pub fn attach_pinned_filter_with_classid(
+    ifindex: u32,
+    hook: Hook,
+    pref: u16,
+    handle: u32,
+    prog_pin: &std::path::Path,
+    name: &str,
+    classid: u16,
+) -> Result<()> {
     use std::os::fd::AsFd;
     let prog = crate::node::bpf_sys::obj_get(prog_pin).with_context(|| format!("cannot open the pinned program {}", prog_pin.display()))?;
     clsact(Verb::Replace, ifindex)?;
-    bpf_filter(Verb::Replace, ifindex, hook, pref, handle, prog.as_fd(), name)
+    bpf_filter(Verb::Replace, ifindex, hook, pref, handle, prog.as_fd(), name, classid)
 }
 
 /// Whether the filter at `pref` on `hook` runs, in direct-action mode, a
@@ -347,6 +374,45 @@ pub fn has_filter(ifindex: u32, hook: Hook, pref: u16, prog_name: &str) -> Resul
     Ok(bpf_filters(ifindex, hook)?
         .iter()
         .any(|f| f.pref == pref && f.direct_action && crate::node::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == prog_name)))
+}
+
+// ---- Links: the ingress queue's ifb ----
+
+/// Creates an ifb device `name` with `txqueuelen`, up, and returns its
+/// index. Fails if a device of that name exists.
+pub fn ifb_add(name: &str, txqueuelen: u32) -> Result<u32> {
+    use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+    let mut msg = LinkMessage::default();
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    msg.attributes = vec![
+        LinkAttribute::IfName(name.to_string()),
+        LinkAttribute::TxQueueLen(txqueuelen),
+        LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]),
+    ];
+    Rtnl::open()?.ack(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)?;
+    crate::node::netns::ifindex(name)
+}
+
+/// Sets the transmit queue length of the device `ifindex`.
+pub fn set_txqueuelen(ifindex: u32, txqueuelen: u32) -> Result<()> {
+    use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    msg.attributes = vec![LinkAttribute::TxQueueLen(txqueuelen)];
+    Rtnl::open()?.ack(RouteNetlinkMessage::SetLink(msg), 0)
+}
+
+/// Deletes the device `ifindex`. Returns false when there was none.
+pub fn link_delete(ifindex: u32) -> Result<bool> {
+    use netlink_packet_route::link::LinkMessage;
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    match Rtnl::open()?.ack(RouteNetlinkMessage::DelLink(msg), 0) {
+        Ok(()) => Ok(true),
+        Err(e) if is_errno(&e, &[libc::ENODEV, libc::ENOENT]) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 // ---- The socket ----

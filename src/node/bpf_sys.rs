@@ -14,6 +14,7 @@ const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 
+const BPF_NOEXIST: u64 = 1;
 const BPF_EXIST: u64 = 2;
 /// Copy the value while holding its bpf_spin_lock (the lock itself is skipped).
 const BPF_F_LOCK: u64 = 4;
@@ -106,6 +107,8 @@ pub enum Update {
     Locked,
     /// Replace an existing value only, under its spin lock.
     LockedExisting,
+    /// Create a value whose key is free only (EEXIST otherwise).
+    LockedNew,
 }
 
 /// Writes a value, refusing a map whose key or value size is not this
@@ -116,6 +119,7 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, key: &K, value: &V, how: Upda
         Update::Plain => 0,
         Update::Locked => BPF_F_LOCK,
         Update::LockedExisting => BPF_F_LOCK | BPF_EXIST,
+        Update::LockedNew => BPF_F_LOCK | BPF_NOEXIST,
     };
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,

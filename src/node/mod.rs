@@ -5,6 +5,7 @@
 
 pub mod bpf_sys;
 pub mod cgroup;
+pub mod kernel;
 pub mod netns;
 pub mod pin_roots;
 pub mod pins;

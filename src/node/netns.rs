@@ -37,6 +37,31 @@ pub fn in_netns<T>(netns: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
 }
 
 /// The index of interface `ifname` in the current thread's namespace.
+/// The MTU of `ifname` in the calling thread's netns.
+pub fn mtu(ifname: &str) -> Result<u32> {
+    if ifname.len() >= libc::IF_NAMESIZE {
+        return Err(anyhow!("interface name {ifname:?} is too long"));
+    }
+    // SAFETY: a plain socket() call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(anyhow!("cannot open a socket to read {ifname}'s MTU: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh socket this function owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU reads ifr_name and writes ifru_mtu of `req`.
+    if unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), libc::SIOCGIFMTU, &mut req) } != 0 {
+        return Err(anyhow!("cannot read the MTU of {ifname}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: the kernel filled ifru_mtu.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
 pub fn ifindex(ifname: &str) -> Result<u32> {
     let name = std::ffi::CString::new(ifname).map_err(|_| anyhow!("interface name {ifname:?} holds a NUL byte"))?;
     // SAFETY: a valid NUL-terminated string; the call only reads it.

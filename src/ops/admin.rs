@@ -17,7 +17,7 @@ use crate::policy::limits::{self, Direction, Limit};
 use crate::node::pins::{AttachmentId, PinRoot};
 use crate::node::pod_meta::{self, PodMeta};
 use crate::policy::quantity;
-use crate::datapath::state::{Bucket, IfaceState as PodState, IFACE_INGRESS_QUEUED as POD_INGRESS_QUEUED};
+use crate::datapath::state::{Bucket, IfaceState as PodState};
 use crate::policy::operator::LimitBasis;
 
 /// One shaped pod as its pins show it.
@@ -367,8 +367,9 @@ fn set_one(pod: &PodView, change: &Change) -> Result<String> {
     // The queue first (a netlink request), then the state's read and write
     // back to back, so that the value written is the latest one.
     if let Some((_, limit)) = new.iter().find(|(d, _)| *d == Direction::Ingress) {
-        if pod.state.flags & POD_INGRESS_QUEUED != 0 {
-            crate::datapath::ingress_queue::change(pod.state.host_ifindex, crate::datapath::ingress_queue::QueueSpec::for_limit(*limit, basis))
+        if let Some(queue) = attach::ingress_queue_of(&pod.dir, &pod.state) {
+            queue
+                .change(crate::datapath::ingress_queue::QueueSpec::for_limit(*limit, basis))
                 .with_context(|| format!("cannot change the ingress queue of {}", pod.display_name()))?;
         }
     }

@@ -260,9 +260,21 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         if record.egress_guarded {
             crate::datapath::host_guard::verify(record.host_ifindex).map_err(|e| failed(format!("egress is guarded on the host side, but {e:#}")))?;
         }
-        if let (true, Some(ingress)) = (record.ingress_queued, limits.ingress) {
+        let netns = std::path::Path::new(&req.env.netns);
+        if record.pod_guard != 0 {
+            crate::node::netns::in_netns(netns, || crate::datapath::host_guard::verify_pod_side(record.ifindex))
+                .map_err(|e| failed(format!("egress is guarded on the pod's interface, but {e:#}")))?;
+        }
+        let queue = if record.ingress_queued_in_pod {
+            Some(crate::datapath::ingress_queue::QueueAt::Pod { netns: netns.to_path_buf(), pod_ifindex: record.ifindex })
+        } else if record.ingress_queued {
+            Some(crate::datapath::ingress_queue::QueueAt::HostSide(record.host_ifindex))
+        } else {
+            None
+        };
+        if let (Some(queue), Some(ingress)) = (queue, limits.ingress) {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
-            crate::datapath::ingress_queue::verify_spec(record.host_ifindex, spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
+            queue.verify(spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
         }
     }
     Ok(())
@@ -353,8 +365,9 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
             let entry = match attach::pod_state_from_pins(&dir) {
                 Ok((cgroup_id, state)) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
-                    "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&state), "state": state,
+                    "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&dir, &state), "state": state,
                     "egressGuard": attach::guard_from_pins(&dir),
+                    "podSideEgressGuard": attach::pod_side_guard_from_pins(&dir),
                 }),
                 Err(e) => serde_json::json!({
                     "network": a.network, "containerID": a.container_id, "ifname": a.ifname,
@@ -368,16 +381,13 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
 }
 
 /// How a pod's ingress limit is enforced, as `stats` names it.
-fn ingress_mode(state: &IfaceState) -> String {
+fn ingress_mode(dir: &std::path::Path, state: &IfaceState) -> String {
     if state.ingress.rate == 0 {
-        "none".into()
-    } else if state.flags & crate::datapath::state::IFACE_INGRESS_QUEUED != 0 {
-        match crate::datapath::ingress_queue::ifname_of(state.host_ifindex) {
-            Some(name) => format!("queue on {name}"),
-            None => format!("queue on interface {} (gone)", state.host_ifindex),
-        }
-    } else {
-        "policer".into()
+        return "none".into();
+    }
+    match attach::ingress_queue_of(dir, state) {
+        Some(queue) => queue.describe(),
+        None => "policer".into(),
     }
 }
 

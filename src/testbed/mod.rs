@@ -17,6 +17,7 @@
 
 pub mod delay_line;
 pub mod iperf;
+pub mod main_cni;
 pub mod measure;
 pub mod scenario;
 pub mod wire;
@@ -81,6 +82,7 @@ pub struct Testbed {
     servers: Vec<Child>,
     delay: Option<DelayLine>,
     pod_counter: Option<wire::WireCounter>,
+    main_cni: Option<main_cni::MainCni>,
 }
 
 impl Testbed {
@@ -112,6 +114,7 @@ impl Testbed {
             servers: Vec::new(),
             delay: None,
             pod_counter: None,
+            main_cni: None,
         };
         bed.setup().with_context(|| format!("cannot set up testbed {}", bed.name))?;
         Ok(bed)
@@ -153,6 +156,27 @@ impl Testbed {
         std::fs::create_dir_all(&self.cgroup).with_context(|| format!("cannot create cgroup {}", self.cgroup.display()))?;
         self.pod_counter = Some(wire::WireCounter::attach(&netns_path(&self.pod_ns), "eth0", &self.name)?);
         Ok(())
+    }
+
+    /// Emulates an eBPF main CNI on this node (main_cni): from now on the
+    /// pod's and the gateway's IP frames go straight to each other's netns,
+    /// past the bridge, the host veths' qdiscs and any later filter there.
+    /// The gateway is then also a same-node peer pod.
+    pub fn emulate_ebpf_main_cni(&mut self, attach: main_cni::Attach) -> Result<()> {
+        use main_cni::Route;
+        let (pod, gw) = (self.pod_host_veth.as_str(), self.gw_host_veth.as_str());
+        let routes: Vec<Route<'_>> = [(POD_IP, pod), (POD_IP6, pod), (SERVER_IP, gw), (SERVER_IP6, gw), (GW_IP, gw), (GW_IP6, gw)]
+            .into_iter()
+            .map(|(a, ifname)| Route { addr: a.parse().expect("a testbed address"), ifname })
+            .collect();
+        let cni = main_cni::MainCni::attach(attach, &[pod, gw], &routes, &self.name)?;
+        self.main_cni = Some(cni);
+        Ok(())
+    }
+
+    /// Removes the emulated main CNI's programs.
+    pub fn stop_ebpf_main_cni(&mut self) {
+        self.main_cni = None;
     }
 
     /// What the wire delivered to the pod's interface so far.
@@ -250,6 +274,7 @@ impl Drop for Testbed {
             let _ = s.kill();
             let _ = s.wait();
         }
+        drop(self.main_cni.take());
         drop(self.delay.take());
         drop(self.pod_counter.take());
         // Deleting a host end removes its veth pair now; a netns's own

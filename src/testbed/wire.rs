@@ -2,6 +2,11 @@
 //! (ebpf/harness.bpf.c) on its tc ingress hook counts what the wire
 //! delivered to the pod, per segment and with every header, as a limit
 //! counts it. Detached and unpinned on drop.
+//!
+//! Where the pod's ingress is queued, the queue sits behind that hook, in
+//! the pod's netns (datapath::ingress_queue): what the pod got is then what
+//! the queue's TBF sent, which TBF counts the same way (every segment with
+//! its Ethernet header), and `read` reports that.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -53,6 +58,17 @@ impl WireCounter {
     }
 
     pub fn read(&self) -> Result<WireCount> {
+        let ifname = self.ifname.clone();
+        let queued = crate::node::netns::in_netns(&self.netns, || {
+            let Some(ifb) = crate::datapath::ingress_queue::ifb_index(crate::node::netns::ifindex(&ifname)?) else { return Ok(None) };
+            Ok(crate::datapath::tc::qdiscs(ifb)?
+                .into_iter()
+                .find(|q| q.parent == crate::datapath::tc::ROOT && q.kind == "tbf")
+                .map(|q| WireCount { frames: q.sent_packets, bytes: q.sent_bytes }))
+        })?;
+        if let Some(count) = queued {
+            return Ok(count);
+        }
         let map = bpf_sys::obj_get(&self.pins.join("counts"))?;
         let v = bpf_sys::record_read(map.as_fd())?;
         let at = |i: usize| u64::from_ne_bytes(v[i..i + 8].try_into().unwrap());
