@@ -357,8 +357,9 @@ int guard_pod_egress(struct __sk_buff *skb)
  * (src/datapath/ingress_queue.rs): every main CNI delivers the pod's
  * downloads through its interface's tc ingress, even one that skips the
  * host side with bpf_redirect_peer. queue_pod_ingress, there, redirects
- * each frame to the ifb, whose index is the filter's classid; the ifb
- * hands it back to the interface's receive path once the TBF lets it go.
+ * each frame to the ifb, which its door (ingress_queues, keyed by the
+ * filter's classid) names; the ifb hands it back to the interface's
+ * receive path once the TBF lets it go.
  *
  * The TBF has a pfifo_fast child:
  * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A flow
@@ -465,16 +466,101 @@ static __always_inline void prioritize_light_flows(struct __sk_buff *skb)
 											   : TC_PRIO_BESTEFFORT;
 }
 
-/* The pod's interface, tc ingress: into the ingress queue. */
+/* Each pod interface's queue door (struct queue_gate), keyed by the
+ * classid of its queue_pod_ingress filter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct queue_gate);
+} ingress_queues SEC(".maps");
+
+/* An IP datagram in fragments: its addresses, protocol and ID. */
+struct datagram_key {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u32 id;
+	__u32 proto;
+};
+
+/* Datagrams whose first fragment a queue door turned away: their later
+ * fragments are dropped too. Shared by every pod. */
+#define MAX_TURNED_AWAY 4096
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_TURNED_AWAY);
+	__type(key, struct datagram_key);
+	__type(value, __u8);
+} turned_away SEC(".maps");
+
+/* Whether a frame (from its Ethernet header) is an IPv4 or IPv6 fragment,
+ * and which; fills `d` for one. IPv6 fragments are recognised where the
+ * fragment header follows the fixed header, as the IP layer sends them. */
+static __always_inline enum fragment fragment_of(struct __sk_buff *skb, struct datagram_key *d)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct { __u8 vihl, tos; __u16 len, id, frag; __u8 ttl, proto; __u16 check; __u32 saddr, daddr; } *ip = data + ETH_HLEN;
+		__u16 frag;
+
+		if ((void *)(ip + 1) > end)
+			return NOT_A_FRAGMENT;
+		frag = bpf_ntohs(ip->frag);
+		if (!(frag & 0x3fff))
+			return NOT_A_FRAGMENT;
+		d->saddr[0] = ip->saddr;
+		d->daddr[0] = ip->daddr;
+		d->id = ip->id;
+		d->proto = ip->proto;
+		return frag & 0x1fff ? LATER_FRAGMENT : FIRST_FRAGMENT;
+	}
+	if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct { __u32 vtcfl; __u16 len; __u8 next, hops; __u32 saddr[4], daddr[4];
+			 __u8 frag_next, reserved; __u16 frag_off; __u32 id; } *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > end || ip6->next != 44)
+			return NOT_A_FRAGMENT;
+		__builtin_memcpy(d->saddr, ip6->saddr, 16);
+		__builtin_memcpy(d->daddr, ip6->daddr, 16);
+		d->id = ip6->id;
+		d->proto = 44;
+		return bpf_ntohs(ip6->frag_off) & 0xfff8 ? LATER_FRAGMENT : FIRST_FRAGMENT;
+	}
+	return NOT_A_FRAGMENT;
+}
+
+/* The pod's interface, tc ingress: through the queue's door (queue_admit),
+ * into the ingress queue. */
 SEC("classifier")
 int queue_pod_ingress(struct __sk_buff *skb)
 {
-	__u32 queue = skb->tc_classid;
+	__u32 key = skb->tc_classid;
+	struct datagram_key datagram = {};
+	struct queue_gate *q;
+	enum fragment frag;
+	__u64 wire, now;
+	bool admitted;
+	__u8 one = 1;
 
-	if (!queue)
+	q = key ? bpf_map_lookup_elem(&ingress_queues, &key) : NULL;
+	if (!q || !q->ifb)
 		return TC_ACT_UNSPEC;
+	frag = fragment_of(skb, &datagram);
+	if (frag == LATER_FRAGMENT && bpf_map_lookup_elem(&turned_away, &datagram))
+		return TC_ACT_SHOT;
+	wire = wire_bytes(skb, true);
+	now = bpf_ktime_get_ns();
+	bpf_spin_lock(&q->lock);
+	admitted = queue_admit(q, wire, now, frag);
+	bpf_spin_unlock(&q->lock);
+	if (!admitted) {
+		bpf_map_update_elem(&turned_away, &datagram, &one, BPF_ANY);
+		return TC_ACT_SHOT;
+	}
 	prioritize_light_flows(skb);
-	return bpf_redirect(queue, 0);
+	return bpf_redirect(q->ifb, 0);
 }
 
 /*

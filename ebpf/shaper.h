@@ -139,6 +139,25 @@ struct host_guard {
 
 _Static_assert(sizeof(struct host_guard) == 96, "struct host_guard must match src/state.rs");
 
+/* The door of a pod's ingress queue (the TBF on an ifb in its netns),
+ * keyed by its filter's classid: where the queue is, and a model of its
+ * TBF (the same rate and burst; tokens below zero are bytes queued, down
+ * to -limit) that decides for whole IP datagrams. TBF drops whatever
+ * arrives when it is full, so at a sustained 2x it drops one fragment of
+ * nearly every fragmented datagram, and each is lost whole (8000-byte UDP
+ * at 2x: nothing delivered). The door turns a datagram away at its first
+ * fragment while the queue is over half full, so the rest always fits, and
+ * drops the later fragments of a datagram it turned away. */
+struct queue_gate {
+	struct bpf_spin_lock lock;
+	__u32 ifb;       /* the ifb's index in the pod's netns */
+	__u64 cgroup_id; /* the pod, for people reading the map */
+	__u64 limit;     /* bytes the TBF queues */
+	struct bucket queue;
+};
+
+_Static_assert(sizeof(struct queue_gate) == 104, "struct queue_gate must match src/state.rs");
+
 /* The state of interface `ifindex` of the pod cgroup `cgroup_id`, if it
  * is shaped: looked up in `map` (iface_state; the test harness's own). */
 static __always_inline struct iface_state *lookup_iface(void *map, __u64 cgroup_id, __u32 ifindex)
@@ -488,6 +507,41 @@ static __always_inline int shape_ingress(struct iface_state *iface, struct __sk_
 	if (res == TAKE_CONFORM_LOW)
 		mark_congestion(skb, &iface->ingress, wire);
 	return SKB_PASS;
+}
+
+/* ---- The ingress queue's door ------------------------------------------- */
+
+enum fragment {
+	NOT_A_FRAGMENT,
+	FIRST_FRAGMENT,
+	LATER_FRAGMENT,
+};
+
+/*
+ * Whether `len` more wire bytes may go into the queue at `now`. Every frame
+ * but a datagram's first fragment is admitted and charged to the model (the
+ * TBF itself drops what does not fit, and the model with it); a first
+ * fragment only while the queue holds at most half its limit. Must be
+ * called with the gate's lock held.
+ */
+static __always_inline bool queue_admit(struct queue_gate *q, __u64 len, __u64 now, enum fragment frag)
+{
+	struct bucket *b = &q->queue;
+	__u64 queued;
+
+	bucket_refill(b, now);
+	queued = b->tokens < 0 ? (__u64)(-b->tokens) : 0;
+	if (frag == FIRST_FRAGMENT && queued > q->limit / 2) {
+		b->dropped_bytes += len;
+		b->dropped_packets++;
+		return false;
+	}
+	/* What would overflow the TBF is dropped there, and never queued. */
+	if (b->tokens - (__s64)len >= -(__s64)q->limit)
+		b->tokens -= (__s64)len;
+	b->passed_bytes += len;
+	b->passed_packets++;
+	return true;
 }
 
 /* ---- The host side: the pod's egress, out of the pod's reach -------------- */

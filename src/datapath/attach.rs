@@ -44,7 +44,7 @@ use crate::datapath::attachment::{self, AttachmentRecord};
 use crate::node::bpf_sys::{self, CgroupLinkInfo};
 use crate::policy::limits::Limits;
 use crate::node::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
-use crate::datapath::state::{HostGuard, IfaceState, PodRecord, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, POD_SIDE_GUARD, STATE_LAYOUT};
+use crate::datapath::state::{HostGuard, IfaceState, PodRecord, QueueGate, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, POD_SIDE_GUARD, STATE_LAYOUT};
 use crate::policy::operator::LimitBasis;
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
@@ -67,7 +67,10 @@ const MAP_FLOW_STATE: &str = "flow_state";
 const MAP_HOST_GUARDS: &str = "host_guards";
 const MAP_RAW_GUARDED: &str = "raw_guarded";
 const MAP_QUEUED_FLOWS: &str = "queued_flows";
-const DATAPATH_MAPS: [&str; 6] = [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED, MAP_QUEUED_FLOWS];
+const MAP_INGRESS_QUEUES: &str = "ingress_queues";
+const MAP_TURNED_AWAY: &str = "turned_away";
+const DATAPATH_MAPS: [&str; 8] =
+    [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED, MAP_QUEUED_FLOWS, MAP_INGRESS_QUEUES, MAP_TURNED_AWAY];
 const DATAPATH_PROGS: [&str; 7] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_QUEUE];
 const LOADING_PREFIX: &str = "loading-";
 
@@ -77,6 +80,9 @@ pub const LINK_PINS: [&str; 3] = ["egress", "ingress", "sockops"];
 pub const STATE_PIN: &str = "state";
 const GUARDS_PIN: &str = "guards";
 const RAW_GUARDED_PIN: &str = "rawguard";
+/// The ingress queues' doors (`ingress_queues`), pinned by attachments
+/// whose ingress is queued in the pod's netns.
+const QUEUES_PIN: &str = "queues";
 /// The link refusing PACKET_QDISC_BYPASS and AF_XDP where raw frames are
 /// refused on the pod's interface (raw_guard).
 pub const RAW_GUARD_PINS: [&str; 1] = ["setsockopt"];
@@ -215,6 +221,15 @@ impl PinRoot {
             });
             if let Err(e) = removed {
                 log::warn!("cannot remove the ingress queue or the egress guard from the pod's netns: {e:#}");
+            }
+        }
+        if record.ingress_queue_door != 0 {
+            if let Ok(map) = bpf_sys::obj_get(&dir.join(QUEUES_PIN)) {
+                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.ingress_queue_door)
+                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
+                if ours {
+                    let _ = bpf_sys::delete(map.as_fd(), &record.ingress_queue_door);
+                }
             }
         }
         if record.pod_guard != 0 {
@@ -523,6 +538,7 @@ fn attach_and_pin(
     let open = |name: &str| bpf_sys::obj_get(&datapath.join(name)).with_context(|| format!("cannot open the datapath's {name}"));
     let (pod_map, iface_map) = (open(MAP_POD_STATE)?, open(MAP_IFACE_STATE)?);
     let (guards, raw_guarded) = (open(MAP_HOST_GUARDS)?, open(MAP_RAW_GUARDED)?);
+    let queues = open(MAP_INGRESS_QUEUES)?;
     let mut rollback = Rollback::default();
 
     // The pod's interface: its index keys its state, inside the pod's netns;
@@ -556,13 +572,29 @@ fn attach_and_pin(
         Some(limit) => {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(limit, network.basis);
             let prog = datapath.join(PROG_QUEUE);
-            match crate::node::netns::in_netns(network.netns, || crate::datapath::ingress_queue::install(ifindex, spec, &prog)) {
+            // The door first, with no ifb yet (frames pass it unqueued),
+            // then the queue, then the door with the queue's ifb.
+            let door = QueueGate::new(cgroup_id, 0, spec.rate_bits / 8, spec.burst_bytes, spec.limit_bytes);
+            let door_key = allocate_key(queues.as_fd(), &door, 0, cgroup_id ^ u64::from(ifindex)).context("cannot write the ingress queue's door")?;
+            let q = &queues;
+            rollback.push(move || {
+                let _ = bpf_sys::delete(q.as_fd(), &door_key);
+            });
+            let installed = crate::node::netns::in_netns(network.netns, || {
+                crate::datapath::ingress_queue::install(ifindex, spec, &prog, (door_key & 0xffff) as u16)
+            })
+            .and_then(|ifb| {
+                let door = QueueGate { ifb, ..door };
+                bpf_sys::update_locked(queues.as_fd(), &door_key, &door).context("cannot open the ingress queue's door")
+            });
+            match installed {
                 Ok(()) => {
                     let ns = network.netns;
                     rollback.push(move || {
                         let _ = crate::node::netns::in_netns(ns, || crate::datapath::ingress_queue::remove(ifindex));
                     });
                     record.ingress_queued_in_pod = true;
+                    record.ingress_queue_door = door_key;
                     state.flags |= IFACE_INGRESS_QUEUED;
                     IngressMode::Queue(format!("{} in the pod's netns", crate::datapath::ingress_queue::ifb_name(ifindex)))
                 }
@@ -588,7 +620,7 @@ fn attach_and_pin(
         rollback.push(move || crate::datapath::host_guard::detach(index));
         record.egress_guarded = true;
 
-        let key = allocate_pod_guard(guards.as_fd(), &guard, cgroup_id ^ u64::from(ifindex))?;
+        let key = allocate_key(guards.as_fd(), &guard, POD_SIDE_GUARD, cgroup_id ^ u64::from(ifindex)).context("cannot write the pod-side egress guard")?;
         rollback.push(move || {
             let _ = bpf_sys::delete(g.as_fd(), &key);
         });
@@ -669,6 +701,9 @@ fn attach_and_pin(
     if record.egress_guarded || record.pod_guard != 0 {
         bpf_sys::obj_pin(guards.as_fd(), &pod_dir.join(GUARDS_PIN)).context("cannot pin the egress guard map")?;
     }
+    if record.ingress_queue_door != 0 {
+        bpf_sys::obj_pin(queues.as_fd(), &pod_dir.join(QUEUES_PIN)).context("cannot pin the ingress queues map")?;
+    }
     if record.raw_guarded {
         bpf_sys::obj_pin(raw_guarded.as_fd(), &pod_dir.join(RAW_GUARDED_PIN)).context("cannot pin the raw-frame guard map")?;
     }
@@ -677,21 +712,20 @@ fn attach_and_pin(
     Ok(mode)
 }
 
-/// Writes `guard` under a free pod-side key in `host_guards` and returns
-/// the key: POD_SIDE_GUARD | a 16-bit id (the filter's classid, which is
-/// all cls_bpf hands a program), probed from `seed`.
-fn allocate_pod_guard(guards: std::os::fd::BorrowedFd<'_>, guard: &HostGuard, seed: u64) -> Result<u32> {
+/// Writes `value` under a free key of `map` and returns the key: `prefix`
+/// | a 16-bit id (a tc filter's classid, which is all cls_bpf hands its
+/// program), probed from `seed`.
+fn allocate_key<V: bpf_sys::Pod>(map: std::os::fd::BorrowedFd<'_>, value: &V, prefix: u32, seed: u64) -> Result<u32> {
     let start = (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u32;
     for i in 0..0xffff_u32 {
-        let id = (start + i) % 0xffff + 1;
-        let key = POD_SIDE_GUARD | id;
-        match bpf_sys::update(guards, &key, guard, bpf_sys::Update::LockedNew) {
+        let key = prefix | ((start + i) % 0xffff + 1);
+        match bpf_sys::update(map, &key, value, bpf_sys::Update::LockedNew) {
             Ok(()) => return Ok(key),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-            Err(e) => return Err(e).context("cannot write the pod-side egress guard"),
+            Err(e) => return Err(e.into()),
         }
     }
-    bail!("every pod-side egress guard id is in use: 65535 shaped interfaces on this node")
+    bail!("every 16-bit id is in use: 65535 shaped interfaces on this node")
 }
 
 /// What is attached for one pod, as read back from its pins.
@@ -760,6 +794,16 @@ pub fn update_pod_state(dir: &Path, change: impl FnOnce(&mut IfaceState)) -> Res
     bpf_sys::update_locked(map.as_fd(), &record.key(), &state).context("cannot write the interface state")?;
     // The host-side guard follows the egress limit, or it would hold the
     // pod to the old one.
+    // So does the ingress queue's door.
+    if let Some(mut door) = door_from_pins(dir) {
+        let spec = crate::datapath::ingress_queue::QueueSpec::for_bucket(&state.ingress);
+        door.queue.rate = spec.rate_bits / 8;
+        door.queue.burst = spec.burst_bytes;
+        door.queue.tokens = door.queue.tokens.min(spec.burst_bytes as i64);
+        door.limit = spec.limit_bytes;
+        let queues = bpf_sys::obj_get(&dir.join(QUEUES_PIN)).context("cannot open the ingress queues map")?;
+        bpf_sys::update_locked(queues.as_fd(), &record.ingress_queue_door, &door).context("cannot write the ingress queue's door")?;
+    }
     for (key, guard) in guards_from_pins(dir) {
         let mut guard = guard;
         let fresh = HostGuard::for_egress(record.cgroup_id, &state.egress);
@@ -794,6 +838,20 @@ pub fn guard_from_pins(dir: &Path) -> Option<HostGuard> {
 pub fn pod_side_guard_from_pins(dir: &Path) -> Option<HostGuard> {
     let record = attachment::read(dir).ok().flatten().filter(|r| r.pod_guard != 0)?;
     guard_at(dir, &record, record.pod_guard)
+}
+
+/// The door of the attachment's ingress queue, if it has one.
+pub fn door_from_pins(dir: &Path) -> Option<QueueGate> {
+    let record = attachment::read(dir).ok().flatten().filter(|r| r.ingress_queue_door != 0)?;
+    let map = bpf_sys::obj_get(&dir.join(QUEUES_PIN)).ok()?;
+    let value = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.ingress_queue_door).ok()?;
+    if value.len() != std::mem::size_of::<QueueGate>() {
+        return None;
+    }
+    let mut door = QueueGate::default();
+    // SAFETY: QueueGate is repr(C) integers only; the sizes match.
+    unsafe { std::ptr::copy_nonoverlapping(value.as_ptr(), &mut door as *mut QueueGate as *mut u8, value.len()) };
+    (door.cgroup_id == record.cgroup_id).then_some(door)
 }
 
 /// Every egress guard of the attachment, with its key.

@@ -38,6 +38,9 @@ pub struct AttachmentRecord {
     /// and a filter on the interface's ingress (datapath::ingress_queue).
     #[serde(default)]
     pub ingress_queued_in_pod: bool,
+    /// Its door's key in `ingress_queues` (its filter's classid); 0: none.
+    #[serde(default)]
+    pub ingress_queue_door: u32,
     /// The pod-side egress guard's key in `host_guards` (POD_SIDE_GUARD |
     /// its filter's classid), whose filter is on the interface's egress; 0:
     /// none.
@@ -89,6 +92,7 @@ mod tests {
             host_ifindex: u32::MAX,
             ingress_queued: true,
             ingress_queued_in_pod: true,
+            ingress_queue_door: 0xffff,
             pod_guard: u32::MAX,
             egress_guarded: true,
             raw_guarded: true,

@@ -72,6 +72,15 @@ pub struct QueueSpec {
 }
 
 impl QueueSpec {
+    /// For an ingress bucket already in wire bytes (the datapath's state).
+    pub fn for_bucket(b: &crate::datapath::state::Bucket) -> Self {
+        QueueSpec {
+            rate_bits: b.rate * 8,
+            burst_bytes: b.burst.max(TBF_BURST_MIN_BYTES),
+            limit_bytes: (b.rate * QUEUE_MS / 1000).max(QUEUE_MIN_BYTES),
+        }
+    }
+
     /// For an ingress limit counted in `basis`: the pod receives its burst
     /// at the path's speed after idle, then its rate.
     pub fn for_limit(limit: crate::policy::limits::Limit, basis: crate::policy::operator::LimitBasis) -> Self {
@@ -128,24 +137,25 @@ pub fn ifb_index(pod_ifindex: u32) -> Option<u32> {
 
 /// Puts the queue in front of the pod's interface `pod_ifindex`: the ifb,
 /// its TBF and pfifo_fast child, and the filter on the interface's ingress
-/// running the program pinned at `classifier`. A queue left by an earlier
-/// ADD of the same interface is replaced. On failure nothing remains.
-pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path) -> Result<()> {
+/// running the program pinned at `classifier`, whose classid `door` keys
+/// the queue's door in `ingress_queues` (the caller writes it, with the
+/// ifb's index this returns). A queue left by an earlier ADD of the same
+/// interface is replaced. On failure nothing remains.
+pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, door: u16) -> Result<u32> {
     let _ = remove(pod_ifindex);
     let name = ifb_name(pod_ifindex);
     let ifb = tc::ifb_add(&name, spec.txqueuelen()).with_context(|| format!("cannot create the ingress queue's device {name} (needs the ifb module)"))?;
     let rest = (|| {
-        // The filter's classid carries the ifb's index: 16 bits.
-        let Ok(classid) = u16::try_from(ifb) else { bail!("{name} has index {ifb}, above the 65535 a filter's classid holds") };
         tc::tbf(Verb::Add, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).context("cannot add the queue's tbf")?;
         tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR)).context("cannot add the queue's bands")?;
-        tc::attach_pinned_filter_with_classid(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 1, classifier, QUEUE_PROG, classid)
+        tc::attach_pinned_filter_with_classid(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 1, classifier, QUEUE_PROG, door)
             .context("cannot add the filter feeding the queue")
     })();
     if rest.is_err() {
         let _ = remove(pod_ifindex);
     }
-    rest.with_context(|| format!("cannot set up the ingress queue on {name}"))
+    rest.with_context(|| format!("cannot set up the ingress queue on {name}"))?;
+    Ok(ifb)
 }
 
 /// Changes the rate of the queue in place (`bpf-ratelimit set`): packets in

@@ -134,6 +134,39 @@ pub struct HostGuard {
 // SAFETY: repr(C), integers only.
 unsafe impl Pod for HostGuard {}
 
+/// The door of a pod interface's ingress queue (`struct queue_gate`): the
+/// queue's ifb, and a model of its TBF that turns fragmented datagrams
+/// away whole (ebpf/shaper.h: queue_admit). Keyed in `ingress_queues` by
+/// its filter's classid.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueGate {
+    #[serde(skip)]
+    pub lock: u32,
+    pub ifb: u32,
+    pub cgroup_id: u64,
+    /// Bytes the TBF queues.
+    pub limit: u64,
+    pub queue: Bucket,
+}
+
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for QueueGate {}
+
+impl QueueGate {
+    /// The door of a queue of `rate_bytes` per second, `burst` and `limit`
+    /// bytes, on the ifb `ifb`, for the pod cgroup `cgroup_id`.
+    pub fn new(cgroup_id: u64, ifb: u32, rate_bytes: u64, burst: u64, limit: u64) -> Self {
+        QueueGate {
+            ifb,
+            cgroup_id,
+            limit,
+            queue: Bucket { rate: rate_bytes, burst, tokens: burst as i64, ..Default::default() },
+            ..Default::default()
+        }
+    }
+}
+
 /// How much more than the pod's own egress bucket the host-side guard
 /// holds. The pod's hooks let through at most rate x t + 2 x burst (TCP
 /// may borrow one burst), so a guard holding that, plus the largest GSO skb
@@ -306,6 +339,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<IfaceState>(), 272);
         assert_eq!(std::mem::size_of::<Bucket>(), 80);
         assert_eq!(std::mem::size_of::<HostGuard>(), 96);
+        assert_eq!(std::mem::size_of::<QueueGate>(), 104);
         assert_eq!(std::mem::size_of::<IfaceKey>(), 16);
         assert_eq!(std::mem::size_of::<PodRecord>(), 16);
     }

@@ -170,6 +170,8 @@ pub struct Found {
     pub record: Option<crate::datapath::attachment::AttachmentRecord>,
     /// What the config's `limitBasis` asks limits to count.
     pub basis: crate::policy::operator::LimitBasis,
+    /// The ingress queue's door, where the record names one and it is there.
+    pub door: Option<crate::datapath::state::QueueGate>,
 }
 
 /// CHECK's verdict, without I/O: what was requested against what was found.
@@ -238,6 +240,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                 this_release: a.this_release,
                 record: a.record,
                 basis: req.conf.limit_basis,
+                door: attach::door_from_pins(&root.pod_dir(&req.attachment())),
             });
             break;
         }
@@ -272,6 +275,9 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         } else {
             None
         };
+        if record.ingress_queue_door != 0 && found.as_ref().is_some_and(|f| f.door.is_none()) {
+            return Err(failed("ingress is queued, but the queue's door is missing from the datapath's ingress_queues map".into()));
+        }
         if let (Some(queue), Some(ingress)) = (queue, limits.ingress) {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
             queue.verify(spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
