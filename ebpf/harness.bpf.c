@@ -11,8 +11,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* The interface's state has a map of its own (harness_iface): kernels
+ * before 6.x refuse a spin lock nested one level down in a map value. */
 struct harness_input {
-	struct iface_state iface;
 	__u64 now;
 	/* The policies' inputs (harness_policy), */
 	__u64 current_rate;
@@ -56,11 +57,25 @@ struct {
 	__type(value, struct iface_state);
 } harness_ifaces SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct iface_state);
+} harness_iface SEC(".maps");
+
 static __always_inline struct harness_input *input(void)
 {
 	__u32 zero = 0;
 
 	return bpf_map_lookup_elem(&harness, &zero);
+}
+
+static __always_inline struct iface_state *input_iface(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&harness_iface, &zero);
 }
 
 /* The L4 protocol byte of the packet stands in for the socket's type. */
@@ -75,22 +90,24 @@ SEC("cgroup_skb/egress")
 int harness_egress(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
+	struct iface_state *iface = input_iface();
 
-	if (!in)
+	if (!in || !iface)
 		return SKB_DROP;
-	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(&in->iface));
-	return shape_egress(&in->iface, skb, in->now, packet_is_tcp(skb, 0), in->out_wire);
+	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(iface));
+	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), in->out_wire);
 }
 
 SEC("cgroup_skb/ingress")
 int harness_ingress(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
+	struct iface_state *iface = input_iface();
 
-	if (!in)
+	if (!in || !iface)
 		return SKB_DROP;
-	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(&in->iface));
-	return shape_ingress(&in->iface, skb, in->now, in->out_wire);
+	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(iface));
+	return shape_ingress(iface, skb, in->now, in->out_wire);
 }
 
 /* The production egress path's interface lookup: only a shaped interface's
@@ -130,14 +147,15 @@ SEC("cgroup_skb/egress")
 int harness_policy(struct __sk_buff *skb)
 {
 	struct harness_input *in = input();
+	struct iface_state *iface = input_iface();
 
-	if (!in)
+	if (!in || !iface)
 		return SKB_DROP;
 	if (in->flow_len)
-		classify_flow(&in->iface.senders, &in->flow, in->iface.egress.rate, in->now, in->flow_len);
-	in->out_rate = pacing_rate(&in->iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
+		classify_flow(&iface->senders, &in->flow, iface->egress.rate, in->now, in->flow_len);
+	in->out_rate = pacing_rate(iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
 				   in->pending);
-	in->out_rwnd = rwnd_for(&in->iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
+	in->out_rwnd = rwnd_for(iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
 	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss);
 	return SKB_PASS;
 }

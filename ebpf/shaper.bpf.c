@@ -13,9 +13,9 @@
  *                                           its share once the burst is spent;
  *                                           sizes each receiving socket's
  *                                           window from its share and RTT
- *   queue_pod_ingress   tc ingress on the   hands every frame toward the pod
- *                       pod's interface     to its ingress queue (an ifb in
- *                                           the pod's netns), light flows (a
+ *   queue_pod_ingress   tc ingress on the   the door of the pod's ingress queue
+ *   redirect_to_queue   pod's interface     (an ifb in the pod's netns): whole
+ *                                           datagrams, light flows (a
  *                                           response) ahead of its download
  *   guard_pod_egress    tc ingress on the   charges every frame the pod emits
  *                       pod's host-side     to its egress limit, out of the
@@ -356,10 +356,10 @@ int guard_pod_egress(struct __sk_buff *skb)
  * The pod's ingress queue is a TBF on an ifb device in the pod's own netns
  * (src/datapath/ingress_queue.rs): every main CNI delivers the pod's
  * downloads through its interface's tc ingress, even one that skips the
- * host side with bpf_redirect_peer. queue_pod_ingress, there, redirects
- * each frame to the ifb, which its door (ingress_queues, keyed by the
- * filter's classid) names; the ifb hands it back to the interface's
- * receive path once the TBF lets it go.
+ * host side with bpf_redirect_peer. There queue_pod_ingress passes each
+ * frame through the queue's door (ingress_queues, keyed by the filter's
+ * classid), and redirect_to_queue's filter hands it to the ifb, which
+ * hands it back to the interface's receive path once the TBF lets it go.
  *
  * The TBF has a pfifo_fast child:
  * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A flow
@@ -531,8 +531,9 @@ static __always_inline enum fragment fragment_of(struct __sk_buff *skb, struct d
 	return NOT_A_FRAGMENT;
 }
 
-/* The pod's interface, tc ingress: through the queue's door (queue_admit),
- * into the ingress queue. */
+/* The pod's interface, tc ingress: the queue's door (queue_admit), and the
+ * frame's band. Frames it lets through go on to the next filter,
+ * redirect_to_queue, whose mirred action puts them in the queue. */
 SEC("classifier")
 int queue_pod_ingress(struct __sk_buff *skb)
 {
@@ -545,7 +546,7 @@ int queue_pod_ingress(struct __sk_buff *skb)
 	__u8 one = 1;
 
 	q = key ? bpf_map_lookup_elem(&ingress_queues, &key) : NULL;
-	if (!q || !q->ifb)
+	if (!q)
 		return TC_ACT_UNSPEC;
 	frag = fragment_of(skb, &datagram);
 	if (frag == LATER_FRAGMENT && bpf_map_lookup_elem(&turned_away, &datagram))
@@ -560,7 +561,17 @@ int queue_pod_ingress(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	prioritize_light_flows(skb);
-	return bpf_redirect(q->ifb, 0);
+	return TC_ACT_UNSPEC;
+}
+
+/* A classic (not direct-action) cls_bpf filter's program: every frame
+ * matches, and the filter's mirred action redirects it to the queue's ifb.
+ * mirred, not bpf_redirect: only mirred marks a frame as redirected from
+ * ingress on every kernel, which the ifb requires (6.1 dropped them all). */
+SEC("classifier")
+int redirect_to_queue(struct __sk_buff *skb)
+{
+	return -1;
 }
 
 /*

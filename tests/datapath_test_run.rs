@@ -39,8 +39,72 @@ struct HarnessInput {
     cgroup_id: u64,
 }
 
+/// HarnessInput less its interface state, as the harness's `harness` map
+/// holds it (the state is in `harness_iface`: kernels before 6.x refuse a
+/// spin lock nested in a map value).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct HarnessRest {
+    now: u64,
+    current_rate: u64,
+    pending: u64,
+    counted: u32,
+    rtt_us: u32,
+    mss: u32,
+    ipv6: u32,
+    flow: FlowClass,
+    flow_len: u64,
+    out_rate: u64,
+    out_wire: u64,
+    out_rwnd: u32,
+    out_cwnd: u32,
+    cgroup_id: u64,
+}
+
 // SAFETY: repr(C), integers only.
-unsafe impl aya::Pod for HarnessInput {}
+unsafe impl aya::Pod for HarnessRest {}
+
+impl HarnessInput {
+    fn split(&self) -> (IfaceState, HarnessRest) {
+        let r = HarnessRest {
+            now: self.now,
+            current_rate: self.current_rate,
+            pending: self.pending,
+            counted: self.counted,
+            rtt_us: self.rtt_us,
+            mss: self.mss,
+            ipv6: self.ipv6,
+            flow: self.flow,
+            flow_len: self.flow_len,
+            out_rate: self.out_rate,
+            out_wire: self.out_wire,
+            out_rwnd: self.out_rwnd,
+            out_cwnd: self.out_cwnd,
+            cgroup_id: self.cgroup_id,
+        };
+        (self.iface, r)
+    }
+
+    fn join(iface: IfaceState, r: HarnessRest) -> Self {
+        HarnessInput {
+            iface,
+            now: r.now,
+            current_rate: r.current_rate,
+            pending: r.pending,
+            counted: r.counted,
+            rtt_us: r.rtt_us,
+            mss: r.mss,
+            ipv6: r.ipv6,
+            flow: r.flow,
+            flow_len: r.flow_len,
+            out_rate: r.out_rate,
+            out_wire: r.out_wire,
+            out_rwnd: r.out_rwnd,
+            out_cwnd: r.out_cwnd,
+            cgroup_id: r.cgroup_id,
+        }
+    }
+}
 
 #[repr(transparent)]
 #[derive(Clone, Copy)]
@@ -102,13 +166,18 @@ impl Harness {
     }
 
     fn set(&mut self, input: HarnessInput) {
-        let mut map: Array<_, HarnessInput> = Array::try_from(self.ebpf.map_mut("harness").unwrap()).unwrap();
-        map.set(0, input, 0).unwrap();
+        let (iface, rest) = input.split();
+        let mut map: Array<_, HarnessRest> = Array::try_from(self.ebpf.map_mut("harness").unwrap()).unwrap();
+        map.set(0, rest, 0).unwrap();
+        let mut map: Array<_, Value> = Array::try_from(self.ebpf.map_mut("harness_iface").unwrap()).unwrap();
+        map.set(0, Value(iface), 0).unwrap();
     }
 
     fn get(&self) -> HarnessInput {
-        let map: Array<_, HarnessInput> = Array::try_from(self.ebpf.map("harness").unwrap()).unwrap();
-        map.get(&0, 0).unwrap()
+        let map: Array<_, HarnessRest> = Array::try_from(self.ebpf.map("harness").unwrap()).unwrap();
+        let rest = map.get(&0, 0).unwrap();
+        let map: Array<_, Value> = Array::try_from(self.ebpf.map("harness_iface").unwrap()).unwrap();
+        HarnessInput::join(map.get(&0, 0).unwrap().0, rest)
     }
 
     fn set_guard(&mut self, guard: HostGuard) {

@@ -120,6 +120,8 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     use bpf_ratelimit::datapath::ingress_queue::{self, QueueSpec};
     let classifier = PinnedClassifier::new("queue_pod_ingress");
     let prog = classifier.path();
+    let redirect = PinnedClassifier::new("redirect_to_queue");
+    let redirect = redirect.path();
     let spec = |rate: u64| {
         QueueSpec::for_limit(bpf_ratelimit::policy::limits::Limit { rate, burst: 2_500_000 }, bpf_ratelimit::policy::operator::LimitBasis::Frames)
     };
@@ -128,7 +130,7 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     // Another shaper's root qdisc on the interface is left alone throughout.
     let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "root", "handle", "77:", "tbf", "rate", "1mbit", "burst", "10k", "limit", "100k"]).status().unwrap();
     assert!(out.success());
-    ingress_queue::install(index, spec(10_000_000), &prog).unwrap();
+    ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap();
     let ifb = ingress_queue::ifb_index(index).expect("the queue's ifb");
     let name = ingress_queue::ifb_name(index);
     ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
@@ -138,10 +140,13 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     let txqueuelen = || std::fs::read_to_string(format!("/sys/class/net/{name}/tx_queue_len")).unwrap().trim().parse::<u32>().unwrap();
     assert_eq!(txqueuelen(), spec(10_000_000).txqueuelen());
     assert!(tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
-    let filter = tc_filters(&veth.host, "ingress");
-    assert!(filter.contains(&format!(":{ifb:x}")) || filter.contains(&format!("classid {ifb}")) || filter.contains(&format!(":{ifb}")), "the filter's classid names the ifb ({ifb}): {filter}");
+    // The door's classid is its key; the next filter's mirred action feeds the ifb.
+    let filters = tc_filters(&veth.host, "ingress");
+    assert!(filters.contains("flowid :7"), "the door's classid: {filters}");
+    assert!(filters.contains(&format!("mirred (Egress Redirect to device {name})")), "the redirect into {name}: {filters}");
+    assert!(tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
     // A repeated ADD replaces the queue rather than failing or stacking another.
-    ingress_queue::install(index, spec(10_000_000), &prog).unwrap();
+    ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap();
     ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
     assert!(ingress_queue::verify_spec(index, spec(20_000_000)).is_err());
     ingress_queue::change(index, spec(1_000_000_000)).unwrap();
@@ -152,6 +157,7 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     ingress_queue::remove(index).unwrap();
     assert!(ingress_queue::ifb_index(index).is_none(), "the ifb is gone");
     assert!(!tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
+    assert!(!tc_filters(&veth.host, "ingress").contains("mirred"), "the redirect is gone");
     assert!(ingress_queue::verify_spec(index, spec(20_000_000)).unwrap_err().to_string().contains("missing"));
     assert_eq!(tc_root_qdisc(&veth.host)["handle"], "77:");
 }
@@ -284,7 +290,7 @@ struct PinnedClassifier {
 
 impl PinnedClassifier {
     fn new(name: &str) -> Self {
-        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/brl-nltc-{}", std::process::id()));
+        let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/brl-nltc-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut ebpf = aya::EbpfLoader::new().load(bpf_ratelimit::datapath::attach::SHAPER_OBJ).unwrap();
         let prog: &mut aya::programs::SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();

@@ -59,8 +59,9 @@ const PROG_SETSOCKOPT: &str = "refuse_raw_bypass";
 const PROG_RAW: &str = "refuse_raw_frames";
 const PROG_GUARD: &str = "guard_pod_egress";
 const PROG_QUEUE: &str = crate::datapath::ingress_queue::QUEUE_PROG;
+const PROG_REDIRECT: &str = crate::datapath::ingress_queue::REDIRECT_PROG;
 const CGROUP_SKB_PROGS: [&str; 2] = [PROG_EGRESS, PROG_INGRESS];
-const CLASSIFIER_PROGS: [&str; 3] = [PROG_RAW, PROG_GUARD, PROG_QUEUE];
+const CLASSIFIER_PROGS: [&str; 4] = [PROG_RAW, PROG_GUARD, PROG_QUEUE, PROG_REDIRECT];
 const MAP_POD_STATE: &str = "pod_state";
 const MAP_IFACE_STATE: &str = "iface_state";
 const MAP_FLOW_STATE: &str = "flow_state";
@@ -71,7 +72,7 @@ const MAP_INGRESS_QUEUES: &str = "ingress_queues";
 const MAP_TURNED_AWAY: &str = "turned_away";
 const DATAPATH_MAPS: [&str; 8] =
     [MAP_POD_STATE, MAP_IFACE_STATE, MAP_FLOW_STATE, MAP_HOST_GUARDS, MAP_RAW_GUARDED, MAP_QUEUED_FLOWS, MAP_INGRESS_QUEUES, MAP_TURNED_AWAY];
-const DATAPATH_PROGS: [&str; 7] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_QUEUE];
+const DATAPATH_PROGS: [&str; 8] = [PROG_EGRESS, PROG_INGRESS, PROG_SOCKOPS, PROG_SETSOCKOPT, PROG_RAW, PROG_GUARD, PROG_QUEUE, PROG_REDIRECT];
 const LOADING_PREFIX: &str = "loading-";
 
 /// The cgroup link pins every attachment has, and the map pins beside them.
@@ -571,7 +572,7 @@ fn attach_and_pin(
         Some(_) if !network.ingress_queue => IngressMode::Policer("ingressQueue is false".into()),
         Some(limit) => {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(limit, network.basis);
-            let prog = datapath.join(PROG_QUEUE);
+            let (prog, redirect) = (datapath.join(PROG_QUEUE), datapath.join(PROG_REDIRECT));
             // The door first, with no ifb yet (frames pass it unqueued),
             // then the queue, then the door with the queue's ifb.
             let door = QueueGate::new(cgroup_id, 0, spec.rate_bits / 8, spec.burst_bytes, spec.limit_bytes);
@@ -581,7 +582,7 @@ fn attach_and_pin(
                 let _ = bpf_sys::delete(q.as_fd(), &door_key);
             });
             let installed = crate::node::netns::in_netns(network.netns, || {
-                crate::datapath::ingress_queue::install(ifindex, spec, &prog, (door_key & 0xffff) as u16)
+                crate::datapath::ingress_queue::install(ifindex, spec, &prog, &redirect, (door_key & 0xffff) as u16)
             })
             .and_then(|ifb| {
                 let door = QueueGate { ifb, ..door };

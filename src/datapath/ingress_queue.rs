@@ -46,6 +46,11 @@ const CHILD_MAJOR: u16 = 0xb9a2;
 /// (ebpf/shaper.bpf.c: queue_pod_ingress).
 pub const QUEUE_FILTER_PREF: u16 = 49102;
 pub const QUEUE_PROG: &str = "queue_pod_ingress";
+/// The filter after it, whose mirred action puts frames in the queue
+/// (ebpf/shaper.bpf.c: redirect_to_queue).
+pub const REDIRECT_FILTER_PREF: u16 = 49104;
+pub const REDIRECT_PROG: &str = "redirect_to_queue";
+const REDIRECT_PROG_NAME: &str = "redirect_to_que";
 /// The kernel keeps 15 bytes of a program's name.
 const QUEUE_PROG_NAME: &str = "queue_pod_ingre";
 /// Earlier releases' band filter on the host side's egress.
@@ -136,12 +141,13 @@ pub fn ifb_index(pod_ifindex: u32) -> Option<u32> {
 }
 
 /// Puts the queue in front of the pod's interface `pod_ifindex`: the ifb,
-/// its TBF and pfifo_fast child, and the filter on the interface's ingress
-/// running the program pinned at `classifier`, whose classid `door` keys
-/// the queue's door in `ingress_queues` (the caller writes it, with the
-/// ifb's index this returns). A queue left by an earlier ADD of the same
-/// interface is replaced. On failure nothing remains.
-pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, door: u16) -> Result<u32> {
+/// its TBF and pfifo_fast child, and two filters on the interface's
+/// ingress: the door, running the program pinned at `classifier`, whose
+/// classid `door` keys the queue's door in `ingress_queues` (the caller
+/// writes it, with the ifb's index this returns); then the redirect into
+/// the ifb, running the program pinned at `redirect`. A queue left by an
+/// earlier ADD of the same interface is replaced. On failure nothing remains.
+pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, redirect: &Path, door: u16) -> Result<u32> {
     let _ = remove(pod_ifindex);
     let name = ifb_name(pod_ifindex);
     let ifb = tc::ifb_add(&name, spec.txqueuelen()).with_context(|| format!("cannot create the ingress queue's device {name} (needs the ifb module)"))?;
@@ -149,6 +155,9 @@ pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, door: u16) 
         tc::tbf(Verb::Add, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).context("cannot add the queue's tbf")?;
         tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR)).context("cannot add the queue's bands")?;
         tc::attach_pinned_filter_with_classid(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 1, classifier, QUEUE_PROG, door)
+            .context("cannot add the queue's door")?;
+        let prog = crate::node::bpf_sys::obj_get(redirect).with_context(|| format!("cannot open the pinned program {}", redirect.display()))?;
+        tc::bpf_filter_redirecting(pod_ifindex, Hook::Ingress, REDIRECT_FILTER_PREF, 1, std::os::fd::AsFd::as_fd(&prog), REDIRECT_PROG, ifb)
             .context("cannot add the filter feeding the queue")
     })();
     if rest.is_err() {
@@ -195,6 +204,7 @@ pub fn our_qdisc(ifindex: u32) -> Result<Option<tc::Tbf>> {
 pub fn remove(pod_ifindex: u32) -> Result<()> {
     if crate::datapath::ingress_queue::ifname_of(pod_ifindex).is_some() {
         let _ = tc::filter_delete(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 0);
+        let _ = tc::filter_delete(pod_ifindex, Hook::Ingress, REDIRECT_FILTER_PREF, 0);
     }
     match ifb_index(pod_ifindex) {
         Some(ifb) => tc::link_delete(ifb).map(drop).with_context(|| format!("cannot remove the ingress queue's device {}", ifb_name(pod_ifindex))),
@@ -282,8 +292,14 @@ pub fn verify_spec(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
     let Some(ifb) = ifb_index(pod_ifindex) else { bail!("the ingress queue's device {name} is missing") };
     let Some(q) = our_qdisc(ifb)? else { bail!("the ingress queue is missing from {name}") };
     let filters = tc::bpf_filters(pod_ifindex, Hook::Ingress)?;
-    let feeds = filters.iter().any(|f| {
+    let door = filters.iter().any(|f| {
         f.pref == QUEUE_FILTER_PREF && f.direct_action && crate::node::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == QUEUE_PROG_NAME)
+    });
+    if !door {
+        bail!("the door of the ingress queue {name} is missing from the pod's interface");
+    }
+    let feeds = filters.iter().any(|f| {
+        f.pref == REDIRECT_FILTER_PREF && !f.direct_action && crate::node::bpf_sys::prog_name(f.prog_id).is_ok_and(|n| n == REDIRECT_PROG_NAME)
     });
     if !feeds {
         bail!("the filter feeding the ingress queue {name} is missing from the pod's interface");

@@ -293,6 +293,51 @@ pub fn bpf_filter(verb: Verb, ifindex: u32, hook: Hook, pref: u16, handle: u32, 
     Rtnl::open()?.ack(RouteNetlinkMessage::NewTrafficFilter(msg), verb.flags())
 }
 
+/// TCA_BPF_ACT: a cls_bpf filter's actions (nested).
+const TCA_BPF_ACT: u16 = 1;
+const NLA_F_NESTED: u16 = 0x8000;
+
+/// Adds or replaces a cls_bpf filter in classic mode on `hook`: `prog`
+/// decides whether a frame matches (its return is -1 for every frame it
+/// should take), and each matching frame is redirected to the egress of
+/// the device `target` by a mirred action, as `tc filter ... bpf ... action
+/// mirred egress redirect dev X` does. mirred marks the frame as redirected
+/// from ingress on every kernel, which an ifb needs (bpf_redirect does not
+/// before 6.x: on 6.1 the ifb dropped every frame).
+pub fn bpf_filter_redirecting(ifindex: u32, hook: Hook, pref: u16, handle: u32, prog: BorrowedFd<'_>, name: &str, target: u32) -> Result<()> {
+    use netlink_packet_route::tc::{
+        TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption, TcActionType, TcMirror, TcMirrorActionType,
+    };
+    let fd = u32::try_from(prog.as_raw_fd()).context("a negative program fd")?;
+    let mut action = TcAction::default();
+    action.tab = 1;
+    let mut generic = TcActionGeneric::default();
+    generic.action = TcActionType::Stolen;
+    let mut mirror = TcMirror::default();
+    mirror.generic = generic;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = target;
+    action.attributes = vec![
+        TcActionAttribute::Kind("mirred".into()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(mirror))]),
+    ];
+    let actions = vec![action];
+    let mut bytes = vec![0u8; netlink_packet_core::Emitable::buffer_len(&actions.as_slice())];
+    netlink_packet_core::Emitable::emit(&actions.as_slice(), &mut bytes);
+    let msg = TcMessage::from_parts(
+        tc_header(ifindex, hook.parent(), handle, filter_info(pref))?,
+        vec![
+            TcAttribute::Kind("bpf".into()),
+            TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgFd(fd)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+                TcOption::Bpf(TcFilterBpfOption::Other(DefaultNla::new(TCA_BPF_ACT | NLA_F_NESTED, bytes))),
+            ]),
+        ],
+    );
+    Rtnl::open()?.ack(RouteNetlinkMessage::NewTrafficFilter(msg), Verb::Replace.flags())
+}
+
 /// Deletes the filter at `pref` (and `handle`, unless 0: then every filter
 /// at that preference) on `hook`. Returns false when there was none.
 pub fn filter_delete(ifindex: u32, hook: Hook, pref: u16, handle: u32) -> Result<bool> {

@@ -415,6 +415,7 @@ mod tests {
             this_release: true,
             record: None,
             basis: crate::policy::operator::LimitBasis::Frames,
+            door: None,
         }
     }
 
