@@ -79,17 +79,17 @@ fn del_is_idempotent_and_restores_the_link_list() {
     // DEL before any ADD, and with no pin root at all, succeeds.
     pod.del();
     pod.add(limits("20M"));
-    // egress, ingress and sock_ops on the cgroup; with a host-side veth, no
-    // setsockopt link (the egress guard there charges raw frames instead).
-    assert_eq!(cgroup_links().len(), before.len() + 3, "ADD attaches egress, ingress and sock_ops links");
+    // egress, ingress and sock_ops on the cgroup, and setsockopt: the
+    // pod-side guard cannot see PACKET_QDISC_BYPASS or AF_XDP, so they are
+    // refused (an eBPF main CNI may skip the host-side guard).
+    assert_eq!(cgroup_links().len(), before.len() + 4, "ADD attaches egress, ingress, sock_ops and setsockopt links");
     let pins = pod.pins();
-    for expected in ["egress", "ingress", "sockops", "state", "iface", "guards", "meta"] {
+    for expected in ["egress", "ingress", "sockops", "setsockopt", "state", "iface", "guards", "queues", "meta"] {
         assert!(pins.iter().any(|p| p.ends_with(expected)), "missing pin {expected} in {pins:?}");
     }
-    assert!(!pins.iter().any(|p| p.ends_with("setsockopt")), "{pins:?}");
     // ADD again for the same attachment replaces it rather than stacking.
     pod.add(limits("30M"));
-    assert_eq!(cgroup_links().len(), before.len() + 3);
+    assert_eq!(cgroup_links().len(), before.len() + 4);
     for _ in 0..3 {
         pod.del();
     }
@@ -343,7 +343,7 @@ fn a_second_network_shares_the_links_and_gc_stays_in_its_network() {
     other["prevResult"] = second.prev_result(&pod);
     let out = pod.invoke_if("ADD", &pod.bed.name, "net1", &other);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert_eq!(cgroup_links().len(), before.len() + 3, "the second network shares the pod's links");
+    assert_eq!(cgroup_links().len(), before.len() + 4, "the second network shares the pod's links");
     let check = pod.invoke_if("CHECK", &pod.bed.name, "net1", &other);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
     assert_eq!(pod.invoke("CHECK", &pod.config(limits("20M"))).code, 0);
@@ -353,7 +353,7 @@ fn a_second_network_shares_the_links_and_gc_stays_in_its_network() {
     gc["cni.dev/valid-attachments"] = json!([]);
     assert_eq!(pod.invoke_if("GC", &pod.bed.name, "net1", &gc).code, 0);
     assert!(pod.cgroup_attachments().contains("shape_egress"));
-    assert_eq!(cgroup_links().len(), before.len() + 3);
+    assert_eq!(cgroup_links().len(), before.len() + 4);
     assert_eq!(pod.invoke("CHECK", &pod.config(limits("20M"))).code, 0, "the first network is untouched");
     assert_eq!(pod.invoke_if("CHECK", &pod.bed.name, "net1", &other).code, 102);
     pod.del();
@@ -385,7 +385,7 @@ fn a_new_sandbox_replaces_the_stale_attachment_of_an_earlier_one() {
     let second = format!("{}-2", pod.bed.name);
     let out = pod.invoke_as("ADD", &second, &pod.config(limits("30M")));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    assert_eq!(cgroup_links().len(), before.len() + 3, "the stale links are detached, not stacked (egress, ingress, sock_ops)");
+    assert_eq!(cgroup_links().len(), before.len() + 4, "the stale links are detached, not stacked (egress, ingress, sock_ops, setsockopt)");
     let pins = pod.pins();
     assert!(pins.iter().all(|p| !p.contains(&format!("{}/", pod.bed.name)) || p.contains(&second)), "{pins:?}");
     assert_ne!(pins, stale);
@@ -428,7 +428,7 @@ fn del_check_and_gc_find_the_attachment_after_pin_root_changed() {
     let out = pod.invoke_as("ADD", &second, &pod.config(limits("20M")));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(!old_root.exists(), "the old pin root empties and goes: {:?}", common::walk(&old_root));
-    assert_eq!(cgroup_links().len(), before.len() + 3);
+    assert_eq!(cgroup_links().len(), before.len() + 4);
     // Back to the old pin root in the config: GC and DEL still find it.
     pod.pin_root = old_root.clone();
     let mut gc = pod.config(json!({}));
@@ -613,15 +613,19 @@ fn add_check_and_del_work_on_a_node_without_tc() {
     let tc_out = |args: &[&str]| String::from_utf8_lossy(&std::process::Command::new("tc").args(args).output().unwrap().stdout).into_owned();
     let (code, stdout, stderr) = run("ADD", &conf);
     assert_eq!(code, 0, "ADD without tc: {stdout}{stderr}");
-    let qdisc = tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]);
-    assert!(qdisc.contains("tbf b9a1:"), "no ingress queue: {qdisc} {stderr}");
+    let pod_tc = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns, "tc"]).args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let qdisc = pod_tc(&["qdisc", "show"]);
+    assert!(qdisc.contains("tbf b9a1:") && qdisc.contains("dev brlq"), "no ingress queue in the pod's netns: {qdisc} {stderr}");
     let filter = tc_out(&["filter", "show", "dev", &pod.bed.pod_host_veth, "ingress"]);
     assert!(filter.contains("guard_pod_egres") && filter.contains("pref 49101"), "no egress guard: {filter}");
     let (code, stdout, stderr) = run("CHECK", &conf);
     assert_eq!(code, 0, "CHECK without tc: {stdout}{stderr}");
     let (code, stdout, stderr) = run("DEL", &conf);
     assert_eq!(code, 0, "DEL without tc: {stdout}{stderr}");
-    assert!(!tc_out(&["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]).contains("b9a1:"), "DEL left the queue");
+    assert!(!pod_tc(&["qdisc", "show"]).contains("b9a1:"), "DEL left the queue");
     assert!(!tc_out(&["filter", "show", "dev", &pod.bed.pod_host_veth, "ingress"]).contains("49101"), "DEL left the guard");
     assert!(pod.pins().is_empty(), "{:?}", pod.pins());
     assert_eq!(cgroup_links(), before);

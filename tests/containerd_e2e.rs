@@ -200,21 +200,21 @@ impl Leftovers {
     }
 }
 
-/// The pod's shaping: its cgroup links (egress, ingress, sock_ops; with the
-/// bridge's host-side veth, raw frames are charged by the egress guard there,
-/// not refused, so no setsockopt link), its pins and limits.
+/// The pod's shaping: its cgroup links (egress, ingress, sock_ops, and
+/// setsockopt: PACKET_QDISC_BYPASS and AF_XDP skip the pod-side egress
+/// guard, so they are refused), its pins and limits.
 fn assert_shaped(node: &Node, pod: &Pod) -> Vec<Link> {
     let show = bpftool_cgroup_show(&pod.cgroup);
     for prog in ["shape_egress", "shape_ingress", "pace_tcp"] {
         assert!(show.contains(&prog[..prog.len().min(15)]), "{prog} is not attached to {}:\n{show}", pod.cgroup.display());
     }
     let pins = node.pod_pins(&pod.sandbox_id);
-    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/state", "eth0/iface", "eth0/guards"] {
+    for pin in ["eth0/egress", "eth0/ingress", "eth0/sockops", "eth0/setsockopt", "eth0/state", "eth0/iface", "eth0/guards"] {
         assert!(pins.contains(&pin.to_string()), "pin {pin} missing for {}: {pins:?}", pod.name);
     }
     let id = cgroup_id(&pod.cgroup);
     let links: Vec<Link> = cgroup_links().into_iter().filter(|l| l.cgroup_id == id).collect();
-    assert_eq!(links.len(), 3, "expected egress, ingress and sock_ops links on {}: {links:?}", pod.cgroup.display());
+    assert_eq!(links.len(), 4, "expected egress, ingress, sock_ops and setsockopt links on {}: {links:?}", pod.cgroup.display());
     links
 }
 

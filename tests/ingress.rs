@@ -20,7 +20,21 @@ fn ingress(rate: &str) -> Value {
     json!({"kubernetes.io/ingress-bandwidth": rate})
 }
 
+/// The qdiscs in the pod's netns, where its ingress queue is.
 fn queue_on(pod: &Pod) -> String {
+    let out = Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns, "tc", "qdisc", "show"]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The filters on the pod's eth0, `hook` (ingress or egress).
+fn pod_filters(pod: &Pod, hook: &str) -> String {
+    let out = Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns, "tc", "filter", "show", "dev", "eth0", hook]).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn host_root_qdisc(pod: &Pod) -> String {
     let out = Command::new("tc").args(["qdisc", "show", "dev", &pod.bed.pod_host_veth, "root"]).output().unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -211,59 +225,73 @@ fn the_policer_delivers_the_limit_at_every_rtt() {
     }
 }
 
+/// The queue (an ifb in the pod's netns, fed from eth0's tc ingress) and
+/// the egress guards (the host veth's ingress, eth0's egress) live and die
+/// with the attachment; CHECK fails when any is taken away; another
+/// shaper's root qdisc on the host veth is none of ours and stays.
 #[test]
-fn the_queue_and_the_guard_follow_the_attachment_and_a_taken_interface_falls_back_to_the_policer() {
+fn the_queue_and_the_guards_follow_the_attachment() {
     let pod = Pod::new("ingq-life");
     let conf = pod.config(json!({"kubernetes.io/ingress-bandwidth": "20M", "kubernetes.io/egress-bandwidth": "20M"}));
     assert_eq!(pod.invoke("ADD", &conf).code, 0);
-    assert!(queue_on(&pod).contains("tbf b9a1:"), "{}", queue_on(&pod));
-    assert!(guard_on(&pod).contains("guard_pod_egres"), "{}", guard_on(&pod));
-    assert_eq!(stats(&pod)["pods"][0]["state"]["flags"], 1, "stats shows the queued mode");
-    assert_eq!(stats(&pod)["pods"][0]["ingressMode"], format!("queue on {}", pod.bed.pod_host_veth));
-    assert_eq!(stats(&pod)["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8);
+    let ours = |pod: &Pod| {
+        let q = queue_on(pod);
+        (q.contains("tbf b9a1:") && q.contains("dev brlq"), pod_filters(pod, "ingress").contains("redirect_to_que"), guard_on(pod).contains("guard_pod_egres"), pod_filters(pod, "egress").contains("guard_pod_egres"))
+    };
+    assert_eq!(ours(&pod), (true, true, true, true), "queue, its feed, host-side and pod-side guards: {}", queue_on(&pod));
+    let st = stats(&pod);
+    assert_eq!(st["pods"][0]["state"]["flags"].as_u64().unwrap() & 1, 1, "stats shows the queued mode");
+    assert!(st["pods"][0]["ingressMode"].as_str().unwrap().ends_with("in the pod's netns"), "{}", st["pods"][0]["ingressMode"]);
+    assert_eq!(st["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
+    assert_eq!(st["pods"][0]["podSideEgressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
     assert_eq!(pod.invoke("CHECK", &conf).code, 0);
-    // A queue or a guard removed behind our back fails CHECK.
-    assert!(Command::new("tc").args(["qdisc", "del", "dev", &pod.bed.pod_host_veth, "root"]).status().unwrap().success());
-    let out = pod.invoke("CHECK", &conf);
-    assert_eq!(out.code, 102, "{}", out.stdout);
-    assert!(out.stdout.contains("ingress queue"), "{}", out.stdout);
-    assert_eq!(pod.invoke("ADD", &conf).code, 0);
-    assert!(Command::new("tc").args(["filter", "del", "dev", &pod.bed.pod_host_veth, "ingress", "pref", "49101"]).status().unwrap().success());
-    let out = pod.invoke("CHECK", &conf);
-    assert_eq!(out.code, 102, "{}", out.stdout);
-    assert!(out.stdout.contains("egress guard"), "{}", out.stdout);
-    // A repeated ADD puts both back; GC of an attachment that is not valid removes both.
-    assert_eq!(pod.invoke("ADD", &conf).code, 0);
-    assert!(queue_on(&pod).contains("b9a1:") && guard_on(&pod).contains("guard_pod_egres"));
+    // Anything removed behind our back fails CHECK, naming it; a repeated ADD puts it back.
+    let ns = |args: &[&str]| assert!(Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns]).args(args).status().unwrap().success(), "{args:?}");
+    let take_away: [(&str, Box<dyn Fn()>); 4] = [
+        ("ingress queue", Box::new(|| ns(&["ip", "link", "del", &format!("brlq{}", eth0_index(&pod))]))),
+        ("filter feeding the ingress queue", Box::new(|| ns(&["tc", "filter", "del", "dev", "eth0", "ingress", "pref", "49104"]))),
+        ("egress guard", Box::new(|| assert!(Command::new("tc").args(["filter", "del", "dev", &pod.bed.pod_host_veth, "ingress", "pref", "49101"]).status().unwrap().success()))),
+        ("egress guard is missing from the pod's interface", Box::new(|| ns(&["tc", "filter", "del", "dev", "eth0", "egress", "pref", "49103"]))),
+    ];
+    for (what, take) in take_away {
+        take();
+        let out = pod.invoke("CHECK", &conf);
+        assert_eq!(out.code, 102, "CHECK after removing the {what}: {}", out.stdout);
+        assert!(out.stdout.contains(what), "CHECK names the {what}: {}", out.stdout);
+        assert_eq!(pod.invoke("ADD", &conf).code, 0);
+        assert_eq!(ours(&pod), (true, true, true, true), "a repeated ADD puts back the {what}");
+    }
+    // GC of an attachment that is not valid removes all of it.
     let mut gc = conf.clone();
     gc["cniVersion"] = json!("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([]);
     assert_eq!(pod.invoke("GC", &gc).code, 0);
-    assert!(!queue_on(&pod).contains("b9a1:"), "GC left the queue: {}", queue_on(&pod));
-    assert!(!guard_on(&pod).contains("guard_pod_egres"), "GC left the guard: {}", guard_on(&pod));
+    assert_eq!(ours(&pod), (false, false, false, false), "GC left some of it: {}", queue_on(&pod));
 
-    // An interface that already has a root qdisc (another shaper, such as
-    // the reference bandwidth plugin) is left alone: the policer enforces.
+    // Another shaper's root qdisc on the host veth (the reference bandwidth
+    // plugin's) is none of ours: the queue is in the pod's netns, and that
+    // qdisc stays through ADD and DEL.
     let st = Command::new("tc")
         .args(["qdisc", "add", "dev", &pod.bed.pod_host_veth, "root", "handle", "1:", "tbf", "rate", "1gbit", "burst", "100k", "limit", "100k"])
         .status()
         .unwrap();
     assert!(st.success());
     assert_eq!(pod.invoke("ADD", &conf).code, 0);
-    assert_eq!(stats(&pod)["pods"][0]["state"]["flags"], 0, "policer, not queue");
-    assert_eq!(stats(&pod)["pods"][0]["ingressMode"], "policer");
-    assert!(queue_on(&pod).contains("tbf 1:"), "someone else's qdisc is untouched: {}", queue_on(&pod));
+    assert_eq!(ours(&pod).0, true);
     assert_eq!(pod.invoke("CHECK", &conf).code, 0);
     pod.del();
-    assert!(queue_on(&pod).contains("tbf 1:"), "DEL must not remove a qdisc that is not ours");
-    assert!(!guard_on(&pod).contains("guard_pod_egres"), "DEL left the guard: {}", guard_on(&pod));
+    assert!(host_root_qdisc(&pod).contains("tbf 1:"), "DEL must not remove a qdisc that is not ours");
+    assert_eq!(ours(&pod), (false, false, false, false), "DEL left some of it: {}", queue_on(&pod));
 
     // A failed ADD (the pod's interface is missing in its netns) leaves no
     // queue, no guard and no pins.
     assert!(Command::new("tc").args(["qdisc", "del", "dev", &pod.bed.pod_host_veth, "root"]).status().unwrap().success());
     let out = pod.invoke_if("ADD", &pod.bed.name, "nosuch0", &conf);
     assert_ne!(out.code, 0);
-    assert!(!queue_on(&pod).contains("b9a1:"), "a failed ADD left the queue: {}", queue_on(&pod));
-    assert!(!guard_on(&pod).contains("guard_pod_egres"), "a failed ADD left the guard: {}", guard_on(&pod));
+    assert_eq!(ours(&pod), (false, false, false, false), "a failed ADD left some of it: {}", queue_on(&pod));
     assert!(pod.pins().is_empty(), "{:?}", pod.pins());
+}
+
+fn eth0_index(pod: &Pod) -> u32 {
+    bpf_ratelimit::node::netns::in_netns(&pod.bed.pod_netns_path(), || bpf_ratelimit::node::netns::ifindex("eth0")).unwrap()
 }

@@ -117,6 +117,15 @@ fn a_main_cni_attached_after_add_does_not_lift_the_limit() {
     assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 2, 4), LIMIT, BAND, "main CNI attached after ADD: upload");
     let out = pod.invoke("CHECK", &pod.config(both("100M")));
     assert_eq!(out.code, 0, "CHECK: {}\n{}", out.stdout, out.stderr);
+    // `stats` and the metrics say the host side is skipped.
+    let skipped = || -> Value {
+        let out = Command::new(common::plugin()).arg("stats").arg(&pod.pin_root).output().unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["pods"][0]["hostSideSkipped"].clone()
+    };
+    assert_eq!(skipped(), json!(true), "stats: the host side is skipped");
+    pod.bed.stop_ebpf_main_cni();
+    assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 1, 3), LIMIT, BAND, "the main CNI gone again: upload");
+    assert_eq!(skipped(), json!(false), "stats: the host side sees the pod's frames again");
     pod.del();
 }
 

@@ -91,7 +91,7 @@ fn set_changes_a_running_pods_limits_within_two_seconds_and_keeps_the_ceilings()
     let cgroup_id = bpf_ratelimit::node::cgroup::cgroup_id(&pod.bed.cgroup).unwrap();
     let links = || common::cgroup_links().into_iter().filter(|l| l.cgroup_id == cgroup_id).collect::<Vec<_>>();
     let links_before = links();
-    assert_eq!(links_before.len(), 3, "egress, ingress and sock_ops: {links_before:?}");
+    assert_eq!(links_before.len(), 4, "egress, ingress, sock_ops and setsockopt: {links_before:?}");
     for (way, flag, what) in [(Way::Upload, "--egress", "egress"), (Way::Download, "--ingress", "ingress")] {
         let child = iperf3_transfer(&mut pod, way == Way::Download, 8);
         let started = Instant::now();

@@ -855,6 +855,21 @@ pub fn door_from_pins(dir: &Path) -> Option<QueueGate> {
     (door.cgroup_id == record.cgroup_id).then_some(door)
 }
 
+/// Whether the pod's host side has lately seen none of what its interface
+/// sends: both guards see the same frames, so each one's bucket was last
+/// refilled (`last_ns`, the kernel's monotonic clock) by the same packets,
+/// unless the host-side one saw nothing for HOST_SIDE_SILENT_NS while the
+/// pod-side one did. An eBPF main CNI that runs first on the host veth and
+/// redirects the pod's frames past it does this; the pod-side guard then
+/// holds the limit alone (and what skips it, compat-syscall
+/// PACKET_QDISC_BYPASS or AF_XDP, is unlimited).
+pub fn host_side_skipped(host: &HostGuard, pod_side: &HostGuard) -> bool {
+    pod_side.egress.last_ns > host.egress.last_ns.saturating_add(HOST_SIDE_SILENT_NS)
+}
+
+/// See host_side_skipped.
+const HOST_SIDE_SILENT_NS: u64 = 5_000_000_000;
+
 /// Every egress guard of the attachment, with its key.
 fn guards_from_pins(dir: &Path) -> Vec<(u32, HostGuard)> {
     let Some(record) = attachment::read(dir).ok().flatten() else { return Vec::new() };

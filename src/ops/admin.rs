@@ -442,6 +442,19 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         counter("bpf_ratelimit_dropped_packets_total", "Packets (skbs) the shaper dropped")?,
         counter("bpf_ratelimit_marked_packets_total", "Packets (skbs) the shaper marked ECN CE")?,
     ];
+    const GUARD_LABELS: [&str; 7] = ["namespace", "pod", "uid", "network", "container_id", "interface", "side"];
+    let guard_counter = |name: &str, help: &str| -> Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), &GUARD_LABELS)?;
+        registry.register(Box::new(c.clone()))?;
+        Ok(c)
+    };
+    let guard_passed = guard_counter("bpf_ratelimit_egress_guard_passed_bytes_total", "Bytes an egress guard (side: host, the pod's host-side veth; pod, its interface) passed")?;
+    let guard_dropped = guard_counter("bpf_ratelimit_egress_guard_dropped_bytes_total", "Bytes an egress guard dropped: traffic that went around the pod's own hooks")?;
+    let host_side_skipped = IntGaugeVec::new(
+        Opts::new("bpf_ratelimit_host_side_skipped", "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit"),
+        &LABELS[..6],
+    )?;
+    registry.register(Box::new(host_side_skipped.clone()))?;
     let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
     let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
@@ -474,6 +487,18 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
             for (family, v) in counters.iter().zip(values) {
                 family.with_label_values(&labels).inc_by(v);
             }
+        }
+        let (host, pod_side) = (attach::guard_from_pins(&pod.dir), attach::pod_side_guard_from_pins(&pod.dir));
+        for (side, guard) in [("host", host), ("pod", pod_side)] {
+            if let Some(g) = guard {
+                let labels = [pod.meta.namespace.as_str(), name.as_str(), pod.meta.uid.as_str(), pod.id.network.as_str(), pod.id.container_id.as_str(), pod.id.ifname.as_str(), side];
+                guard_passed.with_label_values(&labels).inc_by(g.egress.passed_bytes);
+                guard_dropped.with_label_values(&labels).inc_by(g.egress.dropped_bytes);
+            }
+        }
+        if let (Some(h), Some(p)) = (host, pod_side) {
+            let labels = [pod.meta.namespace.as_str(), name.as_str(), pod.meta.uid.as_str(), pod.id.network.as_str(), pod.id.container_id.as_str(), pod.id.ifname.as_str()];
+            host_side_skipped.with_label_values(&labels).set(i64::from(attach::host_side_skipped(&h, &p)));
         }
     }
     attachments.set(seen.len() as i64);
