@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+mod main_cni;
 mod matrix;
 mod plugins;
 mod report;
@@ -28,7 +29,7 @@ const USAGE: &str = "options:
   --rates 10M,100M,1G       limits (both directions)
   --rows ours,containerd,fair
                             the matrix's shaped rows (also: policer, ours with ingressQueue: false)
-  --only matrix,wire,workloads,timing
+  --only matrix,wire,workloads,timing,maincni
                             parts to run (comma-separated; default all)
   --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
   --pods 100                pods per plugin for the ADD/DEL timing
@@ -46,6 +47,7 @@ pub struct Options {
     pub wire: bool,
     pub workloads: bool,
     pub timing: bool,
+    pub main_cni: bool,
     pub estimate_only: bool,
 }
 
@@ -61,6 +63,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
         wire: true,
         workloads: true,
         timing: true,
+        main_cni: true,
         estimate_only: false,
     };
     let mut it = args.iter();
@@ -98,13 +101,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--out" => o.out = PathBuf::from(val()?),
             "--only" => {
                 let parts = val()?;
-                (o.matrix, o.wire, o.workloads, o.timing) = (false, false, false, false);
+                (o.matrix, o.wire, o.workloads, o.timing, o.main_cni) = (false, false, false, false, false);
                 for p in parts.split(',') {
                     match p.trim() {
                         "matrix" | "rtt" => o.matrix = true,
                         "wire" => o.wire = true,
                         "workloads" => o.workloads = true,
                         "timing" => o.timing = true,
+                        "maincni" => o.main_cni = true,
                         other => bail!("--only: unknown part {other:?}\n{USAGE}"),
                     }
                 }
@@ -134,6 +138,9 @@ fn estimate(o: &Options) -> f64 {
     }
     if o.timing {
         s += timing::estimate(o.pods);
+    }
+    if o.main_cni {
+        s += main_cni::estimate();
     }
     s
 }
@@ -175,6 +182,7 @@ pub struct Results {
     pub timing: Vec<timing::Timing>,
     pub status: Option<timing::StatusTiming>,
     pub idle_process: Option<timing::IdleProcess>,
+    pub main_cni: Vec<main_cni::MainCniRow>,
 }
 
 /// Restores what the run changed on the node, however it ends.
@@ -206,7 +214,7 @@ fn meta(o: &Options, args: &[String]) -> Meta {
     let repo = env!("CARGO_MANIFEST_DIR");
     let git = |a: &[&str]| output_of("git", &[&["-C", repo], a].concat());
     let mut parts = Vec::new();
-    for (on, name) in [(o.matrix, "matrix"), (o.wire, "wire"), (o.workloads, "workloads"), (o.timing, "timing")] {
+    for (on, name) in [(o.matrix, "matrix"), (o.wire, "wire"), (o.workloads, "workloads"), (o.timing, "timing"), (o.main_cni, "maincni")] {
         if on {
             parts.push(name);
         }
@@ -283,6 +291,10 @@ fn run() -> Result<()> {
         }
         if opts.workloads {
             results.workloads = workloads::run(&plugins, &mut progress)?;
+            save(&opts, &mut results, started)?;
+        }
+        if opts.main_cni {
+            results.main_cni = main_cni::run(&plugins, &mut progress)?;
             save(&opts, &mut results, started)?;
         }
         if opts.timing {

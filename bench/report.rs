@@ -61,6 +61,7 @@ pub fn markdown(r: &Results) -> String {
     latency_table(&mut s, r);
     wire_table(&mut s, r);
     workloads_table(&mut s, r);
+    main_cni_table(&mut s, r);
     bpf_table(&mut s, r);
     timing_table(&mut s, r);
     s
@@ -205,6 +206,45 @@ fn wire_table(s: &mut String, r: &Results) {
             })
         };
         let _ = writeln!(s, "| {shape} | {} | {} | {} | {} |", text(Row::Unshaped), text(Row::Ours), text(Row::RefContainerd), text(Row::RefFair));
+    }
+    let _ = writeln!(s);
+}
+
+fn main_cni_table(s: &mut String, r: &Results) {
+    if r.main_cni.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## Under an eBPF main CNI (100M pod, LAN)\n");
+    let _ = writeln!(
+        s,
+        "The testbed emulates Cilium's and Calico eBPF's program at the front of each host veth's tc ingress \
+         (src/testbed/main_cni.rs: `bpf_redirect_peer` past the bridge and the host veths' qdiscs). Each cell ÷ the limit: \
+         wire for TCP (1 CUBIC flow, after 2 s, for 4 s) and AF_PACKET frames flat out, what iperf3's receiver got for UDP offered at 2×. \
+         *Control*: the same download with no shaper. Kernel {}.\n",
+        r.main_cni[0].kernel
+    );
+    let _ = writeln!(s, "| CNI program | shaper | control download | TCP download | TCP upload | UDP download at 2× | AF_PACKET upload |\n|---|---|---|---|---|---|---|");
+    for m in &r.main_cni {
+        let f = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.3}"));
+        match &m.add_error {
+            Some(e) => {
+                let short: String = e.chars().take(120).collect();
+                let _ = writeln!(s, "| {} | {} | {:.1}× | **ADD failed**: {} | | | |", m.form, m.row.label(), m.control_download, short.replace('|', "/").replace('\n', " "));
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.1}× | {} | {} | {} | {} |",
+                    m.form,
+                    m.row.label(),
+                    m.control_download,
+                    f(m.tcp_download),
+                    f(m.tcp_upload),
+                    f(m.udp_download_delivered),
+                    f(m.af_packet_upload)
+                );
+            }
+        }
     }
     let _ = writeln!(s);
 }

@@ -255,6 +255,17 @@ static __always_inline __u64 wire_bytes(struct __sk_buff *skb, bool l2_in_skb)
 
 		hdr = skb->len - l3_off > payload_max ? (__u32)(skb->len - l3_off - payload_max) : 28;
 	}
+	/* An encapsulated GSO skb (a UDP tunnel's, such as VXLAN): every
+	 * segment repeats the outer and the inner headers, more than the outer
+	 * ones parsed above. All but the last segment carry gso_size bytes, so
+	 * what the payload leaves over is at least the real headers, and
+	 * exactly them when the last segment is full too. */
+	if (segs && (__u64)segs * skb->gso_size < skb->len - l3_off) {
+		__u32 implied = skb->len - l3_off - segs * skb->gso_size;
+
+		if (implied > hdr)
+			hdr = implied;
+	}
 	/* A sender's GSO packet (a raw socket's virtio header) may not
 	 * have counted its segments yet. */
 	if (segs == 0)

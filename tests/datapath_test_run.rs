@@ -352,6 +352,12 @@ fn a_datagram_over_the_mtu_is_charged_as_its_fragments() {
     // A GSO skb is counted by its segments, not as a datagram to fragment.
     h.run_with("harness_egress", ipv4_packet(52 + 3_000, 0, TCP), None, Gso { segs: 3, size: 1000 });
     assert_eq!(h.get().out_wire, (52 + 3_000) + 14 + 2 * (52 + 14));
+    // A UDP tunnel's GSO skb (VXLAN around TCP, MSS 88): each segment
+    // repeats the outer headers (IP 20, UDP 8, VXLAN 8) and the inner ones
+    // (Ethernet 14, IP 20, TCP 32), not only the outer IP and UDP parsed.
+    let encapsulated = 20 + 8 + 8 + 14 + 20 + 32;
+    h.run_with("harness_egress", ipv4_packet(encapsulated + 3 * 88, 0, UDP), None, Gso { segs: 3, size: 88 });
+    assert_eq!(h.get().out_wire, (encapsulated + 3 * 88) as u64 + 14 + 2 * (encapsulated as u64 + 14));
     // MTU unknown (a pod attached by an earlier release): one frame.
     let mut i = input(Bucket::default(), Bucket::default(), SEC);
     i.iface.flags = IFACE_INGRESS_QUEUED;
