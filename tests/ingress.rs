@@ -260,8 +260,8 @@ fn the_queue_and_the_guards_follow_the_attachment() {
     let st = stats(&pod);
     assert_eq!(st["pods"][0]["state"]["flags"].as_u64().unwrap() & 1, 1, "stats shows the queued mode");
     assert!(st["pods"][0]["ingressMode"].as_str().unwrap().ends_with("in the pod's netns"), "{}", st["pods"][0]["ingressMode"]);
-    assert_eq!(st["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 64);
-    assert_eq!(st["pods"][0]["podSideEgressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 64);
+    assert_eq!(st["pods"][0]["egressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
+    assert_eq!(st["pods"][0]["podSideEgressGuard"]["egress"]["rate"], 20_000_000 / 8 + 20_000_000 / 8 / 32);
     assert_eq!(pod.invoke("CHECK", &conf).code, 0);
     // Anything removed behind our back fails CHECK, naming it; a repeated ADD puts it back.
     let ns = |args: &[&str]| assert!(Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns]).args(args).status().unwrap().success(), "{args:?}");

@@ -91,11 +91,7 @@ fn matrix(one_way_ms: u64) {
         for way in [Way::Download, Way::Upload] {
             for cc in ["cubic", "bbr"] {
                 for flows in [1, 8] {
-                    // Eight flows are measured for 8 s: at 10M on a LAN one
-                    // 4 s window swung Jain's index from 1.000 to 0.891 in
-                    // two runs of the same code (issue 23 asks for the cause;
-                    // this only lets the index be measured over longer).
-                    let bulk = Bulk::tcp(way, cc, flows, 2, if flows > 1 { 8 } else { 4 });
+                    let bulk = Bulk::tcp(way, cc, flows, 2, 4);
                     let what = format!("{} at {rate}, {} ms RTT, {cc}, {flows} flow(s)", way.name(), 2 * one_way_ms);
                     cell(&pod, &ann, bits, &bulk, &what);
                 }
