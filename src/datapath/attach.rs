@@ -225,34 +225,16 @@ impl PinRoot {
             }
         }
         if record.ingress_queue_door != 0 {
-            if let Ok(map) = bpf_sys::obj_get(&dir.join(QUEUES_PIN)) {
-                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.ingress_queue_door)
-                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
-                if ours {
-                    let _ = bpf_sys::delete(map.as_fd(), &record.ingress_queue_door);
-                }
-            }
+            delete_if_ours(&dir.join(QUEUES_PIN), record.ingress_queue_door, record.cgroup_id);
         }
         if record.pod_guard != 0 {
-            if let Ok(map) = bpf_sys::obj_get(&dir.join(GUARDS_PIN)) {
-                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.pod_guard)
-                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
-                if ours {
-                    let _ = bpf_sys::delete(map.as_fd(), &record.pod_guard);
-                }
-            }
+            delete_if_ours(&dir.join(GUARDS_PIN), record.pod_guard, record.cgroup_id);
         }
         if record.egress_guarded {
             crate::datapath::host_guard::detach(record.host_ifindex);
             // The host-side index may have been reused by a newer pod's
             // veth since: only our own entry is removed.
-            if let Ok(map) = bpf_sys::obj_get(&dir.join(GUARDS_PIN)) {
-                let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &record.host_ifindex)
-                    .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == record.cgroup_id);
-                if ours {
-                    let _ = bpf_sys::delete(map.as_fd(), &record.host_ifindex);
-                }
-            }
+            delete_if_ours(&dir.join(GUARDS_PIN), record.host_ifindex, record.cgroup_id);
         }
         if record.raw_guarded {
             if let Some(ns) = pod_netns {
@@ -330,6 +312,19 @@ impl PinRoot {
         }
         log::info!("loaded the datapath into {}", dir.display());
         Ok(dir)
+    }
+}
+
+/// Deletes `key` from the map pinned at `pin` if its value (a guard's or a
+/// queue door's: the pod's cgroup ID at bytes 8..16) is the pod's: the key,
+/// an interface index or an id, may since belong to a newer pod.
+fn delete_if_ours(pin: &Path, key: u32, cgroup_id: u64) {
+    if let Ok(map) = bpf_sys::obj_get(pin) {
+        let ours = bpf_sys::lookup_locked_bytes(map.as_fd(), &key)
+            .is_ok_and(|v| v.len() >= 16 && u64::from_ne_bytes(v[8..16].try_into().unwrap()) == cgroup_id);
+        if ours {
+            let _ = bpf_sys::delete(map.as_fd(), &key);
+        }
     }
 }
 
