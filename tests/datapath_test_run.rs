@@ -19,29 +19,16 @@ struct FlowClass {
     counted_window: u64,
 }
 
-#[repr(C)]
+/// The harness's input and outputs: the interface's state (in the map
+/// `harness_iface`: kernels before 6.x refuse a spin lock nested in a map
+/// value) and the rest (in `harness`), which the fields reach through.
 #[derive(Clone, Copy, Default, Debug)]
 struct HarnessInput {
     iface: IfaceState,
-    now: u64,
-    current_rate: u64,
-    pending: u64,
-    counted: u32,
-    rtt_us: u32,
-    mss: u32,
-    ipv6: u32,
-    flow: FlowClass,
-    flow_len: u64,
-    out_rate: u64,
-    out_wire: u64,
-    out_rwnd: u32,
-    out_cwnd: u32,
-    cgroup_id: u64,
+    rest: HarnessRest,
 }
 
-/// HarnessInput less its interface state, as the harness's `harness` map
-/// holds it (the state is in `harness_iface`: kernels before 6.x refuse a
-/// spin lock nested in a map value).
+/// The `harness` map's value (ebpf/harness.bpf.c: struct harness_input).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 struct HarnessRest {
@@ -64,45 +51,16 @@ struct HarnessRest {
 // SAFETY: repr(C), integers only.
 unsafe impl aya::Pod for HarnessRest {}
 
-impl HarnessInput {
-    fn split(&self) -> (IfaceState, HarnessRest) {
-        let r = HarnessRest {
-            now: self.now,
-            current_rate: self.current_rate,
-            pending: self.pending,
-            counted: self.counted,
-            rtt_us: self.rtt_us,
-            mss: self.mss,
-            ipv6: self.ipv6,
-            flow: self.flow,
-            flow_len: self.flow_len,
-            out_rate: self.out_rate,
-            out_wire: self.out_wire,
-            out_rwnd: self.out_rwnd,
-            out_cwnd: self.out_cwnd,
-            cgroup_id: self.cgroup_id,
-        };
-        (self.iface, r)
+impl std::ops::Deref for HarnessInput {
+    type Target = HarnessRest;
+    fn deref(&self) -> &HarnessRest {
+        &self.rest
     }
+}
 
-    fn join(iface: IfaceState, r: HarnessRest) -> Self {
-        HarnessInput {
-            iface,
-            now: r.now,
-            current_rate: r.current_rate,
-            pending: r.pending,
-            counted: r.counted,
-            rtt_us: r.rtt_us,
-            mss: r.mss,
-            ipv6: r.ipv6,
-            flow: r.flow,
-            flow_len: r.flow_len,
-            out_rate: r.out_rate,
-            out_wire: r.out_wire,
-            out_rwnd: r.out_rwnd,
-            out_cwnd: r.out_cwnd,
-            cgroup_id: r.cgroup_id,
-        }
+impl std::ops::DerefMut for HarnessInput {
+    fn deref_mut(&mut self) -> &mut HarnessRest {
+        &mut self.rest
     }
 }
 
@@ -166,18 +124,17 @@ impl Harness {
     }
 
     fn set(&mut self, input: HarnessInput) {
-        let (iface, rest) = input.split();
         let mut map: Array<_, HarnessRest> = Array::try_from(self.ebpf.map_mut("harness").unwrap()).unwrap();
-        map.set(0, rest, 0).unwrap();
+        map.set(0, input.rest, 0).unwrap();
         let mut map: Array<_, Value> = Array::try_from(self.ebpf.map_mut("harness_iface").unwrap()).unwrap();
-        map.set(0, Value(iface), 0).unwrap();
+        map.set(0, Value(input.iface), 0).unwrap();
     }
 
     fn get(&self) -> HarnessInput {
         let map: Array<_, HarnessRest> = Array::try_from(self.ebpf.map("harness").unwrap()).unwrap();
         let rest = map.get(&0, 0).unwrap();
         let map: Array<_, Value> = Array::try_from(self.ebpf.map("harness_iface").unwrap()).unwrap();
-        HarnessInput::join(map.get(&0, 0).unwrap().0, rest)
+        HarnessInput { iface: map.get(&0, 0).unwrap().0, rest }
     }
 
     fn set_guard(&mut self, guard: HostGuard) {
@@ -306,7 +263,7 @@ fn bucket(rate: u64, burst: u64, tokens: i64, last_ns: u64) -> Bucket {
 }
 
 fn input(ingress: Bucket, egress: Bucket, now: u64) -> HarnessInput {
-    HarnessInput { iface: IfaceState { layout: STATE_LAYOUT, ingress, egress, ..Default::default() }, now, ..Default::default() }
+    HarnessInput { iface: IfaceState { layout: STATE_LAYOUT, ingress, egress, ..Default::default() }, rest: HarnessRest { now, ..Default::default() } }
 }
 
 // ---- Bytes on the wire ----------------------------------------------------
@@ -560,7 +517,7 @@ fn a_fresh_interface_with_last_ns_0_starts_with_a_full_bucket() {
     let iface = IfaceState::new(&limits, LimitBasis::Frames);
     assert_eq!((iface.ingress.last_ns, iface.egress.last_ns), (0, 0));
     for now in [1_000, 5 * SEC, 100_000 * SEC] {
-        h.set(HarnessInput { iface, now, ..Default::default() });
+        h.set(HarnessInput { iface, rest: HarnessRest { now, ..Default::default() } });
         assert_eq!(h.run("harness_ingress", 986, NOT_ECT, UDP).0, PASS, "now {now}");
         let i = h.get().iface.ingress;
         assert_eq!((i.last_ns, i.tokens), (now, 100_000 - 1000), "now {now}");
@@ -570,7 +527,7 @@ fn a_fresh_interface_with_last_ns_0_starts_with_a_full_bucket() {
     let mut empty = iface;
     empty.ingress.tokens = 0;
     empty.ingress.rate = 12_500_000_000; // 100 Gbit/s, the largest rate
-    h.set(HarnessInput { iface: empty, now: u64::MAX / 2, ..Default::default() });
+    h.set(HarnessInput { iface: empty, rest: HarnessRest { now: u64::MAX / 2, ..Default::default() } });
     assert_eq!(h.run("harness_ingress", 986, NOT_ECT, UDP).0, PASS);
     assert_eq!(h.get().iface.ingress.tokens, 100_000 - 1000);
 }
@@ -703,7 +660,7 @@ fn only_a_shaped_interface_is_shaped_and_charged() {
     let mut ifaces: HashMap<_, Key, Value> = HashMap::try_from(h.ebpf.map_mut("harness_ifaces").unwrap()).unwrap();
     let key = IfaceKey { cgroup_id, ifindex: dev.ifindex, pad: 0 };
     ifaces.insert(Key(key), Value(input(Bucket::default(), tight, SEC).iface), 0).unwrap();
-    h.set(HarnessInput { cgroup_id, now: SEC, ..Default::default() });
+    h.set(HarnessInput { rest: HarnessRest { cgroup_id, now: SEC, ..Default::default() }, ..Default::default() });
     // Loopback (a sidecar over 127.0.0.1 or the pod's own address) has no
     // state: it passes uncharged.
     assert_eq!(h.run("harness_lookup", 1500, NOT_ECT, UDP).0, PASS);
@@ -718,7 +675,7 @@ fn only_a_shaped_interface_is_shaped_and_charged() {
     assert_eq!((e.dropped_packets, e.passed_packets), (1, 0));
     // Another pod's cgroup, and a cgroup of 0 (storage never written), find nothing.
     for other in [8, 0] {
-        h.set(HarnessInput { cgroup_id: other, now: SEC, ..Default::default() });
+        h.set(HarnessInput { rest: HarnessRest { cgroup_id: other, now: SEC, ..Default::default() }, ..Default::default() });
         let verdict = bpf_ratelimit::node::netns::in_netns(&dev.path(), || {
             Ok(h.run_with("harness_lookup", ipv4_packet(1500, NOT_ECT, UDP), Some(dev.ifindex), Gso::default()).0)
         })
