@@ -24,7 +24,14 @@ if ((${#need[@]})); then
 fi
 
 # virtme-ng (vng) is not packaged in Debian 12; it comes from PyPI.
-command -v vng >/dev/null || pip install -q --root-user-action=ignore virtme-ng
+# A plain Debian has no pip, and its system Python refuses installs into it
+# (PEP 668) unless told to.
+if ! command -v vng >/dev/null; then
+  python3 -m pip --version >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive "${APT[@]}" install -y -qq python3-pip >/dev/null
+  python3 -m pip install -q --root-user-action=ignore virtme-ng 2>/dev/null \
+    || python3 -m pip install -q --root-user-action=ignore --break-system-packages virtme-ng
+  command -v vng >/dev/null || { echo "virtme-ng installed, but vng is not on PATH" >&2; exit 1; }
+fi
 
 # Newest Debian 12 generic 6.1 kernel. apt-cache may be empty before the first update.
 pick() { apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$' \
