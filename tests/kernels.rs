@@ -1,7 +1,13 @@
 //! The rates the LTS kernels' CI stage checks (tests/vm/suite.sh runs this
 //! on Debian 12's 6.1 in a VM, and the suite on this host's kernel): TCP
 //! downloads and uploads at 10M and 100M, on a LAN and 10 ms away, held to
-//! 0.95-1.02 of the limit on the wire with at most 5% resent; UDP offered at
+//! at least 0.95 of the limit on the wire with at most 5% resent, and at
+//! most what the limit's token bucket allows in the measured window (rate x
+//! window + burst, two for an upload, whose TCP may borrow one; +1% for the
+//! counters' timing). That, not 1.02 of the rate, is the bound: a TCG
+//! guest's TCP stalls now and then, the bucket fills meanwhile, and a 100M
+//! download 10 ms away measured 1.042 of the rate in a 4.4 s window, within
+//! its 3.1 MB (250 ms) burst's 1.057. UDP offered at
 //! 2x a 10M pod delivered at 0.9-1.03 of it. Rates a TCG guest can carry:
 //! the control measures, in the same test, that the path unshaped carries
 //! well over the limit, so each cell can fail. (Under TCG a TBF kept
@@ -16,7 +22,17 @@ use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use common::{assert_bulk, Pod};
 use serde_json::json;
 
-const BAND: (f64, f64) = (0.95, 1.02);
+const LOWEST: f64 = 0.95;
+
+/// The most the token bucket of `direction` ("ingress", "egress") lets
+/// through in `seconds`, as a share of `rate` bits/s, from the pod's state
+/// as `stats` reads it from the kernel.
+fn bucket_bound(pod: &Pod, direction: &str, rate: f64, seconds: f64) -> f64 {
+    let bucket = &pod.stats()["state"][direction];
+    let burst_bits = 8.0 * bucket["burst"].as_f64().unwrap_or_else(|| panic!("stats has no {direction} burst: {bucket}"));
+    let bursts = if direction == "egress" { 2.0 } else { 1.0 };
+    1.0 + bursts * burst_bits / (rate * seconds) + 0.01
+}
 
 fn cells(one_way: Duration) {
     let rtt_ms = 2 * one_way.as_millis();
@@ -32,7 +48,11 @@ fn cells(one_way: Duration) {
         pod.add(json!({"kubernetes.io/ingress-bandwidth": rate, "kubernetes.io/egress-bandwidth": rate}));
         for way in [Way::Download, Way::Upload] {
             let what = format!("kernel {kernel}, {rtt_ms} ms RTT, {rate} pod: TCP {}", way.name());
-            let r = assert_bulk(&pod, &Bulk::tcp(way, "cubic", 1, 2, 5), bits, BAND, &what);
+            let r = assert_bulk(&pod, &Bulk::tcp(way, "cubic", 1, 2, 5), bits, (LOWEST, f64::INFINITY), &what);
+            let direction = if way == Way::Download { "ingress" } else { "egress" };
+            let bound = bucket_bound(&pod, direction, bits, r.seconds);
+            println!("{what}: the bucket's bound in {:.1} s: {bound:.3}", r.seconds);
+            assert!(r.wire_bps / bits <= bound, "{what}: {:.3} of the limit on the wire, above the bucket's {bound:.3}", r.wire_bps / bits);
             let resent = r.transfer.resent_share(1448.0);
             assert!(resent <= 0.05, "{what}: {:.1}% resent", 100.0 * resent);
         }

@@ -254,8 +254,13 @@ fn a_same_node_peer_is_held_under_an_ebpf_main_cni() {
 /// its traffic past its cgroup hooks, which shape only its interface: the
 /// guards charge each outer frame. TCP with MSS 88 through each, from a 10M
 /// pod to the gateway's end of the tunnel, under a bridge and under an eBPF
-/// main CNI: at most 1.05 of the limit on the wire into the gateway. The
-/// control is the same tunnels before ADD.
+/// main CNI: on the wire into the gateway, at most what the pod-side guard's
+/// bucket lets through in the measured window (1/32 over the rate, plus its
+/// bucket of two bursts and a margin, +1% for timing). The guard polices:
+/// TCP that meets its drops stalls, the bucket refills meanwhile, and a
+/// window can hold up to 1.075 of the rate (1.054 measured in CI, against
+/// the 1.05 this test held to before). The control is the same tunnels
+/// before ADD.
 #[test]
 fn tunnels_the_pod_makes_are_charged_per_outer_frame() {
     const TEN: f64 = 10e6;
@@ -321,7 +326,7 @@ fn tunnels_the_pod_makes_are_charged_per_outer_frame() {
             &format!("{}-tun", pod.bed.name),
         )
         .unwrap();
-        let through = |i: usize, seconds: u32| -> f64 {
+        let through = |i: usize, seconds: u32| -> (f64, f64) {
             let mut c = pod.bed.pod_command("iperf3").unwrap();
             c.args(["-c", &format!("10.253.{i}.1"), "-p", "5203", "-M", "88", "-t", &seconds.to_string()]);
             c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
@@ -332,10 +337,11 @@ fn tunnels_the_pod_makes_are_charged_per_outer_frame() {
             let (w1, t1) = (counter.read().unwrap(), std::time::Instant::now());
             let status = child.wait().unwrap();
             assert!(status.success(), "iperf3 through the {} tunnel failed", tunnels[i].0);
-            (w1.bytes - w0.bytes) as f64 * 8.0 / t1.duration_since(t0).as_secs_f64()
+            let seconds = t1.duration_since(t0).as_secs_f64();
+            ((w1.bytes - w0.bytes) as f64 * 8.0 / seconds, seconds)
         };
         for (i, (kind, _)) in tunnels.iter().enumerate() {
-            let bps = through(i, 4);
+            let (bps, _) = through(i, 4);
             println!("{under}, control, no limit: TCP MSS 88 through {kind}: {:.1}x 10M on the wire", bps / TEN);
             assert!(bps >= 3.0 * TEN, "control: only {:.2}x 10M through {kind}", bps / TEN);
         }
@@ -343,9 +349,12 @@ fn tunnels_the_pod_makes_are_charged_per_outer_frame() {
         for (i, (kind, _)) in tunnels.iter().enumerate() {
             // The guard's bucket (two bursts and a margin) is spent in the
             // first half; the second half is measured, 6 s of it.
-            let bps = through(i, 14);
-            println!("{under}, 10M pod: TCP MSS 88 through {kind}: {:.3} of the limit on the wire", bps / TEN);
-            assert!(bps <= 1.05 * TEN, "{under}: {kind}: {:.3} of the limit", bps / TEN);
+            let (bps, seconds) = through(i, 14);
+            let guard = &pod.stats()["podSideEgressGuard"]["egress"];
+            let (rate, burst) = (8.0 * guard["rate"].as_f64().unwrap(), 8.0 * guard["burst"].as_f64().unwrap());
+            let bound = (rate * seconds + burst) / (TEN * seconds) + 0.01;
+            println!("{under}, 10M pod: TCP MSS 88 through {kind}: {:.3} of the limit on the wire (the guard's bound in {seconds:.1} s: {bound:.3})", bps / TEN);
+            assert!(bps <= bound * TEN, "{under}: {kind}: {:.3} of the limit, above the guard's {bound:.3}", bps / TEN);
             assert!(bps >= 0.5 * TEN, "{under}: {kind}: the tunnel carried only {:.3} of the limit", bps / TEN);
         }
         drop(counter);

@@ -41,29 +41,41 @@ fn charged_bytes(pod: &Pod) -> u64 {
 }
 
 /// iperf3 between two processes of the pod over `addr` (the testbed's
-/// sidecar scenario): bits/s, the best of three 1 s runs. Loopback is
-/// CPU-bound: on this shared 2-vCPU VM one run moves by up to 30% with
-/// what else the host runs (13.2 to 21.7 Gbit/s, unshaped, in past suite
-/// runs), which a single before/after pair took for the shaper's doing.
+/// sidecar scenario), 1 s: bits/s.
 fn loopback_bps(pod: &Pod, addr: &str) -> f64 {
-    (0..3).map(|_| pod.bed.sidecar(addr, 1).expect("sidecar traffic")).fold(0.0, f64::max)
+    pod.bed.sidecar(addr, 1).expect("sidecar traffic")
 }
 
+/// Loopback is CPU-bound: on a shared 2-vCPU VM one run moves by up to 30%
+/// with what else the host runs (13.2 to 21.7 Gbit/s, unshaped, in past
+/// suite runs), and CI once measured the shaped pod under 0.8 of a control
+/// taken a few seconds earlier. So the shaped and unshaped runs alternate
+/// (ADD, measure, DEL, measure, three rounds), and the best of each is
+/// compared: the same noise falls on both.
 #[test]
 fn sidecar_traffic_over_loopback_is_neither_shaped_nor_charged() {
     let mut pod = Pod::new("sidecar");
     pod.bed.start_server().unwrap();
-    let before: Vec<f64> = ["127.0.0.1", POD_IP].iter().map(|a| loopback_bps(&pod, a)).collect();
-    pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"}));
-    for (addr, unshaped) in ["127.0.0.1", POD_IP].iter().zip(before) {
-        let charged0 = charged_bytes(&pod);
-        let bps = loopback_bps(&pod, addr);
-        let charged = charged_bytes(&pod) - charged0;
-        println!("app <-> sidecar over {addr} in a 10M pod: {:.2} Gbit/s, {:.2} before ADD; {charged} bytes charged", bps / 1e9, unshaped / 1e9);
-        assert!(bps >= 0.8 * unshaped, "loopback over {addr} is slowed: {bps:.0} bit/s, {unshaped:.0} before ADD");
+    let addrs = ["127.0.0.1", POD_IP];
+    let (mut unshaped, mut shaped, mut charged) = ([0f64; 2], [0f64; 2], [0u64; 2]);
+    for _ in 0..3 {
+        for (i, addr) in addrs.iter().enumerate() {
+            unshaped[i] = unshaped[i].max(loopback_bps(&pod, addr));
+        }
+        pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"}));
+        for (i, addr) in addrs.iter().enumerate() {
+            let charged0 = charged_bytes(&pod);
+            shaped[i] = shaped[i].max(loopback_bps(&pod, addr));
+            charged[i] = charged[i].max(charged_bytes(&pod) - charged0);
+        }
+        pod.del();
+    }
+    for (i, addr) in addrs.iter().enumerate() {
+        let (bps, before, charged) = (shaped[i], unshaped[i], charged[i]);
+        println!("app <-> sidecar over {addr} in a 10M pod: {:.2} Gbit/s, {:.2} unshaped; at most {charged} bytes charged in a run", bps / 1e9, before / 1e9);
+        assert!(bps >= 0.8 * before, "loopback over {addr} is slowed: {bps:.0} bit/s, {before:.0} unshaped");
         assert!(charged < 100_000, "loopback traffic over {addr} was charged {charged} bytes");
     }
-    pod.del();
 }
 
 #[test]

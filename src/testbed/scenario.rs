@@ -80,6 +80,8 @@ pub struct BulkResult {
     /// headers) in the measured seconds: upload at the far end of the
     /// path, download where it reaches the pod.
     pub wire_bps: f64,
+    /// The measured window's length.
+    pub seconds: f64,
 }
 
 impl Testbed {
@@ -131,7 +133,7 @@ impl Testbed {
         if seconds <= 0.0 {
             bail!("the transfer ended before it was measured");
         }
-        Ok(BulkResult { transfer, wire_bps: (w1 - w0) as f64 * 8.0 / seconds })
+        Ok(BulkResult { transfer, wire_bps: (w1 - w0) as f64 * 8.0 / seconds, seconds })
     }
 }
 

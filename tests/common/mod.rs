@@ -132,6 +132,15 @@ impl Pod {
         walk(&self.pin_root)
     }
 
+    /// This pod's entry in `bpf-ratelimit stats` (its state and guards, as
+    /// loaded into the kernel).
+    pub fn stats(&self) -> Value {
+        let out = Command::new(plugin()).arg("stats").arg(&self.pin_root).output().expect("bpf-ratelimit stats");
+        assert!(out.status.success(), "stats: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("stats prints JSON");
+        v["pods"][0].clone()
+    }
+
     pub fn cgroup_attachments(&self) -> String {
         bpftool_cgroup_show(&self.bed.cgroup)
     }
