@@ -26,14 +26,21 @@ const CONTROL: (u32, u32) = (1, 2);
 enum Shape {
     BulkTcp,
     Udp2x(Way),
+    /// UDP in 8000-byte datagrams (six IPv4 fragments each) at 2x.
+    UdpFragments(Way),
     Iperf(Sender),
+    /// TCP with MSS 88 through a VXLAN tunnel the pod made to the server.
+    Tunnel,
     Flood(Sender),
 }
 
-const SHAPES: [Shape; 11] = [
+const SHAPES: [Shape; 14] = [
     Shape::BulkTcp,
     Shape::Udp2x(Way::Upload),
     Shape::Udp2x(Way::Download),
+    Shape::UdpFragments(Way::Upload),
+    Shape::UdpFragments(Way::Download),
+    Shape::Tunnel,
     Shape::Iperf(Sender::Nodelay64),
     Shape::Iperf(Sender::Mss88),
     Shape::Flood(Sender::UdpGso8),
@@ -49,6 +56,8 @@ impl Shape {
         match self {
             Shape::BulkTcp => "bulk TCP (1 flow, CUBIC), upload".into(),
             Shape::Udp2x(way) => format!("UDP at 2x the limit, {}", way.name()),
+            Shape::UdpFragments(way) => format!("UDP in 8000-byte datagrams (IP fragments) at 2x the limit, {}", way.name()),
+            Shape::Tunnel => "TCP with MSS 88 through a VXLAN tunnel the pod made (CUBIC), upload".into(),
             Shape::Iperf(s) => format!("{} (CUBIC), upload", s.what()),
             Shape::Flood(s) => format!("{}, upload", s.what()),
         }
@@ -126,6 +135,12 @@ fn measure_shape(bed: &Testbed, shape: Shape, settle: u32, measure: u32) -> Resu
     match shape {
         Shape::BulkTcp => bulk(Bulk::tcp(Way::Upload, "cubic", 1, settle, measure)),
         Shape::Udp2x(way) => bulk(Bulk::udp(way, 2 * RATE.1, settle, measure)),
+        Shape::UdpFragments(way) => bulk(Bulk::udp(way, 2 * RATE.1, settle, measure).with_args(&["-l", "8000"])),
+        Shape::Tunnel => {
+            let _tunnel = bpf_ratelimit::testbed::tunnel::PodTunnel::vxlan(bed)?;
+            let b = Bulk::tcp(Way::Upload, "cubic", 1, settle, measure).with_args(&["-M", "88"]);
+            bulk(b.to(bpf_ratelimit::testbed::tunnel::SERVER_END))
+        }
         Shape::Iperf(s) => bulk(Bulk::tcp(Way::Upload, "cubic", 1, settle, measure).with_args(s.iperf3_args().unwrap_or_default())),
         Shape::Flood(s) => {
             let sender = bed.sender(s, settle + measure + 1)?;

@@ -20,6 +20,7 @@ pub mod iperf;
 pub mod main_cni;
 pub mod measure;
 pub mod scenario;
+pub mod tunnel;
 pub mod wire;
 
 use std::fs::{File, OpenOptions};

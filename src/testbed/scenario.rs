@@ -47,12 +47,15 @@ pub struct Bulk {
     /// More iperf3 client arguments, after the scenario's own: `-N -l 64`
     /// (64-byte TCP_NODELAY writes), `-M 88` (a tiny MSS).
     pub args: Vec<String>,
+    /// The server's address, where it is not SERVER_IP (SERVER_IP6): the
+    /// far end of a tunnel the pod made (testbed::tunnel).
+    pub server: Option<String>,
 }
 
 impl Bulk {
     /// `flows` TCP flows from a `cc` sender, `omit` seconds left out, `seconds` measured.
     pub fn tcp(way: Way, cc: &str, flows: u32, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false, args: Vec::new() }
+        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false, args: Vec::new(), server: None }
     }
 
     /// The same over IPv6.
@@ -62,7 +65,12 @@ impl Bulk {
 
     /// UDP offered at `bps`.
     pub fn udp(way: Way, bps: u64, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false, args: Vec::new() }
+        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false, args: Vec::new(), server: None }
+    }
+
+    /// The same transfer to the server at `addr`.
+    pub fn to(self, addr: &str) -> Self {
+        Bulk { server: Some(addr.into()), ..self }
     }
 
     /// The same transfer with more iperf3 client arguments.
@@ -99,7 +107,7 @@ impl Testbed {
     pub fn bulk(&self, b: &Bulk) -> Result<BulkResult> {
         let total = b.omit + b.seconds;
         let mut cmd = self.pod_command("iperf3")?;
-        let server = if b.ipv6 { super::SERVER_IP6 } else { SERVER_IP };
+        let server = b.server.as_deref().unwrap_or(if b.ipv6 { super::SERVER_IP6 } else { SERVER_IP });
         cmd.args(["-c", server, "-p", "5201", "-J", "--connect-timeout", "3000"])
             .args(["-t", &b.seconds.to_string(), "-O", &b.omit.to_string()]);
         match b.udp_bps {
