@@ -170,6 +170,48 @@ fn responses_beside_a_download_are_fast() {
     responses_beside_download(5, "100M", 100e6, 5.0);
 }
 
+/// The queue holds what it is configured to hold, so a UDP flood cannot
+/// stand a long queue in front of the pod's responses: a 10M pod receives
+/// 20M of UDP (1400-byte datagrams, from the server, to a sink in the pod)
+/// beside its own TCP download, and 16 KB responses keep the bound they
+/// have beside the download alone (3 x RTT or the gateway's control, + 25
+/// ms). The pod's wire holds the limit with all three; the flood's sender
+/// proves it sent. (Before the ifb's txqueuelen followed the TBF's limit,
+/// its pfifo_fast child held 3 x 1000 frames whatever that limit said.)
+#[test]
+fn responses_beside_a_download_and_a_udp_flood_are_fast() {
+    let mut pod = Pod::new("flood");
+    pod.bed.start_server().unwrap();
+    pod.bed.start_rr_server().unwrap();
+    let mut sink = pod.bed.pod_command("iperf3").unwrap();
+    sink.args(["-s", "-p", "5210"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    pod.bed.keep(sink.spawn().unwrap());
+    let rtt_ms = min_rtt_ms(&pod);
+    pod.add(ingress("10M"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut flood = pod.bed.server_command("iperf3").unwrap();
+    flood.args(["-c", bpf_ratelimit::testbed::POD_IP, "-p", "5210", "-u", "-b", "20M", "-l", "1400", "-t", "23", "-J"]);
+    let flood = flood.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
+    let requests = Requests { gap_ms: 150, within_ms: Some(17_500), ..responses(100) };
+    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
+    let out = flood.wait_with_output().unwrap();
+    assert!(out.status.success(), "the UDP flood's sender failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sent_bps = sent["end"]["sum"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let bound = (3.0 * rtt_ms).max(control.p99_ms) + 25.0;
+    let what = format!("16 KB responses beside a 10M pod's download and 20M of UDP into it, {rtt_ms:.2} ms RTT");
+    println!("{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; from the gateway, no shaper: p99 {:.2} ms; the flood sent {:.1} Mbit/s; the pod's wire {:.3} of the limit, the download's goodput {:.3}",
+             lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, control.p99_ms, sent_bps / 1e6, bulk.wire_bps / 10e6, bulk.transfer.goodput_bps / 10e6);
+    assert!(sent_bps >= 0.9 * 20e6, "the UDP flood sent only {:.1} Mbit/s", sent_bps / 1e6);
+    assert_eq!(lat.failed, 0, "{what}");
+    assert!(lat.samples >= 100, "{what}: only {} responses", lat.samples);
+    assert!(lat.p99_ms <= bound, "{what}: p99 {:.2} ms > {bound:.1}", lat.p99_ms);
+    assert!((0.95..=1.02).contains(&(bulk.wire_bps / 10e6)), "{what}: the pod received {:.3} of the limit", bulk.wire_bps / 10e6);
+    pod.del();
+}
+
 /// The same bounds where an eBPF main CNI delivers past the host side: the
 /// queue and its light-flow band are in the pod's netns.
 #[test]
