@@ -26,6 +26,9 @@ pub mod code {
     pub const INVALID_ENV: u32 = 4;
     pub const DECODE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
+    /// "Try again later": another command held the pin root's lock for
+    /// longer than lockTimeoutSeconds; the runtime retries.
+    pub const TRY_AGAIN_LATER: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
     /// The pod's cgroup could not be found or used.
     pub const CGROUP: u32 = 100;

@@ -56,6 +56,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some("cleanup") => {
+            bpf_ratelimit::logging::init(Some("warn"), None);
+            report(cli::cleanup(&args[1..]))
+        }
         Some(cmd @ ("install" | "uninstall")) => {
             use bpf_ratelimit::ops::install;
             let apply = if cmd == "install" { install::install } else { install::uninstall };
@@ -126,8 +130,13 @@ Commands for people:
                                    JSON object of the plugin's keys (the operator's policy),
                                    checked now and kept in the entry; --wait stays, waits for
                                    a conflist and re-applies whenever it changes
-  bpf-ratelimit uninstall [the same options]
-                                   take the plugin out of the conflist(s), then the binary
+  bpf-ratelimit uninstall [the same options] [--remove-datapath]
+                                   take the plugin out of the conflist(s), then the binary;
+                                   with --remove-datapath, then run cleanup
+  bpf-ratelimit cleanup [--pin-root DIR]
+                                   take every shaped pod's limits off, live: cgroup links,
+                                   tc qdiscs and filters (host side and pod side), pins,
+                                   the datapath and the pin root; running pods go unlimited
   bpf-ratelimit ready FILE         exit 0 if install --wait --ready-file FILE keeps the node
                                    chained as configured (a readiness probe)";
 

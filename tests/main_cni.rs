@@ -115,17 +115,24 @@ fn a_main_cni_attached_after_add_does_not_lift_the_limit() {
     let tx = host_veth_tx_bytes(&pod) - tx0;
     assert!(tx < 1_000_000, "the emulated CNI did not skip the host side: its veth transmitted {tx} bytes");
     assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 2, 4), LIMIT, BAND, "main CNI attached after ADD: upload");
+    // CHECK, `stats`, `list` and a log line say the host side is skipped,
+    // and what that leaves open.
     let out = pod.invoke("CHECK", &pod.config(both("100M")));
-    assert_eq!(out.code, 0, "CHECK: {}\n{}", out.stdout, out.stderr);
-    // `stats` and the metrics say the host side is skipped.
-    let skipped = || -> Value {
-        let out = Command::new(common::plugin()).arg("stats").arg(&pod.pin_root).output().unwrap();
-        serde_json::from_slice::<Value>(&out.stdout).unwrap()["pods"][0]["hostSideSkipped"].clone()
-    };
-    assert_eq!(skipped(), json!(true), "stats: the host side is skipped");
+    println!("CHECK under the main CNI: exit {}: {}", out.code, out.stdout.trim());
+    assert_ne!(out.code, 0, "CHECK passed with the host side skipped");
+    assert!(out.stdout.contains("host side is skipped") && out.stdout.contains("32-bit syscalls"), "CHECK: {}", out.stdout);
+    let skipped = |pod: &Pod| -> Value { pod.stats()["hostSideSkipped"].clone() };
+    assert_eq!(skipped(&pod), json!(true), "stats: the host side is skipped");
+    let list = Command::new(common::plugin()).args(["list", "--pin-root"]).arg(&pod.pin_root).output().unwrap();
+    let (table, log) = (String::from_utf8_lossy(&list.stdout), String::from_utf8_lossy(&list.stderr));
+    println!("list under the main CNI:\n{table}{log}");
+    assert!(table.contains("host side skipped"), "list does not say the host side is skipped:\n{table}");
+    assert!(log.contains("redirects them past the host-side guard"), "list logs no cause:\n{log}");
     pod.bed.stop_ebpf_main_cni();
     assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 1, 3), LIMIT, BAND, "the main CNI gone again: upload");
-    assert_eq!(skipped(), json!(false), "stats: the host side sees the pod's frames again");
+    assert_eq!(skipped(&pod), json!(false), "stats: the host side sees the pod's frames again");
+    let out = pod.invoke("CHECK", &pod.config(both("100M")));
+    assert_eq!(out.code, 0, "CHECK with the host side back: {}\n{}", out.stdout, out.stderr);
     pod.del();
 }
 

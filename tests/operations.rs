@@ -251,6 +251,65 @@ fn check_passes_after_set_and_set_ingress_0_is_refused_clearly() {
     pod.del();
 }
 
+/// Every rate kubelet accepts (1k to 1P) starts the pod: outside what the
+/// datapath enforces exactly (8k to 100G) it is clamped to the nearest rate
+/// it can enforce, and `list` says so; outside 1k to 1P ADD fails, naming
+/// the annotation.
+#[test]
+fn every_rate_kubelet_accepts_starts_the_pod_clamped_where_it_must_be() {
+    let pod = pod_with("clamp", json!({}), json!({"kubernetes.io/egress-bandwidth": "1P", "kubernetes.io/ingress-bandwidth": "1k"}));
+    let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+    assert_eq!(code, 0, "{err}");
+    let row = serde_json::from_str::<Value>(&out).unwrap()[0].clone();
+    println!("1P egress, 1k ingress: {row}");
+    assert_eq!(row["egress"]["limitBitsPerSecond"], 100_000_000_000u64);
+    assert_eq!(row["ingress"]["limitBitsPerSecond"], 8_000);
+    let notes = row["notes"].to_string();
+    assert!(notes.contains("egress rate 1000000000000000") && notes.contains("ingress rate 1000 ") && notes.contains("clamped"), "{notes}");
+    let (_, table, _) = admin(&pod, &["list"]);
+    assert!(table.contains("clamped to"), "list's table does not show the clamp:\n{table}");
+    pod.del();
+    for bad in ["999", "2P"] {
+        let out = pod.invoke("ADD", &pod.config(json!({"kubernetes.io/egress-bandwidth": bad})));
+        assert_eq!(out.code, 7, "{bad}: {}", out.stdout);
+        assert!(out.stdout.contains("kubernetes.io/egress-bandwidth") && out.stdout.contains("1k to 1P"), "{}", out.stdout);
+        assert_eq!(pod.cgroup_attachments(), "", "a refused ADD attached something");
+    }
+}
+
+/// Under `limitBasis: "tcp-goodput"` the state holds a wire budget 4.6%
+/// above the limit; `set` and `list` read the limit back from it. Three
+/// burst-only `set`s leave the rate where it was (each raised it by 4.6%
+/// before), `list` shows the limit asked for, and CHECK still passes.
+#[test]
+fn set_keeps_the_rate_under_every_limit_basis() {
+    for basis in ["frames", "tcp-goodput"] {
+        let annotations = json!({"kubernetes.io/egress-bandwidth": "10M"});
+        let pod = pod_with("setbasis", json!({"limitBasis": basis}), annotations.clone());
+        let listed = || -> Value {
+            let (code, out, err) = admin(&pod, &["list", "--json", "--interval", "0.1"]);
+            assert_eq!(code, 0, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap()[0]["egress"].clone()
+        };
+        assert_eq!(listed()["limitBitsPerSecond"], 10_000_000, "{basis}: list after ADD");
+        for burst in ["200k", "300k", "400k"] {
+            let (code, out, err) = admin(&pod, &["set", "default/test", "--egress-burst", burst]);
+            assert_eq!(code, 0, "{out}{err}");
+            println!("{basis}: set --egress-burst {burst}: {}", out.trim());
+        }
+        let egress = listed();
+        println!("{basis}: after three burst-only sets: {egress}");
+        let rate = egress["limitBitsPerSecond"].as_u64().unwrap();
+        assert!(rate.abs_diff(10_000_000) <= 8, "{basis}: the rate moved to {rate} by burst-only sets");
+        assert_eq!(egress["burstBits"], 400_000, "{basis}");
+        let mut conf = pod.config(annotations);
+        conf["limitBasis"] = json!(basis);
+        let out = pod.invoke("CHECK", &conf);
+        assert_eq!(out.code, 0, "{basis}: CHECK after set: {}{}", out.stdout, out.stderr);
+        pod.del();
+    }
+}
+
 /// `list`, `set` and `metrics` without --pin-root find a pod attached under
 /// a pin root of its own (recorded by ADD), as DEL, GC and `stats` do.
 #[test]

@@ -25,6 +25,8 @@
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -103,6 +105,36 @@ pub fn ensure_bpffs(pin_root: &Path) -> Result<()> {
     )
 }
 
+/// How long a command waits for another one's lock on a pin root
+/// (`lockTimeoutSeconds`), as milliseconds; set once per process.
+static LOCK_TIMEOUT_MS: AtomicU64 = AtomicU64::new(DEFAULT_LOCK_TIMEOUT.as_millis() as u64);
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+const LOCK_POLL: Duration = Duration::from_millis(5);
+
+pub fn set_lock_timeout(timeout: Duration) {
+    LOCK_TIMEOUT_MS.store(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+}
+
+fn lock_timeout() -> Duration {
+    Duration::from_millis(LOCK_TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// Another command held the pin root's lock for longer than the lock
+/// timeout: the runtime should try again later (CNI code 11).
+#[derive(Debug)]
+pub struct LockTimeout {
+    pub path: PathBuf,
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for LockTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "another bpf-ratelimit command held the lock on pin root {} for over {:?}", self.path.display(), self.waited)
+    }
+}
+
+impl std::error::Error for LockTimeout {}
+
 /// One CNI attachment: the network (the config's name), container and interface.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct AttachmentId {
@@ -163,14 +195,26 @@ impl PinRoot {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot open pin root {}", path.display())),
         };
-        let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        // Waits in short polls up to the lock timeout rather than in a
+        // blocking flock: a command stuck holding the lock must not stall
+        // every ADD on the node behind it for ever.
+        let deadline = Instant::now() + lock_timeout();
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let e = std::io::Error::last_os_error();
-            if !wait && e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e).context("cannot lock the pin root");
+            }
+            if !wait {
                 return Ok(None);
             }
-            return Err(e).context("cannot lock the pin root");
+            if Instant::now() >= deadline {
+                return Err(anyhow::Error::new(LockTimeout { path: path.to_path_buf(), waited: lock_timeout() }));
+            }
+            std::thread::sleep(LOCK_POLL);
         }
         let same = fs::metadata(path).ok().map(|m| m.ino()) == Some(file.metadata()?.ino());
         Ok(same.then(|| Self { path: path.to_path_buf(), _lock: file }))

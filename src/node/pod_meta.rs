@@ -28,6 +28,10 @@ pub struct PodMeta {
     /// for the sandbox's life.
     #[serde(default, skip_serializing_if = "SetLimits::is_empty")]
     pub set: SetLimits,
+    /// What ADD could not give as asked (a rate clamped to what the
+    /// datapath enforces), for `list`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// One direction's limit as `set` recorded it: rate in bits/s, burst in bits.
@@ -77,6 +81,7 @@ impl PodMeta {
             uid: arg("K8S_POD_UID", 36),
             ceilings,
             set: SetLimits::default(),
+            notes: Vec::new(),
         }
     }
 

@@ -28,11 +28,21 @@ pub struct PodView {
     pub meta: PodMeta,
     pub cgroup_id: u64,
     pub state: PodState,
+    /// How the pod's limits are counted (its attachment record): the state
+    /// holds wire bytes, which under `tcp-goodput` are more than the limit.
+    pub basis: LimitBasis,
 }
 
 impl PodView {
     pub fn display_name(&self) -> String {
         self.meta.display_name(&self.id.container_id)
+    }
+
+    /// The limit one direction enforces, as it was asked for (bits/s and
+    /// bits; rate 0: unlimited), from the state's wire budget.
+    fn limit(&self, dir: Direction) -> Limit {
+        let b = self.bucket(dir);
+        Limit { rate: self.basis.limit_for_wire_bytes_per_second(b.rate), burst: b.burst * 8 }
     }
 
     fn bucket(&self, dir: Direction) -> &Bucket {
@@ -103,7 +113,8 @@ fn read_root(root: &PinRoot, out: &mut Vec<PodView>, errors: &mut Vec<String>) {
         match attach::pod_state_from_pins(&dir) {
             Ok((cgroup_id, state)) => {
                 let meta = pod_meta::read(&dir).unwrap_or_default();
-                out.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state });
+                let basis = crate::datapath::attachment::read(&dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
+                out.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state, basis });
             }
             Err(e) => errors.push(format!("cannot read {}: {e:#}", dir.display())),
         }
@@ -134,6 +145,16 @@ pub struct ListRow {
     pub pin_root: PathBuf,
     pub ingress: DirectionRow,
     pub egress: DirectionRow,
+    /// The pod's host-side veth sees none of what it sends (see
+    /// attach::host_side_skipped): the pod side holds its limits alone.
+    pub host_side_skipped: bool,
+    /// failurePolicy "open" let the pod start unshaped, for this reason
+    /// (plugin::unshaped); its limits and counters are then all 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unshaped: Option<String>,
+    /// What ADD could not give as asked (a clamped rate).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Samples every pod twice, `interval` apart, for the current rates; and
@@ -152,7 +173,7 @@ pub fn list_rows(pin_root: Option<&Path>, interval: Duration) -> (Vec<ListRow>, 
             let b = now.bucket(dir);
             let passed_before = before.map(|p| p.bucket(dir).passed_bytes).unwrap_or(b.passed_bytes);
             DirectionRow {
-                limit_bits_per_second: b.rate * 8,
+                limit_bits_per_second: now.limit(dir).rate,
                 burst_bits: b.burst * 8,
                 rate_bits_per_second: ((b.passed_bytes.saturating_sub(passed_before)) as f64 * 8.0 / seconds) as u64,
                 passed_bytes: b.passed_bytes,
@@ -170,6 +191,31 @@ pub fn list_rows(pin_root: Option<&Path>, interval: Duration) -> (Vec<ListRow>, 
             pin_root: now.pin_root.clone(),
             ingress: direction(Direction::Ingress),
             egress: direction(Direction::Egress),
+            host_side_skipped: match (attach::guard_from_pins(&now.dir), attach::pod_side_guard_from_pins(&now.dir)) {
+                (Some(h), Some(p)) => attach::host_side_skipped(&h, &p),
+                _ => false,
+            },
+            unshaped: None,
+            notes: now.meta.notes.clone(),
+        });
+    }
+    // Pods that started unshaped have no pins: they are read from their
+    // records, whatever pin root was asked for.
+    for u in crate::plugin::unshaped::all() {
+        let none = || DirectionRow { limit_bits_per_second: 0, burst_bits: 0, rate_bits_per_second: 0, passed_bytes: 0, dropped_bytes: 0, marked_bytes: 0 };
+        rows.push(ListRow {
+            pod: if u.pod.is_empty() { u.container_id.clone() } else { u.pod.clone() },
+            namespace: u.namespace,
+            uid: u.uid,
+            network: u.network,
+            container_id: u.container_id,
+            ifname: u.ifname,
+            pin_root: PathBuf::new(),
+            ingress: none(),
+            egress: none(),
+            host_side_skipped: false,
+            unshaped: Some(u.reason),
+            notes: Vec::new(),
         });
     }
     (rows, errors)
@@ -192,11 +238,21 @@ fn human_rate(bits: u64, limit: u64) -> String {
     }
 }
 
+/// `list`'s note on a pod whose host side is skipped.
+pub const HOST_SIDE_SKIPPED_NOTE: &str = "host side skipped";
+
+/// What a pod whose host side is skipped has left open, for CHECK, `list`
+/// and the log.
+pub const HOST_SIDE_SKIPPED_CAUSE: &str = "its host-side veth has seen none of its frames for 5 s while its interface sent: \
+a program ahead of ours there (an eBPF main CNI) redirects them past the host-side guard. Its limits hold on the pod side \
+(its cgroup hooks, the guard on its interface, its ingress queue); raw sockets set up through 32-bit syscalls \
+(PACKET_QDISC_BYPASS, AF_XDP) get past those, and only the host side held them";
+
 pub fn list_table(rows: &[ListRow]) -> String {
     let mut out = String::new();
     let header = [
         "NAMESPACE/POD", "IN LIMIT", "IN BURST", "IN RATE", "IN PASSED", "IN DROP/MARK", "EG LIMIT", "EG BURST", "EG RATE",
-        "EG PASSED", "EG DROP/MARK",
+        "EG PASSED", "EG DROP/MARK", "NOTE",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
@@ -208,6 +264,13 @@ pub fn list_table(rows: &[ListRow]) -> String {
             line.push(human_bytes(d.passed_bytes));
             line.push(format!("{}/{}", human_bytes(d.dropped_bytes), human_bytes(d.marked_bytes)));
         }
+        let mut notes: Vec<String> = r.notes.clone();
+        match (&r.unshaped, r.host_side_skipped) {
+            (Some(reason), _) => notes.push(format!("unshaped: {}", reason.chars().take(120).collect::<String>())),
+            (None, true) => notes.push(HOST_SIDE_SKIPPED_NOTE.into()),
+            (None, false) => {}
+        }
+        line.push(notes.join("; "));
         table.push(line);
     }
     let widths: Vec<usize> = (0..header.len()).map(|c| table.iter().map(|l| l[c].len()).max().unwrap_or(0)).collect();
@@ -355,15 +418,17 @@ fn set_one(pod: &PodView, change: &Change) -> Result<String> {
     let mut new = Vec::new();
     let mut notes = Vec::new();
     for dir in Direction::BOTH {
-        let b = pod.bucket(dir);
-        let old = Limit { rate: b.rate * 8, burst: b.burst * 8 };
+        // The limit as asked for: the state's wire budget is 4.6% above it
+        // under tcp-goodput, and read back as the limit each `set` that
+        // kept the rate raised it by that much.
+        let old = pod.limit(dir);
         let planned = plan(dir, old, change, &pod.meta.ceilings).with_context(|| pod.display_name())?;
         if let Some((limit, capped)) = planned {
             notes.extend(capped);
             new.push((dir, limit));
         }
     }
-    let basis: LimitBasis = crate::datapath::attachment::read(&pod.dir).ok().flatten().map(|r| r.basis).unwrap_or_default();
+    let basis = pod.basis;
     // The queue first (a netlink request), then the state's read and write
     // back to back, so that the value written is the latest one.
     if let Some((_, limit)) = new.iter().find(|(d, _)| *d == Direction::Ingress) {
@@ -387,7 +452,7 @@ fn set_one(pod: &PodView, change: &Change) -> Result<String> {
         if b.rate == 0 {
             "unlimited".to_string()
         } else {
-            format!("{}bit/s burst {}", quantity::format_rate(b.rate * 8), human_bytes(b.burst))
+            format!("{}bit/s burst {}", quantity::format_rate(basis.limit_for_wire_bytes_per_second(b.rate)), human_bytes(b.burst))
         }
     };
     let mut line = format!("{} ({}): ingress {}, egress {}", pod.display_name(), pod.id.container_id, describe(&write.ingress), describe(&write.egress));
@@ -458,6 +523,17 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
     let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
     let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
+    let unshaped = IntGaugeVec::new(
+        Opts::new("bpf_ratelimit_unshaped", "1 for a pod that failurePolicy \"open\" let start unshaped (bpf-ratelimit list says why)"),
+        &LABELS[..6],
+    )?;
+    registry.register(Box::new(unshaped.clone()))?;
+    let unshaped_count = single("bpf_ratelimit_unshaped_pods", "Pod attachments started unshaped under failurePolicy \"open\"")?;
+    for u in crate::plugin::unshaped::all() {
+        let name = if u.pod.is_empty() { u.container_id.as_str() } else { u.pod.as_str() };
+        unshaped.with_label_values(&[u.namespace.as_str(), name, u.uid.as_str(), u.network.as_str(), u.container_id.as_str(), u.ifname.as_str()]).set(1);
+        unshaped_count.inc();
+    }
 
     let (pods, mut errors) = read_pods(&pin_roots(pin_root));
     let mut seen = std::collections::BTreeSet::new();
@@ -647,4 +723,58 @@ mod tests {
         assert!(capped.unwrap().contains("capped"));
         assert!(plan(Direction::Ingress, old, &change, &ceilings).unwrap().is_none());
     }
+}
+
+/// `cleanup` (and `uninstall --remove-datapath`): takes the plugin off a
+/// live node. From every pin root this node used (or the one given), every
+/// pod's attachment goes as DEL would remove it: its cgroup links and pins,
+/// its host-side queue and guard filters, and (through the netns ADD
+/// recorded) its pod-side queue, guard and raw-frame filter; then the
+/// datapath's pins and the pin root itself; then the records of pods that
+/// started unshaped. Running pods lose their limits. A pod that cannot be
+/// removed does not stop the rest; every failure is reported at the end.
+pub fn cleanup(pin_root: Option<&Path>) -> Result<Vec<String>> {
+    let (mut done, mut failures) = (Vec::new(), Vec::new());
+    for path in pin_roots(pin_root) {
+        let root = match open_root(&path) {
+            Ok(Some(root)) => root,
+            Ok(None) => continue,
+            Err(e) => {
+                failures.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let attachments = match root.attachments() {
+            Ok(a) => a,
+            Err(e) => {
+                failures.push(format!("cannot list the pods under {}: {e:#}", path.display()));
+                continue;
+            }
+        };
+        for a in &attachments {
+            match root.remove_pod(a, None) {
+                Ok(_) => done.push(format!("{}: removed container {} ({}) of network {}", path.display(), a.container_id, a.ifname, a.network)),
+                Err(e) => failures.push(format!("{}: container {} ({}): {e:#}", path.display(), a.container_id, a.ifname)),
+            }
+        }
+        match root.remove_datapath_if_unused() {
+            Ok(()) if !path.exists() => done.push(format!("removed pin root {}", path.display())),
+            Ok(()) => failures.push(format!("pin root {} is not empty after its pods and datapath went", path.display())),
+            Err(e) => failures.push(format!("cannot unpin the datapath under {}: {e:#}", path.display())),
+        }
+    }
+    for u in crate::plugin::unshaped::all() {
+        let id = AttachmentId { network: u.network.clone(), container_id: u.container_id.clone(), ifname: u.ifname.clone() };
+        match crate::plugin::unshaped::remove(&id) {
+            Ok(()) => done.push(format!("forgot unshaped container {} ({})", u.container_id, u.ifname)),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    if !failures.is_empty() {
+        for line in &done {
+            eprintln!("bpf-ratelimit cleanup: {line}");
+        }
+        bail!("{} could not be removed:\n  {}", failures.len(), failures.join("\n  "));
+    }
+    Ok(done)
 }

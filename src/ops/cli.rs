@@ -55,11 +55,25 @@ pub fn list(args: &[String]) -> Result<String> {
     for e in &errors {
         eprintln!("bpf-ratelimit list: {e}");
     }
-    if on.contains(&"--json") {
-        Ok(serde_json::to_string_pretty(&rows)? + "\n")
-    } else {
-        Ok(admin::list_table(&rows))
+    for r in rows.iter().filter(|r| r.host_side_skipped) {
+        log::warn!("{}/{} ({}): {}", r.namespace, r.pod, r.ifname, admin::HOST_SIDE_SKIPPED_CAUSE);
     }
+    let out = if on.contains(&"--json") { serde_json::to_string_pretty(&rows)? + "\n" } else { admin::list_table(&rows) };
+    if !errors.is_empty() {
+        // What could be read is still shown; the exit status says it is
+        // not all.
+        print!("{out}");
+        bail!("{} pin root(s) or pod(s) could not be read (above)", errors.len());
+    }
+    Ok(out)
+}
+
+pub fn cleanup(args: &[String]) -> Result<String> {
+    let (values, _, positional) = parse(args, &["--pin-root"], &[])?;
+    if let Some(p) = positional.first() {
+        bail!("cleanup takes no argument {p:?}");
+    }
+    Ok(admin::cleanup(pin_root(&values).as_deref())?.into_iter().map(|l| l + "\n").collect())
 }
 
 pub fn set(args: &[String]) -> Result<String> {

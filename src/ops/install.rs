@@ -53,6 +53,9 @@ pub struct Options {
     pub config: Option<PathBuf>,
     /// `--ready-file FILE`: kept while the last apply succeeded (with `--wait`).
     pub ready_file: Option<PathBuf>,
+    /// `--remove-datapath` (uninstall only): then take every pod's limits
+    /// off too (admin::cleanup).
+    pub remove_datapath: bool,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             wait: false,
             config: None,
             ready_file: None,
+            remove_datapath: false,
         };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
@@ -87,6 +91,7 @@ impl Options {
                 "--config" => o.config = Some(value()?.into()),
                 "--ready-file" => o.ready_file = Some(value()?.into()),
                 "--wait" => o.wait = true,
+                "--remove-datapath" if !install => o.remove_datapath = true,
                 other => bail!("unknown option {other:?} (see bpf-ratelimit help)"),
             }
         }
@@ -206,7 +211,7 @@ const POLICY_KEYS: &[&str] = &[
 ];
 /// The other keys of the plugin's entry an operator may set.
 const OTHER_KEYS: &[&str] =
-    &["namespaces", "cgroupRoot", "pinRoot", "allowRawSockets", "ingressQueue", "logFile", "logLevel", "capabilities"];
+    &["namespaces", "cgroupRoot", "pinRoot", "allowRawSockets", "ingressQueue", "limitBasis", "failurePolicy", "lockTimeoutSeconds", "logFile", "logLevel", "capabilities"];
 const CAPABILITIES: &[&str] = &["bandwidth", "cgroupPath", "io.kubernetes.cri.pod-annotations"];
 
 /// The entry for a `--config` object: its keys, in its order, after `type`,
@@ -633,6 +638,9 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
         sync_dir(&opts.bin_dir)?;
         done.push(format!("removed {}", dest.display()));
     }
+    if opts.remove_datapath {
+        done.extend(crate::ops::admin::cleanup(None)?);
+    }
     Ok(done)
 }
 
@@ -778,4 +786,25 @@ pub fn check_ready(file: &Path) -> Result<String> {
         bail!("not ready: {} is {} s old: install --wait stopped re-applying", file.display(), age.as_secs());
     }
     Ok(std::fs::read_to_string(file).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every key `install --config` accepts is in README's table of
+    /// configuration keys, and every key there is accepted: the two lists
+    /// cannot drift apart (limitBasis was refused by install once).
+    #[test]
+    fn the_readmes_configuration_keys_are_the_keys_install_accepts() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("## Configuration keys").nth(1).expect("README has a Configuration keys section");
+        let table = section.split("\n## ").next().unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        for row in table.lines().filter(|l| l.starts_with("| `")) {
+            let first = row.split('|').nth(1).unwrap();
+            documented.extend(first.split('`').skip(1).step_by(2).map(String::from));
+        }
+        let accepted: std::collections::BTreeSet<String> =
+            super::POLICY_KEYS.iter().chain(super::OTHER_KEYS).filter(|k| **k != "capabilities").map(|k| k.to_string()).collect();
+        assert_eq!(documented, accepted, "README's configuration keys and the keys install accepts differ");
+    }
 }

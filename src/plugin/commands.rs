@@ -13,7 +13,7 @@ use crate::node::pins::{AttachmentId, PinRoot};
 use crate::datapath::state::IfaceState;
 use crate::policy::limits::{self, Limits};
 use crate::policy::resolve;
-use crate::policy::netconf::NetConf;
+use crate::policy::netconf::{FailurePolicy, NetConf};
 
 /// Everything one invocation was given.
 pub struct Request {
@@ -24,23 +24,57 @@ pub struct Request {
 
 pub fn run(req: &Request) -> Result<String, CniError> {
     crate::cni::require_version_for(req.command, &req.conf.cni_version)?;
+    crate::node::pins::set_lock_timeout(req.conf.lock_timeout);
     let missing = crate::node::privilege::missing();
     if !missing.is_empty() {
         let code = if req.command == Command::Status { code::NOT_AVAILABLE } else { code::DATAPATH };
-        return Err(CniError::new(
+        let err = CniError::new(
             code,
             format!("bpf-ratelimit lacks {}: it needs CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN (run it as root, as runtimes do)", missing.join(", ")),
             "",
-        ));
+        );
+        return match req.command {
+            Command::Add if req.conf.failure_policy == FailurePolicy::Open => start_unshaped(req, err),
+            Command::Status if req.conf.failure_policy == FailurePolicy::Open => status_open(err),
+            _ => Err(err),
+        };
     }
     match req.command {
         Command::Add => cmd_add(req),
         Command::Del => cmd_del(req).map(|_| String::new()),
         Command::Check => cmd_check(req).map(|_| String::new()),
         Command::Gc => cmd_gc(req).map(|_| String::new()),
-        Command::Status => cmd_status(req).map(|_| String::new()),
+        Command::Status => match cmd_status(req) {
+            Err(e) if req.conf.failure_policy == FailurePolicy::Open => status_open(e),
+            other => other.map(|_| String::new()),
+        },
         Command::Version => unreachable!("VERSION is answered before a Request is built"),
     }
+}
+
+/// failurePolicy "open": ADD could not shape the pod, and lets it start
+/// unshaped: prevResult passed on, an error logged, the reason recorded for
+/// `list` and `metrics` (plugin::unshaped).
+fn start_unshaped(req: &Request, err: CniError) -> Result<String, CniError> {
+    let reply = pass_prev_result(&req.conf)?;
+    let reason = if err.details.is_empty() { err.msg.clone() } else { format!("{}: {}", err.msg, err.details) };
+    log::error!(
+        "container {} ({}): failurePolicy open: the pod starts UNSHAPED, because {reason}",
+        req.env.container_id,
+        req.env.ifname
+    );
+    let meta = crate::node::pod_meta::PodMeta::from_args(&req.env.args, resolve::ceilings(&req.conf.policy_for(req.namespace())));
+    if let Err(e) = crate::plugin::unshaped::record(&req.attachment(), &meta, &reason) {
+        log::error!("container {}: cannot record that it is unshaped: {e:#}", req.env.container_id);
+    }
+    Ok(reply)
+}
+
+/// failurePolicy "open": a shaping add-on must not mark the node's network
+/// not ready, so STATUS says it is available and logs what is not.
+fn status_open(err: CniError) -> Result<String, CniError> {
+    log::error!("STATUS: failurePolicy open: reporting available although {}: {}", err.msg, err.details);
+    Ok(String::new())
 }
 
 impl Request {
@@ -59,8 +93,11 @@ impl Request {
     }
 }
 
+/// A datapath failure: "try again later" (11) when it was the pin root's
+/// lock held past lockTimeoutSeconds, else code 101.
 fn datapath_error(msg: &str, e: anyhow::Error) -> CniError {
-    CniError::from_anyhow(code::DATAPATH, msg, &e)
+    let busy = e.chain().any(|c| c.is::<crate::node::pins::LockTimeout>());
+    CniError::from_anyhow(if busy { code::TRY_AGAIN_LATER } else { code::DATAPATH }, msg, &e)
 }
 
 fn pod_cgroup(req: &Request) -> Result<PathBuf, CniError> {
@@ -82,13 +119,28 @@ fn pass_prev_result(conf: &NetConf) -> Result<String, CniError> {
 
 fn cmd_add(req: &Request) -> Result<String, CniError> {
     let reply = pass_prev_result(&req.conf)?;
-    let limits = resolve::resolve(&req.conf.pod_request(req.namespace()))?;
+    let mut clamped = Vec::new();
+    let limits = resolve::resolve_noting(&req.conf.pod_request(req.namespace()), &mut clamped)?;
     if limits.is_empty() {
         // A repeated ADD of this attachment without limits replaces one with.
         del_everywhere(req).map_err(|e| datapath_error("cannot remove the earlier attachment", e))?;
         log::info!("container {}: no bandwidth limit requested, nothing attached", req.env.container_id);
         return Ok(reply);
     }
+    match shape(req, &limits, clamped) {
+        Ok(()) => {
+            if let Err(e) = crate::plugin::unshaped::remove(&req.attachment()) {
+                log::warn!("container {}: cannot remove its record of an earlier unshaped start: {e:#}", req.env.container_id);
+            }
+            Ok(reply)
+        }
+        Err(e) if req.conf.failure_policy == FailurePolicy::Open => start_unshaped(req, e),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets the datapath up for the pod; on failure, nothing is left behind.
+fn shape(req: &Request, limits: &Limits, clamped: Vec<String>) -> Result<(), CniError> {
     let cgroup_dir = pod_cgroup(req)?;
     let root = PinRoot::create(&req.conf.pin_root).map_err(|e| datapath_error("cannot use the bpf filesystem", e))?;
     let network = PodNetwork {
@@ -99,9 +151,10 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
         ingress_queue: req.conf.ingress_queue,
         basis: req.conf.limit_basis,
     };
-    let mode = attach::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, &limits)
+    let mode = attach::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, limits)
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
-    let meta = crate::node::pod_meta::PodMeta::from_args(&req.env.args, resolve::ceilings(&req.conf.policy_for(req.namespace())));
+    let mut meta = crate::node::pod_meta::PodMeta::from_args(&req.env.args, resolve::ceilings(&req.conf.policy_for(req.namespace())));
+    meta.notes = clamped;
     if let Err(e) = crate::node::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
         let _ = root.remove_pod(&req.attachment(), Some(std::path::Path::new(&req.env.netns)));
         let _ = root.remove_datapath_if_unused();
@@ -112,9 +165,9 @@ fn cmd_add(req: &Request) -> Result<String, CniError> {
         req.env.container_id,
         req.env.ifname,
         cgroup_dir.display(),
-        describe(&limits)
+        describe(limits)
     );
-    Ok(reply)
+    Ok(())
 }
 
 pub fn describe(limits: &Limits) -> String {
@@ -130,6 +183,9 @@ pub fn describe(limits: &Limits) -> String {
 /// in every pin root this node used (pin_roots), so a changed `pinRoot`
 /// cannot strand a pod.
 fn cmd_del(req: &Request) -> Result<(), CniError> {
+    if let Err(e) = crate::plugin::unshaped::remove(&req.attachment()) {
+        log::warn!("container {}: cannot remove its record of an unshaped start: {e:#}", req.env.container_id);
+    }
     let removed = del_everywhere(req).map_err(|e| datapath_error("cannot remove the pod's attachment", e))?;
     log::info!(
         "container {} ({}): {}",
@@ -222,6 +278,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
         cgroup::cgroup_id(&dir).map_err(|e| CniError::new(code::CGROUP, "cannot stat the pod cgroup", e.to_string()))?
     };
     let mut found = None;
+    let mut pod_dir = None;
     // What `bpf-ratelimit set` changed for this sandbox, which the pod's
     // state holds instead of the config's request.
     let mut limits = limits;
@@ -242,6 +299,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                 basis: req.conf.limit_basis,
                 door: attach::door_from_pins(&root.pod_dir(&req.attachment())),
             });
+            pod_dir = Some(root.pod_dir(&req.attachment()));
             break;
         }
     }
@@ -282,6 +340,17 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
             let spec = crate::datapath::ingress_queue::QueueSpec::for_limit(ingress, record.basis);
             queue.verify(spec).map_err(|e| failed(format!("ingress is queued, but {e:#}")))?;
         }
+        // Last, as the one failure that leaves the limits holding: CHECK
+        // says what an eBPF main CNI taking the host side leaves open.
+        if let Some(dir) = &pod_dir {
+            if let (Some(h), Some(p)) = (attach::guard_from_pins(dir), attach::pod_side_guard_from_pins(dir)) {
+                if attach::host_side_skipped(&h, &p) {
+                    let msg = format!("the pod's host side is skipped: {}", crate::ops::admin::HOST_SIDE_SKIPPED_CAUSE);
+                    log::warn!("CHECK {} ({}): {msg}", req.env.container_id, req.env.ifname);
+                    return Err(failed(msg));
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -293,7 +362,7 @@ fn cmd_gc(req: &Request) -> Result<(), CniError> {
     let Some(valid) = &req.conf.valid_attachments else {
         return Err(CniError::config("GC needs cni.dev/valid-attachments"));
     };
-    let mut failures = Vec::new();
+    let mut failures = crate::plugin::unshaped::remove_stale(&req.conf.name, valid);
     for path in crate::node::pin_roots::known(&req.conf.pin_root) {
         let root = match PinRoot::existing(&path) {
             Ok(Some(root)) => root,

@@ -2,4 +2,5 @@
 //! function over the layers below (policy, node, datapath).
 
 pub mod commands;
+pub mod unshaped;
 pub mod status_cache;

@@ -14,6 +14,21 @@ use crate::policy::resolve::PodRequest;
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/bpf-ratelimit";
 pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
 
+/// What ADD does when the datapath cannot be set up for a pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// The pod does not start (ADD fails; a held lock is "try again later").
+    /// Operator limits stay a security boundary.
+    #[default]
+    Closed,
+    /// The pod starts unshaped: ADD passes prevResult on, logs at error and
+    /// records why (`list`, `metrics`); STATUS never fails the node.
+    Open,
+}
+
+/// Bounds of `lockTimeoutSeconds`.
+const LOCK_TIMEOUT_RANGE: (f64, f64) = (0.1, 600.0);
+
 #[derive(Debug, Clone, Default)]
 pub struct NetConf {
     pub cni_version: String,
@@ -30,6 +45,11 @@ pub struct NetConf {
     /// `limitBasis`: what a limit counts (frames on the wire, or frames
     /// scaled so that bulk TCP goodput meets it).
     pub limit_basis: LimitBasis,
+    /// `failurePolicy`: what ADD does when it cannot set the datapath up.
+    pub failure_policy: FailurePolicy,
+    /// `lockTimeoutSeconds`: how long a command waits for another one's
+    /// lock on the pin root before it answers "try again later".
+    pub lock_timeout: std::time::Duration,
     /// The operator's limits at the top level of the config.
     pub policy: Policy,
     /// `namespaces`: per-namespace overrides of `policy`, by K8S_POD_NAMESPACE.
@@ -73,6 +93,30 @@ impl NetConf {
                         truncate(&b, 40)
                     ))
                 })?,
+            },
+            failure_policy: match string_field(&obj, "failurePolicy")?.as_deref() {
+                None | Some("closed") => FailurePolicy::Closed,
+                Some("open") => FailurePolicy::Open,
+                Some(other) => {
+                    return Err(CniError::config(format!(
+                        "failurePolicy must be \"closed\" (a pod whose shaper cannot be set up does not start) or \"open\" (it starts unshaped), got {:?}",
+                        truncate(other, 40)
+                    )))
+                }
+            },
+            lock_timeout: match obj.get("lockTimeoutSeconds").filter(|v| !v.is_null()) {
+                None => crate::node::pins::DEFAULT_LOCK_TIMEOUT,
+                Some(v) => match v.as_f64() {
+                    Some(secs) if (LOCK_TIMEOUT_RANGE.0..=LOCK_TIMEOUT_RANGE.1).contains(&secs) => std::time::Duration::from_secs_f64(secs),
+                    _ => {
+                        return Err(CniError::config(format!(
+                            "lockTimeoutSeconds must be a number of seconds from {} to {}, got {}",
+                            LOCK_TIMEOUT_RANGE.0,
+                            LOCK_TIMEOUT_RANGE.1,
+                            truncate(&v.to_string(), 40)
+                        )))
+                    }
+                },
             },
             policy: policy(&obj, "the plugin config")?,
             prev_result: obj.get("prevResult").filter(|v| !v.is_null()).cloned(),
@@ -169,12 +213,14 @@ fn validate_root_path(key: &str, p: &std::path::Path) -> Result<(), CniError> {
 
 /// The network name becomes a pin directory name: the spec's alphabet only.
 fn validate_network_name(name: &str) -> Result<(), CniError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
+    // The spec's ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$: a first character that is
+    // not '.' keeps "." and ".." (path components) out.
+    let ok = name.len() <= 128
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         return Err(CniError::config(format!(
-            "invalid network name {:?}: 1 to 128 letters, digits, '_', '.' or '-'",
+            "invalid network name {:?}: 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit",
             truncate(name, 40)
         )));
     }
@@ -309,6 +355,37 @@ mod tests {
 
     fn parse(v: serde_json::Value) -> Result<NetConf, CniError> {
         NetConf::parse(v.to_string().as_bytes())
+    }
+
+    /// The network name is a directory name under the pin root and /run:
+    /// "." and ".." (and anything not starting with a letter or digit) are
+    /// refused, for DEL's lenient parse too.
+    #[test]
+    fn a_network_name_that_is_a_path_component_is_refused() {
+        for bad in [".", "..", "-x", "_x", ".hidden"] {
+            let conf = serde_json::json!({"cniVersion": "1.0.0", "name": bad});
+            assert_eq!(parse(conf.clone()).unwrap_err().code, cni::code::INVALID_CONFIG, "{bad:?}");
+            assert_eq!(NetConf::parse_for_del(conf.to_string().as_bytes()).unwrap_err().code, cni::code::INVALID_CONFIG, "{bad:?}");
+        }
+        assert!(parse(serde_json::json!({"cniVersion": "1.0.0", "name": "k8s-pod-network.v2"})).is_ok());
+    }
+
+    #[test]
+    fn failure_policy_and_lock_timeout_are_read_and_checked() {
+        let base = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"cniVersion": "1.0.0", "name": "n"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse(v)
+        };
+        let c = base(serde_json::json!({})).unwrap();
+        assert_eq!((c.failure_policy, c.lock_timeout), (FailurePolicy::Closed, crate::node::pins::DEFAULT_LOCK_TIMEOUT));
+        let c = base(serde_json::json!({"failurePolicy": "open", "lockTimeoutSeconds": 2.5})).unwrap();
+        assert_eq!((c.failure_policy, c.lock_timeout), (FailurePolicy::Open, std::time::Duration::from_millis(2500)));
+        for bad in [serde_json::json!({"failurePolicy": "maybe"}), serde_json::json!({"lockTimeoutSeconds": 0}), serde_json::json!({"lockTimeoutSeconds": "5"})] {
+            let e = base(bad.clone()).unwrap_err();
+            assert_eq!(e.code, cni::code::INVALID_CONFIG, "{bad}");
+            assert!(e.msg.contains("failurePolicy") || e.msg.contains("lockTimeoutSeconds"), "{}", e.msg);
+        }
     }
 
     #[test]

@@ -109,4 +109,53 @@ impl LimitBasis {
             LimitBasis::TcpGoodput => ((rate as u128) * 1514 / (1448 * 8)) as u64,
         }
     }
+
+    /// The limit (bits/s) whose frame budget is `bytes_per_s`: the inverse
+    /// of wire_bytes_per_second. Under tcp-goodput up to 8 limits share one
+    /// budget; of those, the roundest (most trailing zeros in decimal),
+    /// which is the one people ask for: 10M's budget reads back as 10M.
+    pub fn limit_for_wire_bytes_per_second(self, bytes_per_s: u64) -> u64 {
+        match self {
+            LimitBasis::Frames => bytes_per_s.saturating_mul(8),
+            LimitBasis::TcpGoodput => {
+                let b = bytes_per_s as u128;
+                let lowest = (b * 1448 * 8).div_ceil(1514);
+                let highest = ((b + 1) * 1448 * 8).div_ceil(1514) - 1;
+                let zeros = |mut r: u128| {
+                    let mut n = 0;
+                    while r != 0 && r % 10 == 0 {
+                        r /= 10;
+                        n += 1;
+                    }
+                    n
+                };
+                let roundest = (lowest..=highest).max_by_key(|r| (zeros(*r), std::cmp::Reverse(*r))).unwrap_or(lowest);
+                u64::try_from(roundest).unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LimitBasis;
+
+    /// `set` reads a pod's limit back from its wire budget: the round trip
+    /// must give the limit again, or each `set` that keeps the rate moves it.
+    #[test]
+    fn a_limit_round_trips_through_its_wire_budget() {
+        for basis in [LimitBasis::Frames, LimitBasis::TcpGoodput] {
+            for rate in [1_000u64, 8_000, 10_000_000, 12_345_678, 100_000_000, 999_999_999_999, 1_000_000_000_000_000] {
+                let budget = basis.wire_bytes_per_second(rate);
+                let back = basis.limit_for_wire_bytes_per_second(budget);
+                assert_eq!(basis.wire_bytes_per_second(back), budget, "{basis:?} {rate}");
+                // Within one byte/s of budget of the limit asked for, and
+                // exact for round limits.
+                assert!(back.abs_diff(rate) <= 8, "{basis:?}: {rate} read back as {back}");
+                if rate % 1000 == 0 {
+                    assert_eq!(back, rate, "{basis:?}");
+                }
+            }
+        }
+    }
 }

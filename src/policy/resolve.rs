@@ -54,14 +54,27 @@ struct Sourced {
 /// The pod's limits in `namespace` (K8S_POD_NAMESPACE), or the errors that
 /// name the key or annotation to fix. Capped requests are logged.
 pub fn resolve(request: &PodRequest) -> Result<Limits, CniError> {
+    resolve_noting(request, &mut Vec::new())
+}
+
+/// As `resolve`, and adds to `clamped` a line for each rate the datapath
+/// cannot enforce as asked and enforces at the nearest rate it can (ADD
+/// keeps them for `list`).
+pub fn resolve_noting(request: &PodRequest, clamped: &mut Vec<String>) -> Result<Limits, CniError> {
     let mut limits = Limits::default();
     let ceilings = ceilings(&request.policy);
     for dir in Direction::BOTH {
-        let limit = resolve_direction(request, dir, &ceilings)?;
+        let limit = resolve_direction(request, dir, &ceilings, clamped)?;
         limits.set(dir, limit);
     }
     Ok(limits)
 }
+
+/// The rates kubelet accepts in the bandwidth annotations (1k to 1P): a
+/// request in this range never fails ADD; outside what the datapath
+/// enforces exactly (MIN_RATE to MAX_RATE) it is clamped, with a warning.
+pub const KUBELET_MIN_RATE: u64 = 1_000;
+pub const KUBELET_MAX_RATE: u64 = 1_000_000_000_000_000;
 
 /// The operator's ceilings for a pod in `namespace`.
 pub fn ceilings(policy: &Policy) -> Ceilings {
@@ -90,7 +103,7 @@ fn operator_burst_ceiling(p: &DirectionPolicy) -> Option<u64> {
     }
 }
 
-fn resolve_direction(request: &PodRequest, dir: Direction, ceilings: &Ceilings) -> Result<Option<Limit>, CniError> {
+fn resolve_direction(request: &PodRequest, dir: Direction, ceilings: &Ceilings, clamped: &mut Vec<String>) -> Result<Option<Limit>, CniError> {
     let policy = *request.policy.direction(dir);
     let where_ = match request.overriding_namespace.as_deref() {
         Some(ns) => format!("the plugin config (namespace {:?})", truncate(ns, 63)),
@@ -148,15 +161,28 @@ fn resolve_direction(request: &PodRequest, dir: Direction, ceilings: &Ceilings) 
         notes.push(format!("rate {} > {m} bits/s", rate.value));
         rate_value = m;
     }
-    if !(MIN_RATE..=MAX_RATE).contains(&rate_value) {
+    if !(KUBELET_MIN_RATE..=KUBELET_MAX_RATE).contains(&rate_value) {
         return Err(CniError::config(format!(
-            "{} is {} bits/s; a {} rate must be between {} and {} bits/s (8k to 100G)",
+            "{} is {} bits/s; a {} rate must be between {} and {} bits/s (1k to 1P, as kubelet accepts)",
             rate.source,
             rate.value,
             dir.name(),
-            MIN_RATE,
-            MAX_RATE
+            KUBELET_MIN_RATE,
+            KUBELET_MAX_RATE
         )));
+    }
+    let enforceable = rate_value.clamp(MIN_RATE, MAX_RATE);
+    if enforceable != rate_value {
+        let line = format!(
+            "{} rate {} bits/s ({}) clamped to {} bits/s: the datapath enforces 8k to 100G",
+            dir.name(),
+            rate_value,
+            rate.source,
+            enforceable
+        );
+        log::warn!("{line}");
+        clamped.push(line);
+        rate_value = enforceable;
     }
 
     // The burst: the pod's own, capped by the burst ceiling (the operator's,

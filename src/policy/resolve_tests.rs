@@ -155,10 +155,12 @@ fn a_burst_without_a_rate_is_refused() {
 
 #[test]
 fn out_of_range_rates_and_bursts_are_refused() {
-    let e = resolve(&with(json!({}), json!({"kubernetes.io/ingress-bandwidth": "1k"})), None).unwrap_err();
-    assert!(e.msg.contains("between"), "{e}");
-    let e = resolve(&with(json!({}), json!({"kubernetes.io/ingress-bandwidth": "1T"})), None).unwrap_err();
-    assert_eq!(e.code, code::INVALID_CONFIG);
+    // Outside what kubelet accepts (1k to 1P).
+    for bad in ["999", "2P"] {
+        let e = resolve(&with(json!({}), json!({"kubernetes.io/ingress-bandwidth": bad})), None).unwrap_err();
+        assert!(e.msg.contains("between") && e.msg.contains("1k to 1P"), "{bad}: {e}");
+        assert_eq!(e.code, code::INVALID_CONFIG);
+    }
     let e = resolve(&with(json!({}), json!({"kubernetes.io/ingress-bandwidth": "10M", "bpf-ratelimit.io/ingress-burst": "100G"})), None)
         .unwrap_err();
     assert!(e.msg.contains("at most"), "{e}");
@@ -209,11 +211,18 @@ fn requests_out_of_range_are_capped_where_a_ceiling_applies() {
         let c = with(policy, json!({"kubernetes.io/egress-bandwidth": "1T"}));
         assert_eq!(rate(resolve(&c, None).unwrap().egress), Some(want));
     }
-    // Below the minimum no ceiling helps; without a ceiling 1T is refused.
-    let e = resolve(&with(json!({"maxEgressRate": 100_000_000}), json!({"kubernetes.io/egress-bandwidth": "1k"})), None).unwrap_err();
-    assert_eq!(e.code, code::INVALID_CONFIG);
-    let e = resolve(&with(json!({}), json!({"kubernetes.io/egress-bandwidth": "1T"})), None).unwrap_err();
-    assert_eq!(e.code, code::INVALID_CONFIG);
+    // What kubelet accepts but the datapath cannot enforce exactly is
+    // clamped to the nearest rate it can, and noted.
+    for (ask, want) in [("1k", 8_000), ("1T", 100_000_000_000), ("1P", 100_000_000_000), ("8k", 8_000), ("100G", 100_000_000_000)] {
+        let mut notes = Vec::new();
+        let c = with(json!({}), json!({"kubernetes.io/egress-bandwidth": ask}));
+        let l = crate::policy::resolve::resolve_noting(&c.pod_request(None), &mut notes).unwrap();
+        assert_eq!(rate(l.egress), Some(want), "{ask}");
+        assert_eq!(notes.len(), usize::from(!["8k", "100G"].contains(&ask)), "{ask}: {notes:?}");
+        if let Some(n) = notes.first() {
+            assert!(n.contains("clamped to") && n.contains("egress"), "{n}");
+        }
+    }
 }
 
 #[test]
