@@ -275,6 +275,12 @@ fn run() -> Result<()> {
     }
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     let mut results = Results { meta: meta(&opts, &args), ..Default::default() };
+    // Published figures (bench/results/) come from committed code only.
+    let published = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    let out = std::fs::canonicalize(&opts.out).unwrap_or_else(|_| opts.out.clone());
+    if results.meta.dirty && out.starts_with(std::fs::canonicalize(&published).unwrap_or(published)) {
+        bail!("the tree has uncommitted changes: commit them before writing results under bench/results/ (published figures), or give --out another directory");
+    }
     eprintln!("bench: about {:.0} min ({}); results in {}", total / 60.0, results.meta.parts.join(", "), opts.out.display());
     let started = Instant::now();
     let mut progress = Progress::new(total);
