@@ -138,6 +138,40 @@ static __always_inline struct iface_state *iface_of(const struct pod_state *pod,
 	return pod ? lookup_iface(&iface_state, pod->cgroup_id, ifindex) : NULL;
 }
 
+/* Every netns numbers its loopback device 1. */
+#define LOOPBACK_IFINDEX 1
+
+/*
+ * What a tunnel device adds to each packet the pod sends through it, beyond
+ * the Ethernet header the hooks count already: VXLAN or Geneve over IPv4
+ * (outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14). Exact for those; ipip
+ * (20) and GRE (24) are charged a little more than they send, and what a
+ * larger header sends beyond it (IPv6 outer, WireGuard) the guards police.
+ */
+#define ENCAP_BYTES 50
+
+/*
+ * The interface a packet leaving by `ifindex` is charged to: that one if it
+ * is shaped; else, for a device the pod made (a tunnel, a macvlan) rather
+ * than loopback, the pod's one shaped interface, which its outer frames
+ * leave by. Sets *encap then: their headers are not in the skb yet. Without
+ * this, tunnelled traffic passed the hooks uncharged and only the guards
+ * held it, by dropping (a window of TCP through VXLAN at 1.070 of the limit).
+ */
+static __always_inline struct iface_state *egress_iface_of(const struct pod_state *pod, __u32 ifindex, __u32 *shaped,
+							    bool *encap)
+{
+	struct iface_state *iface = iface_of(pod, ifindex);
+
+	*shaped = ifindex;
+	*encap = false;
+	if (iface || !pod || !pod->sole_ifindex || ifindex == LOOPBACK_IFINDEX)
+		return iface;
+	*shaped = pod->sole_ifindex;
+	*encap = true;
+	return iface_of(pod, pod->sole_ifindex);
+}
+
 /* Whether a socket is TCP: a raw socket carrying TCP (SOCK_RAW with
  * IPPROTO_TCP) is not, and is charged like any other packet. */
 static __always_inline bool is_tcp(const struct bpf_sock *sk)
@@ -152,7 +186,7 @@ static __always_inline bool is_tcp(const struct bpf_sock *sk)
  * because ACK callbacks thin out exactly when flows are held back.
  */
 static __always_inline void account_tcp(struct __sk_buff *skb, struct bpf_sock *sk, struct iface_state *iface,
-					__u64 now, __u64 wire, bool egress)
+					__u32 ifindex, __u64 now, __u64 wire, bool egress)
 {
 	struct flow_state *flow;
 	__u64 rate = egress ? iface->egress.rate : iface->ingress.rate;
@@ -162,7 +196,7 @@ static __always_inline void account_tcp(struct __sk_buff *skb, struct bpf_sock *
 	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!flow)
 		return;
-	flow->ifindex = skb->ifindex;
+	flow->ifindex = ifindex;
 	if (skb->len <= MIN_DATA_SKB_LEN)
 		return;
 	if (egress)
@@ -175,19 +209,26 @@ SEC("cgroup_skb/egress")
 int shape_egress_prog(struct __sk_buff *skb)
 {
 	struct pod_state *pod = bpf_get_local_storage(&pod_state, 0);
-	struct iface_state *iface = iface_of(pod, skb->ifindex);
+	struct iface_state *iface;
 	struct bpf_sock *sk;
 	__u64 now, wire;
-	bool tcp;
+	__u32 shaped;
+	bool tcp, encap;
 
+	iface = egress_iface_of(pod, skb->ifindex, &shaped, &encap);
 	if (!iface)
 		return SKB_PASS;
 	now = bpf_ktime_get_ns();
-	wire = cgroup_wire_bytes(skb, iface_mtu(iface));
+	if (encap)
+		/* Each segment gets the tunnel's headers; the tunnel's MTU, not
+		 * the interface's, decides fragmentation, and it is unknown here. */
+		wire = wire_bytes(skb, false) + (__u64)(skb->gso_segs ? skb->gso_segs : 1) * ENCAP_BYTES;
+	else
+		wire = cgroup_wire_bytes(skb, iface_mtu(iface));
 	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
 	tcp = is_tcp(sk);
 	if (tcp)
-		account_tcp(skb, sk, iface, now, wire, true);
+		account_tcp(skb, sk, iface, shaped, now, wire, true);
 	return shape_egress(iface, skb, now, tcp, wire);
 }
 
@@ -205,7 +246,7 @@ int shape_ingress_prog(struct __sk_buff *skb)
 	wire = cgroup_wire_bytes(skb, iface_mtu(iface));
 	sk = skb->sk ? bpf_sk_fullsock(skb->sk) : NULL;
 	if (is_tcp(sk))
-		account_tcp(skb, sk, iface, now, wire, false);
+		account_tcp(skb, sk, iface, skb->ifindex, now, wire, false);
 	return shape_ingress(iface, skb, now, wire);
 }
 

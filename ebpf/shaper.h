@@ -124,7 +124,11 @@ struct iface_key {
 struct pod_state {
 	__u64 cgroup_id;
 	__u32 layout;
-	__u32 pad;
+	/* The pod's one shaped interface, when it has exactly one (0: none,
+	 * or several, or a pod attached by a release before this field): what
+	 * the pod sends through a device it made (a tunnel) is charged to it,
+	 * in the same layout (this was padding). */
+	__u32 sole_ifindex;
 };
 
 /* The outer enforcement point of a pod's egress: every frame the pod's

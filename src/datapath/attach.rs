@@ -674,7 +674,9 @@ fn attach_and_pin(
     }
 
     // The state: the pod cgroup's record, then this interface's.
-    let pod = PodRecord { cgroup_id, layout: STATE_LAYOUT, pad: 0 };
+    // A second interface of the pod (a sibling attachment) makes it
+    // ambiguous which one a tunnel's frames leave by: then none.
+    let pod = PodRecord { cgroup_id, layout: STATE_LAYOUT, sole_ifindex: if sibling.is_none() { ifindex } else { 0 } };
     bpf_sys::update(pod_map.as_fd(), &cgroup_id, &pod, bpf_sys::Update::Plain)
         .context("cannot write the pod cgroup's storage")?;
     let key = record.key();

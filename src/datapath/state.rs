@@ -112,7 +112,10 @@ unsafe impl Pod for IfaceKey {}
 pub struct PodRecord {
     pub cgroup_id: u64,
     pub layout: u32,
-    pub pad: u32,
+    /// The pod's one shaped interface, when it has exactly one (0: none or
+    /// several): its tunnels' traffic is charged to it (ebpf/shaper.bpf.c
+    /// egress_iface_of). Padding before, so the layout is unchanged.
+    pub sole_ifindex: u32,
 }
 
 // SAFETY: repr(C), integers only.
