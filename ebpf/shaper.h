@@ -533,20 +533,21 @@ enum fragment {
 };
 
 /*
- * Whether `len` more wire bytes may go into the queue at `now`. Every frame
- * but a datagram's first fragment is admitted and charged to the model (the
- * TBF itself drops what does not fit, and the model with it); a first
- * fragment only while the queue holds at most half its limit. Must be
- * called with the gate's lock held.
+ * Whether `len` more wire bytes may go into the queue at `now`. A frame
+ * limited to the lower `half` (a datagram's first fragment, a heavy flow
+ * that is not TCP) only while the queue holds at most half its limit;
+ * every other frame is admitted and charged to the model (the TBF itself
+ * drops what does not fit, and the model with it). Must be called with the
+ * gate's lock held.
  */
-static __always_inline bool queue_admit(struct queue_gate *q, __u64 len, __u64 now, enum fragment frag)
+static __always_inline bool queue_admit(struct queue_gate *q, __u64 len, __u64 now, bool half)
 {
 	struct bucket *b = &q->queue;
 	__u64 queued;
 
 	bucket_refill(b, now);
 	queued = b->tokens < 0 ? (__u64)(-b->tokens) : 0;
-	if (frag == FIRST_FRAGMENT && queued > q->limit / 2) {
+	if (half && queued > q->limit / 2) {
 		b->dropped_bytes += len;
 		b->dropped_packets++;
 		return false;
