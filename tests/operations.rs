@@ -64,12 +64,14 @@ fn a_rate_annotation_that_is_not_a_rate_is_ignored() {
     pod.del();
 }
 
-/// A TCP transfer of `seconds` in the background; returns the client.
+/// A TCP transfer of at least `seconds` from when this returns, in the background; returns the client.
 /// `ingress`: the pod receives from the server; otherwise a client in the
 /// server's netns receives from an iperf3 server in the pod (dropped with
 /// the pod's testbed).
 fn iperf3_transfer(pod: &mut Pod, ingress: bool, seconds: u32) -> std::process::Child {
-    let secs = seconds.to_string();
+    // A second more than asked: the check below takes half of one, and the
+    // caller counts its `seconds` from when this returns.
+    let secs = (seconds + 1).to_string();
     let mut cmd = if ingress {
         let mut c = pod.bed.pod_command("iperf3").unwrap();
         c.args(["-c", SERVER_IP, "-R"]);
@@ -81,7 +83,25 @@ fn iperf3_transfer(pod: &mut Pod, ingress: bool, seconds: u32) -> std::process::
         c
     };
     cmd.args(["-t", &secs]);
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    // The pod's iperf3 server can still be busy with the readiness probe's
+    // connection (wait_for_port) and turn the client away at once ("the
+    // server is busy"): CI once measured 0 bit/s for a whole egress run. A
+    // client that exits within its first 0.5 s is started again (5 tries);
+    // one that keeps failing fails the test, saying why.
+    for attempt in 0.. {
+        let mut child = cmd.spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        match child.try_wait().unwrap() {
+            None => return child,
+            Some(status) => {
+                let err = child.wait_with_output().map(|o| String::from_utf8_lossy(&o.stderr).into_owned()).unwrap_or_default();
+                assert!(attempt < 4, "iperf3 client exited at once ({status}), 5 times: {err}");
+                println!("iperf3 client exited at once ({status}): {}; starting it again", err.trim());
+            }
+        }
+    }
+    unreachable!()
 }
 
 #[test]
