@@ -515,19 +515,20 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
     };
     let guard_passed = guard_counter("bpf_ratelimit_egress_guard_passed_bytes_total", "Bytes an egress guard (side: host, the pod's host-side veth; pod, its interface) passed")?;
     let guard_dropped = guard_counter("bpf_ratelimit_egress_guard_dropped_bytes_total", "Bytes an egress guard dropped: traffic that went around the pod's own hooks")?;
-    let host_side_skipped = IntGaugeVec::new(
-        Opts::new("bpf_ratelimit_host_side_skipped", "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit"),
-        &LABELS[..6],
+    // One series per pod attachment (LABELS without the direction).
+    let per_pod = |name: &str, help: &str| -> Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), &LABELS[..6])?;
+        registry.register(Box::new(g.clone()))?;
+        Ok(g)
+    };
+    let host_side_skipped = per_pod(
+        "bpf_ratelimit_host_side_skipped",
+        "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit",
     )?;
-    registry.register(Box::new(host_side_skipped.clone()))?;
     let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
     let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
-    let unshaped = IntGaugeVec::new(
-        Opts::new("bpf_ratelimit_unshaped", "1 for a pod that failurePolicy \"open\" let start unshaped (bpf-ratelimit list says why)"),
-        &LABELS[..6],
-    )?;
-    registry.register(Box::new(unshaped.clone()))?;
+    let unshaped = per_pod("bpf_ratelimit_unshaped", "1 for a pod that failurePolicy \"open\" let start unshaped (bpf-ratelimit list says why)")?;
     let unshaped_count = single("bpf_ratelimit_unshaped_pods", "Pod attachments started unshaped under failurePolicy \"open\"")?;
     for u in crate::plugin::unshaped::all() {
         let name = if u.pod.is_empty() { u.container_id.as_str() } else { u.pod.as_str() };
