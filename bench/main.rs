@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+mod busy_node;
 mod main_cni;
 mod matrix;
 mod plugins;
@@ -29,10 +30,11 @@ const USAGE: &str = "options:
   --rates 10M,100M,1G       limits (both directions)
   --rows ours,containerd,fair
                             the matrix's shaped rows (also: policer, ours with ingressQueue: false)
-  --only matrix,wire,workloads,timing,maincni
+  --only matrix,wire,workloads,timing,maincni,busynode
                             parts to run (comma-separated; default all)
   --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
   --pods 100                pods per plugin for the ADD/DEL timing
+  --busy 40x50M,200x10M     busy-node fleets: pods on one bridge x the limit of each
   --out bench/results       where results.json, results.md and ratio_vs_rtt.svg go
   --estimate                print how long the run would take, and exit";
 
@@ -48,6 +50,8 @@ pub struct Options {
     pub workloads: bool,
     pub timing: bool,
     pub main_cni: bool,
+    pub busy_node: bool,
+    pub busy_shapes: Vec<busy_node::Shape>,
     pub estimate_only: bool,
 }
 
@@ -64,6 +68,8 @@ fn parse_args(args: &[String]) -> Result<Options> {
         workloads: true,
         timing: true,
         main_cni: true,
+        busy_node: true,
+        busy_shapes: vec![busy_node::Shape::parse("40x50M")?, busy_node::Shape::parse("200x10M")?],
         estimate_only: false,
     };
     let mut it = args.iter();
@@ -92,6 +98,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                 }
             }
             "--pods" => o.pods = val()?.parse().context("--pods")?,
+            "--busy" => o.busy_shapes = val()?.split(',').map(busy_node::Shape::parse).collect::<Result<_>>()?,
             "--rows" => {
                 o.rows = val()?
                     .split(',')
@@ -101,7 +108,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
             "--out" => o.out = PathBuf::from(val()?),
             "--only" => {
                 let parts = val()?;
-                (o.matrix, o.wire, o.workloads, o.timing, o.main_cni) = (false, false, false, false, false);
+                (o.matrix, o.wire, o.workloads, o.timing, o.main_cni, o.busy_node) = (false, false, false, false, false, false);
                 for p in parts.split(',') {
                     match p.trim() {
                         "matrix" | "rtt" => o.matrix = true,
@@ -109,6 +116,7 @@ fn parse_args(args: &[String]) -> Result<Options> {
                         "workloads" => o.workloads = true,
                         "timing" => o.timing = true,
                         "maincni" => o.main_cni = true,
+                        "busynode" => o.busy_node = true,
                         other => bail!("--only: unknown part {other:?}\n{USAGE}"),
                     }
                 }
@@ -141,6 +149,9 @@ fn estimate(o: &Options) -> f64 {
     }
     if o.main_cni {
         s += main_cni::estimate();
+    }
+    if o.busy_node {
+        s += busy_node::estimate(&o.busy_shapes, o.rows.contains(&plugins::Row::OursPolicer));
     }
     s
 }
@@ -183,6 +194,7 @@ pub struct Results {
     pub status: Option<timing::StatusTiming>,
     pub idle_process: Option<timing::IdleProcess>,
     pub main_cni: Vec<main_cni::MainCniRow>,
+    pub busy_node: Vec<busy_node::BusyRow>,
 }
 
 /// Restores what the run changed on the node, however it ends.
@@ -214,7 +226,7 @@ fn meta(o: &Options, args: &[String]) -> Meta {
     let repo = env!("CARGO_MANIFEST_DIR");
     let git = |a: &[&str]| output_of("git", &[&["-C", repo], a].concat());
     let mut parts = Vec::new();
-    for (on, name) in [(o.matrix, "matrix"), (o.wire, "wire"), (o.workloads, "workloads"), (o.timing, "timing"), (o.main_cni, "maincni")] {
+    for (on, name) in [(o.matrix, "matrix"), (o.wire, "wire"), (o.workloads, "workloads"), (o.timing, "timing"), (o.main_cni, "maincni"), (o.busy_node, "busynode")] {
         if on {
             parts.push(name);
         }
@@ -270,7 +282,7 @@ fn run() -> Result<()> {
         bpf_stats_was: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
         pin_root: plugins.pin_root.clone(),
     };
-    if opts.matrix {
+    if opts.matrix || opts.busy_node {
         std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("cannot enable kernel.bpf_stats_enabled")?;
     }
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
@@ -301,6 +313,10 @@ fn run() -> Result<()> {
         }
         if opts.main_cni {
             results.main_cni = main_cni::run(&plugins, &mut progress)?;
+            save(&opts, &mut results, started)?;
+        }
+        if opts.busy_node {
+            results.busy_node = busy_node::run(&plugins, &opts.busy_shapes, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
             save(&opts, &mut results, started)?;
         }
         if opts.timing {

@@ -62,6 +62,7 @@ pub fn markdown(r: &Results) -> String {
     wire_table(&mut s, r);
     workloads_table(&mut s, r);
     main_cni_table(&mut s, r);
+    busy_node_table(&mut s, r);
     bpf_table(&mut s, r);
     timing_table(&mut s, r);
     s
@@ -245,6 +246,57 @@ fn main_cni_table(s: &mut String, r: &Results) {
                 );
             }
         }
+    }
+    let _ = writeln!(s);
+}
+
+fn busy_node_table(s: &mut String, r: &Results) {
+    if r.busy_node.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## A busy node\n");
+    let _ = writeln!(
+        s,
+        "N pods on one bridge, each limited to the same rate both ways, every pod moving 1 CUBIC flow to one server on the bridge at once \
+         ({} s after {} s omitted). *Goodput ÷ limit*: iperf3's receiver, min / median / max over the pods. *CPU busy*: the share of all {} CPUs' \
+         time (/proc/stat) while every pod was sending. *CPU per Gbit/s*: busy CPUs ÷ Gbit/s delivered; *ours ÷ ref*: that figure of ours over the \
+         reference's (given our bursts) in the same run. *BPF*: our programs' run time per run (kernel.bpf_stats_enabled) and runs per second.\n",
+        crate::busy_node::SECONDS,
+        crate::busy_node::OMIT,
+        r.meta.cpus
+    );
+    let _ = writeln!(s, "| pods × limit | direction | shaper | goodput ÷ limit | Jain | resent segs | Gbit/s | CPU busy | CPU per Gbit/s | ours ÷ ref | BPF: ns per run (runs/s) |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for b in &r.busy_node {
+        let reference = r.busy_node.iter().find(|x| x.pods == b.pods && x.rate == b.rate && x.way == b.way && x.row == Row::RefFair);
+        let ratio = match (b.row, reference) {
+            (Row::Ours, Some(f)) => format!("**{:.2}×**", b.cpu_per_gbps / f.cpu_per_gbps),
+            _ => String::new(),
+        };
+        let window = b.window_s.max(1e-3);
+        let bpf: Vec<String> = b
+            .bpf
+            .iter()
+            .map(|(name, (ns, cnt))| format!("{name} {:.0} ({:.0}k)", *ns as f64 / *cnt as f64, *cnt as f64 / window / 1e3))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {}×{} | {} | {} | {:.3} / {:.3} / {:.3} | {:.3} | {} | {:.2} | {:.0}% | {:.2} | {} | {} |",
+            b.pods,
+            b.rate,
+            b.way,
+            b.row.label(),
+            b.goodput_min,
+            b.goodput_median,
+            b.goodput_max,
+            b.jain,
+            b.retransmits,
+            b.delivered_gbps,
+            b.cpu_busy * 100.0,
+            b.cpu_per_gbps,
+            ratio,
+            bpf.join(", ")
+        );
     }
     let _ = writeln!(s);
 }

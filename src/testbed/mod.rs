@@ -16,6 +16,7 @@
 //! what a bridge or ptp main plugin leaves on the node.
 
 pub mod delay_line;
+pub mod fleet;
 pub mod iperf;
 pub mod main_cni;
 pub mod measure;
