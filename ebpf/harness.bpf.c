@@ -156,7 +156,7 @@ int harness_policy(struct __sk_buff *skb)
 	in->out_rate = pacing_rate(iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
 				   in->pending);
 	in->out_rwnd = rwnd_for(iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
-	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss);
+	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss, iface->egress.burst, counted_flows(&iface->senders));
 	return SKB_PASS;
 }
 

@@ -283,7 +283,7 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct iface_s
 	if (rate != UNPACED && rate32 == 0xffffffffU)
 		rate32 = 0xfffffffeU;
 	bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate32, sizeof(rate32));
-	cwnd = cwnd_clamp(rate, skops->rtt_min, skops->mss_cache);
+	cwnd = cwnd_clamp(rate, skops->rtt_min, skops->mss_cache, iface->egress.burst, counted_flows(&iface->senders));
 	if (cwnd != flow->cwnd_clamp) {
 		flow->cwnd_clamp = cwnd;
 		bpf_setsockopt(skops, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &cwnd, sizeof(cwnd));

@@ -858,10 +858,24 @@ fn a_paced_sockets_window_is_clamped_to_keep_its_skbs_small() {
     s.current_rate = 1;
     s.mss = 1000;
     s.rtt_us = 10_000;
-    // Paced at 1 MB/s: 2 x 10 kB per 10 ms round trip, + 4 segments.
+    // Paced at 1 MB/s: 2 x 10 kB per 10 ms round trip, and a slack of the
+    // flow's share of an eighth of the 100 kB bucket (12 segments).
     let out = h.evaluate(s);
     assert_eq!(out.out_rate, SHARE_1 * 1000 / 1066);
+    assert_eq!(out.out_cwnd as u64, 12 + 2 * out.out_rate * 10_000 / 1_000_000 / 1000);
+    // Eight counted senders share that eighth: 1.5 segments each, raised to
+    // the floor of 4, as many small flows at a low rate need.
+    s.iface.senders.counted[0] = 8;
+    let out = h.evaluate(s);
     assert_eq!(out.out_cwnd as u64, 4 + 2 * out.out_rate * 10_000 / 1_000_000 / 1000);
+    // A large bucket (1G's 50 ms) lets a lone flow's skbs grow to 64 kB
+    // and more: the window is no longer what keeps them small.
+    let mut s = input(Bucket::default(), bucket(125_000_000, 6_250_000, 0, SEC), SEC);
+    s.counted = 1;
+    s.current_rate = 1;
+    s.mss = 1448;
+    s.rtt_us = 100;
+    assert!(h.evaluate(s).out_cwnd as u64 >= 6_250_000 / 8 / 1448);
     // Unpaced (the burst): no clamp.
     let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, 100_000, SEC), SEC);
     s.current_rate = UNPACED;
