@@ -905,20 +905,25 @@ fn rwnd_with_burst_left(h: &mut Harness, rate: u64, counted_flows: i32, counted:
 fn receive_windows_hold_the_share_for_the_rtt_plus_a_short_queue() {
     let mut h = Harness::new();
     let payload = |wire: u64| wire * 1448 / 1514;
-    // 1G (125 MB/s), one flow, 10 ms: 12 ms of its share (payload bytes).
-    assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 10_000, true) as u64, payload(125_000_000) * 12_000 / 1_000_000);
+    // 1G (125 MB/s), one flow, 10 ms: 18 ms of its share (payload bytes):
+    // from 40M on, 8 ms of queue.
+    assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 10_000, true) as u64, payload(125_000_000) * 18_000 / 1_000_000);
     // Five flows share it.
-    assert_eq!(rwnd(&mut h, 125_000_000, 5, true, 10_000, true) as u64, payload(25_000_000) * 12_000 / 1_000_000);
+    assert_eq!(rwnd(&mut h, 125_000_000, 5, true, 10_000, true) as u64, payload(25_000_000) * 18_000 / 1_000_000);
+    // Below 40M, 2 ms of queue: 10M, 10 ms.
+    assert_eq!(rwnd(&mut h, 1_250_000, 1, true, 10_000, true) as u64, payload(1_250_000) * 12_000 / 1_000_000);
+    assert_eq!(rwnd(&mut h, 4_999_999, 1, true, 10_000, true) as u64, payload(4_999_999) * 12_000 / 1_000_000);
+    assert_eq!(rwnd(&mut h, 5_000_000, 1, true, 10_000, true) as u64, payload(5_000_000) * 18_000 / 1_000_000);
     // Under the policer, no queue to fill: the RTT alone.
     assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 10_000, false) as u64, payload(125_000_000) * 10_000 / 1_000_000);
     // An RTT not known yet counts as 1 ms.
-    assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 0, true) as u64, payload(125_000_000) * 3_000 / 1_000_000);
+    assert_eq!(rwnd(&mut h, 125_000_000, 1, true, 0, true) as u64, payload(125_000_000) * 9_000 / 1_000_000);
     // At least two segments for a counted flow, however many share.
     assert_eq!(rwnd(&mut h, 1_250_000, 8, true, 50, true), 2 * 1448);
     // A flow not counted (a request awaiting its response) gets at least 16 KiB.
     assert_eq!(rwnd(&mut h, 1_250_000, 8, false, 50, true), 16 * 1024);
     // and otherwise one more flow's share.
-    assert_eq!(rwnd(&mut h, 125_000_000, 4, false, 10_000, true) as u64, payload(25_000_000) * 12_000 / 1_000_000);
+    assert_eq!(rwnd(&mut h, 125_000_000, 4, false, 10_000, true) as u64, payload(25_000_000) * 18_000 / 1_000_000);
     // Capped at 1 GiB.
     assert_eq!(rwnd(&mut h, 12_500_000_000, 1, true, 10_000_000, true), 1 << 30);
 }
