@@ -156,7 +156,8 @@ int harness_policy(struct __sk_buff *skb)
 	in->out_rate = pacing_rate(iface, in->now, in->current_rate, in->counted, in->mss, in->ipv6,
 				   in->pending);
 	in->out_rwnd = rwnd_for(iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
-	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss, iface->egress.burst, counted_flows(&iface->senders));
+	in->out_cwnd = cwnd_clamp(in->out_rate, in->rtt_us, in->mss, iface->egress.burst, counted_flows(&iface->senders),
+			    iface->egress.rate);
 	return SKB_PASS;
 }
 
@@ -217,8 +218,6 @@ struct {
 	__type(value, struct cni_route);
 } cni_routes SEC(".maps");
 
-#define TC_ACT_OK_ 0
-
 SEC("classifier")
 int ebpf_main_cni(struct __sk_buff *skb)
 {
@@ -227,17 +226,17 @@ int ebpf_main_cni(struct __sk_buff *skb)
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 16, &key.addr[0], 4))
-			return TC_ACT_OK_;
+			return TC_ACT_OK;
 		key.family = 4;
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		if (bpf_skb_load_bytes(skb, ETH_HLEN + 24, key.addr, 16))
-			return TC_ACT_OK_;
+			return TC_ACT_OK;
 		key.family = 6;
 	} else {
-		return TC_ACT_OK_;
+		return TC_ACT_OK;
 	}
 	route = bpf_map_lookup_elem(&cni_routes, &key);
 	if (!route)
-		return TC_ACT_OK_;
+		return TC_ACT_OK;
 	return route->peer ? bpf_redirect_peer(route->ifindex, 0) : bpf_redirect(route->ifindex, 0);
 }

@@ -283,7 +283,8 @@ static __always_inline void pace_flow(struct bpf_sock_ops *skops, struct iface_s
 	if (rate != UNPACED && rate32 == 0xffffffffU)
 		rate32 = 0xfffffffeU;
 	bpf_setsockopt(skops, SOL_SOCKET, SO_MAX_PACING_RATE, &rate32, sizeof(rate32));
-	cwnd = cwnd_clamp(rate, skops->rtt_min, skops->mss_cache, iface->egress.burst, counted_flows(&iface->senders));
+	cwnd = cwnd_clamp(rate, skops->rtt_min, skops->mss_cache, iface->egress.burst, counted_flows(&iface->senders),
+			    iface->egress.rate);
 	if (cwnd != flow->cwnd_clamp) {
 		flow->cwnd_clamp = cwnd;
 		bpf_setsockopt(skops, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, &cwnd, sizeof(cwnd));
@@ -579,6 +580,33 @@ static __always_inline enum fragment fragment_of(struct __sk_buff *skb, struct d
 /* The pod's interface, tc ingress: the queue's door (queue_admit), and the
  * frame's band. Frames it lets through go on to the next filter,
  * redirect_to_queue, whose mirred action puts them in the queue. */
+/* Whether a frame toward the pod is a TCP segment with no payload (an
+ * ACK, a handshake, a FIN): IPv4 unfragmented, or IPv6 with TCP as its
+ * first header. */
+static __always_inline bool bare_tcp_segment(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	__u32 l4_off;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct { __u8 vihl, tos; __u16 len, id, frag; __u8 ttl, proto; } *ip = data + ETH_HLEN;
+
+		if ((void *)(ip + 1) > end || ip->proto != IPPROTO_TCP_ || (ip->frag & bpf_htons(0x3fff)))
+			return false;
+		l4_off = ETH_HLEN + (ip->vihl & 0xf) * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct { __u32 vtcfl; __u16 len; __u8 next, hops; } *ip6 = data + ETH_HLEN;
+
+		if ((void *)(ip6 + 1) > end || ip6->next != IPPROTO_TCP_)
+			return false;
+		l4_off = ETH_HLEN + 40;
+	} else {
+		return false;
+	}
+	/* The TCP header's length is its data offset, in 32-bit words. */
+	return skb->len == l4_off + (load_u8(skb, l4_off + 12) >> 4) * 4;
+}
+
 SEC("classifier")
 int queue_pod_ingress(struct __sk_buff *skb)
 {
@@ -593,6 +621,16 @@ int queue_pod_ingress(struct __sk_buff *skb)
 	q = key ? bpf_map_lookup_elem(&ingress_queues, &key) : NULL;
 	if (!q)
 		return TC_ACT_UNSPEC;
+	if (bare_tcp_segment(skb)) {
+		wire = wire_bytes(skb, true);
+		now = bpf_ktime_get_ns();
+		bpf_spin_lock(&q->lock);
+		admitted = queue_bypass(q, wire, now);
+		bpf_spin_unlock(&q->lock);
+		/* Delivered now, past the redirect into the queue. */
+		if (admitted)
+			return TC_ACT_OK;
+	}
 	frag = fragment_of(skb, &datagram);
 	if (frag == LATER_FRAGMENT && bpf_map_lookup_elem(&turned_away, &datagram))
 		return TC_ACT_SHOT;

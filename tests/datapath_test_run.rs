@@ -833,8 +833,18 @@ fn a_light_flow_goes_at_full_speed_while_its_bytes_can_be_borrowed() {
     s.iface.senders.counted[0] = 4;
     s.current_rate = 1;
     s.pending = 60_000;
-    // Deeper than a burst with its skb: paced as one more flow.
+    // Deeper than a burst with its skb: paced as one more flow. Repaying
+    // the debt would leave an eighth of that share, and a 2.4 s gap after
+    // the 60 kB skb; the gap is held to what the skb costs at its share.
+    assert_eq!(h.evaluate(s).out_rate, SHARE_1 / 5);
+    // Owing more than a burst already: a 1 kB skb at an eighth of the share
+    // (25 kB/s) leaves 43 ms; a 3 kB one would leave 123 ms, and is held
+    // to 100 ms.
+    s.iface.egress.tokens = -150_000;
+    s.pending = 1_000;
     assert_eq!(h.evaluate(s).out_rate, SHARE_1 / 5 * 128 / 1024);
+    s.pending = 3_000;
+    assert_eq!(h.evaluate(s).out_rate, (3_000 + 66) * 10);
 }
 
 #[test]
@@ -876,10 +886,13 @@ fn a_paced_sockets_window_is_clamped_to_keep_its_skbs_small() {
     s.mss = 1448;
     s.rtt_us = 100;
     assert!(h.evaluate(s).out_cwnd as u64 >= 6_250_000 / 8 / 1448);
-    // Unpaced (the burst): no clamp.
+    // Unpaced (the burst): room for the whole 100 kB burst and twice the
+    // pod's 1 MB/s for the 10 ms round trip, in 1000-byte segments.
     let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, 100_000, SEC), SEC);
     s.current_rate = UNPACED;
-    assert_eq!(h.evaluate(s).out_cwnd, 0x7fff_ffff);
+    s.mss = 1000;
+    s.rtt_us = 10_000;
+    assert_eq!(h.evaluate(s).out_cwnd, 4 + (100_000 + 20_000) / 1000);
 }
 
 // ---- Ingress receive windows ----------------------------------------------

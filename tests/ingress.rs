@@ -355,3 +355,52 @@ fn the_queue_and_the_guards_follow_the_attachment() {
 fn eth0_index(pod: &Pod) -> u32 {
     bpf_ratelimit::node::netns::in_netns(&pod.bed.pod_netns_path(), || bpf_ratelimit::node::netns::ifindex("eth0")).unwrap()
 }
+
+/// The ACKs of the pod's own upload skip the ingress queue while its bucket
+/// is nearly full (queue_bypass): each frame through the ifb costs the node
+/// a tasklet and a second trip through the receive path. Counted by the
+/// door (`stats`: ingressQueueDoor.queue.marked_*). With a download at the
+/// limit beside the upload, the model is in deficit and the ACKs queue
+/// again: what the wire carries toward the pod, the download and the
+/// upload's ACKs together, still holds the limit.
+#[test]
+fn acks_of_an_upload_skip_the_queue_and_a_download_beside_it_holds() {
+    use bpf_ratelimit::testbed::scenario::SECOND_IPERF_PORT;
+    let mut pod = Pod::new("ingack");
+    pod.bed.start_server().unwrap();
+    pod.bed.start_server_on(SECOND_IPERF_PORT).unwrap();
+    pod.add(json!({"kubernetes.io/ingress-bandwidth": "100M", "kubernetes.io/egress-bandwidth": "100M"}));
+    let door = |pod: &Pod| -> (u64, u64) {
+        let q = &pod.stats()["ingressQueueDoor"]["queue"];
+        (q["passed_packets"].as_u64().expect("the door's passed packets"), q["marked_packets"].as_u64().expect("the door's bypassed packets"))
+    };
+
+    let (passed0, bypassed0) = door(&pod);
+    let upload = pod.bed.bulk(&Bulk::tcp(Way::Upload, "cubic", 1, 1, 3)).unwrap();
+    let (passed1, bypassed1) = door(&pod);
+    let (frames, skipped) = (passed1 - passed0, bypassed1 - bypassed0);
+    println!(
+        "a 100M pod's upload alone ({:.3} of its egress limit on the wire): {skipped} of the {frames} frames toward the pod skipped the queue",
+        upload.wire_bps / 100e6
+    );
+    assert!(frames > 200, "the upload's ACKs never reached the door ({frames} frames)");
+    assert!(skipped * 10 >= frames * 9, "only {skipped} of {frames} ACKs skipped the queue");
+
+    std::thread::sleep(Duration::from_secs(1));
+    let (down, up) = std::thread::scope(|s| {
+        let up = s.spawn(|| pod.bed.bulk(&Bulk::tcp(Way::Upload, "cubic", 1, 1, 6).with_args(&["-p", SECOND_IPERF_PORT])));
+        std::thread::sleep(Duration::from_millis(500));
+        let down = pod.bed.bulk(&Bulk::tcp(Way::Download, "cubic", 1, 2, 4)).unwrap();
+        (down, up.join().unwrap().unwrap())
+    });
+    println!(
+        "its download beside its upload: wire toward the pod {:.3} of the ingress limit (the download and the upload's ACKs), {:.2}% resent; the upload {:.3} of the egress limit",
+        down.wire_bps / 100e6,
+        down.transfer.resent_share(1448.0) * 100.0,
+        up.wire_bps / 100e6
+    );
+    assert!((0.95..=1.02).contains(&(down.wire_bps / 100e6)), "toward the pod: {:.3} of the limit", down.wire_bps / 100e6);
+    assert!(down.transfer.resent_share(1448.0) <= 0.05);
+    assert!(up.wire_bps / 100e6 >= 0.9, "the upload beside the download: {:.3} of its limit", up.wire_bps / 100e6);
+    pod.del();
+}

@@ -140,7 +140,9 @@ unsafe impl Pod for HostGuard {}
 /// The door of a pod interface's ingress queue (`struct queue_gate`): the
 /// queue's ifb, and a model of its TBF that turns fragmented datagrams
 /// away whole (ebpf/shaper.h: queue_admit). Keyed in `ingress_queues` by
-/// its filter's classid.
+/// its filter's classid. The queue never marks: its bucket's `marked_*`
+/// count the bare TCP segments (ACKs) that skipped the queue while its
+/// bucket was nearly full (queue_bypass).
 #[repr(C)]
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct QueueGate {

@@ -443,6 +443,7 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
                     "pinRoot": path, "cgroupId": cgroup_id, "ingressMode": ingress_mode(&dir, &state), "state": state,
                     "egressGuard": attach::guard_from_pins(&dir),
                     "podSideEgressGuard": attach::pod_side_guard_from_pins(&dir),
+                    "ingressQueueDoor": attach::door_from_pins(&dir),
                     "hostSideSkipped": match (attach::guard_from_pins(&dir), attach::pod_side_guard_from_pins(&dir)) {
                         (Some(h), Some(p)) => serde_json::Value::Bool(attach::host_side_skipped(&h, &p)),
                         _ => serde_json::Value::Null,
