@@ -577,9 +577,6 @@ static __always_inline enum fragment fragment_of(struct __sk_buff *skb, struct d
 	return NOT_A_FRAGMENT;
 }
 
-/* The pod's interface, tc ingress: the queue's door (queue_admit), and the
- * frame's band. Frames it lets through go on to the next filter,
- * redirect_to_queue, whose mirred action puts them in the queue. */
 /* Whether a frame toward the pod is a TCP segment with no payload (an
  * ACK, a handshake, a FIN): IPv4 unfragmented, or IPv6 with TCP as its
  * first header. */
@@ -607,6 +604,10 @@ static __always_inline bool bare_tcp_segment(struct __sk_buff *skb)
 	return skb->len == l4_off + (load_u8(skb, l4_off + 12) >> 4) * 4;
 }
 
+/* The pod's interface, tc ingress: the queue's door (queue_admit; a bare
+ * TCP segment may skip the queue, queue_bypass), and the frame's band.
+ * Frames it lets through go on to the next filter, redirect_to_queue,
+ * whose mirred action puts them in the queue. */
 SEC("classifier")
 int queue_pod_ingress(struct __sk_buff *skb)
 {

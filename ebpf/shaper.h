@@ -852,7 +852,7 @@ static __always_inline __u64 pacing_rate(const struct iface_state *iface, __u64 
  * paid for by a long gap; a flow with a small share then swings the pod's
  * bucket by whole skbs, into drops (8 BBR flows at 10M: 0.90-0.96 of the
  * rate, ~70 drops in 10 s). A TSO skb never holds more than the window
- * allows. Unpaced sockets (the burst) are not clamped.
+ * allows. Unpaced sockets (the burst) get a window of their own, below.
  *
  * The slack is the flow's even share of an eighth of the bucket, and at
  * least CWND_MIN_SEGMENTS: skbs that small swing the bucket by little, and

@@ -56,8 +56,8 @@ pub struct PodTransfer {
 #[derive(Debug, Clone)]
 pub struct FleetTransfer {
     pub pods: Vec<PodTransfer>,
-    /// When the window in which every pod was past its omitted seconds
-    /// began, and how long it lasted (for sampling the node meanwhile).
+    /// How long every pod was sending at once, past its omitted seconds:
+    /// the time `transfer_all` gave its `during` callback.
     pub window: Duration,
 }
 
