@@ -16,7 +16,7 @@ use bpf_ratelimit::testbed::measure::{jain, percentile};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::plugins::{Attached, PodRef, Plugins, Row};
+use bpf_ratelimit::testbed::shapers::{Attached, Plugins, Row};
 use crate::util::{CpuSample, Progress};
 
 pub const OMIT: u32 = 2;
@@ -99,19 +99,7 @@ pub fn run(plugins: &Plugins, shapes: &[Shape], policer: bool, progress: &mut Pr
     for shape in shapes {
         progress.step(shape.pods as f64 * 0.08, &format!("busy node: {} pods on one bridge", shape.pods))?;
         let fleet = Fleet::create("brln", shape.pods)?;
-        let pods: Vec<PodRef> = fleet
-            .pods
-            .iter()
-            .map(|p| -> Result<PodRef> {
-                let mount = bpf_ratelimit::testbed::cgroup2_mount()?;
-                Ok(PodRef {
-                    netns: p.netns.clone(),
-                    host_veth: p.host_veth.clone(),
-                    cgroup_path: format!("/{}", p.cgroup.strip_prefix(&mount)?.display()),
-                    prev_result: p.prev_result(&fleet.bridge, "1.0.0"),
-                })
-            })
-            .collect::<Result<_>>()?;
+        let pods = fleet.pod_refs()?;
         for row in rows(policer) {
             progress.step(shape.pods as f64 * 0.4, &format!("busy node, {}x{}: {} ADD", shape.pods, shape.rate_name, row.label()))?;
             let attached: Vec<Attached<'_>> = pods.iter().map(|p| plugins.add(p, row, shape.rate)).collect::<Result<_>>()?;

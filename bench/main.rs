@@ -3,7 +3,7 @@
 //! the testbed the tests use (src/testbed): a pod netns and cgroup, the
 //! host end of its veth on a bridge, a gateway netns, and the server behind
 //! a delay line at the chosen one-way delay. The testbed plays the main
-//! plugin; each shaper is then called as a runtime calls it (bench/plugins.rs),
+//! plugin; each shaper is then called as a runtime calls it (src/testbed/shapers.rs),
 //! and every measurement is a scenario of src/testbed/scenario.rs, the ones
 //! the tests assert. See bench/README.md.
 
@@ -13,10 +13,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use bpf_ratelimit::testbed::shapers as plugins;
+
 mod busy_node;
 mod main_cni;
 mod matrix;
-mod plugins;
 mod report;
 mod timing;
 mod util;
@@ -277,7 +278,12 @@ fn run() -> Result<()> {
         bail!("run as root: the benchmark creates network namespaces and loads BPF programs");
     }
     util::catch_interrupts();
-    let plugins = plugins::Plugins::new()?;
+    let ours = std::env::current_exe()?
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(|d| d.join("bpf-ratelimit"))
+        .context("cannot find the build directory")?;
+    let plugins = plugins::Plugins::new(ours)?;
     let _node = Node {
         bpf_stats_was: std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").ok(),
         pin_root: plugins.pin_root.clone(),

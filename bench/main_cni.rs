@@ -13,7 +13,7 @@ use bpf_ratelimit::testbed::scenario::{Bulk, Sender, Way};
 use bpf_ratelimit::testbed::Testbed;
 use serde::Serialize;
 
-use crate::plugins::{PodRef, Plugins, Row};
+use bpf_ratelimit::testbed::shapers::{PodRef, Plugins, Row};
 use crate::util::Progress;
 
 const RATE: (&str, u64) = ("100M", 100_000_000);

@@ -15,7 +15,7 @@ use bpf_ratelimit::testbed::scenario::{Bulk, BulkResult, Requests, Way};
 use bpf_ratelimit::testbed::Testbed;
 use serde::Serialize;
 
-use crate::plugins::{Buckets, Plugins, PodRef, Row};
+use bpf_ratelimit::testbed::shapers::{Buckets, Plugins, PodRef, Row};
 use crate::util::{add_prog_stats, cgroup_prog_stats, pause, wait_server_idle, CpuSample, Progress};
 use crate::Options;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::matrix::{Cell, CCS, FLOWS, WAYS};
-use crate::plugins::Row;
+use bpf_ratelimit::testbed::shapers::Row;
 use crate::Results;
 
 /// A run whose CPUs were this busy may have been starved by the machine.

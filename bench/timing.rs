@@ -15,7 +15,7 @@ use bpf_ratelimit::testbed::{cgroup2_mount, ip, remove_cgroup};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::plugins::{Attached, Plugins, PodRef, Row};
+use bpf_ratelimit::testbed::shapers::{Attached, Plugins, PodRef, Row};
 use crate::util::{check_interrupted, Progress};
 
 const RATE: u64 = 10_000_000;

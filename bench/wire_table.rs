@@ -11,7 +11,7 @@ use bpf_ratelimit::testbed::scenario::{Bulk, Sender, Way};
 use bpf_ratelimit::testbed::Testbed;
 use serde::Serialize;
 
-use crate::plugins::{Plugins, PodRef, Row};
+use bpf_ratelimit::testbed::shapers::{Plugins, PodRef, Row};
 use crate::util::{pause, CpuSample, Progress};
 
 pub const RATE: (&str, u64) = ("10M", 10_000_000);

@@ -11,7 +11,7 @@ use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way, SECOND_IPERF_PORT};
 use bpf_ratelimit::testbed::Testbed;
 use serde::Serialize;
 
-use crate::plugins::{Plugins, PodRef, Row};
+use bpf_ratelimit::testbed::shapers::{Plugins, PodRef, Row};
 use crate::util::{pause, wait_server_idle, Progress};
 
 const RATE: u64 = 10_000_000;

@@ -79,6 +79,22 @@ impl FleetPod {
 }
 
 impl Fleet {
+    /// Each pod as a shaper is given it (what a bridge main plugin leaves).
+    pub fn pod_refs(&self) -> Result<Vec<super::shapers::PodRef>> {
+        let mount = cgroup2_mount()?;
+        self.pods
+            .iter()
+            .map(|p| {
+                Ok(super::shapers::PodRef {
+                    netns: p.netns.clone(),
+                    host_veth: p.host_veth.clone(),
+                    cgroup_path: format!("/{}", p.cgroup.strip_prefix(&mount)?.display()),
+                    prev_result: p.prev_result(&self.bridge, "1.0.0"),
+                })
+            })
+            .collect()
+    }
+
     /// `count` pods and the server on one bridge, with an iperf3 server
     /// for each pod.
     pub fn create(prefix: &str, count: usize) -> Result<Self> {

@@ -21,6 +21,7 @@ pub mod iperf;
 pub mod main_cni;
 pub mod measure;
 pub mod scenario;
+pub mod shapers;
 pub mod tunnel;
 pub mod wire;
 

@@ -1,6 +1,7 @@
-//! The shapers under test, called as a runtime calls them: CNI environment
-//! and a config on stdin with `runtimeConfig` and the prevResult the
-//! testbed (playing the main plugin) gives; DEL when the pod goes.
+//! The shapers the benchmark and the busy-node test compare, called as a
+//! runtime calls them: CNI environment and a config on stdin with
+//! `runtimeConfig` and the prevResult the testbed (playing the main plugin)
+//! gives; DEL when the pod goes.
 //!
 //! - ours: the built bpf-ratelimit binary, with what containerd passes a
 //!   plugin whose conflist asks for `bandwidth`, `cgroupPath` and the pod
@@ -14,8 +15,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bpf_ratelimit::policy::limits::{default_burst, Direction};
-use bpf_ratelimit::testbed::{Invocation, PluginOutput, Testbed};
+use crate::policy::limits::{default_burst, Direction};
+use super::{Invocation, PluginOutput, Testbed};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -103,7 +104,7 @@ pub struct PodRef {
 
 impl PodRef {
     pub fn of(bed: &Testbed) -> Result<Self> {
-        let mount = bpf_ratelimit::testbed::cgroup2_mount()?;
+        let mount = super::cgroup2_mount()?;
         Ok(PodRef {
             netns: bed.pod_netns_path(),
             host_veth: bed.pod_host_veth.clone(),
@@ -149,14 +150,10 @@ fn cni_args(id: &str) -> String {
 }
 
 impl Plugins {
-    pub fn new() -> Result<Self> {
-        let ours = std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("bpf-ratelimit"))
-            .context("cannot find the build directory")?;
+    /// Ours is the bpf-ratelimit binary at `ours`; the reference is Debian's.
+    pub fn new(ours: PathBuf) -> Result<Self> {
         if !ours.exists() {
-            bail!("{} is missing: build with `cargo build --release --bin bpf-ratelimit` (bench/run.sh does)", ours.display());
+            bail!("{} is missing: build it with `cargo build --release --bin bpf-ratelimit` (bench/run.sh does)", ours.display());
         }
         if !Path::new(REFERENCE).exists() {
             bail!("{REFERENCE} is missing: apt-get install containernetworking-plugins (./install.sh --deps-only does)");
@@ -288,21 +285,21 @@ impl Drop for Attached<'_> {
 }
 
 /// The interface's root qdisc, unless it is the kernel's default.
-fn root_qdisc(ifname: &str) -> Result<Option<bpf_ratelimit::datapath::tc::Qdisc>> {
-    let index = bpf_ratelimit::node::netns::ifindex(ifname)?;
-    Ok(bpf_ratelimit::datapath::tc::qdiscs(index)?
+fn root_qdisc(ifname: &str) -> Result<Option<crate::datapath::tc::Qdisc>> {
+    let index = crate::node::netns::ifindex(ifname)?;
+    Ok(crate::datapath::tc::qdiscs(index)?
         .into_iter()
-        .find(|q| q.parent == bpf_ratelimit::datapath::tc::ROOT && !matches!(q.kind.as_str(), "noqueue" | "noop" | "pfifo_fast" | "mq")))
+        .find(|q| q.parent == crate::datapath::tc::ROOT && !matches!(q.kind.as_str(), "noqueue" | "noop" | "pfifo_fast" | "mq")))
 }
 
 /// Removes every qdisc from the host end of a pod's veth: the root one and
 /// the ingress/clsact one (which share a handle).
 pub fn reset_host_veth(ifname: &str) -> Result<()> {
-    let index = bpf_ratelimit::node::netns::ifindex(ifname)?;
+    let index = crate::node::netns::ifindex(ifname)?;
     if let Some(q) = root_qdisc(ifname)? {
-        bpf_ratelimit::datapath::tc::qdisc_delete(index, bpf_ratelimit::datapath::tc::ROOT, q.handle)?;
+        crate::datapath::tc::qdisc_delete(index, crate::datapath::tc::ROOT, q.handle)?;
     }
-    bpf_ratelimit::datapath::tc::clsact_delete(index)?;
+    crate::datapath::tc::clsact_delete(index)?;
     Ok(())
 }
 
