@@ -31,29 +31,81 @@ fn rows(policer: bool) -> Vec<Row> {
     rows
 }
 
-/// A fleet size and rate, e.g. "40x50M".
+/// A fleet size and rate, e.g. "40x50M", and optionally how many of its
+/// pods move traffic: "1000x50M:40" (every pod, if not given).
 #[derive(Debug, Clone, Serialize)]
 pub struct Shape {
     pub pods: usize,
     pub rate_name: String,
     pub rate: u64,
+    pub moving: usize,
 }
 
 impl Shape {
+    /// "40x50M", or "1000x50M (40 moving)".
+    pub fn label(&self) -> String {
+        if self.moving == self.pods {
+            format!("{}x{}", self.pods, self.rate_name)
+        } else {
+            format!("{}x{} ({} moving)", self.pods, self.rate_name, self.moving)
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Shape> {
-        let (n, r) = s.split_once('x').with_context(|| format!("--busy: {s:?} is not PODSxRATE (e.g. 40x50M)"))?;
+        use bpf_ratelimit::testbed::fleet::{MAX_MOVING, MAX_PODS};
+        let (n, r) = s.split_once('x').with_context(|| format!("--busy: {s:?} is not PODSxRATE[:MOVING] (e.g. 40x50M, 1000x50M:40)"))?;
         let pods: usize = n.trim().parse().with_context(|| format!("--busy: {n:?} is not a number of pods"))?;
-        if pods == 0 || pods > bpf_ratelimit::testbed::fleet::MAX_PODS {
-            bail!("--busy: 1 to {} pods, not {pods}", bpf_ratelimit::testbed::fleet::MAX_PODS);
+        if pods == 0 || pods > MAX_PODS {
+            bail!("--busy: 1 to {MAX_PODS} pods, not {pods}");
+        }
+        let (r, moving) = match r.split_once(':') {
+            Some((r, m)) => (r, m.trim().parse().with_context(|| format!("--busy: {m:?} is not a number of pods"))?),
+            None => (r, pods),
+        };
+        if moving == 0 || moving > pods.min(MAX_MOVING) {
+            bail!("--busy: 1 to {} of {pods} pods can move traffic, not {moving}", pods.min(MAX_MOVING));
         }
         let rate = bpf_ratelimit::policy::quantity::parse(r.trim()).map_err(|e| anyhow::anyhow!("--busy: {e}"))?;
-        Ok(Shape { pods, rate_name: r.trim().to_string(), rate })
+        Ok(Shape { pods, rate_name: r.trim().to_string(), rate, moving })
     }
+}
+
+/// ADD and DEL with many pods shaped, and what our maps hold (issue 25,
+/// "scale of state"): per shaper and fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateRow {
+    pub pods: usize,
+    pub moving: usize,
+    pub rate: String,
+    pub row: Row,
+    /// ADD's wall time, ms (median, p99), over the first and the last tenth
+    /// of the pods ADDed: with (almost) no pod shaped, and with all of them.
+    pub add_first: (f64, f64),
+    pub add_last: (f64, f64),
+    /// DEL's, over the first tenth DELeted (every pod still shaped) and the last.
+    pub del_first: (f64, f64),
+    pub del_last: (f64, f64),
+    /// Ours: each map's memory as the kernel accounts it, after the first
+    /// pod's ADD, after every pod's, and after the traffic.
+    pub maps: Vec<MapMemory>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MapMemory {
+    pub name: String,
+    pub kind: String,
+    pub max_entries: u64,
+    pub value_bytes: u64,
+    pub one_pod: u64,
+    pub all_pods: u64,
+    pub after_traffic: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BusyRow {
     pub pods: usize,
+    /// Of which moving traffic.
+    pub moving: usize,
     pub rate: String,
     pub row: Row,
     /// "download" (server → pods) or "upload".
@@ -77,7 +129,41 @@ pub struct BusyRow {
 }
 
 pub fn estimate(shapes: &[Shape], policer: bool) -> f64 {
-    shapes.iter().map(|s| s.pods as f64 * 0.08 + rows(policer).len() as f64 * (s.pods as f64 * 0.4 + 2.0 * (f64::from(OMIT + SECONDS) + 3.0))).sum()
+    shapes
+        .iter()
+        .map(|s| s.pods as f64 * 0.08 + rows(policer).len() as f64 * (s.pods as f64 * 0.1 + s.moving as f64 * 0.3 + 2.0 * (f64::from(OMIT + SECONDS) + 3.0)))
+        .sum()
+}
+
+/// Every map pinned under `pin_root`, by name: (type, max_entries,
+/// value size, bytes the kernel accounts to it).
+fn pinned_maps(pin_root: &std::path::Path) -> BTreeMap<String, (String, u64, u64, u64)> {
+    let mut out = BTreeMap::new();
+    let Ok(o) = Command::new("bpftool").args(["-j", "-f", "map", "show"]).output() else { return out };
+    let maps: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let root = pin_root.to_string_lossy();
+    for m in maps.as_array().into_iter().flatten() {
+        let pinned = m["pinned"].as_array().into_iter().flatten().filter_map(Value::as_str).any(|p| p.starts_with(root.as_ref()));
+        if !pinned {
+            continue;
+        }
+        let e = out.entry(m["name"].as_str().unwrap_or("?").to_string()).or_insert((
+            m["type"].as_str().unwrap_or("?").to_string(),
+            m["max_entries"].as_u64().unwrap_or(0),
+            m["bytes_value"].as_u64().unwrap_or(0),
+            0,
+        ));
+        e.3 += m["bytes_memlock"].as_u64().unwrap_or(0);
+    }
+    out
+}
+
+/// Median and p99 of the first and the last tenth of `times`, ms.
+fn tenths(times: &[Duration]) -> ((f64, f64), (f64, f64)) {
+    let ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+    let n = (ms.len() / 10).max(1);
+    let of = |v: &[f64]| (percentile(v, 50.0), percentile(v, 99.0));
+    (of(&ms[..n]), of(&ms[ms.len() - n..]))
 }
 
 /// run_time_ns and run_cnt of every loaded program, summed by name.
@@ -94,26 +180,53 @@ fn all_prog_stats() -> BTreeMap<String, (u64, u64)> {
     out
 }
 
-pub fn run(plugins: &Plugins, shapes: &[Shape], policer: bool, progress: &mut Progress) -> Result<Vec<BusyRow>> {
+pub fn run(plugins: &Plugins, shapes: &[Shape], policer: bool, progress: &mut Progress) -> Result<(Vec<BusyRow>, Vec<StateRow>)> {
     let mut out = Vec::new();
+    let mut state = Vec::new();
     for shape in shapes {
         progress.step(shape.pods as f64 * 0.08, &format!("busy node: {} pods on one bridge", shape.pods))?;
-        let fleet = Fleet::create("brln", shape.pods)?;
+        let fleet = Fleet::with_moving("brln", shape.pods, shape.moving)?;
         let pods = fleet.pod_refs()?;
         for row in rows(policer) {
-            progress.step(shape.pods as f64 * 0.4, &format!("busy node, {}x{}: {} ADD", shape.pods, shape.rate_name, row.label()))?;
-            let attached: Vec<Attached<'_>> = pods.iter().map(|p| plugins.add(p, row, shape.rate)).collect::<Result<_>>()?;
+            progress.step(shape.pods as f64 * 0.1 + shape.moving as f64 * 0.3, &format!("busy node, {}: {} ADD", shape.label(), row.label()))?;
+            let mut attached: Vec<Attached<'_>> = Vec::new();
+            let mut one_pod = BTreeMap::new();
+            for p in &pods {
+                attached.push(plugins.add(p, row, shape.rate)?);
+                if attached.len() == 1 {
+                    one_pod = pinned_maps(&plugins.pin_root);
+                }
+            }
+            let all_pods = pinned_maps(&plugins.pin_root);
+            let add_times: Vec<Duration> = attached.iter().map(|a| a.add_elapsed).collect();
             for download in [true, false] {
                 let way = if download { "download" } else { "upload" };
-                progress.step(f64::from(OMIT + SECONDS) + 3.0, &format!("busy node, {}x{}: {}, every pod's {way}", shape.pods, shape.rate_name, row.label()))?;
+                progress.step(f64::from(OMIT + SECONDS) + 3.0, &format!("busy node, {}: {}, every moving pod's {way}", shape.label(), row.label()))?;
                 out.push(measure(&fleet, shape, row, download).with_context(|| format!("{} {way}", row.label()))?);
             }
+            let after_traffic = pinned_maps(&plugins.pin_root);
+            let mut del_times = Vec::new();
             for a in attached {
-                a.del()?;
+                del_times.push(a.del()?);
             }
+            let (add_first, add_last) = tenths(&add_times);
+            let (del_first, del_last) = tenths(&del_times);
+            let maps = all_pods
+                .iter()
+                .map(|(name, (kind, max_entries, value_bytes, bytes))| MapMemory {
+                    name: name.clone(),
+                    kind: kind.clone(),
+                    max_entries: *max_entries,
+                    value_bytes: *value_bytes,
+                    one_pod: one_pod.get(name).map_or(0, |m| m.3),
+                    all_pods: *bytes,
+                    after_traffic: after_traffic.get(name).map_or(0, |m| m.3),
+                })
+                .collect();
+            state.push(StateRow { pods: shape.pods, moving: shape.moving, rate: shape.rate_name.clone(), row, add_first, add_last, del_first, del_last, maps });
         }
     }
-    Ok(out)
+    Ok((out, state))
 }
 
 fn measure(fleet: &Fleet, shape: &Shape, row: Row, download: bool) -> Result<BusyRow> {
@@ -135,6 +248,7 @@ fn measure(fleet: &Fleet, shape: &Shape, row: Row, download: bool) -> Result<Bus
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     Ok(BusyRow {
         pods: shape.pods,
+        moving: shape.moving,
         rate: shape.rate_name.clone(),
         row,
         way: if download { "download" } else { "upload" },

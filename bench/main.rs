@@ -35,7 +35,8 @@ const USAGE: &str = "options:
                             parts to run (comma-separated; default all)
   --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
   --pods 100                pods per plugin for the ADD/DEL timing
-  --busy 40x50M,200x10M     busy-node fleets: pods on one bridge x the limit of each
+  --busy 40x50M,200x10M     busy-node fleets: pods on one bridge x the limit of each;
+                            1000x50M:40 shapes 1000 pods of which 40 move traffic
   --out bench/results       where results.json, results.md and ratio_vs_rtt.svg go
   --estimate                print how long the run would take, and exit";
 
@@ -196,6 +197,7 @@ pub struct Results {
     pub idle_process: Option<timing::IdleProcess>,
     pub main_cni: Vec<main_cni::MainCniRow>,
     pub busy_node: Vec<busy_node::BusyRow>,
+    pub busy_state: Vec<busy_node::StateRow>,
 }
 
 /// Restores what the run changed on the node, however it ends.
@@ -322,7 +324,7 @@ fn run() -> Result<()> {
             save(&opts, &mut results, started)?;
         }
         if opts.busy_node {
-            results.busy_node = busy_node::run(&plugins, &opts.busy_shapes, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
+            (results.busy_node, results.busy_state) = busy_node::run(&plugins, &opts.busy_shapes, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
             save(&opts, &mut results, started)?;
         }
         if opts.timing {

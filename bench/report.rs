@@ -63,6 +63,7 @@ pub fn markdown(r: &Results) -> String {
     workloads_table(&mut s, r);
     main_cni_table(&mut s, r);
     busy_node_table(&mut s, r);
+    busy_state_table(&mut s, r);
     bpf_table(&mut s, r);
     timing_table(&mut s, r);
     s
@@ -268,7 +269,8 @@ fn busy_node_table(s: &mut String, r: &Results) {
     let _ = writeln!(s, "| pods × limit | direction | shaper | goodput ÷ limit | Jain | resent segs | Gbit/s | CPU busy | CPU per Gbit/s | ours ÷ ref | BPF: ns per run (runs/s) |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
     for b in &r.busy_node {
-        let reference = r.busy_node.iter().find(|x| x.pods == b.pods && x.rate == b.rate && x.way == b.way && x.row == Row::RefFair);
+        let reference =
+            r.busy_node.iter().find(|x| x.pods == b.pods && x.moving == b.moving && x.rate == b.rate && x.way == b.way && x.row == Row::RefFair);
         let ratio = match (b.row, reference) {
             (Row::Ours, Some(f)) => format!("**{:.2}×**", b.cpu_per_gbps / f.cpu_per_gbps),
             _ => String::new(),
@@ -281,9 +283,10 @@ fn busy_node_table(s: &mut String, r: &Results) {
             .collect();
         let _ = writeln!(
             s,
-            "| {}×{} | {} | {} | {:.3} / {:.3} / {:.3} | {:.3} | {} | {:.2} | {:.0}% | {:.2} | {} | {} |",
+            "| {}×{}{} | {} | {} | {:.3} / {:.3} / {:.3} | {:.3} | {} | {:.2} | {:.0}% | {:.2} | {} | {} |",
             b.pods,
             b.rate,
+            if b.moving == b.pods { String::new() } else { format!(" ({} moving)", b.moving) },
             b.way,
             b.row.label(),
             b.goodput_min,
@@ -299,6 +302,42 @@ fn busy_node_table(s: &mut String, r: &Results) {
         );
     }
     let _ = writeln!(s);
+}
+
+fn busy_state_table(s: &mut String, r: &Results) {
+    if r.busy_state.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## ADD, DEL and our maps with many pods shaped\n");
+    let _ = writeln!(
+        s,
+        "The busy node's fleets: ADD's and DEL's wall time (process start included), median / p99 in ms, over the first and the last tenth \
+         of the pods (ADD: with none and with all the others shaped; DEL: with all and with none left).\n"
+    );
+    let _ = writeln!(s, "| pods | shaper | ADD, first tenth | ADD, last tenth | DEL, first tenth | DEL, last tenth |");
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for st in &r.busy_state {
+        let f = |(m, p): (f64, f64)| format!("{m:.2} / {p:.2}");
+        let _ = writeln!(s, "| {}×{} | {} | {} | {} | {} | {} |", st.pods, st.rate, st.row.label(), f(st.add_first), f(st.add_last), f(st.del_first), f(st.del_last));
+    }
+    let _ = writeln!(s);
+    for st in r.busy_state.iter().filter(|st| !st.maps.is_empty()) {
+        let _ = writeln!(
+            s,
+            "Our maps, {} pods shaped ({} moving traffic): the bytes the kernel accounts to each (`bpftool map show`, memlock), after the first \
+             pod's ADD, after all of them, and after the traffic. Socket and cgroup storage account only their map, not the per-socket or \
+             per-cgroup values (value bytes each, plus the kernel's element header).\n",
+            st.pods, st.moving
+        );
+        let _ = writeln!(s, "| map | type | max entries | value bytes | 1 pod | {} pods | after traffic |", st.pods);
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let kb = |b: u64| format!("{:.1} kB", b as f64 / 1e3);
+        for m in &st.maps {
+            let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", m.name, m.kind, m.max_entries, m.value_bytes, kb(m.one_pod), kb(m.all_pods), kb(m.after_traffic));
+        }
+        let total = |f: fn(&crate::busy_node::MapMemory) -> u64| st.maps.iter().map(f).sum::<u64>();
+        let _ = writeln!(s, "| all | | | | {} | {} | {} |\n", kb(total(|m| m.one_pod)), kb(total(|m| m.all_pods)), kb(total(|m| m.after_traffic)));
+    }
 }
 
 fn workloads_table(s: &mut String, r: &Results) {

@@ -23,9 +23,12 @@ use super::{cgroup2_mount, in_netns, ip, netns_path, remove_cgroup, wait_for_por
 pub const FLEET_SERVER_IP: &str = "10.249.0.1";
 /// Pod i's iperf3 server port on the server.
 const FIRST_PORT: u32 = 7000;
-/// The server holds a neighbour entry per pod, and the kernel's neighbour
-/// table is shared by every netns (gc_thresh3, 1024 by default).
-pub const MAX_PODS: usize = 400;
+/// A bridge holds at most 1024 ports (BR_MAX_PORTS), the server's among them.
+pub const MAX_PODS: usize = 1000;
+/// Pods that move traffic: the server holds a neighbour entry for each, and
+/// the kernel's neighbour table is shared by every netns (gc_thresh3, 1024
+/// by default).
+pub const MAX_MOVING: usize = 400;
 
 pub struct FleetPod {
     pub netns: PathBuf,
@@ -98,8 +101,17 @@ impl Fleet {
     /// `count` pods and the server on one bridge, with an iperf3 server
     /// for each pod.
     pub fn create(prefix: &str, count: usize) -> Result<Self> {
+        Self::with_moving(prefix, count, count)
+    }
+
+    /// `count` pods on one bridge, of which the first `moving` have an
+    /// iperf3 server and take part in `transfer_all`.
+    pub fn with_moving(prefix: &str, count: usize, moving: usize) -> Result<Self> {
         if count == 0 || count > MAX_PODS {
             bail!("a fleet has 1 to {MAX_PODS} pods, not {count}");
+        }
+        if moving == 0 || moving > count.min(MAX_MOVING) {
+            bail!("1 to {} of a fleet's {count} pods can move traffic, not {moving}", count.min(MAX_MOVING));
         }
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let name = format!("{prefix}-{}-{n}", std::process::id());
@@ -113,11 +125,11 @@ impl Fleet {
             servers: Vec::new(),
             name,
         };
-        fleet.setup(count, &tag).with_context(|| format!("cannot set up a fleet of {count} pods"))?;
+        fleet.setup(count, moving, &tag).with_context(|| format!("cannot set up a fleet of {count} pods"))?;
         Ok(fleet)
     }
 
-    fn setup(&mut self, count: usize, tag: &str) -> Result<()> {
+    fn setup(&mut self, count: usize, moving: usize, tag: &str) -> Result<()> {
         ip(&["link", "add", &self.bridge, "type", "bridge"])?;
         ip(&["link", "set", &self.bridge, "up"])?;
         ip(&["netns", "add", &self.server_ns])?;
@@ -148,7 +160,7 @@ impl Fleet {
             std::fs::create_dir_all(&pod.cgroup).with_context(|| format!("cannot create {}", pod.cgroup.display()))?;
         }
         let server_ns = netns_path(&self.server_ns);
-        for pod in &self.pods {
+        for pod in &self.pods[..moving] {
             let child = in_netns(Command::new("iperf3"), &server_ns, None)?
                 .args(["-s", "-p", &pod.port.to_string(), "-B", FLEET_SERVER_IP])
                 .stdout(Stdio::null())
@@ -157,7 +169,7 @@ impl Fleet {
                 .context("cannot start iperf3 -s")?;
             self.servers.push(child);
         }
-        for pod in &self.pods {
+        for pod in &self.pods[..moving] {
             wait_for_port(&server_ns, FLEET_SERVER_IP, &pod.port.to_string())?;
         }
         // The probe's connection keeps an iperf3 server busy for a moment.
@@ -165,14 +177,19 @@ impl Fleet {
         Ok(())
     }
 
-    /// Every pod moves TCP at once for `omit` + `seconds` s (download:
+    /// The pods that move traffic.
+    pub fn moving(&self) -> &[FleetPod] {
+        &self.pods[..self.servers.len()]
+    }
+
+    /// Every moving pod moves TCP at once for `omit` + `seconds` s (download:
     /// server → pod): one flow each, `cc` congestion control. `during` is
     /// called once every pod is past its omitted seconds, and is given the
     /// time left in which all of them are still sending.
     pub fn transfer_all(&self, download: bool, cc: &str, omit: u32, seconds: u32, during: impl FnOnce(Duration)) -> Result<FleetTransfer> {
         let started = Instant::now();
         let mut clients = Vec::new();
-        for pod in &self.pods {
+        for pod in self.moving() {
             let mut cmd = in_netns(Command::new("iperf3"), &pod.netns, Some(&pod.cgroup))?;
             cmd.args(["-c", FLEET_SERVER_IP, "-p", &pod.port.to_string(), "-J", "-O", &omit.to_string(), "-t", &seconds.to_string()])
                 .args(["-C", cc, "--connect-timeout", "5000"]);
@@ -186,13 +203,13 @@ impl Fleet {
         let lead = Duration::from_millis(300);
         let window = (Duration::from_secs(u64::from(seconds)).saturating_sub(spawned)).saturating_sub(2 * lead);
         if window < Duration::from_secs(1) {
-            bail!("starting {} clients took {spawned:?}: too long for a {seconds} s transfer", self.pods.len());
+            bail!("starting {} clients took {spawned:?}: too long for a {seconds} s transfer", self.moving().len());
         }
         std::thread::sleep(Duration::from_secs(u64::from(omit)) + lead);
         during(window);
         let mut pods = Vec::new();
         let deadline = started + Duration::from_secs(u64::from(omit + seconds) + 30);
-        for (pod, child) in self.pods.iter().zip(clients) {
+        for (pod, child) in self.moving().iter().zip(clients) {
             let out = wait_output(child, deadline)?;
             let v: Value = serde_json::from_slice(&out.stdout)
                 .with_context(|| format!("iperf3 in pod {} printed no JSON: {}", pod.ip, String::from_utf8_lossy(&out.stderr)))?;
