@@ -133,7 +133,7 @@ impl Fleet {
         ip(&["link", "add", &self.bridge, "type", "bridge"])?;
         ip(&["link", "set", &self.bridge, "up"])?;
         ip(&["netns", "add", &self.server_ns])?;
-        ip(&["link", "add", "eth0", "netns", &self.server_ns, "type", "veth", "peer", "name", &self.server_veth])?;
+        ip(&["link", "add", "eth0", "address", &mac(0xffff), "netns", &self.server_ns, "type", "veth", "peer", "name", &self.server_veth])?;
         ip(&["link", "set", &self.server_veth, "master", &self.bridge, "up"])?;
         ip(&["-n", &self.server_ns, "addr", "add", &format!("{FLEET_SERVER_IP}/16"), "dev", "eth0"])?;
         ip(&["-n", &self.server_ns, "link", "set", "eth0", "up"])?;
@@ -153,11 +153,21 @@ impl Fleet {
             self.pods.push(pod);
             let pod = self.pods.last().expect("just pushed");
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &pod.host_veth])?;
+            ip(&["link", "add", "eth0", "address", &mac(i), "netns", &ns, "type", "veth", "peer", "name", &pod.host_veth])?;
             ip(&["link", "set", &pod.host_veth, "master", &self.bridge, "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{}/16", pod.ip), "dev", "eth0"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             std::fs::create_dir_all(&pod.cgroup).with_context(|| format!("cannot create {}", pod.cgroup.display()))?;
+        }
+        // Moving pods and the server know each other's addresses: an ARP
+        // request is flooded to every port of the bridge, and at hundreds
+        // of ports the floods of pods starting at once overflow the CPU's
+        // backlog (net.core.netdev_max_backlog), so that no request gets
+        // through ("No route to host").
+        for (i, pod) in self.pods[..moving].iter().enumerate() {
+            let ns = pod.netns.file_name().and_then(|n| n.to_str()).context("netns name")?;
+            ip(&["-n", ns, "neigh", "replace", FLEET_SERVER_IP, "lladdr", &mac(0xffff), "dev", "eth0", "nud", "permanent"])?;
+            ip(&["-n", &self.server_ns, "neigh", "replace", &pod.ip, "lladdr", &mac(i), "dev", "eth0", "nud", "permanent"])?;
         }
         let server_ns = netns_path(&self.server_ns);
         for pod in &self.pods[..moving] {
@@ -221,6 +231,11 @@ impl Fleet {
         }
         Ok(FleetTransfer { pods, window })
     }
+}
+
+/// The MAC address of pod `i`'s eth0 (0xffff: the server's).
+fn mac(i: usize) -> String {
+    format!("02:42:0a:f9:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
 }
 
 fn wait_output(mut child: Child, deadline: Instant) -> Result<std::process::Output> {
