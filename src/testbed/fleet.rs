@@ -154,9 +154,13 @@ impl Fleet {
             let pod = self.pods.last().expect("just pushed");
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
             ip(&["link", "add", "eth0", "address", &mac(i), "netns", &ns, "type", "veth", "peer", "name", &pod.host_veth])?;
-            ip(&["link", "set", &pod.host_veth, "master", &self.bridge, "up"])?;
+            // No IPv6 link-local addresses: their DAD, router solicitations
+            // and MLD reports, sent by every pod and host end as it comes
+            // up, are flooded to every port of the bridge, and at hundreds
+            // of ports they overflow the CPUs' backlogs for seconds.
+            ip(&["link", "set", &pod.host_veth, "master", &self.bridge, "addrgenmode", "none", "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{}/16", pod.ip), "dev", "eth0"])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "addrgenmode", "none", "up"])?;
             std::fs::create_dir_all(&pod.cgroup).with_context(|| format!("cannot create {}", pod.cgroup.display()))?;
         }
         // Moving pods and the server know each other's addresses: an ARP
