@@ -54,12 +54,21 @@ fn tc_json(netns: Option<&str>, args: &[&str]) -> Value {
     }
     let out = cmd.arg("-j").args(args).output().expect("tc (iproute2) is needed for this comparison");
     assert!(out.status.success(), "tc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Array(Vec::new()))
+    // Output that is not a JSON array fails the test: read as "nothing
+    // there", it would pass every absence check vacuously.
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("tc -j {args:?} printed what is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(v.is_array(), "tc -j {args:?} printed {v}, not an array");
+    v
 }
 
+/// The interface's root qdisc as tc shows it; every interface has one (a
+/// veth without a qdisc of ours shows "noqueue").
 fn tc_root_qdisc(dev: &str) -> Value {
     let v = tc_json(None, &["-s", "-raw", "qdisc", "show", "dev", dev, "root"]);
-    v.as_array().unwrap().first().cloned().unwrap_or(Value::Null)
+    let q = v.as_array().unwrap().first().cloned().unwrap_or_else(|| panic!("tc shows no root qdisc on {dev}: {v}"));
+    assert!(q["kind"].is_string(), "tc's root qdisc on {dev} has no kind: {q}");
+    q
 }
 
 #[test]
@@ -108,7 +117,7 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
     assert!(!tc::qdisc_delete(index, tc::ROOT, tc::handle(0x1234)).unwrap(), "another handle must not delete it");
     assert!(tc::qdisc_delete(index, tc::ROOT, handle).unwrap());
     assert!(!tc::qdisc_delete(index, tc::ROOT, handle).unwrap());
-    assert_ne!(tc_root_qdisc(&veth.host)["kind"], "tbf");
+    assert_eq!(tc_root_qdisc(&veth.host)["kind"], "noqueue", "the TBF was deleted, so the veth is back to its default");
 }
 
 /// The ingress queue in front of an interface (in the calling thread's
