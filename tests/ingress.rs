@@ -404,3 +404,56 @@ fn acks_of_an_upload_skip_the_queue_and_a_download_beside_it_holds() {
     assert!(up.wire_bps / 100e6 >= 0.9, "the upload beside the download: {:.3} of its limit", up.wire_bps / 100e6);
     pod.del();
 }
+
+/// Entries in the node's flow table (`queued_flows`, shared by every pod of
+/// a pin root), read through its pin.
+fn flow_table_entries(pod: &Pod) -> usize {
+    let version = std::fs::read_dir(pod.pin_root.join("datapath")).unwrap().flatten().next().expect("a loaded datapath").path();
+    let data = aya::maps::MapData::from_pin(version.join("queued_flows")).expect("queued_flows is pinned");
+    // struct flow_tuple (40 bytes) -> struct queued_flow (24 bytes).
+    let table: aya::maps::HashMap<_, [u8; 40], [u8; 24]> = aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(data)).unwrap();
+    table.keys().count()
+}
+
+/// The flow table that sorts light flows from bulk ones holds 65,536 flows
+/// for the whole node (MAX_QUEUED_FLOWS; 8.4 MB). Past that, the kernel's
+/// LRU forgets the flows least recently seen: a bulk flow, seen on every
+/// packet, stays, and a flow it forgot is light again when it comes back,
+/// as a new flow is. So 100,000 flows into one 100M pod (one UDP datagram
+/// each, from the server, over 16 s) beside its download and 16 KB
+/// responses: the table fills and stays at its size, the sender proves it
+/// sent every one, and the download's wire and the responses keep the
+/// bounds they have without the flows.
+#[test]
+fn a_hundred_thousand_flows_overflow_the_flow_table_and_the_limit_and_responses_hold() {
+    let mut pod = Pod::new("flows");
+    pod.bed.start_server().unwrap();
+    pod.bed.start_rr_server().unwrap();
+    let rtt_ms = min_rtt_ms(&pod);
+    pod.add(ingress("100M"));
+    let before = flow_table_entries(&pod);
+    let mut spray = pod.bed.server_command("python3").unwrap();
+    spray.args([common::PODLOAD, "flows", bpf_ratelimit::testbed::POD_IP, "100000", "16"]);
+    let spray = spray.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
+    let requests = Requests { gap_ms: 40, within_ms: Some(17_500), ..responses(200) };
+    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
+    let out = spray.wait_with_output().unwrap();
+    assert!(out.status.success(), "the flow sprayer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entries = flow_table_entries(&pod);
+    let bound = (3.0 * rtt_ms).max(control.p99_ms) + 5.0;
+    let what = format!("16 KB responses beside a 100M pod's download and 100,000 other flows into it, {rtt_ms:.2} ms RTT");
+    println!(
+        "{what}: p50 {:.2} ms, p99 {:.2} ms (bound {bound:.1}) of {} responses, {} failed; from the gateway, no shaper: p99 {:.2} ms; \
+         the pod's wire {:.3} of the limit; the sprayer sent {}; the flow table held {before} flows before, {entries} after (size 65536)",
+        lat.p50_ms, lat.p99_ms, lat.samples, lat.failed, control.p99_ms, bulk.wire_bps / 100e6, sent["sent"]
+    );
+    assert_eq!(sent["sent"].as_u64(), Some(100_000), "the sprayer's report: {sent}");
+    assert!((60_000..=65_536).contains(&entries), "the flow table holds {entries} flows after 100,000: it did not fill, or outgrew its size");
+    assert_eq!(lat.failed, 0, "{what}");
+    assert!(lat.samples >= 100, "{what}: only {} responses", lat.samples);
+    assert!(lat.p99_ms <= bound, "{what}: p99 {:.2} ms > {bound:.1}", lat.p99_ms);
+    assert!((0.95..=1.02).contains(&(bulk.wire_bps / 100e6)), "{what}: the pod received {:.3} of the limit", bulk.wire_bps / 100e6);
+    pod.del();
+}

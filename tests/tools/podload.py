@@ -28,6 +28,11 @@ iperf3 covers bulk flows; this covers the rest:
                                    send (in GSO-byte segments with
                                    UDP_SEGMENT, unless GSO is 0), as fast as
                                    the socket takes them.
+  flows HOST COUNT SECONDS         one 16-byte UDP datagram on each of COUNT
+                                   distinct flows (4 source ports x COUNT/4
+                                   destination ports from 10000), spread
+                                   evenly over SECONDS; prints how many
+                                   were sent.
 
 Every command ends by itself; the tests bound them with timeouts too.
 """
@@ -177,6 +182,22 @@ def udp6ext(host, port, seconds, size, gso):
     print(json.dumps({"sent": sent, "errors": errors}))
 
 
+def flows(host, count, seconds):
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4)]
+    start = time.monotonic()
+    sent, errors = 0, {}
+    for i in range(count):
+        try:
+            socks[i % 4].sendto(b"f" * 16, (host, 10000 + i // 4))
+            sent += 1
+        except OSError as e:
+            name = errno.errorcode.get(e.errno, str(e.errno))
+            errors[name] = errors.get(name, 0) + 1
+        if i % 500 == 499:
+            time.sleep(max(0.0, start + (i + 1) / count * seconds - time.monotonic()))
+    print(json.dumps({"sent": sent, "errors": errors}))
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve":
@@ -190,6 +211,8 @@ def main(argv):
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":
         raw(args[0], int(args[1]), int(args[2]))
+    elif cmd == "flows":
+        flows(args[0], int(args[1]), float(args[2]))
     elif cmd == "udp6ext":
         udp6ext(args[0], int(args[1]), float(args[2]), int(args[3]), int(args[4]))
     else:
