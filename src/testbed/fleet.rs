@@ -10,6 +10,7 @@
 //!  ...                                        ┘                   SERVER
 //! ```
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -201,23 +202,33 @@ impl Fleet {
     /// called once every pod is past its omitted seconds, and is given the
     /// time left in which all of them are still sending.
     pub fn transfer_all(&self, download: bool, cc: &str, omit: u32, seconds: u32, during: impl FnOnce(Duration)) -> Result<FleetTransfer> {
-        let started = Instant::now();
+        // Each client waits for a line on its stdin before it becomes
+        // iperf3, and all are released together: started one by one, the
+        // first ones' traffic saturated the CPUs while the last were still
+        // being started (200 pods at 10M took 4-20 s to start, most of a
+        // transfer).
         let mut clients = Vec::new();
         for pod in self.moving() {
-            let mut cmd = in_netns(Command::new("iperf3"), &pod.netns, Some(&pod.cgroup))?;
-            cmd.args(["-c", FLEET_SERVER_IP, "-p", &pod.port.to_string(), "-J", "-O", &omit.to_string(), "-t", &seconds.to_string()])
+            let mut cmd = in_netns(Command::new("sh"), &pod.netns, Some(&pod.cgroup))?;
+            cmd.args(["-c", "read -r _ && exec \"$0\" \"$@\"", "iperf3"])
+                .args(["-c", FLEET_SERVER_IP, "-p", &pod.port.to_string(), "-J", "-O", &omit.to_string(), "-t", &seconds.to_string()])
                 .args(["-C", cc, "--connect-timeout", "5000"]);
             if download {
                 cmd.arg("-R");
             }
-            clients.push(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start iperf3 -c")?);
+            clients.push(cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start iperf3 -c")?);
+        }
+        let started = Instant::now();
+        for c in &mut clients {
+            let mut go = c.stdin.take().context("a client's stdin")?;
+            go.write_all(b"go\n").context("cannot release an iperf3 client")?;
         }
         let spawned = started.elapsed();
-        // Every pod is sending from (last start + omit) to (first start + omit + seconds).
+        // Every pod is sending from (last release + omit) to (first release + omit + seconds).
         let lead = Duration::from_millis(300);
         let window = (Duration::from_secs(u64::from(seconds)).saturating_sub(spawned)).saturating_sub(2 * lead);
         if window < Duration::from_secs(1) {
-            bail!("starting {} clients took {spawned:?}: too long for a {seconds} s transfer", self.moving().len());
+            bail!("releasing {} clients took {spawned:?}: too long for a {seconds} s transfer", self.moving().len());
         }
         std::thread::sleep(Duration::from_secs(u64::from(omit)) + lead);
         during(window);
