@@ -5,6 +5,10 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 rc=0
+# One retry ledger per run (tests/common/retries.rs): every test binary of
+# this run counts its repeats against the same budget.
+BRL_TEST_RUN="${BRL_TEST_RUN:-$(date +%Y%m%d%H%M%S)-$$}"
+export BRL_TEST_RUN
 # --nocapture: the traffic tests print configured vs measured rates.
 # --no-fail-fast: one failing test binary does not hide the others.
 cargo test --profile suite --locked --no-fail-fast -- --test-threads=1 --nocapture || rc=$?

@@ -9,7 +9,10 @@ use common::retries;
 #[test]
 fn the_suite_stayed_within_its_retry_budget() {
     let used = retries::used();
-    println!("retries used in this run: {} (budget {})", used.len(), retries::BUDGET);
+    match retries::ledger() {
+        Some(ledger) => println!("retries used in this run: {} (budget {}; {})", used.len(), retries::BUDGET, ledger.display()),
+        None => println!("not a run of ./test.sh ({} unset): no measurement could be repeated", retries::RUN_VAR),
+    }
     for r in &used {
         println!("  {r}");
     }

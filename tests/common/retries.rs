@@ -1,7 +1,7 @@
 //! The suite's retry ledger. A measurement may be repeated only with
 //! evidence that the machine, not the shaper, spoiled it; every repeat is
 //! written here, printed, and counted against one budget for the whole
-//! `cargo test` run (tests/zz_retry_budget.rs checks it last).
+//! run of `./test.sh` (tests/zz_retry_budget.rs checks it last).
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -10,23 +10,43 @@ use std::path::PathBuf;
 /// Repeats the whole suite may use.
 pub const BUDGET: usize = 4;
 
-/// The ledger of this `cargo test` run: cargo is every test binary's parent.
-pub fn ledger() -> PathBuf {
-    // SAFETY: getppid has no preconditions.
-    let parent = unsafe { libc::getppid() };
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("retries-{parent}.log"))
+/// The run ID, which `./test.sh` (and so `.ci/run`) creates and gives every
+/// test binary it runs: one ledger per run, whatever runs the binaries and
+/// in whatever order.
+pub const RUN_VAR: &str = "BRL_TEST_RUN";
+
+/// The ledger of this run; None outside `./test.sh`.
+pub fn ledger() -> Option<PathBuf> {
+    let id = std::env::var(RUN_VAR).ok()?;
+    assert!(
+        !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+        "{RUN_VAR}={id:?}: a run ID is letters, digits and '-'"
+    );
+    Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("retries-{id}.log")))
 }
 
-/// Records one repeat of `what`, with the evidence that allowed it.
+/// Records one repeat of `what`, with the evidence that allowed it. Outside
+/// a run of `./test.sh` no repeat can be counted, so none is allowed: the
+/// measurement fails instead (running binaries one by one or with a filter
+/// must not escape the budget).
 pub fn record(what: &str, evidence: &str) {
+    let Some(ledger) = ledger() else {
+        panic!("{what} would be repeated ({evidence}), but repeats are counted only in a run of ./test.sh ({RUN_VAR} is not set): failing instead");
+    };
     println!("RETRY {what}: {evidence}");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ledger()).expect("retry ledger");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&ledger).expect("retry ledger");
     writeln!(f, "{what}: {evidence}").expect("retry ledger");
 }
 
-/// The repeats recorded so far in this run.
+/// The repeats recorded so far in this run (none outside `./test.sh`,
+/// where none is allowed). A ledger that exists but cannot be read fails.
 pub fn used() -> Vec<String> {
-    std::fs::read_to_string(ledger()).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
+    let Some(ledger) = ledger() else { return Vec::new() };
+    match std::fs::read_to_string(&ledger) {
+        Ok(s) => s.lines().map(String::from).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read the retry ledger {}: {e}", ledger.display()),
+    }
 }
 
 /// The share of both CPUs' time spent busy between two /proc/stat readings.
