@@ -35,6 +35,26 @@ fn host_veth_tx_bytes(pod: &Pod) -> u64 {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().parse().unwrap()
 }
 
+/// Datagrams dropped because a receiving UDP socket's buffer was full
+/// (RcvbufErrors, IPv4 and IPv6), in the netns of the side that receives:
+/// the pod's for a download, the server's for an upload.
+fn receiver_drops(pod: &Pod, way: Way) -> u64 {
+    let mut cmd = match way {
+        Way::Download => pod.bed.pod_command("cat").unwrap(),
+        Way::Upload => pod.bed.server_command("cat").unwrap(),
+    };
+    let out = cmd.args(["/proc/net/snmp", "/proc/net/snmp6"]).output().expect("cat /proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    // snmp: a "Udp:" header line naming the fields, then a "Udp:" values line.
+    let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp: ")).collect();
+    let v4 = match udp.as_slice() {
+        [names, values] => names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "RcvbufErrors").and_then(|(_, v)| v.parse::<u64>().ok()),
+        _ => None,
+    };
+    let v6 = text.lines().find_map(|l| l.strip_prefix("Udp6RcvbufErrors")).and_then(|v| v.trim().parse::<u64>().ok());
+    v4.expect("Udp RcvbufErrors in /proc/net/snmp") + v6.expect("Udp6RcvbufErrors in /proc/net/snmp6")
+}
+
 /// The control: under the emulated CNI, with nothing of ours attached, a
 /// download runs far past the bound and never crosses the host veth's
 /// transmit path (where a host-side queue would sit).
@@ -161,16 +181,30 @@ fn fragmented_udp_at_twice_the_limit_delivers_the_limit() {
                 if ipv6 {
                     b = b.over_ipv6();
                 }
-                let r = pod.bed.bulk(&b).unwrap();
-                let got = r.transfer.goodput_bps / LIMIT;
-                println!(
-                    "{under}: {len}-byte UDP {} {} at 2x: {got:.3} of the limit delivered, {:.3} on the wire",
-                    if ipv6 { "IPv6" } else { "IPv4" },
-                    way.name(),
-                    r.wire_bps / LIMIT
-                );
-                assert!(got >= 0.93, "{under}: {len}-byte datagrams {}: only {got:.3} of the limit delivered", way.name());
-                assert!(got <= 1.03, "{under}: {len}-byte datagrams {}: {got:.3} of the limit delivered", way.name());
+                let what = format!("{under}: {len}-byte UDP {} {} at 2x", if ipv6 { "IPv6" } else { "IPv4" }, way.name());
+                for attempt in 0.. {
+                    let before = receiver_drops(&pod, way);
+                    let r = pod.bed.bulk(&b).unwrap();
+                    let dropped = receiver_drops(&pod, way) - before;
+                    let got = r.transfer.goodput_bps / LIMIT;
+                    println!(
+                        "{what}: {got:.3} of the limit delivered, {:.3} on the wire; the receiving socket dropped {dropped} datagrams",
+                        r.wire_bps / LIMIT
+                    );
+                    assert!(got <= 1.03, "{what}: {got:.3} of the limit delivered");
+                    if got >= 0.93 {
+                        break;
+                    }
+                    // Datagrams the receiving iperf3 did not read in time
+                    // were lost after the shaper and the wire: the machine
+                    // stalled the receiver. That, and only that, allows one
+                    // repeat, counted.
+                    if attempt == 0 && dropped > 0 {
+                        common::retries::record(&what, &format!("{got:.3} delivered, {dropped} datagrams dropped by the receiving socket (buffer full)"));
+                        continue;
+                    }
+                    panic!("{under}: {len}-byte datagrams {}: only {got:.3} of the limit delivered", way.name());
+                }
             }
         }
         if !emulate {
