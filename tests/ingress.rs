@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bpf_ratelimit::testbed::main_cni::Attach;
 use bpf_ratelimit::testbed::measure::FRAME_PER_PAYLOAD;
-use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way};
+use bpf_ratelimit::testbed::scenario::{Bulk, BulkResult, Latencies, Requests, Way};
 use bpf_ratelimit::testbed::{run_with_timeout, SERVER_IP};
 use common::{assert_bulk, Pod};
 use serde_json::{json, Value};
@@ -170,6 +170,27 @@ fn responses_beside_a_download_are_fast() {
     responses_beside_download(5, "100M", 100e6, 5.0);
 }
 
+/// `requests` beside the pod's own 20 s download (`requests_beside_with_control`)
+/// and `sender`, started `lead` before them (it must end by itself, printing
+/// JSON): the latencies, the control's, the download, and what the sender
+/// reported; a sender that failed fails the test.
+fn responses_beside_download_and(
+    pod: &Pod,
+    mut sender: Command,
+    lead: Duration,
+    requests: &Requests,
+    name: &str,
+) -> (Latencies, Latencies, BulkResult, Value) {
+    let sender = sender.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(lead);
+    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
+    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, requests).unwrap();
+    let out = sender.wait_with_output().unwrap();
+    assert!(out.status.success(), "{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let sent = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{name} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    (lat, control, bulk, sent)
+}
+
 /// The queue holds what it is configured to hold, so a UDP flood cannot
 /// stand a long queue in front of the pod's responses: a 10M pod receives
 /// 20M of UDP (1400-byte datagrams, from the server, to a sink in the pod)
@@ -191,14 +212,8 @@ fn responses_beside_a_download_and_a_udp_flood_are_fast() {
     std::thread::sleep(Duration::from_millis(300));
     let mut flood = pod.bed.server_command("iperf3").unwrap();
     flood.args(["-c", bpf_ratelimit::testbed::POD_IP, "-p", "5210", "-u", "-b", "20M", "-l", "1400", "-t", "23", "-J"]);
-    let flood = flood.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    std::thread::sleep(Duration::from_secs(1));
-    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
     let requests = Requests { gap_ms: 150, within_ms: Some(17_500), ..responses(100) };
-    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
-    let out = flood.wait_with_output().unwrap();
-    assert!(out.status.success(), "the UDP flood's sender failed: {}", String::from_utf8_lossy(&out.stderr));
-    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (lat, control, bulk, sent) = responses_beside_download_and(&pod, flood, Duration::from_secs(1), &requests, "the UDP flood");
     let sent_bps = sent["end"]["sum"]["bits_per_second"].as_f64().unwrap_or(0.0);
     let bound = (3.0 * rtt_ms).max(control.p99_ms) + 25.0;
     let what = format!("16 KB responses beside a 10M pod's download and 20M of UDP into it, {rtt_ms:.2} ms RTT");
@@ -434,13 +449,8 @@ fn a_hundred_thousand_flows_overflow_the_flow_table_and_the_limit_and_responses_
     let before = flow_table_entries(&pod);
     let mut spray = pod.bed.server_command("python3").unwrap();
     spray.args([common::PODLOAD, "flows", bpf_ratelimit::testbed::POD_IP, "100000", "16"]);
-    let spray = spray.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let download = Bulk::tcp(Way::Download, "cubic", 1, 2, 18);
     let requests = Requests { gap_ms: 40, within_ms: Some(17_500), ..responses(200) };
-    let (lat, control, bulk) = pod.bed.requests_beside_with_control(&download, &requests).unwrap();
-    let out = spray.wait_with_output().unwrap();
-    assert!(out.status.success(), "the flow sprayer failed: {}", String::from_utf8_lossy(&out.stderr));
-    let sent: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (lat, control, bulk, sent) = responses_beside_download_and(&pod, spray, Duration::ZERO, &requests, "the flow sprayer");
     let entries = flow_table_entries(&pod);
     let bound = (3.0 * rtt_ms).max(control.p99_ms) + 5.0;
     let what = format!("16 KB responses beside a 100M pod's download and 100,000 other flows into it, {rtt_ms:.2} ms RTT");

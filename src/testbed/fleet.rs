@@ -165,10 +165,10 @@ impl Fleet {
             std::fs::create_dir_all(&pod.cgroup).with_context(|| format!("cannot create {}", pod.cgroup.display()))?;
         }
         // Moving pods and the server know each other's addresses: an ARP
-        // request is flooded to every port of the bridge, and at hundreds
-        // of ports the floods of pods starting at once overflow the CPU's
-        // backlog (net.core.netdev_max_backlog), so that no request gets
-        // through ("No route to host").
+        // request is flooded to every port of the bridge, and with 1000
+        // ports, 40 pods starting at once got no answer ("No route to
+        // host"; the node's arp_cache counted resolution failures, not a
+        // full table).
         for (i, pod) in self.pods[..moving].iter().enumerate() {
             let ns = pod.netns.file_name().and_then(|n| n.to_str()).context("netns name")?;
             ip(&["-n", ns, "neigh", "replace", FLEET_SERVER_IP, "lladdr", &mac(0xffff), "dev", "eth0", "nud", "permanent"])?;
