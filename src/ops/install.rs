@@ -85,7 +85,7 @@ impl Options {
                     o.conflist = Some(name);
                 }
                 // uninstall takes every install option, so a DaemonSet's args
-                // can switch verbs (README: roll back); these change nothing for it.
+                // can switch verbs (docs/operating.md: roll back); these change nothing for it.
                 "--replace-bandwidth" => o.replace_bandwidth = true,
                 "--binary-only" => o.binary_only = true,
                 "--config" => o.config = Some(value()?.into()),
@@ -790,13 +790,15 @@ pub fn check_ready(file: &Path) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    /// Every key `install --config` accepts is in README's table of
-    /// configuration keys, and every key there is accepted: the two lists
-    /// cannot drift apart (limitBasis was refused by install once).
+    /// Every key `install --config` accepts is in the configuration
+    /// reference's table (docs/configuration.md), and every key there is
+    /// accepted: the two lists cannot drift apart (limitBasis was refused by
+    /// install once). The keys the config parser itself reads by name are
+    /// in the table too, so a key added to the parser alone fails here.
     #[test]
-    fn the_readmes_configuration_keys_are_the_keys_install_accepts() {
-        let readme = include_str!("../../README.md");
-        let section = readme.split("## Configuration keys").nth(1).expect("README has a Configuration keys section");
+    fn the_documented_configuration_keys_are_the_keys_the_code_accepts() {
+        let reference = include_str!("../../docs/configuration.md");
+        let section = reference.split("## Configuration keys").nth(1).expect("docs/configuration.md has a Configuration keys section");
         let table = section.split("\n## ").next().unwrap();
         let mut documented = std::collections::BTreeSet::new();
         for row in table.lines().filter(|l| l.starts_with("| `")) {
@@ -805,6 +807,21 @@ mod tests {
         }
         let accepted: std::collections::BTreeSet<String> =
             super::POLICY_KEYS.iter().chain(super::OTHER_KEYS).filter(|k| **k != "capabilities").map(|k| k.to_string()).collect();
-        assert_eq!(documented, accepted, "README's configuration keys and the keys install accepts differ");
+        assert_eq!(documented, accepted, "docs/configuration.md's configuration keys and the keys install accepts differ");
+        // What the runtime, not the operator, writes into the config.
+        let protocol = ["cniVersion", "name", "type", "prevResult", "runtimeConfig", "cni.dev/valid-attachments", "capabilities"];
+        let parser = include_str!("../policy/netconf.rs");
+        let mut read_by_parser = std::collections::BTreeSet::new();
+        for opener in ["string_field(&obj, \"", "bool_field(&obj, \"", "obj.get(\""] {
+            for rest in parser.split(opener).skip(1) {
+                let key = rest.split('"').next().unwrap();
+                if !protocol.contains(&key) {
+                    read_by_parser.insert(key.to_string());
+                }
+            }
+        }
+        assert!(read_by_parser.len() >= 9, "the parser's keys were not found in netconf.rs: {read_by_parser:?}");
+        let undocumented: Vec<_> = read_by_parser.difference(&documented).collect();
+        assert!(undocumented.is_empty(), "netconf.rs reads keys docs/configuration.md does not document: {undocumented:?}");
     }
 }
