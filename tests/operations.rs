@@ -271,6 +271,33 @@ fn check_passes_after_set_and_set_ingress_0_is_refused_clearly() {
     pod.del();
 }
 
+/// `set` leaves an audit line in the plugin's log file at the default log
+/// level (warn): who changed which pod from what to what. The file is the
+/// one the conflist named at ADD, since `set` has no conflist to read.
+#[test]
+fn set_leaves_an_audit_line_in_the_log_file_at_the_default_level() {
+    let log = std::env::temp_dir().join(format!("brl-audit-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let pod = pod_with("audit", json!({"logFile": log}), json!({"kubernetes.io/egress-bandwidth": "10M"}));
+    let before = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!before.contains("AUDIT"), "ADD wrote an audit line: {before}");
+    let (code, out, err) = admin(&pod, &["set", "default/test", "--egress", "20M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let written = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let line = written.lines().find(|l| l.contains("AUDIT: set by")).unwrap_or_else(|| panic!("no audit line in {}:\n{written}", log.display()));
+    println!("{line}");
+    assert!(line.contains("uid 0") && line.contains("default/test"), "{line}");
+    assert!(line.contains("egress 10Mbit/s burst") && line.contains("-> 20Mbit/s burst"), "from and to: {line}");
+    assert!(line.contains("ingress unlimited -> unlimited"), "{line}");
+    assert!(err.contains("AUDIT: set by"), "the audit line goes to stderr too: {err}");
+    // A refused set changes nothing and audits nothing.
+    let (code, _, _) = admin(&pod, &["set", "default/test", "--egress", "lots"]);
+    assert_ne!(code, 0);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().matches("AUDIT").count(), 1);
+    pod.del();
+    let _ = std::fs::remove_file(&log);
+}
+
 /// Every rate kubelet accepts (1k to 1P) starts the pod: outside what the
 /// datapath enforces exactly (8k to 100G) it is clamped to the nearest rate
 /// it can enforce, and `list` says so; outside 1k to 1P ADD fails, naming

@@ -32,6 +32,10 @@ pub struct PodMeta {
     /// datapath enforces), for `list`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The config's `logFile` at ADD, where `set` appends its audit line:
+    /// the commands people run have no conflist to read it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<String>,
 }
 
 /// One direction's limit as `set` recorded it: rate in bits/s, burst in bits.
@@ -82,6 +86,7 @@ impl PodMeta {
             ceilings,
             set: SetLimits::default(),
             notes: Vec::new(),
+            log_file: None,
         }
     }
 
@@ -97,6 +102,11 @@ impl PodMeta {
 
 fn encode(meta: &PodMeta) -> Result<Vec<u8>> {
     let mut record = serde_json::to_vec(meta)?;
+    if record.len() >= RECORD_BYTES && meta.log_file.is_some() {
+        // A long log path must not fail ADD: `set` then audits to stderr only.
+        log::warn!("logFile is too long to record with the pod; `set` will not append its audit line to it");
+        record = serde_json::to_vec(&PodMeta { log_file: None, ..meta.clone() })?;
+    }
     anyhow::ensure!(record.len() < RECORD_BYTES, "the pod's identity does not fit its record");
     record.resize(RECORD_BYTES, 0);
     Ok(record)

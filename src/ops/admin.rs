@@ -414,6 +414,16 @@ pub fn set(pin_root: Option<&Path>, target: &str, change: Change) -> Result<Vec<
     Ok(done)
 }
 
+/// Who runs this command: the user ID, and the user sudo was run by.
+fn invoker() -> String {
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    match std::env::var("SUDO_USER") {
+        Ok(user) if !user.is_empty() => format!("uid {uid} (sudo from {:?})", user.chars().take(64).collect::<String>()),
+        _ => format!("uid {uid}"),
+    }
+}
+
 fn set_one(pod: &PodView, change: &Change) -> Result<String> {
     let mut new = Vec::new();
     let mut notes = Vec::new();
@@ -459,7 +469,24 @@ fn set_one(pod: &PodView, change: &Change) -> Result<String> {
     for n in notes {
         let _ = write!(line, "; {n}");
     }
-    log::info!("set {line}");
+    // Who changed which pod's limits from what to what, in the node's
+    // plugin log, whatever its level: a change by hand is an operator
+    // action on a security boundary.
+    let audit = format!(
+        "set by {}: {} (uid {:?}, container {}, pin root {}): ingress {} -> {}, egress {} -> {}",
+        invoker(),
+        pod.display_name(),
+        pod.meta.uid,
+        pod.id.container_id,
+        pod.pin_root.display(),
+        describe(pod.bucket(Direction::Ingress)),
+        describe(&write.ingress),
+        describe(pod.bucket(Direction::Egress)),
+        describe(&write.egress)
+    );
+    if let Some(e) = crate::logging::audit(pod.meta.log_file.as_deref().map(Path::new), &audit) {
+        log::warn!("{e}");
+    }
     Ok(line)
 }
 

@@ -155,6 +155,7 @@ fn shape(req: &Request, limits: &Limits, clamped: Vec<String>) -> Result<(), Cni
         .map_err(|e| datapath_error("cannot attach the bandwidth shaper to the pod", e))?;
     let mut meta = crate::node::pod_meta::PodMeta::from_args(&req.env.args, resolve::ceilings(&req.conf.policy_for(req.namespace())));
     meta.notes = clamped;
+    meta.log_file = req.conf.log_file.as_ref().map(|p| p.to_string_lossy().into_owned());
     if let Err(e) = crate::node::pod_meta::pin(&root.pod_dir(&req.attachment()), &meta) {
         let _ = root.remove_pod(&req.attachment(), Some(std::path::Path::new(&req.env.netns)));
         let _ = root.remove_datapath_if_unused();
