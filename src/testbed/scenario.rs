@@ -317,6 +317,27 @@ impl Requests {
     }
 }
 
+/// How long `wire_while_reported` waits for its senders to end by themselves.
+pub const SENDER_GRACE: Duration = Duration::from_secs(5);
+
+/// What a sender said when it ended: its exit code (None: it was killed,
+/// or ended by a signal) and its output.
+#[derive(Debug, Clone)]
+pub struct SenderReport {
+    pub command: String,
+    pub exit: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl SenderReport {
+    /// Its report as JSON: the whole of stdout (`iperf3 -J`), else its last
+    /// line (the tools in tests/tools, podload.py).
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.stdout).ok().or_else(|| self.stdout.lines().rev().find(|l| !l.trim().is_empty()).and_then(|l| serde_json::from_str(l).ok()))
+    }
+}
+
 /// What crossed the wire while some senders ran.
 #[derive(Debug, Clone, Copy)]
 pub struct WireWindow {
@@ -349,11 +370,61 @@ impl Testbed {
             let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {c:?}"))?;
             running.push(Background(child));
         }
+        let window = self.measure_wire(way, settle, measure);
+        drop(running);
+        window
+    }
+
+    /// As `wire_while`, but each sender runs to its own end (killed if it
+    /// has not ended `SENDER_GRACE` after the window) and reports: its exit
+    /// status and its output, which carries its own count of what it sent.
+    /// A sender that never ran then shows, instead of a quiet wire that
+    /// passes a "no more than the limit" bound.
+    pub fn wire_while_reported(&self, way: Way, senders: Vec<Command>, settle: Duration, measure: Duration) -> Result<(WireWindow, Vec<SenderReport>)> {
+        let mut running = Vec::new();
+        for mut c in senders {
+            let command = format!("{c:?}");
+            let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().with_context(|| format!("cannot start {command}"))?;
+            // Read as they write, so that a full pipe never stalls a sender.
+            let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    if let Some(mut p) = pipe {
+                        let _ = p.read_to_string(&mut text);
+                    }
+                    text
+                })
+            };
+            let out = read(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+            let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
+            running.push((command, Background(child), out, err));
+        }
+        let window = self.measure_wire(way, settle, measure);
+        let deadline = Instant::now() + SENDER_GRACE;
+        let mut reports = Vec::new();
+        for (command, mut child, out, err) in running {
+            let exit = loop {
+                match child.0.try_wait() {
+                    Ok(Some(status)) => break status.code(),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    _ => {
+                        let _ = child.0.kill();
+                        break None;
+                    }
+                }
+            };
+            drop(child);
+            reports.push(SenderReport { command, exit, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() });
+        }
+        Ok((window?, reports))
+    }
+
+    /// The wire in `way` over `measure`, after `settle`.
+    fn measure_wire(&self, way: Way, settle: Duration, measure: Duration) -> Result<WireWindow> {
         std::thread::sleep(settle);
         let (w0, t0) = timed(|| self.wire_count(way))?;
         std::thread::sleep(measure);
         let (w1, t1) = timed(|| self.wire_count(way))?;
-        drop(running);
         let d = w1.since(&w0);
         let seconds = t1.duration_since(t0).as_secs_f64();
         Ok(WireWindow { bps: d.bytes as f64 * 8.0 / seconds, frames_per_s: d.frames as f64 / seconds, seconds })
@@ -381,7 +452,8 @@ impl Testbed {
         let (program, args) = match sender {
             Sender::UdpGso8 => (tool("udp_gso"), strs(&["--dst-ip", SERVER_IP, "--gso-size", "8", "--payload", "1024", "--seconds", &secs])),
             Sender::Mss88 | Sender::Nodelay64 => {
-                let mut a = strs(&["-c", SERVER_IP, "-t", &secs]);
+                // -J: its report says what it sent (SenderReport).
+                let mut a = strs(&["-J", "-c", SERVER_IP, "-t", &secs]);
                 a.extend(strs(sender.iperf3_args().unwrap_or_default()));
                 ("iperf3".into(), a)
             }
