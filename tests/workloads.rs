@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bpf_ratelimit::testbed::measure::jain;
 use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way};
 use bpf_ratelimit::testbed::{POD_IP, SERVER_IP};
-use common::{assert_bulk, background, in_pod, Pod, PODLOAD};
+use common::{assert_bulk, in_pod, Pod, PODLOAD};
 use serde_json::{json, Value};
 
 const RR_PORT: &str = "7000";
@@ -78,14 +78,34 @@ fn sidecar_traffic_over_loopback_is_neither_shaped_nor_charged() {
     }
 }
 
+/// Runs `cmd` to its end in a thread; its JSON report (exit 0 required)
+/// when joined.
+fn reported(cmd: std::process::Command) -> std::thread::JoinHandle<Value> {
+    std::thread::spawn(move || {
+        let shown = format!("{cmd:?}");
+        let out = bpf_ratelimit::testbed::run_with_timeout(cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(out.status.success(), "{shown}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).or_else(|_| serde_json::from_str(text.lines().last().unwrap_or(""))).unwrap_or_else(|e| panic!("{shown}: no JSON report ({e}): {text}"))
+    })
+}
+
 #[test]
 fn bulk_upload_beside_light_connections_gets_what_they_leave() {
     let pod = shaped_pod("light", json!({"kubernetes.io/egress-bandwidth": "100M"}));
-    // 20 keep-alive connections at 16 kbit/s of payload each.
-    let light = background(in_pod(&pod, "python3", &[PODLOAD, "light", SERVER_IP, RR_PORT, "20", "16000", "10"]));
+    // 20 keep-alive connections at 16 kbit/s of payload each, for longer
+    // than the bulk upload (1 s before it, 2 + 5 s of it and its set-up).
+    let light = reported(in_pod(&pod, "python3", &[PODLOAD, "light", SERVER_IP, RR_PORT, "20", "16000", "10"]));
     std::thread::sleep(Duration::from_secs(1));
     let r = assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 2, 5), 100e6, (0.95, 1.02), "the pod's wire beside 20 light connections, 100M");
-    drop(light);
+    // The other side: the light connections got what they asked for, in
+    // time (a round is 20 requests of 200 bytes and their answers).
+    let light = light.join().unwrap();
+    let (sent, asked) = (light["bytes_sent"].as_f64().unwrap(), light["asked_bytes"].as_f64().unwrap());
+    let (p50, p99) = (light["round_p50_ms"].as_f64().unwrap(), light["round_p99_ms"].as_f64().unwrap());
+    println!("20 light connections beside it: {:.3} of what they asked sent; a round's p50 {p50:.2} ms, p99 {p99:.2} ms", sent / asked);
+    assert!(sent >= 0.95 * asked, "the light connections sent {:.3} of what they asked", sent / asked);
+    assert!(p99 <= 20.0, "a round of the light connections took {p99:.2} ms (p99) beside the bulk upload");
     // The light connections' frames (a 200-byte request and its ACK ten
     // times a second each) are at most 20 x 10 x 2 x 266 bytes/s on the wire.
     let light_wire = 20.0 * 10.0 * 2.0 * 266.0 * 8.0;
@@ -154,17 +174,30 @@ fn requests_beside_the_pods_own_upload_stay_fast_and_the_first_second_keeps_to_t
 #[test]
 fn udp_beside_tcp_keeps_the_wire_to_the_limit() {
     let pod = shaped_pod("mixed", json!({"kubernetes.io/egress-bandwidth": "10M"}));
-    let _udp_server = {
+    // A one-off server whose own report (-J) says what it received, per second.
+    let udp_server = {
         let mut c = pod.bed.server_command("iperf3").unwrap();
-        c.args(["-s", "-p", "5202"]);
-        background(c)
+        c.args(["-s", "-1", "-J", "-p", "5202"]);
+        reported(c)
     };
     std::thread::sleep(Duration::from_millis(300));
-    let udp = background(in_pod(&pod, "iperf3", &["-c", SERVER_IP, "-p", "5202", "-u", "-b", "6M", "-t", "10"]));
+    let udp = reported(in_pod(&pod, "iperf3", &["-J", "-c", SERVER_IP, "-p", "5202", "-u", "-b", "6M", "-t", "10"]));
     let r = assert_bulk(&pod, &Bulk::tcp(Way::Upload, "cubic", 1, 2, 5), 10e6, (0.95, 1.02), "TCP bulk + 6M UDP from a 10M pod");
-    drop(udp);
     println!("  of which TCP goodput {:.3} of the limit", r.transfer.goodput_bps / 10e6);
     assert!(r.transfer.goodput_bps >= 0.5e6, "UDP starved TCP: {:.0} bit/s", r.transfer.goodput_bps);
+    // The UDP side: it offered its 6M all along, and while the TCP upload
+    // ran (UDP's seconds 2-6) the server received a share of the limit:
+    // TCP must not starve UDP either.
+    let offered = udp.join().unwrap()["end"]["sum"]["bits_per_second"].as_f64().unwrap();
+    let received: Vec<f64> = udp_server.join().unwrap()["intervals"].as_array().unwrap().iter().map(|i| i["sum"]["bits_per_second"].as_f64().unwrap()).collect();
+    let beside_tcp = bpf_ratelimit::testbed::measure::percentile(&received[2..7.min(received.len())], 50.0);
+    println!("  UDP: offered {:.2} Mbit/s; received per second {:?} Mbit/s; median while TCP ran {:.2}", offered / 1e6, received.iter().map(|b| (b / 1e5).round() / 10.0).collect::<Vec<_>>(), beside_tcp / 1e6);
+    assert!(offered >= 0.95 * 6e6, "the UDP sender offered only {:.2} Mbit/s", offered / 1e6);
+    // Both are counted senders, so each gets about half (0.48 of the limit
+    // each here); before UDP sockets were counted, UDP got 0.0 while TCP
+    // took it all.
+    assert!(beside_tcp >= 0.35 * 10e6, "TCP starved UDP: {:.2} Mbit/s received while the TCP upload ran", beside_tcp / 1e6);
+    assert!(r.transfer.goodput_bps >= 0.35 * 10e6, "UDP starved TCP: {:.3} of the limit", r.transfer.goodput_bps / 10e6);
     pod.del();
 }
 

@@ -128,6 +128,7 @@ def light(host, port, conns, bps, seconds):
     socks = [connect(host, port) for _ in range(conns)]
     deadline = time.monotonic() + seconds
     sent = 0
+    rounds = []  # seconds from a round's first send to its last answer
     while time.monotonic() < deadline:
         tick = time.monotonic()
         for s in socks:
@@ -135,8 +136,12 @@ def light(host, port, conns, bps, seconds):
             sent += len(payload)
         for s in socks:
             recv_exact(s, 16)
+        rounds.append(time.monotonic() - tick)
         time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
-    print(json.dumps({"bytes_sent": sent}))
+    rounds.sort()
+    pick = lambda q: rounds[min(len(rounds) - 1, int(q * len(rounds)))] * 1000 if rounds else None
+    print(json.dumps({"bytes_sent": sent, "asked_bytes": conns * len(payload) * 10 * seconds,
+                      "rounds": len(rounds), "round_p50_ms": pick(0.5), "round_p99_ms": pick(0.99)}))
 
 
 def raw(ifname, count, size):
