@@ -252,9 +252,9 @@ fn remove_and_check(node: &Node, pod: &Pod, links: &[Link]) {
     node.remove_pod_cgroups(pod);
 }
 
-// ---- The DaemonSet's container (deploy/daemonset.yaml, deploy/build-image.sh) ----
+// ---- The DaemonSet's container (deploy/overlays/kubeadm, deploy/build-image.sh) ----
 
-/// Runs the DaemonSet's image as deploy/daemonset.yaml specifies its
+/// Runs the DaemonSet's image as deploy/overlays/kubeadm specifies its
 /// container, with the host paths under a temporary root holding flannel's
 /// stock conflist, and checks that it installed: the binary is there and the
 /// conflist chains the plugin. SIGTERM stops it at once and leaves the
