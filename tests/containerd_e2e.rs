@@ -281,8 +281,16 @@ fn daemonset_container_installs(node: &Node) {
     .unwrap();
     assert_eq!(conflist, example, "the container did not chain the plugin into flannel's conflist");
     assert!(outcome.log.contains("SIGTERM"), "the container did not log its SIGTERM exit: {}", outcome.log);
+    // The DaemonSet asks for RuntimeDefault: the runtime put a seccomp filter on the installer.
+    assert_eq!(containerd::daemonset::daemonset()["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(outcome.seccomp_mode, "2", "the installer runs without the runtime's seccomp filter");
     assert!(outcome.stop_took < Duration::from_secs(5), "SIGTERM took {:?}: the container only died by SIGKILL", outcome.stop_took);
-    println!("DaemonSet container installed and stopped on SIGTERM in {:?}; step took {:.1} s", outcome.stop_took, started.elapsed().as_secs_f64());
+    println!(
+        "DaemonSet container installed (seccomp mode {}) and stopped on SIGTERM in {:?}; step took {:.1} s",
+        outcome.seccomp_mode,
+        outcome.stop_took,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 // ---- Pods under the runtime ----

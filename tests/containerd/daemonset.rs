@@ -51,6 +51,9 @@ fn strings(v: &Value) -> Vec<String> {
 pub struct Outcome {
     pub stop_took: Duration,
     pub log: String,
+    /// The installer process's seccomp mode (/proc/PID/status "Seccomp":
+    /// 0 none, 2 a filter) while it waited.
+    pub seccomp_mode: String,
 }
 
 /// Builds and imports the image, runs the container with `host_root/opt/cni/bin`
@@ -174,6 +177,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let seccomp_mode = seccomp_mode_in(&spec.cgroup)?;
     let stopping = Instant::now();
     node.cri().stop_container(&container_id, 10).map_err(cri::cri_err)?;
     let stop_took = stopping.elapsed();
@@ -181,7 +185,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
     node.cri().stop_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
     node.cri().remove_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
     node.remove_pod_cgroup(&spec);
-    Ok(Outcome { stop_took, log })
+    Ok(Outcome { stop_took, log, seccomp_mode })
 }
 
 /// The seccomp profile kubelet asks the runtime for: the container's
@@ -197,6 +201,33 @@ fn seccomp_profile(pod_sc: &Value, container_sc: &Value) -> Result<api::Security
         Some(other) => bail!("seccompProfile type {other} is not run here"),
     };
     Ok(api::SecurityProfile { profile_type: profile_type as i32, ..Default::default() })
+}
+
+/// The seccomp mode of the bpf-ratelimit process in the pod's cgroup tree
+/// (the sandbox's pause process is there too: told apart by name).
+fn seccomp_mode_in(pod_cgroup: &Path) -> Result<String> {
+    for entry in walk_procs(pod_cgroup)? {
+        let comm = std::fs::read_to_string(format!("/proc/{entry}/comm")).unwrap_or_default();
+        if comm.trim() != "bpf-ratelimit" {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{entry}/status"))?;
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).context("no Seccomp line")?;
+        return Ok(mode.trim().to_string());
+    }
+    bail!("no bpf-ratelimit process under {}", pod_cgroup.display())
+}
+
+/// The PIDs in cgroup.procs of `dir` and every cgroup below it.
+fn walk_procs(dir: &Path) -> Result<Vec<String>> {
+    let mut pids: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            pids.extend(walk_procs(&entry.path())?);
+        }
+    }
+    Ok(pids)
 }
 
 /// The host paths under `host_root`.
