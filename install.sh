@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs bpf-ratelimit on a Debian machine:
 #   1. the apt packages it builds and tests with (clang, libbpf-dev, bpftool, iperf3, …;
-#      containerd, runc, containernetworking-plugins, gcc and protoc for the containerd e2e test),
+#      containerd, runc, containernetworking-plugins, gcc and protoc for the containerd e2e test;
+#      kubectl to render deploy/),
 #   2. a bpffs mount at /sys/fs/bpf if there is none,
 #   3. a release build (statically linked, so it runs on any node's libc), installed by
 #      `bpf-ratelimit install`: the binary goes to
@@ -21,7 +22,7 @@ for arg in "$@"; do
   case "$arg" in
     --demo) DEMO=1 ;;
     --deps-only) DEPS_ONLY=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +49,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The tests render deploy/ with `kubectl kustomize`, which needs kubectl 1.21 or later (kustomize
+# components): Debian's own kubernetes-client (1.20) is too old. The "kubectl" package comes from the
+# Kubernetes or Google Cloud apt repository (the project's machine image has it). It is installed apart
+# from the list above, so that a machine without that repository still gets the rest; the plugin
+# itself does not need it, so only --deps-only (the tests' set-up) stops without it.
+if ! command -v kubectl >/dev/null; then
+  echo "==> installing kubectl"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq kubectl >/dev/null || true
+fi
+if ! kubectl kustomize deploy/overlays/kubeadm >/dev/null; then
+  echo "install.sh: kubectl cannot render deploy/overlays/kubeadm: install kubectl 1.21 or later (apt package kubectl from the Kubernetes apt repository); the tests need it" >&2
+  [ "$DEPS_ONLY" = 1 ] && exit 1
 fi
 
 if ! mountpoint -q /sys/fs/bpf; then

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Builds the DaemonSet's image (deploy/daemonset.yaml) as an OCI image
+# Builds the DaemonSet's image (deploy/base/daemonset.yaml) as an OCI image
 # archive, with no registry pulls: one layer holding only the statically
 # linked bpf-ratelimit binary at /usr/local/bin/bpf-ratelimit. The binary is
 # copied onto every node, whatever its libc, so a dynamically linked one is
 # refused.
 #
 #   deploy/build-image.sh OUTPUT.tar [IMAGE_NAME] [BINARY]
-#       IMAGE_NAME  default bpf-ratelimit.local/bpf-ratelimit:<crate version>, as in daemonset.yaml
+#       IMAGE_NAME  default bpf-ratelimit.local/bpf-ratelimit:<crate version>, as in deploy/base/daemonset.yaml
 #       BINARY      default target/<triple>/release/bpf-ratelimit (cargo build --release first;
 #                   .cargo/config.toml names the triple and links statically)
 #

@@ -252,9 +252,9 @@ fn remove_and_check(node: &Node, pod: &Pod, links: &[Link]) {
     node.remove_pod_cgroups(pod);
 }
 
-// ---- The DaemonSet's container (deploy/daemonset.yaml, deploy/build-image.sh) ----
+// ---- The DaemonSet's container (deploy/overlays/kubeadm, deploy/build-image.sh) ----
 
-/// Runs the DaemonSet's image as deploy/daemonset.yaml specifies its
+/// Runs the DaemonSet's image as deploy/overlays/kubeadm specifies its
 /// container, with the host paths under a temporary root holding flannel's
 /// stock conflist, and checks that it installed: the binary is there and the
 /// conflist chains the plugin. SIGTERM stops it at once and leaves the
@@ -281,8 +281,16 @@ fn daemonset_container_installs(node: &Node) {
     .unwrap();
     assert_eq!(conflist, example, "the container did not chain the plugin into flannel's conflist");
     assert!(outcome.log.contains("SIGTERM"), "the container did not log its SIGTERM exit: {}", outcome.log);
+    // The DaemonSet asks for RuntimeDefault: the runtime put a seccomp filter on the installer.
+    assert_eq!(containerd::daemonset::daemonset()["spec"]["template"]["spec"]["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(outcome.seccomp_mode, "2", "the installer runs without the runtime's seccomp filter");
     assert!(outcome.stop_took < Duration::from_secs(5), "SIGTERM took {:?}: the container only died by SIGKILL", outcome.stop_took);
-    println!("DaemonSet container installed and stopped on SIGTERM in {:?}; step took {:.1} s", outcome.stop_took, started.elapsed().as_secs_f64());
+    println!(
+        "DaemonSet container installed (seccomp mode {}) and stopped on SIGTERM in {:?}; step took {:.1} s",
+        outcome.seccomp_mode,
+        outcome.stop_took,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 // ---- Pods under the runtime ----

@@ -1,8 +1,10 @@
-//! deploy/daemonset.yaml (a ConfigMap with the operator's policy, and the
+//! The DaemonSet as `kubectl kustomize deploy/overlays/kubeadm` renders it
+//! (a ServiceAccount, a ConfigMap with the operator's policy, and the
 //! DaemonSet), parsed and checked field by field; its containers' commands
 //! run for real against temporary directories standing in for their
 //! mounts. The install container also runs under a real containerd in
-//! tests/containerd_e2e.rs.
+//! tests/containerd_e2e.rs; the other overlays and the components are
+//! checked in tests/kustomize.rs.
 
 mod common;
 
@@ -10,16 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::{json, Value};
 
-fn documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/daemonset.yaml")).unwrap();
-    serde_norway::Deserializer::from_str(&text).map(|doc| Value::deserialize(doc).expect("deploy/daemonset.yaml parses")).collect()
-}
-
 fn kind(kind: &str) -> Value {
-    documents().into_iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in deploy/daemonset.yaml"))
+    common::kustomize::document(common::kustomize::KUBEADM, kind)
 }
 
 fn strings(v: &Value) -> Vec<&str> {
@@ -50,6 +46,13 @@ fn daemonset_runs_install_and_metrics_on_every_node_with_no_privilege() {
     assert_eq!(pod["hostNetwork"], true, "an installer must not depend on the pod network");
     assert!(pod["tolerations"].as_array().unwrap().iter().any(|t| t["operator"] == "Exists"), "it must run on every node");
     assert_eq!(pod["automountServiceAccountToken"], false, "it needs no API access");
+    let sa = kind("ServiceAccount");
+    assert_eq!(pod["serviceAccountName"], sa["metadata"]["name"]);
+    assert_eq!(sa["metadata"]["namespace"], ds["metadata"]["namespace"]);
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "both containers under the runtime's syscall filter");
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+    assert_eq!(pod["nodeSelector"]["kubernetes.io/arch"], "amd64", "deploy/build-image.sh builds a linux/amd64 image only");
     assert_eq!(pod["containers"].as_array().unwrap().len(), 2);
     for c in pod["containers"].as_array().unwrap() {
         assert_eq!(c["image"], format!("bpf-ratelimit.local/bpf-ratelimit:{}", env!("CARGO_PKG_VERSION")), "deploy/build-image.sh's default name");
@@ -91,14 +94,15 @@ fn daemonset_runs_install_and_metrics_on_every_node_with_no_privilege() {
     let probe = strings(&c["readinessProbe"]["exec"]["command"]);
     assert_eq!(probe, ["/usr/local/bin/bpf-ratelimit", "ready", ready.to_str().unwrap()]);
 
-    // metrics: a port, the pin roots read-only, CAP_BPF only.
+    // metrics: on the node's loopback only (the pod shares the node's
+    // network), probed there, the pin roots read-only, CAP_BPF only.
     let c = container(&ds, "metrics");
     let args = strings(&c["args"]);
-    assert_eq!(&args[..2], ["metrics", "--listen"]);
-    let port = args[2].rsplit(':').next().unwrap().parse::<u64>().unwrap();
-    assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(port));
+    assert_eq!(args, ["metrics", "--listen", "127.0.0.1:9637"], "the metrics must not be published on the node's addresses");
+    assert_eq!(c["ports"][0]["containerPort"].as_u64(), Some(9637));
     assert_eq!(c["ports"][0]["name"], "metrics");
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/metrics");
+    let probe = &c["livenessProbe"]["httpGet"];
+    assert_eq!((probe["host"].as_str(), probe["port"].as_u64(), probe["path"].as_str()), (Some("127.0.0.1"), Some(9637), Some("/metrics")), "kubelet probes the node's address unless told 127.0.0.1");
     assert_eq!(strings(&c["securityContext"]["capabilities"]["add"]), ["BPF"]);
     for (mount, host) in [("/sys/fs/bpf", "/sys/fs/bpf"), (bpf_ratelimit::node::pin_roots::INDEX_DIR, "/run/bpf-ratelimit")] {
         let (v, m) = volume_at(pod, c, Path::new(mount));

@@ -3,6 +3,7 @@
 //! skip) when any is missing.
 #![allow(dead_code)]
 
+pub mod kustomize;
 pub mod retries;
 
 /// The request/response and odd-traffic tool (tests/tools/podload.py).

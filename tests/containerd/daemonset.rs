@@ -1,9 +1,11 @@
 //! The DaemonSet's container, run for real: deploy/build-image.sh builds its
 //! image, the private containerd imports it, and a host-network pod runs the
-//! container exactly as deploy/daemonset.yaml specifies it (command, args,
-//! security context, mounts), with its two host paths pointed at temporary
-//! directories instead of /opt/cni/bin and /etc/cni/net.d. Only the
-//! Kubernetes object itself is not exercised (no API server here).
+//! container exactly as the DaemonSet specifies it (command, args, security
+//! context with its seccomp profile, mounts), with its two host paths
+//! pointed at temporary directories instead of /opt/cni/bin and
+//! /etc/cni/net.d. The DaemonSet is `kubectl kustomize
+//! deploy/overlays/kubeadm`'s. Only the Kubernetes object itself is not
+//! exercised (no API server here).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,17 +33,12 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A document of deploy/daemonset.yaml (a ConfigMap and the DaemonSet) as JSON.
+/// A document of the kubeadm overlay (the ConfigMap, the DaemonSet) as JSON.
 pub fn document(kind: &str) -> Value {
-    use serde::Deserialize;
-    let text = std::fs::read_to_string(repo().join("deploy/daemonset.yaml")).expect("deploy/daemonset.yaml");
-    let found = serde_norway::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("deploy/daemonset.yaml parses"))
-        .find(|d| d["kind"] == kind);
-    found.unwrap_or_else(|| panic!("no {kind} in deploy/daemonset.yaml"))
+    crate::common::kustomize::document(crate::common::kustomize::KUBEADM, kind)
 }
 
-/// The DaemonSet of deploy/daemonset.yaml as JSON.
+/// The DaemonSet of the kubeadm overlay as JSON.
 pub fn daemonset() -> Value {
     document("DaemonSet")
 }
@@ -54,6 +51,9 @@ fn strings(v: &Value) -> Vec<String> {
 pub struct Outcome {
     pub stop_took: Duration,
     pub log: String,
+    /// The installer process's seccomp mode (/proc/PID/status "Seccomp":
+    /// 0 none, 2 a filter) while it waited.
+    pub seccomp_mode: String,
 }
 
 /// Builds and imports the image, runs the container with `host_root/opt/cni/bin`
@@ -63,7 +63,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
     let ds = daemonset();
     let pod = &ds["spec"]["template"]["spec"];
     let container = pod["containers"].as_array().and_then(|c| c.iter().find(|c| c["name"] == "install")).context("no install container")?;
-    let image = container["image"].as_str().context("no image in daemonset.yaml")?.to_string();
+    let image = container["image"].as_str().context("no image in the DaemonSet")?.to_string();
 
     let archive = node.dir.join("images/daemonset.tar");
     run(Command::new("bash")
@@ -136,6 +136,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
 
     let sc = &container["securityContext"];
     let uid = |k: &str| sc[k].as_i64().map(|value| api::Int64Value { value });
+    let seccomp = seccomp_profile(&pod["securityContext"], sc)?;
     let config = api::ContainerConfig {
         metadata: Some(api::ContainerMetadata { name: container["name"].as_str().unwrap_or("install").into(), attempt: 0 }),
         image: Some(api::ImageSpec { image: image.clone(), ..Default::default() }),
@@ -156,6 +157,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
                 run_as_user: uid("runAsUser"),
                 run_as_group: uid("runAsGroup"),
                 namespace_options: Some(host_network),
+                seccomp: Some(seccomp),
                 ..Default::default()
             }),
             ..Default::default()
@@ -175,6 +177,7 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let seccomp_mode = seccomp_mode_in(&spec.cgroup)?;
     let stopping = Instant::now();
     node.cri().stop_container(&container_id, 10).map_err(cri::cri_err)?;
     let stop_took = stopping.elapsed();
@@ -182,7 +185,49 @@ pub fn run_daemonset_container(node: &Node, host_root: &Path) -> Result<Outcome>
     node.cri().stop_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
     node.cri().remove_pod_sandbox(&sandbox_id).map_err(cri::cri_err)?;
     node.remove_pod_cgroup(&spec);
-    Ok(Outcome { stop_took, log })
+    Ok(Outcome { stop_took, log, seccomp_mode })
+}
+
+/// The seccomp profile kubelet asks the runtime for: the container's
+/// seccompProfile, else the pod's, else Unconfined (kubelet's default
+/// without the SeccompDefault setting). Said explicitly: in the CRI message
+/// RuntimeDefault is the zero value.
+fn seccomp_profile(pod_sc: &Value, container_sc: &Value) -> Result<api::SecurityProfile> {
+    use api::security_profile::ProfileType;
+    let kind = container_sc["seccompProfile"]["type"].as_str().or(pod_sc["seccompProfile"]["type"].as_str());
+    let profile_type = match kind {
+        Some("RuntimeDefault") => ProfileType::RuntimeDefault,
+        Some("Unconfined") | None => ProfileType::Unconfined,
+        Some(other) => bail!("seccompProfile type {other} is not run here"),
+    };
+    Ok(api::SecurityProfile { profile_type: profile_type as i32, ..Default::default() })
+}
+
+/// The seccomp mode of the bpf-ratelimit process in the pod's cgroup tree
+/// (the sandbox's pause process is there too: told apart by name).
+fn seccomp_mode_in(pod_cgroup: &Path) -> Result<String> {
+    for entry in walk_procs(pod_cgroup)? {
+        let comm = std::fs::read_to_string(format!("/proc/{entry}/comm")).unwrap_or_default();
+        if comm.trim() != "bpf-ratelimit" {
+            continue;
+        }
+        let status = std::fs::read_to_string(format!("/proc/{entry}/status"))?;
+        let mode = status.lines().find_map(|l| l.strip_prefix("Seccomp:")).context("no Seccomp line")?;
+        return Ok(mode.trim().to_string());
+    }
+    bail!("no bpf-ratelimit process under {}", pod_cgroup.display())
+}
+
+/// The PIDs in cgroup.procs of `dir` and every cgroup below it.
+fn walk_procs(dir: &Path) -> Result<Vec<String>> {
+    let mut pids: Vec<String> = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines().map(String::from).collect();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("{}", dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            pids.extend(walk_procs(&entry.path())?);
+        }
+    }
+    Ok(pids)
 }
 
 /// The host paths under `host_root`.
