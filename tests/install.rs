@@ -234,28 +234,115 @@ fn calico_with_the_bandwidth_plugin_is_refused_unless_replaced() {
     assert!(!node.binary().exists());
 }
 
+/// What install writes for a single-plugin config: the .conf itself is
+/// left byte for byte, and our own conflist embeds it.
+fn own_conflist_of(conf: &str, name: &str) -> Value {
+    let conf: Value = serde_json::from_str(conf).unwrap();
+    json!({"cniVersion": conf["cniVersion"], "name": conf["name"], "plugins": [conf, ours()], "bpf-ratelimit.io/wraps": name})
+}
+
+/// The names libcni, containerd and CRI-O consider, in their order.
+fn runtime_order(node: &Node) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(node.root.join("net.d"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| [".conf", ".conflist", ".json"].iter().any(|ext| n.ends_with(ext)))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
-fn single_plugin_conf_is_converted_and_restored_byte_for_byte() {
+fn a_single_plugin_conf_is_left_alone_and_chained_by_our_own_conflist_that_sorts_first() {
     let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("20-other.conflist", BRIDGE)]);
     let stderr = node.ok("install", &[]);
-    assert!(stderr.contains("converted"), "{stderr}");
-    assert!(!node.conf("10-mynet.conf").exists(), "libcni would still load the .conf first");
-    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf.bpf-ratelimit-orig")).unwrap(), BRIDGE_CONF);
-    let list = node.json("10-mynet.conflist");
-    let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
-    assert_eq!(list, json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [conf, ours()]}));
-    // The other conflist is not the runtime's and stays untouched.
+    println!("{stderr}");
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), BRIDGE_CONF, "install rewrote the main plugin's .conf");
+    assert_eq!(node.json("00-bpf-ratelimit.conflist"), own_conflist_of(BRIDGE_CONF, "10-mynet.conf"));
+    assert_eq!(runtime_order(&node)[0], "00-bpf-ratelimit.conflist", "the runtime would not load ours");
+    assert!(!node.conf("10-mynet.conflist").exists() && !node.conf("10-mynet.conf.bpf-ratelimit-orig").exists());
     assert_eq!(std::fs::read_to_string(node.conf("20-other.conflist")).unwrap(), BRIDGE);
-
     let snap = node.snapshot();
     node.ok("install", &[]);
-    assert_eq!(node.snapshot(), snap);
+    assert_eq!(node.snapshot(), snap, "a second install changed files");
+
+    // The main plugin changes its .conf: --wait follows it, and leaves it as written.
+    let ready = node.path("run/ready");
+    let waiting = node.spawn("install", &["--wait", "--ready-file", ready.to_str().unwrap()]);
+    eventually(5, "ready", || ready.exists());
+    let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.33.0.0/16");
+    replace_file(&node.conf("10-mynet.conf"), &newer);
+    eventually(3, "ours follows the .conf", || {
+        std::fs::read(node.conf("00-bpf-ratelimit.conflist")).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            == Some(own_conflist_of(&newer, "10-mynet.conf"))
+    });
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer);
+    // Multus arrives and its 00-multus.conf must be what the runtime loads:
+    // ours, which would hide it, goes (and install refuses to chain Multus).
+    let multus = r#"{"cniVersion": "0.3.1", "name": "multus-cni-network", "type": "multus-shim", "socketDir": "/run/multus/"}"#;
+    replace_file(&node.conf("00-multus.conf"), multus);
+    eventually(3, "our conflist removed when Multus sorts first", || !node.conf("00-bpf-ratelimit.conflist").exists());
+    eventually(3, "unready while Multus is first", || !ready.exists());
+    std::fs::remove_file(node.conf("00-multus.conf")).unwrap();
+    eventually(3, "chained again when Multus is gone", || node.conf("00-bpf-ratelimit.conflist").exists() && ready.exists());
+    // The .conf goes: ours, now stale, goes with it, and the runtime's
+    // next config is chained instead.
+    std::fs::rename(node.conf("10-mynet.conf"), node.path("mynet.conf.away")).unwrap();
+    eventually(3, "our conflist removed with the .conf", || !node.conf("00-bpf-ratelimit.conflist").exists());
+    eventually(3, "the next config chained", || node.json("20-other.conflist")["plugins"][2] == ours());
+    std::fs::rename(node.path("mynet.conf.away"), node.conf("10-mynet.conf")).unwrap();
+    eventually(3, "chained again", || node.conf("00-bpf-ratelimit.conflist").exists() && ready.exists());
+    let log = waiting.log();
+    assert_eq!(waiting.stop().0, 0);
+    println!("install --wait log:\n{log}");
+    assert!(log.contains("removed") && log.contains("00-multus.conf"), "{log}");
 
     node.ok("uninstall", &[]);
-    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), BRIDGE_CONF);
-    assert!(!node.conf("10-mynet.conflist").exists());
-    assert!(!node.conf("10-mynet.conf.bpf-ratelimit-orig").exists());
+    assert!(!node.conf("00-bpf-ratelimit.conflist").exists());
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer, "uninstall changed the .conf");
+    assert_eq!(node.json("20-other.conflist"), serde_json::from_str::<Value>(BRIDGE).unwrap());
     assert!(!node.binary().exists());
+    assert_eq!(node.snapshot().keys().cloned().collect::<Vec<_>>(), ["net.d/10-mynet.conf", "net.d/20-other.conflist"]);
+}
+
+/// Installs before issue 22 converted 10-mynet.conf to 10-mynet.conflist and
+/// kept the original as 10-mynet.conf.bpf-ratelimit-orig. Such a node keeps
+/// working, and uninstall undoes it as that version did.
+#[test]
+fn an_older_installs_conversion_keeps_working_and_uninstall_undoes_it() {
+    let conf: Value = serde_json::from_str(BRIDGE_CONF).unwrap();
+    let converted = serde_json::to_string_pretty(&json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [conf, ours()]})).unwrap();
+    let node = Node::new(&[("10-mynet.conflist", &converted), ("10-mynet.conf.bpf-ratelimit-orig", BRIDGE_CONF)]);
+    node.ok("install", &["--binary-only"]);
+    let snap = node.snapshot();
+    let stderr = node.ok("install", &[]);
+    assert!(stderr.contains("already chains"), "{stderr}");
+    assert_eq!(node.snapshot(), snap, "install changed an older install's files");
+    let stderr = node.ok("uninstall", &[]);
+    assert!(stderr.contains("restored"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), BRIDGE_CONF);
+    assert_eq!(node.snapshot().keys().cloned().collect::<Vec<_>>(), ["net.d/10-mynet.conf"]);
+
+    // The main plugin wrote its .conf again beside the old conversion: the
+    // .conf is chained by our own file; uninstall removes that and the old
+    // conversion's two files, and leaves the newer .conf.
+    let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.33.0.0/16");
+    let node = Node::new(&[("10-mynet.conflist", &converted), ("10-mynet.conf.bpf-ratelimit-orig", BRIDGE_CONF), ("10-mynet.conf", &newer)]);
+    node.ok("install", &[]);
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer);
+    assert_eq!(node.json("00-bpf-ratelimit.conflist"), own_conflist_of(&newer, "10-mynet.conf"));
+    let stderr = node.ok("uninstall", &[]);
+    println!("{stderr}");
+    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer);
+    assert_eq!(node.snapshot().keys().cloned().collect::<Vec<_>>(), ["net.d/10-mynet.conf"]);
+    // An old conversion edited since is not ours to remove: we only leave it.
+    let mut edited: Value = serde_json::from_str(&converted).unwrap();
+    edited["plugins"][0]["isGateway"] = json!(false);
+    let node = Node::new(&[("10-mynet.conflist", &edited.to_string()), ("10-mynet.conf.bpf-ratelimit-orig", BRIDGE_CONF)]);
+    node.ok("uninstall", &[]);
+    assert_eq!(node.json("10-mynet.conflist")["plugins"].as_array().unwrap().len(), 1);
+    assert!(node.conf("10-mynet.conf.bpf-ratelimit-orig").exists());
 }
 
 #[test]
@@ -309,9 +396,12 @@ fn refusals_name_the_file_and_change_nothing() {
     node.ok("install", &["--conflist", "10-flannel.conflist"]);
     assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
     assert_eq!(std::fs::read_to_string(node.conf("00-multus.conf")).unwrap(), multus);
-    // A .conf whose .conflist name is taken.
-    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("10-mynet.conflist", BRIDGE)]);
-    node.refused(&[], &["10-mynet.conflist", "exists already"]);
+    // A .conf that sorts before our own conflist's name cannot be chained by it.
+    let node = Node::new(&[("0-mynet.conf", BRIDGE_CONF)]);
+    node.refused(&[], &["0-mynet.conf", "sorts before", "00-bpf-ratelimit.conflist"]);
+    // A .conf the runtime does not load first: our file would hide the first one.
+    let node = Node::new(&[("10-a.conflist", BRIDGE), ("20-mynet.conf", BRIDGE_CONF)]);
+    node.refused(&["--conflist", "20-mynet.conf"], &["20-mynet.conf", "10-a.conflist", "hide"]);
     // Nothing to chain after, a missing file, bad options.
     let node = Node::new(&[]);
     node.refused(&[], &["no CNI config", "net.d"]);
@@ -636,34 +726,16 @@ fn a_symlinked_conflist_stays_a_symlink_and_its_target_is_written() {
     let link = node.conf("10-flannel.conflist");
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink(), "install replaced the symlink with a file");
     assert_eq!(node.json("10-flannel.conflist"), example("10-flannel-bpf-ratelimit.conflist"));
+    let target: Value = serde_json::from_slice(&std::fs::read(real_dir.join("10-flannel.conflist")).unwrap()).unwrap();
+    assert_eq!(target, example("10-flannel-bpf-ratelimit.conflist"), "the link's target does not chain the plugin");
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("../managed/10-flannel.conflist"), "the link was changed");
     assert_eq!(std::fs::read_dir(&real_dir).unwrap().count(), 1, "a temporary file was left beside the target");
+    assert_eq!(runtime_order(&node), ["10-flannel.conflist"], "install wrote another config");
     node.ok("uninstall", &[]);
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("../managed/10-flannel.conflist"));
     assert_eq!(node.json("10-flannel.conflist"), serde_json::from_str::<Value>(FLANNEL).unwrap());
-}
-
-/// The main plugin's installer writes its .conf again beside the .conflist
-/// an earlier install converted it to: install converts the new one (it is
-/// the newer truth) instead of refusing forever, and uninstall restores it.
-#[test]
-fn a_conf_written_again_beside_its_converted_conflist_is_converted_again() {
-    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF)]);
-    node.ok("install", &[]);
-    assert!(node.conf("10-mynet.conflist").exists() && !node.conf("10-mynet.conf").exists());
-    let newer = BRIDGE_CONF.replace("10.22.0.0/16", "10.33.0.0/16");
-    std::fs::write(node.conf("10-mynet.conf"), &newer).unwrap();
-    let stderr = node.ok("install", &[]);
-    assert!(stderr.contains("converted again"), "{stderr}");
-    assert!(!node.conf("10-mynet.conf").exists(), "libcni would load the unchained .conf first");
-    let conf: Value = serde_json::from_str(&newer).unwrap();
-    assert_eq!(node.json("10-mynet.conflist"), json!({"cniVersion": "0.4.0", "name": "mynet", "plugins": [conf, ours()]}));
-    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf.bpf-ratelimit-orig")).unwrap(), newer);
-    node.ok("uninstall", &[]);
-    assert_eq!(std::fs::read_to_string(node.conf("10-mynet.conf")).unwrap(), newer);
-    assert!(!node.conf("10-mynet.conflist").exists());
-    // A .conflist of that name that is not ours is still refused.
-    let node = Node::new(&[("10-mynet.conf", BRIDGE_CONF), ("10-mynet.conflist", BRIDGE)]);
-    node.refused(&[], &["10-mynet.conflist", "exists already"]);
+    assert_eq!(std::fs::read_dir(&real_dir).unwrap().count(), 1);
 }
 
 #[test]
@@ -684,4 +756,74 @@ fn chains_the_plugin_cannot_serve_are_refused() {
         node.refused(&[], needles);
         assert!(!node.binary().exists());
     }
+}
+
+/// A main plugin that reconciles its own conflist (as an operator-managed
+/// CNI does) takes our entry out every second for a minute. install --wait
+/// must not ping-pong with it at full speed: it backs off, says so naming
+/// the file, counts it where operators can read it, and the file is never
+/// half-written at any moment.
+#[test]
+fn install_wait_backs_off_when_a_reconciling_main_plugin_keeps_undoing_it() {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let node = Node::new(&[("10-flannel.conflist", FLANNEL)]);
+    let ready = node.path("run/ready");
+    let conflist = node.conf("10-flannel.conflist");
+    let waiting = node.spawn("install", &["--wait", "--ready-file", ready.to_str().unwrap()]);
+    eventually(5, "chained and ready", || ready.exists() && node.json("10-flannel.conflist") == example("10-flannel-bpf-ratelimit.conflist"));
+
+    // Every read of the file, by a reader as fast as a runtime's, parses.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (stop, conflist) = (stop.clone(), conflist.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut chained_again, mut was_chained) = (0u32, 0u32, true);
+            while !stop.load(Ordering::SeqCst) {
+                let bytes = std::fs::read(&conflist).unwrap();
+                let list: Value = serde_json::from_slice(&bytes)
+                    .unwrap_or_else(|e| panic!("a broken conflist was seen: {e}: {}", String::from_utf8_lossy(&bytes)));
+                let plugins = list["plugins"].as_array().expect("a conflist without plugins was seen");
+                let chained = plugins.iter().any(|p| p["type"] == "bpf-ratelimit");
+                chained_again += u32::from(chained && !was_chained);
+                was_chained = chained;
+                reads += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            (reads, chained_again)
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut undone = 0;
+    while started.elapsed() < std::time::Duration::from_secs(60) {
+        replace_file(&conflist, FLANNEL);
+        undone += 1;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (reads, chained_again) = reader.join().expect("the reader saw a broken conflist");
+    let log = waiting.log();
+    let metrics = std::fs::read_to_string(node.path("run/ready.prom")).unwrap_or_default();
+    let (_, ready_text) = node.ready(&ready);
+    assert_eq!(waiting.stop().0, 0);
+    println!("install --wait log:\n{log}\nmetrics:\n{metrics}\nready file:\n{ready_text}");
+
+    // Each apply that wrote logs one such line (the first one's "ready:" line aside).
+    let rewrites = log.lines().filter(|l| l.ends_with("10-flannel.conflist: appended bpf-ratelimit") && !l.contains("ready:")).count() - 1;
+    println!("the main plugin took the entry out {undone} times in {:?}; install put it back {rewrites} times (the reader saw it come back {chained_again} times in {reads} reads)", started.elapsed());
+    assert!(rewrites >= 3, "install --wait stopped putting the entry back: {rewrites}");
+    assert!(rewrites <= 12, "install --wait did not back off: {rewrites} rewrites in a minute");
+    assert!(chained_again <= 12, "the reader saw the entry come back {chained_again} times");
+    let warning = format!("warning: {}: bpf-ratelimit had to be put back", conflist.display());
+    assert!(log.contains(&warning), "no ping-pong warning naming the file: {log}");
+    assert!(log.contains("times in a row"), "{log}");
+    let counter = metrics
+        .lines()
+        .find(|l| l.starts_with("bpf_ratelimit_installer_reapplies_total{"))
+        .unwrap_or_else(|| panic!("no counter in the metrics file: {metrics}"));
+    assert!(counter.contains(&format!("file=\"{}\"", conflist.display())), "{counter}");
+    let count: usize = counter.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(count, rewrites, "the counter and the log disagree");
+    assert!(metrics.contains("# TYPE bpf_ratelimit_installer_reapplies_total counter"), "{metrics}");
+    assert!(ready_text.contains(&format!("re-applied {count} times")), "{ready_text}");
 }

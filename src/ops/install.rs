@@ -1,10 +1,14 @@
 //! `bpf-ratelimit install` and `uninstall`: put the binary into the CNI bin
-//! dir and chain the plugin into the conflist the runtime uses, and take
-//! both out again. Every file is written beside its target (a symlinked
-//! conflist's target: the link stays), fsynced and renamed, so a runtime
-//! reading the conf dir at any moment sees either the old or the new file,
-//! never half of one. Every check runs before the first write, so a refusal
-//! changes nothing.
+//! dir and chain the plugin into the config the runtime uses, and take
+//! both out again. Another tool's file is never renamed: a conflist gets
+//! our entry in its plugin list and nothing else; a single-plugin `.conf`
+//! is left as it is and chained by a conflist of our own that sorts first
+//! (OWN_CONFLIST), as Multus and Cilium's chaining write their own file.
+//! Every file is written beside its target (a symlinked conflist's target:
+//! the link stays), fsynced and renamed, so a runtime reading the conf dir
+//! at any moment sees either the old or the new file, never half of one.
+//! Every check runs before the first write, so a refusal changes nothing
+//! (one exception: a stale OWN_CONFLIST, see `remove_stale_own`).
 //!
 //! `--config FILE` carries the operator's policy: a JSON object of this
 //! plugin's keys, validated when install runs and merged into the entry, which
@@ -15,7 +19,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -29,9 +33,19 @@ const CHAINED_ONLY: &[&str] = &["portmap", "bandwidth", "tuning", "firewall", "s
 /// `--replace-bandwidth` took out, so that `uninstall` can put it back.
 /// libcni and CRI-O ignore unknown top-level keys and pass none to plugins.
 pub const REPLACED_KEY: &str = "bpf-ratelimit.io/replaced-bandwidth";
-/// Suffix of a single-plugin config converted to a conflist: libcni loads
-/// only .conf, .conflist and .json, so the original stops counting.
+/// Suffix under which installs before 0.x (issue 22) kept a single-plugin
+/// config they had converted to a conflist of the same name; uninstall
+/// still undoes such a conversion.
 pub const ORIGINAL_SUFFIX: &str = ".bpf-ratelimit-orig";
+/// The conflist install writes when the runtime's config is a single-plugin
+/// `.conf` (or `.json`): the config as its first plugin, bpf-ratelimit
+/// after it. "00-b" sorts before the usual "05-", "10-" and Multus's
+/// "00-multus.conf", so libcni, containerd (first file by name) and CRI-O
+/// load it instead of the `.conf`, which stays as its owner wrote it.
+pub const OWN_CONFLIST: &str = "00-bpf-ratelimit.conflist";
+/// Top-level key of OWN_CONFLIST naming the config it embeds: it marks the
+/// file as ours, and tells when it is stale. libcni ignores unknown keys.
+pub const WRAPS_KEY: &str = "bpf-ratelimit.io/wraps";
 /// The extensions libcni's ConfFiles loads, in a directory sorted by name.
 const CONF_EXTENSIONS: &[&str] = &["conf", "conflist", "json"];
 
@@ -136,6 +150,42 @@ pub fn conf_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// The config files of `dir` other than our own OWN_CONFLIST, in libcni's
+/// order: the first is what the runtime would load without us.
+fn main_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let own = dir.join(OWN_CONFLIST);
+    let ours = own_wraps(dir).is_some();
+    Ok(conf_files(dir)?.into_iter().filter(|p| !(ours && *p == own)).collect())
+}
+
+/// The file name OWN_CONFLIST in `dir` embeds, when that file is ours.
+fn own_wraps(dir: &Path) -> Option<String> {
+    let value: Value = serde_json::from_slice(&std::fs::read(dir.join(OWN_CONFLIST)).ok()?).ok()?;
+    value.get(WRAPS_KEY).and_then(Value::as_str).map(String::from)
+}
+
+/// Our OWN_CONFLIST sorts first, so it must go as soon as the config it
+/// embeds is no longer the one the runtime would load first without it
+/// (the `.conf` was removed, Multus or a conflist now sorts before it):
+/// left there, it would hide that file. This write precedes the checks on
+/// purpose: a refusal must not keep a stale chain in force.
+fn remove_stale_own(conf_dir: &Path) -> Result<()> {
+    let Some(wrapped) = own_wraps(conf_dir) else { return Ok(()) };
+    let first = main_files(conf_dir)?.into_iter().next();
+    if first.as_ref().and_then(|p| p.file_name()).is_some_and(|n| n.to_str() == Some(wrapped.as_str())) {
+        return Ok(());
+    }
+    let own = conf_dir.join(OWN_CONFLIST);
+    std::fs::remove_file(&own).with_context(|| format!("cannot remove the stale {}", own.display()))?;
+    sync_dir(conf_dir)?;
+    eprintln!(
+        "bpf-ratelimit: removed {}: it chained {wrapped}, but the runtime's first config is now {}",
+        own.display(),
+        first.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into())
+    );
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<Loaded> {
@@ -334,13 +384,16 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<()> {
 
 fn target(opts: &Options) -> Result<PathBuf> {
     if let Some(name) = &opts.conflist {
+        if name == OWN_CONFLIST && own_wraps(&opts.conf_dir).is_some() {
+            bail!("{name} is the file bpf-ratelimit writes for a single-plugin config; name the main network's own file with --conflist");
+        }
         let path = opts.conf_dir.join(name);
         if !path.is_file() {
             bail!("{} does not exist; name a file in {} with --conflist", path.display(), opts.conf_dir.display());
         }
         return Ok(path);
     }
-    let files = match conf_files(&opts.conf_dir) {
+    let files = match main_files(&opts.conf_dir) {
         Ok(f) => f,
         Err(e) if !opts.conf_dir.exists() => return Err(e.context(NoConfigYet)),
         Err(e) => return Err(e),
@@ -369,8 +422,8 @@ fn is_no_config_yet(e: &anyhow::Error) -> bool {
     e.downcast_ref::<NoConfigYet>().is_some()
 }
 
-/// Where a converted single-plugin config is written, and where the
-/// original is kept.
+/// Where an older install wrote a converted single-plugin config, and where
+/// it kept the original.
 fn converted_paths(path: &Path) -> (PathBuf, PathBuf) {
     let mut original = path.as_os_str().to_owned();
     original.push(ORIGINAL_SUFFIX);
@@ -385,6 +438,7 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
     if opts.binary_only {
         return Ok(vec![install_binary(&opts.bin_dir)?]);
     }
+    remove_stale_own(&opts.conf_dir)?;
     let path = target(opts)?;
     let mut loaded = load(&path)?;
     let file = path.display().to_string();
@@ -406,8 +460,11 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
         );
     }
     check_version(&loaded, &file)?;
-    let list = &mut loaded.list;
     let desired = config.as_ref().map(entry_with);
+    if loaded.single {
+        return install_single(opts, loaded, desired);
+    }
+    let list = &mut loaded.list;
     let mut done = Vec::new();
     let mut changed = false;
     if let Some(ours) = plugins(list).iter().position(|p| type_of(p) == PLUGIN_TYPE) {
@@ -449,61 +506,91 @@ pub fn install(opts: &Options) -> Result<Vec<String>> {
         plugins_mut(list).push(desired.clone().unwrap_or_else(plugin_entry));
         changed = true;
     }
-    let (conflist_path, original) = converted_paths(&path);
-    // A single-plugin config beside the conflist an earlier install made of
-    // it: the main plugin's installer wrote it again. It is the newer truth:
-    // converted again, it replaces that conflist and the kept original.
-    let reconverting = loaded.single && conflist_path.exists() && original.exists() && chains_us(&conflist_path);
-    if loaded.single {
-        if conflist_path.exists() && !reconverting {
-            bail!(
-                "{file} is a single-plugin config, to be converted to {}, which exists already and is not what an earlier install made of it; remove one of them",
-                conflist_path.display()
-            );
-        }
-        if original.exists() && !reconverting {
-            bail!("{} exists already; remove it, it is what an earlier install kept of {file}", original.display());
-        }
-        changed = true;
-    }
     // Checks are done: from here on, write. The binary goes first, so the
     // runtime never runs a conflist whose plugin is missing.
     done.push(install_binary(&opts.bin_dir)?);
     if !changed {
         return Ok(done);
     }
-    let text = format!("{}\n", serde_json::to_string_pretty(&Value::Object(loaded.list))?);
-    if loaded.single {
-        // The new .conflist is written before the original is renamed away:
-        // until then libcni still loads the original, which sorts first
-        // (".conf" before ".conflist") or is still there for CRI-O.
-        write_atomically(&conflist_path, text.as_bytes(), mode_of(&path))?;
-        std::fs::rename(&path, &original)
-            .with_context(|| format!("cannot rename {file} to {}", original.display()))?;
-        sync_dir(&opts.conf_dir)?;
-        done.push(format!(
-            "{} the single-plugin config {file} to {} with bpf-ratelimit chained; the original is kept as {}",
-            if reconverting { "converted again (it was written anew)" } else { "converted" },
-            conflist_path.display(),
-            original.display()
-        ));
-    } else {
-        write_atomically(&path, text.as_bytes(), mode_of(&path))?;
-        if !done.iter().any(|l| l.contains("set the bpf-ratelimit entry")) {
-            done.push(format!("{file}: appended bpf-ratelimit"));
-        }
+    write_config(&path, &loaded.list, mode_of(&path))?;
+    if !done.iter().any(|l| l.contains("set the bpf-ratelimit entry")) {
+        done.push(format!("{file}: appended bpf-ratelimit"));
     }
     Ok(done)
 }
 
+/// A single-plugin config is its owner's: it is left as it is, and chained
+/// by OWN_CONFLIST, which embeds it (as libcni's ConfListFromConf wraps it,
+/// its name and cniVersion kept) and sorts first. Run again, it follows the
+/// `.conf`'s changes.
+fn install_single(opts: &Options, loaded: Loaded, desired: Option<Value>) -> Result<Vec<String>> {
+    let path = &loaded.path;
+    let file = path.display().to_string();
+    let own = opts.conf_dir.join(OWN_CONFLIST);
+    let files = main_files(&opts.conf_dir)?;
+    let first = files.first().context("the conf dir lost its files")?;
+    // Our file sorts first, so it must stand in for the file the runtime
+    // would load first without it, and for no other.
+    if first != path {
+        bail!(
+            "{file} is a single-plugin config, which bpf-ratelimit chains by writing its own {OWN_CONFLIST} to sort first; \
+             but the runtime loads {} first, which that would hide. Chain that file instead, or make {file} a .conflist",
+            first.display()
+        );
+    }
+    let name = path.file_name().context("the config has no file name")?.to_str().context("the config's file name is not UTF-8")?;
+    if name.as_bytes() <= OWN_CONFLIST.as_bytes() {
+        bail!(
+            "{file} is a single-plugin config, which bpf-ratelimit chains by writing its own {OWN_CONFLIST}, but {name} sorts before that \
+             name, so the runtime would keep loading {name}; rename it to sort after {OWN_CONFLIST}, or make it a .conflist"
+        );
+    }
+    let existing: Option<Map<String, Value>> =
+        std::fs::read(&own).ok().and_then(|b| serde_json::from_slice(&b).ok()).and_then(|v: Value| v.as_object().cloned());
+    // Without --config an entry already there is kept: it may carry keys
+    // an operator added by hand.
+    let kept = existing.as_ref().and_then(|l| l.get("plugins")?.as_array()?.iter().find(|p| type_of(p) == PLUGIN_TYPE).cloned());
+    let mut list = loaded.list;
+    plugins_mut(&mut list).push(desired.or(kept).unwrap_or_else(plugin_entry));
+    list.insert(WRAPS_KEY.into(), name.into());
+    let mut done = vec![install_binary(&opts.bin_dir)?];
+    if existing.as_ref() == Some(&list) {
+        done.push(format!("{} already chains bpf-ratelimit after the single-plugin config {file}", own.display()));
+        return Ok(done);
+    }
+    write_config(&own, &list, mode_of(path))?;
+    done.push(format!(
+        "{}: chains bpf-ratelimit after the single-plugin config {file} (embedded as its first plugin; {file} is left as it is)",
+        own.display()
+    ));
+    Ok(done)
+}
+
+/// The CNI config files written since `take_config_writes` was last called:
+/// how `--wait` tells an apply that had to put the entry back from one
+/// that found it in place.
+static CONFIG_WRITES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn take_config_writes() -> Vec<PathBuf> {
+    std::mem::take(&mut *CONFIG_WRITES.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Writes a config (pretty JSON, the key order kept) atomically and notes it.
+fn write_config(dest: &Path, list: &Map<String, Value>, mode: u32) -> Result<()> {
+    let text = format!("{}\n", serde_json::to_string_pretty(&Value::Object(list.clone()))?);
+    write_atomically(dest, text.as_bytes(), mode)?;
+    CONFIG_WRITES.lock().unwrap_or_else(|e| e.into_inner()).push(dest.to_path_buf());
+    Ok(())
+}
+
 /// The chain must be one this plugin can serve: a cniVersion it speaks and,
-/// for a single-plugin config that will be converted, the name and version
-/// the conflist needs (libcni refuses a conflist without them).
+/// for a single-plugin config, the name and version OWN_CONFLIST needs
+/// (libcni refuses a conflist without them).
 fn check_version(loaded: &Loaded, file: &str) -> Result<()> {
     let list = &loaded.list;
     let what = if loaded.single { "single-plugin config" } else { "conflist" };
     if loaded.single && !list.get("name").is_some_and(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
-        bail!("{file} has no \"name\", which the conflist it is converted to needs (libcni refuses one without); add the network's name to it");
+        bail!("{file} has no \"name\", which the conflist that chains it needs (libcni refuses one without); add the network's name to it");
     }
     match list.get("cniVersion").and_then(Value::as_str) {
         Some(v) if crate::cni::is_supported_version(v) => Ok(()),
@@ -577,9 +664,17 @@ fn chains_us(path: &Path) -> bool {
 
 /// Uninstalls; returns what it did, one line each.
 pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
-    let targets = match &opts.conflist {
-        Some(_) => vec![target(opts)?],
-        None => conf_files(&opts.conf_dir)?.into_iter().filter(|p| chains_us(p)).collect(),
+    let own = opts.conf_dir.join(OWN_CONFLIST);
+    let wrapped = own_wraps(&opts.conf_dir);
+    // Our own file goes whole: without --conflist, or when it names that
+    // file or the config it embeds.
+    let (targets, remove_own) = match &opts.conflist {
+        Some(name) if wrapped.is_some() && (name == OWN_CONFLIST || wrapped.as_deref() == Some(name.as_str())) => (Vec::new(), true),
+        Some(_) => (vec![target(opts)?], false),
+        None => (
+            conf_files(&opts.conf_dir)?.into_iter().filter(|p| chains_us(p) && !(wrapped.is_some() && *p == own)).collect(),
+            wrapped.is_some(),
+        ),
     };
     // Load and check everything before the first write.
     let mut plans = Vec::new();
@@ -603,25 +698,47 @@ pub fn uninstall(opts: &Options) -> Result<Vec<String>> {
         plans.push(loaded);
     }
     let mut done = Vec::new();
+    if remove_own {
+        // First: the runtime falls back to the untouched config at once.
+        std::fs::remove_file(&own).with_context(|| format!("cannot remove {}", own.display()))?;
+        sync_dir(&opts.conf_dir)?;
+        done.push(format!("removed {}; {} is as its owner left it", own.display(), wrapped.unwrap_or_default()));
+    }
     for loaded in plans {
         let file = loaded.path.display().to_string();
+        // An older install converted X.conf to X.conflist and kept X.conf
+        // as X.conf.bpf-ratelimit-orig. That is undone only while X.conflist,
+        // without us, is still exactly what it was converted to: later edits win.
         let original = ["conf", "json"].iter().map(|ext| converted_paths(&loaded.path.with_extension(ext)).1).find(|p| p.exists());
-        // The kept original comes back only if the conflist, without us,
-        // is still exactly what it was converted to; later edits win.
-        let restorable = original.as_ref().and_then(|o| {
+        let conversion = original.as_ref().and_then(|o| {
             let path = PathBuf::from(o.to_string_lossy().strip_suffix(ORIGINAL_SUFFIX)?);
             let Ok(Value::Object(obj)) = serde_json::from_slice(&std::fs::read(o).ok()?) else { return None };
-            (wrap_single(obj) == loaded.list && !path.exists()).then_some((o.clone(), path))
+            (wrap_single(obj) == loaded.list).then_some((o.clone(), path))
         });
-        if let Some((kept, path)) = restorable {
-            std::fs::rename(&kept, &path).with_context(|| format!("cannot restore {}", path.display()))?;
-            std::fs::remove_file(&loaded.path).with_context(|| format!("cannot remove {file}"))?;
-            sync_dir(&opts.conf_dir)?;
-            done.push(format!("restored {} and removed {file}", path.display()));
-        } else {
-            let text = format!("{}\n", serde_json::to_string_pretty(&Value::Object(loaded.list))?);
-            write_atomically(&loaded.path, text.as_bytes(), mode_of(&loaded.path))?;
-            done.push(format!("{file}: took bpf-ratelimit out"));
+        match conversion {
+            Some((kept, path)) if !path.exists() => {
+                std::fs::rename(&kept, &path).with_context(|| format!("cannot restore {}", path.display()))?;
+                std::fs::remove_file(&loaded.path).with_context(|| format!("cannot remove {file}"))?;
+                sync_dir(&opts.conf_dir)?;
+                done.push(format!("restored {} and removed {file}, which an older install had converted it to", path.display()));
+            }
+            // The main plugin wrote X.conf again since: it is the newer
+            // truth, and the old conversion and its kept copy are ours to remove.
+            Some((kept, path)) => {
+                std::fs::remove_file(&loaded.path).with_context(|| format!("cannot remove {file}"))?;
+                std::fs::remove_file(&kept).with_context(|| format!("cannot remove {}", kept.display()))?;
+                sync_dir(&opts.conf_dir)?;
+                done.push(format!(
+                    "removed {file} and {}, which an older install made of {}; {} was written again since and is left as it is",
+                    kept.display(),
+                    path.display(),
+                    path.display()
+                ));
+            }
+            None => {
+                write_config(&loaded.path, &loaded.list, mode_of(&loaded.path))?;
+                done.push(format!("{file}: took bpf-ratelimit out"));
+            }
         }
     }
     // The binary goes last, and only when no config the runtime loads still runs it.
@@ -692,48 +809,100 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
     let mut last_error: Option<String> = None;
     let mut ready = false;
     let mut first = true;
+    let mut reapplies = Reapplies::default();
+    // The --config file as the last successful apply read it: a write with
+    // the same config is a re-apply (someone took the entry out or changed it).
+    let read_config = || opts.config.as_ref().and_then(|c| std::fs::read(c).ok());
+    let mut applied_config = None;
+    let mut hold_until: Option<Instant> = None;
+    let mut last_lines: Vec<String> = Vec::new();
+    let mut ready_written = Instant::now();
     loop {
         watch(&inotify, &mut watching_conf_dir);
-        match apply(opts) {
-            Ok(lines) => {
-                // The first success says what it did; later ones only what changed.
-                for line in lines.iter().filter(|l| !ready || !(l.contains("already chains") || l.contains("up to date"))) {
-                    eprintln!("bpf-ratelimit: {line}");
-                }
+        if hold_until.is_some_and(|t| Instant::now() < t) {
+            // Backing off: the ready file stays fresh (the last apply did
+            // succeed), and says so.
+            if ready && ready_written.elapsed() >= Duration::from_secs(10) {
                 if let Some(file) = &opts.ready_file {
-                    if let Err(e) = write_ready(file, &lines) {
-                        eprintln!("bpf-ratelimit: cannot write the ready file {}: {e:#}", file.display());
+                    let _ = write_ready(file, &last_lines, &reapplies);
+                }
+                ready_written = Instant::now();
+            }
+        } else {
+            hold_until = None;
+            let config_now = read_config();
+            take_config_writes();
+            let result = apply(opts);
+            let written = take_config_writes();
+            if let (Ok(_), Some(file)) = (&result, written.first()) {
+                if ready && config_now == applied_config {
+                    let backoff = reapplies.record(file, Instant::now());
+                    if !backoff.is_zero() {
+                        eprintln!(
+                            "bpf-ratelimit: warning: {}: bpf-ratelimit had to be put back {} times in a row ({} in all): another writer keeps taking it out; \
+                             waiting {} s before the next apply instead of fighting it at once",
+                            file.display(),
+                            reapplies.streak,
+                            reapplies.total,
+                            backoff.as_secs()
+                        );
+                        hold_until = Some(Instant::now() + backoff);
                     }
                 }
-                if last_error.take().is_some() || !ready {
-                    eprintln!("bpf-ratelimit: ready: {}", lines.iter().find(|l| l.contains("chains") || l.contains("appended") || l.contains("converted") || l.contains("set the")).cloned().unwrap_or_else(|| lines.join("; ")));
-                }
-                ready = true;
             }
-            Err(e) => {
-                if let Some(file) = &opts.ready_file {
-                    let _ = std::fs::remove_file(file);
+            match result {
+                Ok(lines) => {
+                    // The first success says what it did; later ones only what changed.
+                    for line in lines.iter().filter(|l| !ready || !(l.contains("already chains") || l.contains("up to date"))) {
+                        eprintln!("bpf-ratelimit: {line}");
+                    }
+                    if let Some(file) = &opts.ready_file {
+                        if let Err(e) = write_ready(file, &lines, &reapplies) {
+                            eprintln!("bpf-ratelimit: cannot write the ready file {}: {e:#}", file.display());
+                        }
+                        ready_written = Instant::now();
+                    }
+                    if last_error.take().is_some() || !ready {
+                        eprintln!("bpf-ratelimit: ready: {}", lines.iter().find(|l| l.contains("chains") || l.contains("appended") || l.contains("set the")).cloned().unwrap_or_else(|| lines.join("; ")));
+                    }
+                    ready = true;
+                    applied_config = config_now;
+                    last_lines = lines;
                 }
-                let text = if is_no_config_yet(&e) {
-                    format!("no CNI config in {} yet: waiting for the main network plugin to write one", opts.conf_dir.display())
-                } else {
-                    format!("{e:#}")
-                };
-                if last_error.as_deref() != Some(&text) {
-                    eprintln!("bpf-ratelimit: {}{text}", if ready { "not ready: " } else { "" });
-                    last_error = Some(text);
+                Err(e) => {
+                    if let Some(file) = &opts.ready_file {
+                        let _ = std::fs::remove_file(file);
+                    }
+                    let text = if is_no_config_yet(&e) {
+                        format!("no CNI config in {} yet: waiting for the main network plugin to write one", opts.conf_dir.display())
+                    } else {
+                        format!("{e:#}")
+                    };
+                    if last_error.as_deref() != Some(&text) {
+                        eprintln!("bpf-ratelimit: {}{text}", if ready { "not ready: " } else { "" });
+                        last_error = Some(text);
+                    }
+                    ready = false;
                 }
-                ready = false;
+            }
+            if let Some(file) = &opts.ready_file {
+                if let Err(e) = write_metrics(&metrics_file(file), &reapplies) {
+                    eprintln!("bpf-ratelimit: cannot write {}: {e:#}", metrics_file(file).display());
+                }
             }
         }
         if std::mem::take(&mut first) {
             eprintln!("bpf-ratelimit: waiting for SIGTERM, re-applying when {} changes and every 10 s", opts.conf_dir.display());
         }
         // Sleep until a signal, a change in the watched directories, or 10 s
-        // (1 s while not ready and the conf dir cannot be watched yet).
-        let timeout = if ready || watching_conf_dir { 10_000u16 } else { 1_000 };
+        // (1 s while not ready and the conf dir cannot be watched yet), or
+        // the end of a backoff.
+        let mut timeout = if ready || watching_conf_dir { Duration::from_secs(10) } else { Duration::from_secs(1) };
+        if let Some(t) = hold_until {
+            timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+        }
         let mut fds = [PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN), PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(timeout)) {
+        match poll(&mut fds, PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e).context("poll"),
         }
@@ -760,11 +929,86 @@ pub fn run(opts: &Options, apply: fn(&Options) -> Result<Vec<String>>) -> Result
     }
 }
 
+/// After REAPPLY_STREAK re-applies in a row, each within REAPPLY_WINDOW of
+/// the one before, `--wait` waits 1 s, 2 s, 4 s ... up to MAX_BACKOFF
+/// before the next apply: a main plugin that reconciles its own file
+/// (removing our entry) and this installer would otherwise rewrite it in
+/// turn as fast as inotify wakes them.
+const REAPPLY_STREAK: u32 = 3;
+/// Longer than MAX_BACKOFF, so the streak survives the longest wait.
+const REAPPLY_WINDOW: Duration = Duration::from_secs(120);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The re-applies of one `install --wait`: applies that had to write a
+/// config again, the operator's config unchanged.
+#[derive(Default)]
+struct Reapplies {
+    total: u64,
+    streak: u32,
+    last: Option<Instant>,
+    file: Option<PathBuf>,
+    backoff: Duration,
+}
+
+impl Reapplies {
+    /// Counts a re-apply of `file` at `now`; returns how long to wait before
+    /// the next apply.
+    fn record(&mut self, file: &Path, now: Instant) -> Duration {
+        self.total += 1;
+        self.streak = match self.last {
+            Some(last) if now.duration_since(last) < REAPPLY_WINDOW => self.streak + 1,
+            _ => 1,
+        };
+        self.last = Some(now);
+        self.file = Some(file.to_path_buf());
+        self.backoff = match self.streak.checked_sub(REAPPLY_STREAK) {
+            Some(n) => (Duration::from_secs(1) * 2u32.pow(n.min(6))).min(MAX_BACKOFF),
+            None => Duration::ZERO,
+        };
+        self.backoff
+    }
+}
+
+/// The installer's counters, in Prometheus's text format, beside the ready
+/// file (`FILE.prom`): the installer serves no metrics itself, and a
+/// node-exporter textfile collector or `bpf-ratelimit metrics` can read it.
+fn metrics_file(ready_file: &Path) -> PathBuf {
+    let mut name = ready_file.as_os_str().to_owned();
+    name.push(".prom");
+    PathBuf::from(name)
+}
+
+fn write_metrics(file: &Path, r: &Reapplies) -> Result<()> {
+    let label = r.file.as_ref().map(|f| f.display().to_string()).unwrap_or_default();
+    let label = label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    let text = format!(
+        "# HELP bpf_ratelimit_installer_reapplies_total Times install --wait put bpf-ratelimit back into a CNI config another writer had changed.\n\
+         # TYPE bpf_ratelimit_installer_reapplies_total counter\n\
+         bpf_ratelimit_installer_reapplies_total{{file=\"{label}\"}} {}\n\
+         # HELP bpf_ratelimit_installer_backoff_seconds How long install --wait waits before its next apply because another writer keeps undoing it (0: none).\n\
+         # TYPE bpf_ratelimit_installer_backoff_seconds gauge\n\
+         bpf_ratelimit_installer_backoff_seconds {}\n",
+        r.total,
+        r.backoff.as_secs()
+    );
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    write_atomically(file, text.as_bytes(), 0o644)
+}
+
 /// The ready file: what the last successful apply did, rewritten (so fresh)
 /// on every apply.
-fn write_ready(file: &Path, lines: &[String]) -> Result<()> {
+fn write_ready(file: &Path, lines: &[String], reapplies: &Reapplies) -> Result<()> {
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let text = format!("applied at {stamp} (unix time)\n{}\n", lines.join("\n"));
+    let mut text = format!("applied at {stamp} (unix time)\n{}\n", lines.join("\n"));
+    if reapplies.total > 0 {
+        text.push_str(&format!(
+            "re-applied {} times after another writer changed the config; backing off {} s\n",
+            reapplies.total,
+            reapplies.backoff.as_secs()
+        ));
+    }
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
