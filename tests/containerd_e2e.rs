@@ -131,7 +131,7 @@ fn measure(node: &Node, client: &Pod, server: &Pod, reverse: bool, rate: f64, wh
     let receiver = if reverse { client } else { server };
     let counter = WireCounter::attach(&receiver.netns, "eth0", &format!("ctrd-{}", receiver.name)).unwrap_or_else(|e| panic!("{what}: {e:#}"));
     for attempt in 1..=2 {
-        let cpu = retries::CpuSample::now();
+        let watch = retries::Starvation::watch();
         let (transfer, wire_bps) = std::thread::scope(|s| {
             let sampler = s.spawn(|| {
                 std::thread::sleep(Duration::from_millis(1300));
@@ -144,24 +144,24 @@ fn measure(node: &Node, client: &Pod, server: &Pod, reverse: bool, rate: f64, wh
             (transfer, sampler.join().unwrap())
         });
         let transfer = transfer.unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", node.logs()));
-        let busy = cpu.busy_since();
+        let machine = watch.verdict();
         let ratio = wire_bps / rate;
         let resent = transfer.resent_share(1448.0);
         println!(
-            "{what}: configured {:.0} Mbit/s, on the wire {:.2} Mbit/s, ratio {ratio:.3} (goodput {:.3}), {:.2}% of segments resent, CPUs {:.0}% busy",
+            "{what}: configured {:.0} Mbit/s, on the wire {:.2} Mbit/s, ratio {ratio:.3} (goodput {:.3}), {:.2}% of segments resent, {}",
             rate / 1e6,
             wire_bps / 1e6,
             transfer.goodput_bps / rate,
             resent * 100.0,
-            busy * 100.0
+            machine.evidence()
         );
         assert!(resent <= MAX_RESENT, "{what}: {:.2}% of segments resent", resent * 100.0);
         assert!(ratio <= BAND.1, "{what}: {ratio:.3} of the limit on the wire, above {}", BAND.1);
         if ratio >= BAND.0 {
             return wire_bps;
         }
-        if attempt == 1 && busy >= retries::STARVED {
-            retries::record(what, &format!("{ratio:.3} < {} with the CPUs {:.0}% busy", BAND.0, busy * 100.0));
+        if attempt == 1 && machine.starved() {
+            retries::record(what, &format!("{ratio:.3} < {} with {}", BAND.0, machine.evidence()));
             continue;
         }
         panic!("{what}: {ratio:.3} of the limit on the wire, below {}", BAND.0);

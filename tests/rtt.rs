@@ -40,10 +40,10 @@ fn annotations(rate: &str, bits: f64) -> Value {
     })
 }
 
-fn run(pod: &Pod, bulk: &Bulk, what: &str) -> (BulkResult, f64) {
-    let cpu = retries::CpuSample::now();
+fn run(pod: &Pod, bulk: &Bulk, what: &str) -> (BulkResult, retries::Verdict) {
+    let machine = retries::Starvation::watch();
     let r = pod.bed.bulk(bulk).unwrap_or_else(|e| panic!("{what}: {e:#}"));
-    (r, cpu.busy_since())
+    (r, machine.verdict())
 }
 
 /// One cell, measured shaped. A cell below the band is repeated once, and
@@ -51,15 +51,15 @@ fn run(pod: &Pod, bulk: &Bulk, what: &str) -> (BulkResult, f64) {
 fn cell(pod: &Pod, bits: f64, bulk: &Bulk, what: &str) {
     let mut attempt = 0;
     loop {
-        let (r, busy) = run(pod, bulk, what);
+        let (r, machine) = run(pod, bulk, what);
         let ratio = r.wire_bps / bits;
         let resent = r.transfer.resent_share(1448.0);
         let fairness = jain(&r.transfer.streams_bps);
         println!(
-            "{what}: wire {ratio:.3} of the limit (goodput {:.3}), {:.2}% resent, Jain {fairness:.3}, CPUs {:.0}% busy",
+            "{what}: wire {ratio:.3} of the limit (goodput {:.3}), {:.2}% resent, Jain {fairness:.3}, {}",
             r.transfer.goodput_bps / bits,
             resent * 100.0,
-            busy * 100.0
+            machine.evidence()
         );
         assert!(ratio <= BAND.1, "{what}: {ratio:.3} of the limit on the wire, above {}", BAND.1);
         assert!(resent <= RESENT_MAX, "{what}: {:.2}% of segments resent", resent * 100.0);
@@ -69,8 +69,8 @@ fn cell(pod: &Pod, bits: f64, bulk: &Bulk, what: &str) {
         if ratio >= BAND.0 {
             return;
         }
-        if attempt == 0 && busy >= retries::STARVED {
-            retries::record(what, &format!("{ratio:.3} of the limit, CPUs {:.0}% busy", busy * 100.0));
+        if attempt == 0 && machine.starved() {
+            retries::record(what, &format!("{ratio:.3} of the limit, {}", machine.evidence()));
             attempt += 1;
             continue;
         }
