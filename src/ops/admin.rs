@@ -1,7 +1,8 @@
 //! The commands for people on the node: `list` (which pods are shaped, how
 //! fast they go, what was dropped), `set` (change a running pod's limits)
 //! and `metrics` (Prometheus exposition). All read the pinned state only, so
-//! they need no runtime, and `set` writes it under the same lock as ADD.
+//! they need no runtime, and `set` writes it under the same lock as ADD;
+//! `metrics` reads without that lock, so that scrapes never delay an ADD.
 //! Without `--pin-root` they look in every pin root this node used, as DEL,
 //! CHECK, GC and `stats` do.
 
@@ -14,7 +15,7 @@ use serde::Serialize;
 
 use crate::datapath::attach;
 use crate::policy::limits::{self, Direction, Limit};
-use crate::node::pins::{AttachmentId, PinRoot};
+use crate::node::pins::{AttachmentId, PinRoot, UnlockedPinRoot};
 use crate::node::pod_meta::{self, PodMeta};
 use crate::policy::quantity;
 use crate::datapath::state::{Bucket, IfaceState as PodState};
@@ -119,6 +120,72 @@ fn read_root(root: &PinRoot, out: &mut Vec<PodView>, errors: &mut Vec<String>) {
             Err(e) => errors.push(format!("cannot read {}: {e:#}", dir.display())),
         }
     }
+}
+
+/// What a scrape read: the pods, what could not be read (a pin root), and
+/// how many pods were skipped because they were being added or removed.
+struct UnlockedRead {
+    pods: Vec<PodView>,
+    errors: Vec<String>,
+    skipped: usize,
+}
+
+/// Every shaped pod under these pin roots, read WITHOUT their locks, for
+/// `metrics`: a scrape every few seconds on every node must never make an
+/// ADD or DEL wait (nor wait behind one). An ADD pins its attachment record
+/// and then the pod's meta record last, and a DEL unpins files in any order,
+/// so a pod whose pins are missing or unreadable, or that has a record but
+/// no meta yet, is being added or removed: it is skipped and counted, not an
+/// error. `list` keeps the lock: it names each unreadable pod as an error,
+/// which is only true when no ADD or DEL can be half done.
+fn read_pods_unlocked(roots: &[PathBuf]) -> UnlockedRead {
+    let mut read = UnlockedRead { pods: Vec::new(), errors: Vec::new(), skipped: 0 };
+    for path in roots {
+        // As open_root: a pin root we may not look into is an error, not "none".
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                read.errors.push(format!("cannot read pin root {}: {e}", path.display()));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let Some(root) = UnlockedPinRoot::existing(path) else { continue };
+        let ids = match root.attachments() {
+            Ok(ids) => ids,
+            Err(e) => {
+                read.errors.push(format!("cannot list the pods under {}: {e:#}", path.display()));
+                continue;
+            }
+        };
+        for id in ids {
+            let dir = root.pod_dir(&id);
+            match read_pod_unlocked(&dir) {
+                Ok((meta, cgroup_id, state, basis)) => {
+                    read.pods.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state, basis })
+                }
+                Err(why) => {
+                    log::debug!("metrics: skipped {} (an ADD or DEL under way?): {why:#}", dir.display());
+                    read.skipped += 1;
+                }
+            }
+        }
+    }
+    read
+}
+
+/// One pod's pins read without the lock; an error means they are not all
+/// there or not all readable (see read_pods_unlocked).
+fn read_pod_unlocked(dir: &Path) -> Result<(PodMeta, u64, PodState, LimitBasis)> {
+    let record = crate::datapath::attachment::read(dir)?;
+    // Releases that pin a record pin the meta record after it: without it,
+    // ADD has not finished (or DEL has begun).
+    if record.is_some() && !dir.join(pod_meta::META_PIN).exists() {
+        bail!("it has an attachment record but no meta record yet");
+    }
+    let (cgroup_id, state) = attach::pod_state_from_pins(dir)?;
+    let meta = pod_meta::read(dir)?;
+    Ok((meta, cgroup_id, state, record.map(|r| r.basis).unwrap_or_default()))
 }
 
 /// One direction of one pod in `list`: exact numbers (bits/s, bits, bytes).
@@ -475,8 +542,10 @@ pub struct Scrape {
 /// directions that have a limit; traffic counters for both directions.
 /// Series are labelled by pod (namespace, name, UID), attachment (network,
 /// container ID, interface) and direction, so two attachments never add up
-/// in one series. `bpf_ratelimit_up` is 0 when a pin root or a pod could not
-/// be read (Scrape::errors says what).
+/// in one series. `bpf_ratelimit_up` is 0 when a pin root could not be read
+/// (Scrape::errors says what). The pins are read without the pin roots'
+/// locks (read_pods_unlocked): a pod being added or removed during the
+/// scrape is left out and counted in bpf_ratelimit_scrape_skipped_pods.
 pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
     use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -525,9 +594,13 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         "bpf_ratelimit_host_side_skipped",
         "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit",
     )?;
-    let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
-    let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
+    let up = single("bpf_ratelimit_up", "1 if every pin root could be read in this scrape, else 0")?;
+    let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots that could not be read in this scrape, and pods pinned under two of them")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
+    let scrape_skipped = single(
+        "bpf_ratelimit_scrape_skipped_pods",
+        "Pod attachments skipped in this scrape because their pins were being added or removed (scrapes take no lock); one skipped in every scrape is damaged: bpf-ratelimit list names it",
+    )?;
     let unshaped = per_pod("bpf_ratelimit_unshaped", "1 for a pod that failurePolicy \"open\" let start unshaped (bpf-ratelimit list says why)")?;
     let unshaped_count = single("bpf_ratelimit_unshaped_pods", "Pod attachments started unshaped under failurePolicy \"open\"")?;
     for u in crate::plugin::unshaped::all() {
@@ -536,7 +609,8 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         unshaped_count.inc();
     }
 
-    let (pods, mut errors) = read_pods(&pin_roots(pin_root));
+    let UnlockedRead { pods, mut errors, skipped } = read_pods_unlocked(&pin_roots(pin_root));
+    scrape_skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
     let mut seen = std::collections::BTreeSet::new();
     for pod in &pods {
         // The same attachment in two pin roots (a stale copy): one series only.
@@ -641,7 +715,7 @@ pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
                         if path != "/metrics" {
                             return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
                         }
-                        // Reading the pins is blocking work (bpf(2), the pin root's lock).
+                        // Reading the pins is blocking work (bpf(2)), though it takes no lock.
                         let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
                         match scrape {
                             Ok(Ok(s)) => {
