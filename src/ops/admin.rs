@@ -660,32 +660,51 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
 
 /// The most connections `serve_metrics` handles at once; more are closed.
 const MAX_CONNECTIONS: usize = 16;
-/// A client must send its request headers within this...
+/// A client must finish its TLS handshake and send its request headers
+/// within this...
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and be done within this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `metrics` on http://ADDR/metrics until killed (for a DaemonSet;
-/// for node_exporter's textfile collector use `metrics` alone). HTTP/1.1 by
-/// hyper, one connection per request, headers within 5 s, a connection
-/// within 30 s, at most 16 at once. Prints the address it listens on (port
-/// 0 picks a free one) to stderr.
-pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
-    use std::sync::Arc;
+/// Failed TLS handshakes: anyone who reaches the port can cause them.
+static FAILED_HANDSHAKES: crate::ops::metrics_access::Throttled =
+    crate::ops::metrics_access::Throttled::new("a TLS handshake failed (a client without a valid certificate, or not speaking TLS)");
 
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::{TokioIo, TokioTimer};
+/// Serves `metrics` on http(s)://ADDR/metrics until killed (for a
+/// DaemonSet; for node_exporter's textfile collector use `metrics` alone).
+/// HTTP/1.1 by hyper, one connection per request, TLS handshake and headers
+/// within 5 s, a connection within 30 s, at most 16 at once; TLS, client
+/// certificates and a bearer token as `access` says (ops/metrics_access).
+/// Prints the address it listens on (port 0 picks a free one) to stderr.
+pub fn serve_metrics(pin_root: Option<&Path>, addr: &str, access: crate::ops::metrics_access::Access) -> Result<()> {
+    use std::sync::Arc;
 
     let roots: Arc<Option<PathBuf>> = Arc::new(pin_root.map(Path::to_path_buf));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().context("cannot start the HTTP server's runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        eprintln!("bpf-ratelimit: serving metrics on http://{local}/metrics");
-        log::info!("serving metrics on http://{local}/metrics");
+        let scheme = if access.tls.is_some() { "https" } else { "http" };
+        // The first line on stderr: tests and people read the address from it.
+        eprintln!("bpf-ratelimit: serving metrics on {scheme}://{local}/metrics");
+        log::info!(
+            "serving metrics on {scheme}://{local}/metrics (client certificates {}, bearer token {})",
+            if access.client_certificates { "required" } else { "not asked for" },
+            if access.token.is_some() { "required" } else { "not asked for" }
+        );
+        if !local.ip().is_loopback() {
+            if !access.client_certificates && access.token.is_none() {
+                log::warn!(
+                    "metrics on {local} with no --client-ca or --bearer-token-file: anyone who reaches this address reads the names, \
+                     namespaces and traffic of this node's shaped pods; listen on 127.0.0.1 behind an authenticating proxy, or require \
+                     client certificates or a token (docs/metrics.md)"
+                );
+            } else if access.token.is_some() && access.tls.is_none() {
+                log::warn!("metrics on {local}: the bearer token travels in clear text over plain HTTP; give --tls-cert and --tls-key");
+            }
+        }
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let token = access.token;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -700,47 +719,93 @@ pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
                 log::warn!("metrics: {MAX_CONNECTIONS} connections are open; closing the one from {peer}");
                 continue;
             };
-            let roots = roots.clone();
+            let (roots, token, tls) = (roots.clone(), token.clone(), access.tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let roots = roots.clone();
-                    async move {
-                        let reply = |status: StatusCode, ctype: &str, body: String| {
-                            Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body)))
-                        };
-                        let path = req.uri().path();
-                        if req.method() != Method::GET && req.method() != Method::HEAD {
-                            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
-                        }
-                        if path != "/metrics" {
-                            return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
-                        }
-                        // Reading the pins is blocking work (bpf(2)), though it takes no lock.
-                        let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
-                        match scrape {
-                            Ok(Ok(s)) => {
-                                for e in &s.errors {
-                                    log::warn!("metrics: {e}");
-                                }
-                                reply(StatusCode::OK, prometheus::TEXT_FORMAT, s.text)
-                            }
-                            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e:#}\n")),
-                            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-                        }
-                    }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(stream), service);
-                if tokio::time::timeout(CONNECTION_TIMEOUT, connection).await.is_err() {
-                    log::warn!("metrics: closed the connection from {peer} after {CONNECTION_TIMEOUT:?}");
+                let started = tokio::time::Instant::now();
+                match tls {
+                    None => serve_connection(stream, roots, token, peer, started).await,
+                    Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, roots, token, peer, started).await,
+                        Ok(Err(e)) => FAILED_HANDSHAKES.note(format!("from {peer}: {e}")),
+                        Err(_) => FAILED_HANDSHAKES.note(format!("from {peer}: not done within {HEADER_TIMEOUT:?}")),
+                    },
                 }
                 drop(slot);
             });
         }
     })
+}
+
+/// Serves one request on a connection (plain or TLS), the bearer token
+/// checked first when one is required.
+async fn serve_connection<I>(
+    io: I,
+    roots: std::sync::Arc<Option<PathBuf>>,
+    token: Option<std::sync::Arc<crate::ops::metrics_access::BearerToken>>,
+    peer: std::net::SocketAddr,
+    started: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    use crate::ops::metrics_access::Verdict;
+
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (roots, token) = (roots.clone(), token.clone());
+        async move {
+            let reply = |status: StatusCode, ctype: &str, body: String| {
+                Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body)))
+            };
+            if let Some(token) = &token {
+                match token.verdict(req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes())) {
+                    Verdict::Allowed => {}
+                    Verdict::Unauthenticated => {
+                        return Response::builder()
+                            .status(StatusCode::UNAUTHORIZED)
+                            .header("content-type", "text/plain")
+                            .header(hyper::header::WWW_AUTHENTICATE, "Bearer realm=\"bpf-ratelimit metrics\"")
+                            .body(Full::new(Bytes::from("send Authorization: Bearer <token>\n")));
+                    }
+                    Verdict::Forbidden => {
+                        log::debug!("metrics: a wrong bearer token from {peer}");
+                        return reply(StatusCode::FORBIDDEN, "text/plain", "wrong bearer token\n".into());
+                    }
+                }
+            }
+            let path = req.uri().path();
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+            }
+            if path != "/metrics" {
+                return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
+            }
+            // Reading the pins is blocking work (bpf(2)), though it takes no lock.
+            let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
+            match scrape {
+                Ok(Ok(s)) => {
+                    for e in &s.errors {
+                        log::warn!("metrics: {e}");
+                    }
+                    reply(StatusCode::OK, prometheus::TEXT_FORMAT, s.text)
+                }
+                Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e:#}\n")),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service);
+    // The TLS handshake counts against the connection's time.
+    if tokio::time::timeout_at(started + CONNECTION_TIMEOUT, connection).await.is_err() {
+        log::warn!("metrics: closed the connection from {peer} after {CONNECTION_TIMEOUT:?}");
+    }
 }
 
 #[cfg(test)]
