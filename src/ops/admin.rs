@@ -594,7 +594,7 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         "bpf_ratelimit_host_side_skipped",
         "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit",
     )?;
-    let up = single("bpf_ratelimit_up", "1 if every pin root could be read in this scrape, else 0")?;
+    let up = single("bpf_ratelimit_up", "Whether every pin root could be read in this scrape (1) or not (0)")?;
     let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots that could not be read in this scrape, and pods pinned under two of them")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
     let scrape_skipped = single(
