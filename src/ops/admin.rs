@@ -136,8 +136,10 @@ struct UnlockedRead {
 /// and then the pod's meta record last, and a DEL unpins files in any order,
 /// so a pod whose pins are missing or unreadable, or that has a record but
 /// no meta yet, is being added or removed: it is skipped and counted, not an
-/// error. `list` keeps the lock: it names each unreadable pod as an error,
-/// which is only true when no ADD or DEL can be half done.
+/// error; unless the kernel refused us (EACCES, EPERM: a scraper without
+/// privileges), which is an error, or every pod would vanish unnoticed.
+/// `list` keeps the lock: it names each unreadable pod as an error, which is
+/// only true when no ADD or DEL can be half done.
 fn read_pods_unlocked(roots: &[PathBuf]) -> UnlockedRead {
     let mut read = UnlockedRead { pods: Vec::new(), errors: Vec::new(), skipped: 0 };
     for path in roots {
@@ -164,6 +166,8 @@ fn read_pods_unlocked(roots: &[PathBuf]) -> UnlockedRead {
                 Ok((meta, cgroup_id, state, basis)) => {
                     read.pods.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state, basis })
                 }
+                // No privileges is no ADD under way: it would hide every pod.
+                Err(why) if permission_denied(&why) => read.errors.push(format!("cannot read {}: {why:#}", dir.display())),
                 Err(why) => {
                     log::debug!("metrics: skipped {} (an ADD or DEL under way?): {why:#}", dir.display());
                     read.skipped += 1;
@@ -172,6 +176,10 @@ fn read_pods_unlocked(roots: &[PathBuf]) -> UnlockedRead {
         }
     }
     read
+}
+
+fn permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM))))
 }
 
 /// One pod's pins read without the lock; an error means they are not all
