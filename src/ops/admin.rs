@@ -734,6 +734,9 @@ pub fn serve_metrics(pin_root: Option<&Path>, addr: &str, access: crate::ops::me
                     None => serve_connection(stream, roots, token, peer, started).await,
                     Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls_stream)) => serve_connection(tls_stream, roots, token, peer, started).await,
+                        // A connection closed before any byte: a TCP probe
+                        // (kubelet's tcpSocket), not a failed client.
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => log::debug!("metrics: {peer} closed before a TLS handshake"),
                         Ok(Err(e)) => FAILED_HANDSHAKES.note(format!("from {peer}: {e}")),
                         Err(_) => FAILED_HANDSHAKES.note(format!("from {peer}: not done within {HEADER_TIMEOUT:?}")),
                     },
