@@ -119,8 +119,12 @@ Commands for people:
                                    change a running pod's limits live (the operator's
                                    ceilings recorded at ADD still apply)
   bpf-ratelimit metrics [--listen ADDR] [--pin-root DIR]
-                                   Prometheus text exposition, once (exit 1 if a pin root or
-                                   pod could not be read) or served on http://ADDR/metrics
+                        [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
+                        [--bearer-token-file FILE]
+                                   Prometheus text exposition, once (exit 1 if a pin root
+                                   could not be read) or served on http(s)://ADDR/metrics,
+                                   with TLS, client certificates and/or a bearer token
+                                   (bpf-ratelimit metrics --help)
   bpf-ratelimit version            print the version
   bpf-ratelimit install [--bin-dir /opt/cni/bin] [--conf-dir /etc/cni/net.d]
                         [--conflist NAME] [--replace-bandwidth] [--binary-only]

@@ -234,31 +234,73 @@ impl PinRoot {
 
     /// The directory of one attachment. Every part was validated by cni/netconf.
     pub fn pod_dir(&self, id: &AttachmentId) -> PathBuf {
-        self.pods_dir()
-            .join(escape_name(&id.network))
-            .join(escape_name(&id.container_id))
-            .join(escape_name(&id.ifname))
+        pod_dir_under(&self.path, id)
     }
 
     /// Every attachment that has pins.
     pub fn attachments(&self) -> Result<Vec<AttachmentId>> {
-        let mut out = Vec::new();
-        let names = |dir: &Path| -> Vec<(String, PathBuf)> {
-            fs::read_dir(dir)
-                .map(|rd| rd.flatten().map(|e| (unescape_name(&e.file_name().to_string_lossy()), e.path())).collect())
-                .unwrap_or_default()
-        };
-        for (network, net_dir) in names(&self.pods_dir()) {
-            for (container_id, id_dir) in names(&net_dir) {
-                for (ifname, _) in names(&id_dir) {
-                    out.push(AttachmentId { network: network.clone(), container_id: container_id.clone(), ifname });
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        attachments_under(&self.path)
     }
 
+}
+
+/// A pin root looked into without its lock, for `metrics`: a scrape must
+/// never hold up an ADD or DEL, nor wait for one. What it reads may be half
+/// written or half removed (an ADD or DEL under way), and its reader must
+/// take that for what it is rather than for damage.
+pub struct UnlockedPinRoot {
+    path: PathBuf,
+}
+
+impl UnlockedPinRoot {
+    /// As `PinRoot::existing`, without the lock.
+    pub fn existing(path: &Path) -> Option<Self> {
+        (path.is_dir() && is_bpffs(path) && !is_mount_root(path)).then(|| Self { path: path.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn pod_dir(&self, id: &AttachmentId) -> PathBuf {
+        pod_dir_under(&self.path, id)
+    }
+
+    /// The attachments that have pins at this moment.
+    pub fn attachments(&self) -> Result<Vec<AttachmentId>> {
+        attachments_under(&self.path)
+    }
+}
+
+fn pod_dir_under(pin_root: &Path, id: &AttachmentId) -> PathBuf {
+    pin_root.join("pods").join(escape_name(&id.network)).join(escape_name(&id.container_id)).join(escape_name(&id.ifname))
+}
+
+/// The attachments under a pin root. The pods directory that cannot be read
+/// is an error; a directory below it that vanished while it was listed (a
+/// DEL without the lock's protection, for UnlockedPinRoot) is no attachment.
+fn attachments_under(pin_root: &Path) -> Result<Vec<AttachmentId>> {
+    let pods = pin_root.join("pods");
+    let names = |dir: &Path| -> Vec<(String, PathBuf)> {
+        fs::read_dir(dir)
+            .map(|rd| rd.flatten().map(|e| (unescape_name(&e.file_name().to_string_lossy()), e.path())).collect())
+            .unwrap_or_default()
+    };
+    if let Err(e) = fs::read_dir(&pods) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e).with_context(|| format!("cannot list {}", pods.display()));
+        }
+    }
+    let mut out = Vec::new();
+    for (network, net_dir) in names(&pods) {
+        for (container_id, id_dir) in names(&net_dir) {
+            for (ifname, _) in names(&id_dir) {
+                out.push(AttachmentId { network: network.clone(), container_id: container_id.clone(), ifname });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 fn is_mount_root(path: &Path) -> bool {

@@ -1,7 +1,8 @@
 //! The commands for people on the node: `list` (which pods are shaped, how
 //! fast they go, what was dropped), `set` (change a running pod's limits)
 //! and `metrics` (Prometheus exposition). All read the pinned state only, so
-//! they need no runtime, and `set` writes it under the same lock as ADD.
+//! they need no runtime, and `set` writes it under the same lock as ADD;
+//! `metrics` reads without that lock, so that scrapes never delay an ADD.
 //! Without `--pin-root` they look in every pin root this node used, as DEL,
 //! CHECK, GC and `stats` do.
 
@@ -14,7 +15,7 @@ use serde::Serialize;
 
 use crate::datapath::attach;
 use crate::policy::limits::{self, Direction, Limit};
-use crate::node::pins::{AttachmentId, PinRoot};
+use crate::node::pins::{AttachmentId, PinRoot, UnlockedPinRoot};
 use crate::node::pod_meta::{self, PodMeta};
 use crate::policy::quantity;
 use crate::datapath::state::{Bucket, IfaceState as PodState};
@@ -119,6 +120,80 @@ fn read_root(root: &PinRoot, out: &mut Vec<PodView>, errors: &mut Vec<String>) {
             Err(e) => errors.push(format!("cannot read {}: {e:#}", dir.display())),
         }
     }
+}
+
+/// What a scrape read: the pods, what could not be read (a pin root), and
+/// how many pods were skipped because they were being added or removed.
+struct UnlockedRead {
+    pods: Vec<PodView>,
+    errors: Vec<String>,
+    skipped: usize,
+}
+
+/// Every shaped pod under these pin roots, read WITHOUT their locks, for
+/// `metrics`: a scrape every few seconds on every node must never make an
+/// ADD or DEL wait (nor wait behind one). An ADD pins its attachment record
+/// and then the pod's meta record last, and a DEL unpins files in any order,
+/// so a pod whose pins are missing or unreadable, or that has a record but
+/// no meta yet, is being added or removed: it is skipped and counted, not an
+/// error; unless the kernel refused us (EACCES, EPERM: a scraper without
+/// privileges), which is an error, or every pod would vanish unnoticed.
+/// `list` keeps the lock: it names each unreadable pod as an error, which is
+/// only true when no ADD or DEL can be half done.
+fn read_pods_unlocked(roots: &[PathBuf]) -> UnlockedRead {
+    let mut read = UnlockedRead { pods: Vec::new(), errors: Vec::new(), skipped: 0 };
+    for path in roots {
+        // As open_root: a pin root we may not look into is an error, not "none".
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                read.errors.push(format!("cannot read pin root {}: {e}", path.display()));
+                continue;
+            }
+            Ok(_) => {}
+        }
+        let Some(root) = UnlockedPinRoot::existing(path) else { continue };
+        let ids = match root.attachments() {
+            Ok(ids) => ids,
+            Err(e) => {
+                read.errors.push(format!("cannot list the pods under {}: {e:#}", path.display()));
+                continue;
+            }
+        };
+        for id in ids {
+            let dir = root.pod_dir(&id);
+            match read_pod_unlocked(&dir) {
+                Ok((meta, cgroup_id, state, basis)) => {
+                    read.pods.push(PodView { pin_root: path.to_path_buf(), id, dir, meta, cgroup_id, state, basis })
+                }
+                // No privileges is no ADD under way: it would hide every pod.
+                Err(why) if permission_denied(&why) => read.errors.push(format!("cannot read {}: {why:#}", dir.display())),
+                Err(why) => {
+                    log::debug!("metrics: skipped {} (an ADD or DEL under way?): {why:#}", dir.display());
+                    read.skipped += 1;
+                }
+            }
+        }
+    }
+    read
+}
+
+fn permission_denied(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM))))
+}
+
+/// One pod's pins read without the lock; an error means they are not all
+/// there or not all readable (see read_pods_unlocked).
+fn read_pod_unlocked(dir: &Path) -> Result<(PodMeta, u64, PodState, LimitBasis)> {
+    let record = crate::datapath::attachment::read(dir)?;
+    // Releases that pin a record pin the meta record after it: without it,
+    // ADD has not finished (or DEL has begun).
+    if record.is_some() && !dir.join(pod_meta::META_PIN).exists() {
+        bail!("it has an attachment record but no meta record yet");
+    }
+    let (cgroup_id, state) = attach::pod_state_from_pins(dir)?;
+    let meta = pod_meta::read(dir)?;
+    Ok((meta, cgroup_id, state, record.map(|r| r.basis).unwrap_or_default()))
 }
 
 /// One direction of one pod in `list`: exact numbers (bits/s, bits, bytes).
@@ -502,8 +577,10 @@ pub struct Scrape {
 /// directions that have a limit; traffic counters for both directions.
 /// Series are labelled by pod (namespace, name, UID), attachment (network,
 /// container ID, interface) and direction, so two attachments never add up
-/// in one series. `bpf_ratelimit_up` is 0 when a pin root or a pod could not
-/// be read (Scrape::errors says what).
+/// in one series. `bpf_ratelimit_up` is 0 when a pin root could not be read
+/// (Scrape::errors says what). The pins are read without the pin roots'
+/// locks (read_pods_unlocked): a pod being added or removed during the
+/// scrape is left out and counted in bpf_ratelimit_scrape_skipped_pods.
 pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
     use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -552,9 +629,13 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         "bpf_ratelimit_host_side_skipped",
         "1 when the pod's host-side veth sees none of what its interface sends (an eBPF main CNI runs first there); the pod-side guard holds the limit",
     )?;
-    let up = single("bpf_ratelimit_up", "1 if every pin root and shaped pod could be read in this scrape, else 0")?;
-    let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots and pods that could not be read in this scrape")?;
+    let up = single("bpf_ratelimit_up", "Whether every pin root could be read in this scrape (1) or not (0)")?;
+    let errors_gauge = single("bpf_ratelimit_read_errors", "Pin roots that could not be read in this scrape, and pods pinned under two of them")?;
     let attachments = single("bpf_ratelimit_attachments", "Shaped pod attachments read in this scrape")?;
+    let scrape_skipped = single(
+        "bpf_ratelimit_scrape_skipped_pods",
+        "Pod attachments skipped in this scrape because their pins were being added or removed (scrapes take no lock); one skipped in every scrape is damaged: bpf-ratelimit list names it",
+    )?;
     let unshaped = per_pod("bpf_ratelimit_unshaped", "1 for a pod that failurePolicy \"open\" let start unshaped (bpf-ratelimit list says why)")?;
     let unshaped_count = single("bpf_ratelimit_unshaped_pods", "Pod attachments started unshaped under failurePolicy \"open\"")?;
     for u in crate::plugin::unshaped::all() {
@@ -563,7 +644,8 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
         unshaped_count.inc();
     }
 
-    let (pods, mut errors) = read_pods(&pin_roots(pin_root));
+    let UnlockedRead { pods, mut errors, skipped } = read_pods_unlocked(&pin_roots(pin_root));
+    scrape_skipped.set(i64::try_from(skipped).unwrap_or(i64::MAX));
     let mut seen = std::collections::BTreeSet::new();
     for pod in &pods {
         // The same attachment in two pin roots (a stale copy): one series only.
@@ -613,32 +695,51 @@ pub fn metrics(pin_root: Option<&Path>) -> Result<Scrape> {
 
 /// The most connections `serve_metrics` handles at once; more are closed.
 const MAX_CONNECTIONS: usize = 16;
-/// A client must send its request headers within this...
+/// A client must finish its TLS handshake and send its request headers
+/// within this...
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// ...and be done within this.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `metrics` on http://ADDR/metrics until killed (for a DaemonSet;
-/// for node_exporter's textfile collector use `metrics` alone). HTTP/1.1 by
-/// hyper, one connection per request, headers within 5 s, a connection
-/// within 30 s, at most 16 at once. Prints the address it listens on (port
-/// 0 picks a free one) to stderr.
-pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
-    use std::sync::Arc;
+/// Failed TLS handshakes: anyone who reaches the port can cause them.
+static FAILED_HANDSHAKES: crate::ops::metrics_access::Throttled =
+    crate::ops::metrics_access::Throttled::new("a TLS handshake failed (a client without a valid certificate, or not speaking TLS)");
 
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    use hyper::{Method, Request, Response, StatusCode};
-    use hyper_util::rt::{TokioIo, TokioTimer};
+/// Serves `metrics` on http(s)://ADDR/metrics until killed (for a
+/// DaemonSet; for node_exporter's textfile collector use `metrics` alone).
+/// HTTP/1.1 by hyper, one connection per request, TLS handshake and headers
+/// within 5 s, a connection within 30 s, at most 16 at once; TLS, client
+/// certificates and a bearer token as `access` says (ops/metrics_access).
+/// Prints the address it listens on (port 0 picks a free one) to stderr.
+pub fn serve_metrics(pin_root: Option<&Path>, addr: &str, access: crate::ops::metrics_access::Access) -> Result<()> {
+    use std::sync::Arc;
 
     let roots: Arc<Option<PathBuf>> = Arc::new(pin_root.map(Path::to_path_buf));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().context("cannot start the HTTP server's runtime")?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        eprintln!("bpf-ratelimit: serving metrics on http://{local}/metrics");
-        log::info!("serving metrics on http://{local}/metrics");
+        let scheme = if access.tls.is_some() { "https" } else { "http" };
+        // The first line on stderr: tests and people read the address from it.
+        eprintln!("bpf-ratelimit: serving metrics on {scheme}://{local}/metrics");
+        log::info!(
+            "serving metrics on {scheme}://{local}/metrics (client certificates {}, bearer token {})",
+            if access.client_certificates { "required" } else { "not asked for" },
+            if access.token.is_some() { "required" } else { "not asked for" }
+        );
+        if !local.ip().is_loopback() {
+            if !access.client_certificates && access.token.is_none() {
+                log::warn!(
+                    "metrics on {local} with no --client-ca or --bearer-token-file: anyone who reaches this address reads the names, \
+                     namespaces and traffic of this node's shaped pods; listen on 127.0.0.1 behind an authenticating proxy, or require \
+                     client certificates or a token (docs/metrics.md)"
+                );
+            } else if access.token.is_some() && access.tls.is_none() {
+                log::warn!("metrics on {local}: the bearer token travels in clear text over plain HTTP; give --tls-cert and --tls-key");
+            }
+        }
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let token = access.token;
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(s) => s,
@@ -653,47 +754,96 @@ pub fn serve_metrics(pin_root: Option<&Path>, addr: &str) -> Result<()> {
                 log::warn!("metrics: {MAX_CONNECTIONS} connections are open; closing the one from {peer}");
                 continue;
             };
-            let roots = roots.clone();
+            let (roots, token, tls) = (roots.clone(), token.clone(), access.tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let roots = roots.clone();
-                    async move {
-                        let reply = |status: StatusCode, ctype: &str, body: String| {
-                            Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body)))
-                        };
-                        let path = req.uri().path();
-                        if req.method() != Method::GET && req.method() != Method::HEAD {
-                            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
-                        }
-                        if path != "/metrics" {
-                            return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
-                        }
-                        // Reading the pins is blocking work (bpf(2), the pin root's lock).
-                        let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
-                        match scrape {
-                            Ok(Ok(s)) => {
-                                for e in &s.errors {
-                                    log::warn!("metrics: {e}");
-                                }
-                                reply(StatusCode::OK, prometheus::TEXT_FORMAT, s.text)
-                            }
-                            Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e:#}\n")),
-                            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-                        }
-                    }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(stream), service);
-                if tokio::time::timeout(CONNECTION_TIMEOUT, connection).await.is_err() {
-                    log::warn!("metrics: closed the connection from {peer} after {CONNECTION_TIMEOUT:?}");
+                let started = tokio::time::Instant::now();
+                match tls {
+                    None => serve_connection(stream, roots, token, peer, started).await,
+                    Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, roots, token, peer, started).await,
+                        // A connection closed before any byte: a TCP probe
+                        // (kubelet's tcpSocket), not a failed client.
+                        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => log::debug!("metrics: {peer} closed before a TLS handshake"),
+                        Ok(Err(e)) => FAILED_HANDSHAKES.note(format!("from {peer}: {e}")),
+                        Err(_) => FAILED_HANDSHAKES.note(format!("from {peer}: not done within {HEADER_TIMEOUT:?}")),
+                    },
                 }
                 drop(slot);
             });
         }
     })
+}
+
+/// Serves one request on a connection (plain or TLS), the bearer token
+/// checked first when one is required.
+async fn serve_connection<I>(
+    io: I,
+    roots: std::sync::Arc<Option<PathBuf>>,
+    token: Option<std::sync::Arc<crate::ops::metrics_access::BearerToken>>,
+    peer: std::net::SocketAddr,
+    started: tokio::time::Instant,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    use crate::ops::metrics_access::Verdict;
+
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (roots, token) = (roots.clone(), token.clone());
+        async move {
+            let reply = |status: StatusCode, ctype: &str, body: String| {
+                Response::builder().status(status).header("content-type", ctype).body(Full::new(Bytes::from(body)))
+            };
+            if let Some(token) = &token {
+                match token.verdict(req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes())) {
+                    Verdict::Allowed => {}
+                    Verdict::Unauthenticated => {
+                        return Response::builder()
+                            .status(StatusCode::UNAUTHORIZED)
+                            .header("content-type", "text/plain")
+                            .header(hyper::header::WWW_AUTHENTICATE, "Bearer realm=\"bpf-ratelimit metrics\"")
+                            .body(Full::new(Bytes::from("send Authorization: Bearer <token>\n")));
+                    }
+                    Verdict::Forbidden => {
+                        log::debug!("metrics: a wrong bearer token from {peer}");
+                        return reply(StatusCode::FORBIDDEN, "text/plain", "wrong bearer token\n".into());
+                    }
+                }
+            }
+            let path = req.uri().path();
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+            }
+            if path != "/metrics" {
+                return reply(StatusCode::NOT_FOUND, "text/plain", "try /metrics\n".into());
+            }
+            // Reading the pins is blocking work (bpf(2)), though it takes no lock.
+            let scrape = tokio::task::spawn_blocking(move || metrics(roots.as_ref().as_deref())).await;
+            match scrape {
+                Ok(Ok(s)) => {
+                    for e in &s.errors {
+                        log::warn!("metrics: {e}");
+                    }
+                    reply(StatusCode::OK, prometheus::TEXT_FORMAT, s.text)
+                }
+                Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e:#}\n")),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(io), service);
+    // The TLS handshake counts against the connection's time.
+    if tokio::time::timeout_at(started + CONNECTION_TIMEOUT, connection).await.is_err() {
+        log::warn!("metrics: closed the connection from {peer} after {CONNECTION_TIMEOUT:?}");
+    }
 }
 
 #[cfg(test)]

@@ -93,17 +93,66 @@ pub fn set(args: &[String]) -> Result<String> {
     Ok(admin::set(pin_root(&values).as_deref(), target, change)?.join("\n") + "\n")
 }
 
+/// `bpf-ratelimit metrics --help`.
+pub const METRICS_USAGE: &str = "\
+bpf-ratelimit metrics [--pin-root DIR]
+    print the Prometheus text exposition of every shaped pod once (exit 1 if a
+    pin root could not be read)
+
+bpf-ratelimit metrics --listen ADDR [--pin-root DIR]
+                      [--tls-cert FILE --tls-key FILE [--client-ca FILE]]
+                      [--bearer-token-file FILE]
+    serve it on http://ADDR/metrics (https:// with --tls-cert); port 0 picks
+    a free port. Scrapes read the pins without the lock ADD and DEL take.
+  --tls-cert FILE           the server's certificate chain (PEM); serve HTTPS
+  --tls-key FILE            its private key (PEM: PKCS#8, PKCS#1 or SEC1)
+  --client-ca FILE          require a client certificate signed by one of
+                            these CAs (PEM); needs --tls-cert and --tls-key
+  --bearer-token-file FILE  require 'Authorization: Bearer <token>', the
+                            file's content with surrounding whitespace
+                            trimmed; re-read when the file changes. Missing
+                            header: 401, wrong token: 403. Over plain HTTP
+                            only on 127.0.0.1 (the token is sent in clear)
+Every file is read at start: a missing or invalid one is an error (exit 1).
+Without --client-ca or --bearer-token-file on an address other than
+loopback, anyone who reaches it reads the node's pods (a warning says so).
+See docs/metrics.md.";
+
 /// `metrics`: printed once (exit 1, with the errors on stderr, when a pin
-/// root or a pod could not be read), or served with `--listen`.
+/// root could not be read), or served with `--listen`.
 pub fn metrics(args: &[String]) -> Result<ExitCode> {
-    let (values, _, positional) = parse(args, &["--listen", "--pin-root"], &[])?;
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{METRICS_USAGE}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let flag = ["--listen", "--pin-root", "--tls-cert", "--tls-key", "--client-ca", "--bearer-token-file"];
+    let (values, _, positional) = parse(args, &flag, &[])?;
     if let Some(p) = positional.first() {
         bail!("metrics takes no argument {p:?}");
     }
+    let value = |name: &str| values.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    let file = |name: &str| -> Result<Option<PathBuf>> {
+        match value(name) {
+            Some("") => bail!("{name} needs a file"),
+            v => Ok(v.map(PathBuf::from)),
+        }
+    };
+    let access = crate::ops::metrics_access::AccessFiles {
+        tls_cert: file("--tls-cert")?,
+        tls_key: file("--tls-key")?,
+        client_ca: file("--client-ca")?,
+        bearer_token_file: file("--bearer-token-file")?,
+    };
     let root = pin_root(&values);
-    if let Some((_, addr)) = values.iter().find(|(k, _)| *k == "--listen") {
-        admin::serve_metrics(root.as_deref(), addr)?;
+    if let Some(addr) = value("--listen") {
+        // Every file is read before the port is bound: a bad Secret stops
+        // the container with the reason.
+        let access = access.load()?;
+        admin::serve_metrics(root.as_deref(), addr, access)?;
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(f) = flag[2..].iter().find(|f| value(f).is_some()) {
+        bail!("{f} is for the server: give --listen ADDR too");
     }
     let scrape = admin::metrics(root.as_deref())?;
     print!("{}", scrape.text);
