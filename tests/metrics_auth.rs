@@ -228,6 +228,40 @@ fn https_with_client_certificates_serves_the_cas_clients_only() {
     pod.del();
 }
 
+/// The metrics-tls kustomize component's own args, run: its flags are ones
+/// this binary accepts, and with the Secret's three files where the
+/// component mounts them it serves the CA's clients only.
+#[test]
+fn the_metrics_tls_component_serves_what_its_args_say() {
+    let docs = common::kustomize::render("deploy/examples/kubeadm-metrics-tls");
+    let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet");
+    let metrics = ds["spec"]["template"]["spec"]["containers"].as_array().unwrap().iter().find(|c| c["name"] == "metrics").expect("the metrics container");
+    let args: Vec<String> = metrics["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let mount = metrics["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "metrics-tls").expect("the Secret's mount")["mountPath"].as_str().unwrap().to_string();
+    println!("the component runs: {args:?}, the Secret at {mount}");
+    assert_eq!(args[..3], ["metrics", "--listen", "0.0.0.0:9637"], "{args:?}");
+    // The Secret's keys (kubernetes.io/tls and ca.crt), in a directory of
+    // our own standing in for the mount.
+    let pod = shaped_pod("mtlscomp");
+    let certs = Certs::new("mtlscomp");
+    let secret = certs.path("secret");
+    std::fs::create_dir_all(&secret).unwrap();
+    for (from, to) in [("server.pem", "tls.crt"), ("server.key", "tls.key"), ("ca.pem", "ca.crt")] {
+        std::fs::copy(certs.path(from), secret.join(to)).unwrap();
+    }
+    let extra: Vec<String> = args[3..].iter().map(|a| a.replace(&mount, &secret.to_string_lossy())).collect();
+    assert!(extra.iter().any(|a| a.starts_with(&*secret.to_string_lossy())), "the args name no file in the Secret's mount: {args:?}");
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let server = Server::start(&pod.pin_root, &extra);
+    let ok = get(&server.addr, Some(certs.client(Some("client"))), None).expect("a scrape with the CA's client certificate");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_has_pod(&ok.body, &pod);
+    assert!(get(&server.addr, Some(certs.client(None)), None).is_err(), "the component's server answered a client with no certificate");
+    assert!(get(&server.addr, None, None).is_err(), "the component's server answered plain HTTP");
+    drop(server);
+    pod.del();
+}
+
 #[test]
 fn a_bearer_token_is_required_over_plain_http_and_over_tls_and_rotates() {
     let pod = shaped_pod("token");
