@@ -39,7 +39,9 @@ PACKAGES=(clang llvm libbpf-dev linux-libc-dev bpftool iproute2 iperf3 iputils-p
   # gcc + libc6-dev for its static pause binary, protoc for the CRI client's build script.
   containerd runc containernetworking-plugins gcc libc6-dev protobuf-compiler
   # deploy/build-image.sh checks with readelf that the binary is static.
-  binutils)
+  binutils
+  # tests/metrics_auth.rs makes its CA, server and client certificates with the openssl CLI.
+  openssl)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
