@@ -95,7 +95,7 @@ int harness_egress(struct __sk_buff *skb)
 	if (!in || !iface)
 		return SKB_DROP;
 	in->out_wire = cgroup_wire_bytes(skb, iface_mtu(iface));
-	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), in->out_wire);
+	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), packet_is_tcp(skb, 0), in->out_wire);
 }
 
 SEC("cgroup_skb/ingress")
@@ -123,7 +123,7 @@ int harness_lookup(struct __sk_buff *skb)
 	iface = lookup_iface(&harness_ifaces, in->cgroup_id, skb->ifindex);
 	if (!iface)
 		return SKB_PASS;
-	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), wire_bytes(skb, false));
+	return shape_egress(iface, skb, in->now, packet_is_tcp(skb, 0), packet_is_tcp(skb, 0), wire_bytes(skb, false));
 }
 
 /* The host-side guard, as tc runs it: the skb starts at its Ethernet header. */

@@ -221,16 +221,20 @@ static __always_inline bool is_udp(const struct bpf_sock *sk)
  * bucket at empty, and UDP beside it (never borrowing) was dropped whole:
  * 6M of UDP beside a TCP upload from a 10M pod got 0.0 Mbit/s through
  * while the upload ran. Counted, it takes its share and TCP yields it.
+ * Returns whether the socket is a light one (not counted), which may
+ * borrow from the bucket as TCP does (shape_egress).
  */
-static __always_inline void account_udp(struct bpf_sock *sk, struct iface_state *iface, __u64 now, __u64 wire)
+static __always_inline bool account_udp(struct bpf_sock *sk, struct iface_state *iface, __u64 now, __u64 wire)
 {
 	struct flow_state *flow;
 
 	if (iface->egress.rate == 0)
-		return;
+		return false;
 	flow = bpf_sk_storage_get(&flow_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (flow)
-		classify_flow(&iface->senders, &flow->tx, iface->egress.rate, now, wire);
+	if (!flow)
+		return false;
+	classify_flow(&iface->senders, &flow->tx, iface->egress.rate, now, wire);
+	return !is_counted(&flow->tx, now);
 }
 
 SEC("cgroup_skb/egress")
@@ -241,7 +245,7 @@ int shape_egress_prog(struct __sk_buff *skb)
 	struct bpf_sock *sk;
 	__u64 now, wire;
 	__u32 shaped;
-	bool tcp, encap;
+	bool tcp, encap, light_udp = false;
 
 	iface = egress_iface_of(pod, skb->ifindex, &shaped, &encap);
 	if (!iface)
@@ -258,8 +262,8 @@ int shape_egress_prog(struct __sk_buff *skb)
 	if (tcp)
 		account_tcp(skb, sk, iface, shaped, now, wire, true);
 	else if (is_udp(sk))
-		account_udp(sk, iface, now, wire);
-	return shape_egress(iface, skb, now, tcp, wire);
+		light_udp = account_udp(sk, iface, now, wire);
+	return shape_egress(iface, skb, now, tcp, tcp || light_udp, wire);
 }
 
 SEC("cgroup_skb/ingress")

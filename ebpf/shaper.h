@@ -447,10 +447,15 @@ static __always_inline void mark_congestion(struct __sk_buff *skb, struct bucket
  * share) rather than dropped: a TCP sender whose skb is refused while nothing is in
  * flight waits for its probe timer (200 ms or more) before trying again,
  * which cost 12-20% of the rate with 8 flows. Beyond one burst of debt, TCP
- * is dropped too.
+ * is dropped too. A light UDP flow (one not counted among the senders: a
+ * DNS query, a heartbeat) borrows the same way (`may_borrow`): paced TCP
+ * keeps the bucket near empty by design, and without credit half of a
+ * pod's 64-byte queries every 20 ms were dropped beside its own upload.
+ * A UDP flow that moves enough to be counted takes its share instead, and
+ * never borrows.
  */
 static __always_inline int shape_egress(struct iface_state *iface, struct __sk_buff *skb, __u64 now,
-					bool tcp, __u64 wire)
+					bool tcp, bool may_borrow, __u64 wire)
 {
 	enum take_result res;
 
@@ -459,7 +464,7 @@ static __always_inline int shape_egress(struct iface_state *iface, struct __sk_b
 		return SKB_PASS;
 	}
 	bpf_spin_lock(&iface->lock);
-	res = bucket_take(&iface->egress, wire, now, tcp);
+	res = bucket_take(&iface->egress, wire, now, may_borrow);
 	bpf_spin_unlock(&iface->lock);
 	switch (res) {
 	case TAKE_EXCEED:

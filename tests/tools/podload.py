@@ -22,6 +22,12 @@ iperf3 covers bulk flows; this covers the rest:
                                    BPS bits/s in 10 requests a second.
   raw IFNAME COUNT SIZE            AF_PACKET frames on IFNAME; prints what
                                    sendto() and PACKET_QDISC_BYPASS did.
+  udpecho PORT                     UDP echo server: sends every datagram back.
+  udpping HOST PORT SECONDS        a 64-byte datagram every 20 ms, each
+                                   waiting up to 200 ms for its echo, as DNS
+                                   or a heartbeat does; prints what was
+                                   sent and answered and the answers' round
+                                   trip percentiles (ms) as JSON.
   udp6ext HOST PORT SECONDS SIZE GSO
                                    UDP over IPv6 with a destination options
                                    header on every packet, SIZE bytes a
@@ -203,6 +209,35 @@ def flows(host, count, seconds):
     print(json.dumps({"sent": sent, "errors": errors}))
 
 
+def udpecho(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(data, peer)
+
+
+def udpping(host, port, seconds):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.2)
+    sent, answered, rtts = 0, 0, []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        s.sendto(b"q" * 64, (host, port))
+        sent += 1
+        try:
+            s.recvfrom(2048)
+            answered += 1
+            rtts.append((time.monotonic() - start) * 1000)
+        except socket.timeout:
+            pass
+        time.sleep(max(0.0, 0.02 - (time.monotonic() - start)))
+    rtts.sort()
+    pick = lambda q: rtts[min(len(rtts) - 1, int(q * len(rtts)))] if rtts else None
+    print(json.dumps({"sent": sent, "answered": answered, "p50_ms": pick(0.5), "p99_ms": pick(0.99)}))
+
+
 def main(argv):
     cmd, args = argv[1], argv[2:]
     if cmd == "serve":
@@ -218,6 +253,10 @@ def main(argv):
         raw(args[0], int(args[1]), int(args[2]))
     elif cmd == "flows":
         flows(args[0], int(args[1]), float(args[2]))
+    elif cmd == "udpecho":
+        udpecho(int(args[0]))
+    elif cmd == "udpping":
+        udpping(args[0], int(args[1]), float(args[2]))
     elif cmd == "udp6ext":
         udp6ext(args[0], int(args[1]), float(args[2]), int(args[3]), int(args[4]))
     else:
