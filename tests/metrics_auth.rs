@@ -495,12 +495,6 @@ fn scrapes_during_add_and_del_skip_the_pod_in_flight_and_report_no_error() {
 }
 
 /// The nearest-rank percentile of `samples` (ms).
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1]
-}
-
 /// ADD's p99 with a scraper hammering /metrics is ADD's p99 without one:
 /// ADD+DEL cycles of one pod beside three shaped pods (which every scrape
 /// reads), in blocks with and without the scraper, interleaved so that the
@@ -558,8 +552,9 @@ fn add_p99_is_the_same_while_a_scraper_hammers_metrics() {
             failures.extend(seen.failures);
         }
     }
-    let (p99_without, p99_with) = (percentile(&without, 0.99), percentile(&with, 0.99));
-    let (p50_without, p50_with) = (percentile(&without, 0.5), percentile(&with, 0.5));
+    use bpf_ratelimit::testbed::measure::percentile;
+    let (p99_without, p99_with) = (percentile(&without, 99.0), percentile(&with, 99.0));
+    let (p50_without, p50_with) = (percentile(&without, 50.0), percentile(&with, 50.0));
     let n = scrapes;
     let rate = n as f64 / scraping_time.as_secs_f64();
     println!(

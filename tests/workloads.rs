@@ -84,9 +84,14 @@ fn reported(cmd: std::process::Command) -> std::thread::JoinHandle<Value> {
     std::thread::spawn(move || {
         let shown = format!("{cmd:?}");
         let out = bpf_ratelimit::testbed::run_with_timeout(cmd, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(out.status.success(), "{shown}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(&text).or_else(|_| serde_json::from_str(text.lines().last().unwrap_or(""))).unwrap_or_else(|e| panic!("{shown}: no JSON report ({e}): {text}"))
+        let report = bpf_ratelimit::testbed::scenario::SenderReport {
+            command: shown,
+            exit: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert_eq!(report.exit, Some(0), "{report:?}");
+        report.json().unwrap_or_else(|| panic!("no JSON report: {report:?}"))
     })
 }
 

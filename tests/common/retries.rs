@@ -57,13 +57,8 @@ pub struct CpuSample {
 
 impl CpuSample {
     pub fn now() -> Self {
-        let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
-        let line = stat.lines().next().expect("cpu line");
-        let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-        // user nice system idle iowait irq softirq steal ...
-        let idle = v[3] + v.get(4).copied().unwrap_or(0);
-        let total: u64 = v.iter().take(8).sum();
-        CpuSample { busy: total - idle, total }
+        let [busy, _, total] = cpu_times();
+        CpuSample { busy, total }
     }
 
     /// Busy share of all CPUs since `self`.
@@ -72,9 +67,6 @@ impl CpuSample {
         (now.busy - self.busy) as f64 / (now.total - self.total).max(1) as f64
     }
 }
-
-/// A run whose CPUs were this busy may have been starved by the machine.
-pub const STARVED: f64 = 0.90;
 
 /// Starvation by something other than the test's own traffic: the share of
 /// CPU time the hypervisor stole from this VM...
@@ -144,13 +136,12 @@ impl Starvation {
     pub fn verdict(mut self) -> Verdict {
         let now = cpu_times();
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut late = self.sentinel.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
-        late.sort_by(|a, b| a.total_cmp(b));
+        let late = self.sentinel.take().map(|t| t.join().unwrap_or_default()).unwrap_or_default();
         let total = (now[2] - self.start[2]).max(1) as f64;
         Verdict {
             busy: (now[0] - self.start[0]) as f64 / total,
             stolen: (now[1] - self.start[1]) as f64 / total,
-            late_p99_ms: late.get(late.len() * 99 / 100).copied().unwrap_or(0.0),
+            late_p99_ms: if late.is_empty() { 0.0 } else { bpf_ratelimit::testbed::measure::percentile(&late, 99.0) },
         }
     }
 }
