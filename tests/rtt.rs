@@ -63,18 +63,25 @@ fn cell(pod: &Pod, bits: f64, bulk: &Bulk, what: &str) {
         );
         assert!(ratio <= BAND.1, "{what}: {ratio:.3} of the limit on the wire, above {}", BAND.1);
         assert!(resent <= RESENT_MAX, "{what}: {:.2}% of segments resent", resent * 100.0);
-        if bulk.flows > 1 {
-            assert!(fairness >= JAIN_MIN, "{what}: Jain's index {fairness:.3} < {JAIN_MIN}: {:?}", r.transfer.streams_bps);
-        }
-        if ratio >= BAND.0 {
-            return;
-        }
+        // What a starved machine can take from a cell: the rate (a sender
+        // that is not scheduled sends nothing) and fairness (8 receivers or
+        // senders scheduled unevenly: 1G, 8 BBR flows, LAN gave Jain 0.891
+        // with 9.8% of the CPUs stolen by the host, 0.968-0.997 otherwise).
+        // Never the ceiling or the resent share.
+        let shortfall = if ratio < BAND.0 {
+            Some(format!("{ratio:.3} of the limit on the wire, below {}", BAND.0))
+        } else if bulk.flows > 1 && fairness < JAIN_MIN {
+            Some(format!("Jain's index {fairness:.3} < {JAIN_MIN}: {:?}", r.transfer.streams_bps))
+        } else {
+            None
+        };
+        let Some(shortfall) = shortfall else { return };
         if attempt == 0 && machine.starved() {
-            retries::record(what, &format!("{ratio:.3} of the limit, {}", machine.evidence()));
+            retries::record(what, &format!("{shortfall}, {}", machine.evidence()));
             attempt += 1;
             continue;
         }
-        panic!("{what}: {ratio:.3} of the limit on the wire, below {}", BAND.0);
+        panic!("{what}: {shortfall} ({})", machine.evidence());
     }
 }
 
