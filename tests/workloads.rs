@@ -50,30 +50,37 @@ fn loopback_bps(pod: &Pod, addr: &str) -> f64 {
 /// with what else the host runs (13.2 to 21.7 Gbit/s, unshaped, in past
 /// suite runs), and CI once measured the shaped pod under 0.8 of a control
 /// taken a few seconds earlier. So the shaped and unshaped runs alternate
-/// (ADD, measure, DEL, measure, three rounds), and the best of each is
-/// compared: the same noise falls on both.
+/// (ADD, measure, DEL, measure, five rounds), and the best of each is
+/// compared: the same noise falls on both. A shaped loopback would carry
+/// 10M, under a thousandth of this; 0.8 also catches a per-packet cost.
 #[test]
 fn sidecar_traffic_over_loopback_is_neither_shaped_nor_charged() {
     let mut pod = Pod::new("sidecar");
     pod.bed.start_server().unwrap();
     let addrs = ["127.0.0.1", POD_IP];
-    let (mut unshaped, mut shaped, mut charged) = ([0f64; 2], [0f64; 2], [0u64; 2]);
-    for _ in 0..3 {
+    let (mut unshaped, mut shaped, mut charged) = ([vec![], vec![]], [vec![], vec![]], [0u64; 2]);
+    for _ in 0..5 {
         for (i, addr) in addrs.iter().enumerate() {
-            unshaped[i] = unshaped[i].max(loopback_bps(&pod, addr));
+            unshaped[i].push(loopback_bps(&pod, addr) / 1e9);
         }
         pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"}));
         for (i, addr) in addrs.iter().enumerate() {
             let charged0 = charged_bytes(&pod);
-            shaped[i] = shaped[i].max(loopback_bps(&pod, addr));
-            charged[i] = charged[i].max(charged_bytes(&pod) - charged0);
+            shaped[i].push(loopback_bps(&pod, addr) / 1e9);
+            let after = charged_bytes(&pod);
+            assert!(after >= charged0, "the pod's charged bytes went down: {charged0} then {after}");
+            charged[i] = charged[i].max(after - charged0);
         }
         pod.del();
     }
+    let best = |runs: &[f64]| runs.iter().cloned().fold(0.0, f64::max);
     for (i, addr) in addrs.iter().enumerate() {
-        let (bps, before, charged) = (shaped[i], unshaped[i], charged[i]);
-        println!("app <-> sidecar over {addr} in a 10M pod: {:.2} Gbit/s, {:.2} unshaped; at most {charged} bytes charged in a run", bps / 1e9, before / 1e9);
-        assert!(bps >= 0.8 * before, "loopback over {addr} is slowed: {bps:.0} bit/s, {before:.0} unshaped");
+        let (bps, before, charged) = (best(&shaped[i]), best(&unshaped[i]), charged[i]);
+        println!(
+            "app <-> sidecar over {addr} in a 10M pod: {bps:.2} Gbit/s, {before:.2} unshaped (best of {:.2?} and {:.2?}); at most {charged} bytes charged in a run",
+            shaped[i], unshaped[i]
+        );
+        assert!(bps >= 0.8 * before, "loopback over {addr} is slowed: {bps:.2} Gbit/s, {before:.2} unshaped (runs: {:.2?} shaped, {:.2?} unshaped)", shaped[i], unshaped[i]);
         assert!(charged < 100_000, "loopback traffic over {addr} was charged {charged} bytes");
     }
 }
