@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as root: every test on this host's kernel, then the
+# The whole test suite, as root: every test on this host's kernel (but
+# tests/kernels.rs, which is the VM stage's: Cargo.toml), then the
 # LTS-kernel stage (Debian 12's 6.1 in a VM, tests/vm/suite.sh). Both run
 # even when the first fails; the exit code is non-zero if either failed.
 set -uo pipefail

@@ -12,7 +12,8 @@ tests/vm/setup.sh >/dev/null
 # The test binaries cargo built for the suite, by name.
 declare -A bin
 while read -r name exe; do bin[$name]=$exe; done < <(
-  cargo test --profile suite --locked --no-run --message-format=json 2>/dev/null |
+  cargo test --profile suite --locked --no-run --message-format=json \
+    --test datapath_test_run --test cni_plugin --test kernels --test main_cni 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind[0] == "test")
            | "\(.target.name) \(.executable)"')
 plugin=$(cargo build --profile suite --locked --message-format=json 2>/dev/null |
