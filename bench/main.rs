@@ -245,8 +245,10 @@ fn meta(o: &Options, args: &[String]) -> Meta {
         command: format!("bench/run.sh {}", args.join(" ")).trim().to_string(),
         date_utc: output_of("date", &["-u", "+%Y-%m-%d %H:%M:%S"]),
         commit: Some(git(&["rev-parse", "HEAD"])).filter(|c| !c.is_empty()).unwrap_or_else(|| "unknown".into()),
-        // Results of earlier runs are not the code that ran.
-        dirty: !git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"]).is_empty(),
+        // Results of earlier runs, and the pages bench/publish.py rewrites
+        // from them after each run, are not the code that ran.
+        dirty: !git(&["status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results", ":(exclude)README.md", ":(exclude)bench/README.md"])
+            .is_empty(),
         kernel: output_of("uname", &["-r"]),
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         reference_path: plugins::REFERENCE.into(),
