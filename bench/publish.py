@@ -202,22 +202,24 @@ def busy_rows(runs):
         for b in run["busy_node"]:
             key = (b["pods"], b.get("moving") or b["pods"], b["rate"], b["way"], "together" if b.get("moving") is not None else "one by one")
             groups.setdefault(key, []).append((run, b))
+    variants = {"ours": "", "ours-low-cpu": ", ours with `ingressTradeoff: cpu`", "ours-policer": ", ours with `ingressQueue: false`"}
     rows = []
     for (pods, moving, rate, way, started), items in sorted(groups.items()):
-        cpu = {}
-        good = {}
+        # Ratios pair rows of the same run: the machine's load is shared.
+        by_run = {}
         for run, b in items:
-            cpu.setdefault(b["row"], []).append((run["meta"]["commit"], b["cpu_per_gbps"]))
-            good.setdefault(b["row"], []).append(b["goodput_min"])
-        ratios = []
-        for commit, ours in cpu.get("ours", []):
-            ref = [v for c, v in cpu.get("ref-fair", []) if c == commit]
-            if ref:
-                ratios.append(ours / ref[0])
+            by_run.setdefault(run["_source"], {})[b["row"]] = b
         among = f", {moving} moving" if moving != pods else ""
-        rows.append((f"a busy node, {pods} pods × {rate}{among}, {way} (clients started {started}): CPU per Gbit/s ÷ the reference's (min / median / max); the lowest pod's goodput ÷ limit",
-                     [f"{spread(ratios)}; {span(good.get('ours', []))}", f"—; {span(good.get('ref-fair', []))}", "—"],
-                     cite(*sorted({id(r): r for r, _ in items}.values(), key=lambda r: r["_source"]))))
+        sources = cite(*sorted({r["_source"]: r for r, _ in items}.values(), key=lambda r: r["_source"]))
+        for variant, named in variants.items():
+            runs_with = [got for got in by_run.values() if variant in got]
+            if not runs_with:
+                continue
+            ratios = [got[variant]["cpu_per_gbps"] / got["ref-fair"]["cpu_per_gbps"] for got in runs_with if "ref-fair" in got]
+            ours_low = [got[variant]["goodput_min"] for got in runs_with]
+            ref_low = [got["ref-fair"]["goodput_min"] for got in runs_with if "ref-fair" in got]
+            rows.append((f"a busy node{named}, {pods} pods × {rate}{among}, {way} (clients started {started}): CPU per Gbit/s ÷ the reference's (min / median / max); the lowest pod's goodput ÷ limit",
+                         [f"{spread(ratios)}; {span(ours_low)}", f"—; {span(ref_low)}", "—"], sources))
     return rows
 
 
