@@ -104,6 +104,10 @@ struct iface_state {
  * ADD): shape_ingress only counts, and pace_tcp sizes receive windows so
  * that senders keep a short, steady queue there. */
 #define IFACE_INGRESS_QUEUED 1
+/* The operator traded latency for CPU (`ingressTradeoff: "cpu"`): receive
+ * windows hold RWND_FAST_QUEUE_US of queue at every rate, not only from
+ * RWND_FAST_MIN_RATE on (rwnd_for). */
+#define IFACE_INGRESS_LOW_CPU 2
 /* The upper half of `flags` holds the interface's MTU (ADD writes it; 0:
  * unknown), so that the cgroup hooks charge a datagram the IP layer
  * fragments as its fragments (cgroup_wire_bytes). In flags rather than a
@@ -918,7 +922,10 @@ static __always_inline __u32 cwnd_clamp(__u64 pacing, __u32 rtt_us, __u32 mss, _
  * with 8 ms, LAN). Below that rate a response's own frames take long
  * enough that the wait behind a longer queue shows: 16 KB responses beside
  * a 10M download and a UDP flood had p99 24.5 ms with 8 ms (bound 28),
- * 17.7-22.5 ms with 2 ms.
+ * 17.7-22.5 ms with 2 ms. So below that rate the longer queue is the
+ * operator's choice (IFACE_INGRESS_LOW_CPU): 200 pods at 10M downloading
+ * at once saturated a 2-vCPU node with 2 ms and fell to 0.42 of their
+ * limit; with 8 ms each held 0.948-0.979.
  */
 #define RWND_QUEUE_US 2000
 #define RWND_FAST_QUEUE_US 8000
@@ -949,7 +956,9 @@ static __always_inline __u32 rwnd_for(const struct iface_state *iface, __u64 now
 	__s64 burst_left;
 
 	if (iface->flags & IFACE_INGRESS_QUEUED)
-		hold_us += iface->ingress.rate >= RWND_FAST_MIN_RATE ? RWND_FAST_QUEUE_US : RWND_QUEUE_US;
+		hold_us += iface->ingress.rate >= RWND_FAST_MIN_RATE || (iface->flags & IFACE_INGRESS_LOW_CPU) ?
+				   RWND_FAST_QUEUE_US :
+				   RWND_QUEUE_US;
 	w = payload_rate(share, mss, ipv6) * hold_us / USEC_PER_SEC;
 	if (iface->flags & IFACE_INGRESS_QUEUED) {
 		burst_left = bucket_level(&iface->ingress, now);

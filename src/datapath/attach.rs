@@ -44,7 +44,10 @@ use crate::datapath::attachment::{self, AttachmentRecord};
 use crate::node::bpf_sys::{self, CgroupLinkInfo};
 use crate::policy::limits::Limits;
 use crate::node::pins::{process_alive, remove_pin_dir, AttachmentId, PinRoot};
-use crate::datapath::state::{HostGuard, IfaceState, PodRecord, QueueGate, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, POD_SIDE_GUARD, STATE_LAYOUT};
+use crate::datapath::state::{
+    HostGuard, IfaceState, PodRecord, QueueGate, IFACE_INGRESS_LOW_CPU, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, POD_SIDE_GUARD, STATE_LAYOUT,
+};
+use crate::policy::netconf::IngressTradeoff;
 use crate::policy::operator::LimitBasis;
 
 /// The production datapath, built from ebpf/shaper.bpf.c by build.rs.
@@ -100,6 +103,8 @@ pub struct PodNetwork<'a> {
     pub host_interface: Option<String>,
     /// Whether ingress may be queued there (the `ingressQueue` key).
     pub ingress_queue: bool,
+    /// What the queue's depth favours (the `ingressTradeoff` key).
+    pub ingress_tradeoff: IngressTradeoff,
     pub basis: LimitBasis,
 }
 
@@ -602,7 +607,12 @@ fn attach_and_pin(
                     record.ingress_queued_in_pod = true;
                     record.ingress_queue_door = door_key;
                     state.flags |= IFACE_INGRESS_QUEUED;
-                    IngressMode::Queue(format!("{} in the pod's netns", crate::datapath::ingress_queue::ifb_name(ifindex)))
+                    let mut how = format!("{} in the pod's netns", crate::datapath::ingress_queue::ifb_name(ifindex));
+                    if network.ingress_tradeoff == IngressTradeoff::Cpu {
+                        state.flags |= IFACE_INGRESS_LOW_CPU;
+                        how.push_str(", 8 ms deep at every rate (ingressTradeoff: cpu)");
+                    }
+                    IngressMode::Queue(how)
                 }
                 Err(e) => {
                     log::warn!("cannot queue ingress in the pod's netns, policing instead: {e:#}");

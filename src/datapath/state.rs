@@ -24,6 +24,9 @@ pub const STATE_LAYOUT: u32 = 3;
 /// netns; a host-side TBF for pods of earlier releases), and the datapath
 /// sizes receive windows for that queue.
 pub const IFACE_INGRESS_QUEUED: u32 = 1;
+/// `IfaceState::flags`: receive windows hold 8 ms of queue at every rate,
+/// not only from 40M on (`ingressTradeoff: "cpu"`; ebpf/shaper.h: rwnd_for).
+pub const IFACE_INGRESS_LOW_CPU: u32 = 2;
 /// `IfaceState::flags >> IFACE_MTU_SHIFT`: the interface's MTU, so that the
 /// cgroup hooks charge a datagram the IP layer fragments as its fragments
 /// (ebpf/shaper.h: cgroup_wire_bytes). 0: unknown.

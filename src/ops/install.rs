@@ -261,7 +261,7 @@ const POLICY_KEYS: &[&str] = &[
 ];
 /// The other keys of the plugin's entry an operator may set.
 const OTHER_KEYS: &[&str] =
-    &["namespaces", "cgroupRoot", "pinRoot", "allowRawSockets", "ingressQueue", "limitBasis", "failurePolicy", "lockTimeoutSeconds", "logFile", "logLevel", "capabilities"];
+    &["namespaces", "cgroupRoot", "pinRoot", "allowRawSockets", "ingressQueue", "ingressTradeoff", "limitBasis", "failurePolicy", "lockTimeoutSeconds", "logFile", "logLevel", "capabilities"];
 const CAPABILITIES: &[&str] = &["bandwidth", "cgroupPath", "io.kubernetes.cri.pod-annotations"];
 
 /// The entry for a `--config` object: its keys, in its order, after `type`,

@@ -149,6 +149,7 @@ fn shape(req: &Request, limits: &Limits, clamped: Vec<String>) -> Result<(), Cni
         allow_raw_sockets: req.conf.allow_raw_sockets,
         host_interface: crate::datapath::ingress_queue::host_interface(req.conf.prev_result.as_ref()),
         ingress_queue: req.conf.ingress_queue,
+        ingress_tradeoff: req.conf.ingress_tradeoff,
         basis: req.conf.limit_basis,
     };
     let mode = attach::attach_pod(&root, &req.attachment(), &cgroup_dir, &network, limits)
@@ -467,6 +468,9 @@ fn ingress_mode(dir: &std::path::Path, state: &IfaceState) -> String {
         return "none".into();
     }
     match attach::ingress_queue_of(dir, state) {
+        Some(queue) if state.flags & crate::datapath::state::IFACE_INGRESS_LOW_CPU != 0 => {
+            format!("{}, 8 ms deep at every rate (ingressTradeoff: cpu)", queue.describe())
+        }
         Some(queue) => queue.describe(),
         None => "policer".into(),
     }

@@ -26,6 +26,19 @@ pub enum FailurePolicy {
     Open,
 }
 
+/// What the ingress queue's depth favours below 40M (from 40M on it is
+/// always 8 ms: ebpf/shaper.h, rwnd_for).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IngressTradeoff {
+    /// Receive windows keep 2 ms of queue: a pod's other traffic waits
+    /// least behind its downloads.
+    #[default]
+    Latency,
+    /// 8 ms at every rate: fewer, larger skbs, less CPU per byte on a
+    /// node where many pods download at once.
+    Cpu,
+}
+
 /// Bounds of `lockTimeoutSeconds`.
 const LOCK_TIMEOUT_RANGE: (f64, f64) = (0.1, 600.0);
 
@@ -42,6 +55,8 @@ pub struct NetConf {
     /// `ingressQueue`: queue ingress on the pod's host-side interface where
     /// there is one (default), rather than police it.
     pub ingress_queue: bool,
+    /// `ingressTradeoff`: what the ingress queue's depth favours.
+    pub ingress_tradeoff: IngressTradeoff,
     /// `limitBasis`: what a limit counts (frames on the wire, or frames
     /// scaled so that bulk TCP goodput meets it).
     pub limit_basis: LimitBasis,
@@ -85,6 +100,16 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
+            ingress_tradeoff: match string_field(&obj, "ingressTradeoff")?.as_deref() {
+                None | Some("latency") => IngressTradeoff::Latency,
+                Some("cpu") => IngressTradeoff::Cpu,
+                Some(other) => {
+                    return Err(CniError::config(format!(
+                        "ingressTradeoff must be \"latency\" (downloads below 40M keep 2 ms of queue) or \"cpu\" (8 ms at every rate: less CPU on a busy node, more wait for the pod's other traffic), got {:?}",
+                        truncate(other, 40)
+                    )))
+                }
+            },
             limit_basis: match string_field(&obj, "limitBasis")? {
                 None => LimitBasis::default(),
                 Some(b) => LimitBasis::parse(&b).ok_or_else(|| {
