@@ -22,12 +22,12 @@ use crate::util::{CpuSample, Progress};
 pub const OMIT: u32 = 2;
 pub const SECONDS: u32 = 8;
 /// The rows compared: ours, and the reference with the same bursts (and
-/// ours with `ingressQueue: false` when `--rows` names the policer).
-fn rows(policer: bool) -> Vec<Row> {
-    let mut rows = vec![Row::Ours, Row::RefFair];
-    if policer {
-        rows.insert(1, Row::OursPolicer);
-    }
+/// ours in another ingress mode, `policer` or `lowcpu`, where `--rows`
+/// names it).
+fn rows(variants: &[Row]) -> Vec<Row> {
+    let mut rows = vec![Row::Ours];
+    rows.extend(variants.iter().copied().filter(|r| r.is_ingress_variant()));
+    rows.push(Row::RefFair);
     rows
 }
 
@@ -128,10 +128,10 @@ pub struct BusyRow {
     pub bpf: BTreeMap<String, (u64, u64)>,
 }
 
-pub fn estimate(shapes: &[Shape], policer: bool) -> f64 {
+pub fn estimate(shapes: &[Shape], variants: &[Row]) -> f64 {
     shapes
         .iter()
-        .map(|s| s.pods as f64 * 0.08 + rows(policer).len() as f64 * (s.pods as f64 * 0.1 + s.moving as f64 * 0.3 + 2.0 * (f64::from(OMIT + SECONDS) + 3.0)))
+        .map(|s| s.pods as f64 * 0.08 + rows(variants).len() as f64 * (s.pods as f64 * 0.1 + s.moving as f64 * 0.3 + 2.0 * (f64::from(OMIT + SECONDS) + 3.0)))
         .sum()
 }
 
@@ -180,14 +180,14 @@ fn all_prog_stats() -> BTreeMap<String, (u64, u64)> {
     out
 }
 
-pub fn run(plugins: &Plugins, shapes: &[Shape], policer: bool, progress: &mut Progress) -> Result<(Vec<BusyRow>, Vec<StateRow>)> {
+pub fn run(plugins: &Plugins, shapes: &[Shape], variants: &[Row], progress: &mut Progress) -> Result<(Vec<BusyRow>, Vec<StateRow>)> {
     let mut out = Vec::new();
     let mut state = Vec::new();
     for shape in shapes {
         progress.step(shape.pods as f64 * 0.08, &format!("busy node: {} pods on one bridge", shape.pods))?;
         let fleet = Fleet::with_moving("brln", shape.pods, shape.moving)?;
         let pods = fleet.pod_refs()?;
-        for row in rows(policer) {
+        for row in rows(variants) {
             progress.step(shape.pods as f64 * 0.1 + shape.moving as f64 * 0.3, &format!("busy node, {}: {} ADD", shape.label(), row.label()))?;
             let mut attached: Vec<Attached<'_>> = Vec::new();
             let mut one_pod = BTreeMap::new();

@@ -30,7 +30,7 @@ const USAGE: &str = "options:
   --rtts 0,1.5,10,20,50     round-trip times in ms (the delay line adds half each way; 0 = LAN)
   --rates 10M,100M,1G       limits (both directions)
   --rows ours,containerd,fair
-                            the matrix's shaped rows (also: policer, ours with ingressQueue: false)
+                            the matrix's shaped rows (also: policer, ours with ingressQueue: false; lowcpu, ours with ingressTradeoff: cpu; each also adds a busy-node row)
   --only matrix,wire,workloads,timing,maincni,busynode
                             parts to run (comma-separated; default all)
   --seconds 4               measured seconds per bulk transfer (2 more are omitted first)
@@ -153,7 +153,7 @@ fn estimate(o: &Options) -> f64 {
         s += main_cni::estimate();
     }
     if o.busy_node {
-        s += busy_node::estimate(&o.busy_shapes, o.rows.contains(&plugins::Row::OursPolicer));
+        s += busy_node::estimate(&o.busy_shapes, &o.rows);
     }
     s
 }
@@ -326,7 +326,7 @@ fn run() -> Result<()> {
             save(&opts, &mut results, started)?;
         }
         if opts.busy_node {
-            (results.busy_node, results.busy_state) = busy_node::run(&plugins, &opts.busy_shapes, opts.rows.contains(&plugins::Row::OursPolicer), &mut progress)?;
+            (results.busy_node, results.busy_state) = busy_node::run(&plugins, &opts.busy_shapes, &opts.rows, &mut progress)?;
             save(&opts, &mut results, started)?;
         }
         if opts.timing {

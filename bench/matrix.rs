@@ -158,7 +158,7 @@ const GAP: Duration = Duration::from_millis(200);
 /// Estimated seconds of one RTT's part (for progress and the README).
 pub fn estimate(opts: &Options, rtt_ms: f64) -> f64 {
     let cell = f64::from(OMIT + opts.seconds) + 0.6 + rtt_ms * 6e-3;
-    let ways = |row: &Row| if *row == Row::OursPolicer { 1 } else { WAYS.len() };
+    let ways = |row: &Row| if row.is_ingress_variant() { 1 } else { WAYS.len() };
     let shaped = (opts.rates.len() * opts.rows.iter().map(ways).sum::<usize>() * CCS.len() * FLOWS.len()) as f64 * cell;
     // The reference with containerd's burst queues without bound: at the
     // end of an 8-flow download iperf3's last exchange waits behind what
@@ -215,8 +215,8 @@ fn one_rtt(opts: &Options, plugins: &Plugins, progress: &mut Progress, out: &mut
             for cc in CCS {
                 for flows in FLOWS {
                     for &row in &opts.rows {
-                        // The policer differs from ours only in ingress.
-                        if row == Row::OursPolicer && way == Way::Upload {
+                        // The policer and the cpu trade differ from ours only in ingress.
+                        if row.is_ingress_variant() && way == Way::Upload {
                             continue;
                         }
                         let bulk = Bulk::tcp(way, cc, flows, OMIT, opts.seconds);
@@ -299,7 +299,9 @@ fn latency(
     let attached = plugins.attach(pod, row, rate)?;
     let download = Bulk::tcp(Way::Download, "cubic", 1, OMIT, BESIDE_SECONDS);
     wait_server_idle(bed)?;
-    let responses = Requests { within_ms: Some(BESIDE_SECONDS * 1000 - 500), ..Requests::fresh_responses(10_000, BESIDE_GAP_MS) };
+    // Open loop: every row gets the same requests at the same times, however
+    // long each waits (a closed loop gave a slow shaper fewer samples).
+    let responses = Requests::open_responses((BESIDE_SECONDS * 1000 - 500) / BESIDE_GAP_MS, BESIDE_GAP_MS);
     let beside = bed.requests_beside(&download, &responses);
     attached.del()?;
     let (lat, bulk) = beside?;

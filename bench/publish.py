@@ -261,6 +261,62 @@ def figures():
     return table(all_rows())
 
 
+def tradeoff():
+    """`ingressTradeoff`: what the cpu mode saves on a busy node against what
+    it costs a pod's responses beside its download, from one busy-node run
+    and one matrix run that each hold both of ours' rows."""
+    busy = [load(d.name) for d in sorted(RESULTS.glob("busy-tradeoff*")) if (d / "results.json").exists()]
+    lat = [load(d.name) for d in sorted(RESULTS.glob("latency-rows*")) if (d / "results.json").exists()]
+    if not busy or not lat:
+        raise Unpublishable("no bench/results/busy-tradeoff*/ or latency-rows*/ results (bench/README.md says how to make them)")
+    out = ["| `ingressTradeoff` | " + " | ".join(f"busy node {b['pods']} × {b['rate']}, {b['way']}: CPU per Gbit/s ÷ the reference's; lowest pod" for b in busy[0]["busy_node"] if b["row"] == "ours")
+           + " | " + " | ".join(f"16 KB responses beside the pod's download, {l['rate']}, {'LAN' if l['rtt_ms'] == 0 else str(l['rtt_ms']) + ' ms'}: p50 / p99 (samples)" for l in lat[0]["matrix"]["latency"] if l["row"] == "ours") + " |"]
+    out.append("|---" * (out[0].count("|") - 1) + "|")
+    for row, name in (("ours", "`latency` (default)"), ("ours-low-cpu", "`cpu`")):
+        cells = []
+        for b in busy[0]["busy_node"]:
+            if b["row"] != "ours":
+                continue
+            ratios, lows = [], []
+            for run in busy:
+                got = {x["row"]: x for x in run["busy_node"] if (x["pods"], x["rate"], x["way"]) == (b["pods"], b["rate"], b["way"])}
+                if row in got and "ref-fair" in got:
+                    ratios.append(got[row]["cpu_per_gbps"] / got["ref-fair"]["cpu_per_gbps"])
+                    lows.append(got[row]["goodput_min"])
+            cells.append(f"{spread(ratios)}; {span(lows)}")
+        for l in lat[0]["matrix"]["latency"]:
+            if l["row"] != "ours":
+                continue
+            got = [x for run in lat for x in run["matrix"]["latency"] if (x["row"], x["rate"], x["rtt_ms"]) == (row, l["rate"], l["rtt_ms"])]
+            cells.append(", ".join(f"{x['beside_p50_ms']:.1f} / {x['beside_p99_ms']:.1f} ms ({x['beside_samples']})" for x in got) or "—")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n\nFrom " + cite(*busy, *lat) + ".\n"
+
+
+LATENCY_ROWS = [("ours", "bpf-ratelimit"), ("ours-low-cpu", "bpf-ratelimit, `ingressTradeoff: cpu`"), ("ref-our-queue", "reference, our burst and our queue depth"),
+                ("ref-fair", "reference, our burst"), ("ref-containerd", "reference, containerd burst")]
+
+
+def latency():
+    """16 KB responses on fresh connections beside the pod's own download,
+    open loop (the same requests at the same times for every row), from
+    the latency-rows* runs."""
+    runs_ = [load(d.name) for d in sorted(RESULTS.glob("latency-rows*")) if (d / "results.json").exists()]
+    if not runs_:
+        raise Unpublishable("no bench/results/latency-rows*/ results (bench/README.md says how to make them)")
+    keys = sorted({(l["rtt_ms"], l["rate_bps"], l["rate"]) for r in runs_ for l in r["matrix"]["latency"]})
+    out = ["| shaper | " + " | ".join(f"{rate}, {'LAN' if rtt == 0 else f'{rtt:g} ms'}: p50 / p99 (answered of sent); download on the wire" for rtt, _, rate in keys) + " |",
+           "|---" * (len(keys) + 1) + "|"]
+    for row, name in LATENCY_ROWS:
+        cells = []
+        for rtt, bps, rate in keys:
+            got = [l for r in runs_ for l in r["matrix"]["latency"] if (l["row"], l["rtt_ms"], l["rate"]) == (row, rtt, rate)]
+            cells.append(", ".join(f"{l['beside_p50_ms']:.1f} / {l['beside_p99_ms']:.1f} ms ({l['beside_samples']} of {l['beside_samples'] + l['beside_failed']}); {l['beside_download_wire_ratio']:.3f}" for l in got) or "—")
+        if any(c != "—" for c in cells):
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n\nFrom " + cite(*runs_) + ".\n"
+
+
 def runs():
     """Every results file the figures come from: what ran, where, and how."""
     out = ["| results | commit | run (UTC) | parts | took | command |", "|---|---|---|---|---|---|"]
@@ -273,7 +329,7 @@ def runs():
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"headline": headline, "figures": figures, "runs": runs}
+GENERATORS = {"headline": headline, "figures": figures, "runs": runs, "tradeoff": tradeoff, "latency": latency}
 
 
 def render(page, text):

@@ -272,7 +272,7 @@ fn busy_node_table(s: &mut String, r: &Results) {
         let reference =
             r.busy_node.iter().find(|x| x.pods == b.pods && x.moving == b.moving && x.rate == b.rate && x.way == b.way && x.row == Row::RefFair);
         let ratio = match (b.row, reference) {
-            (Row::Ours, Some(f)) => format!("**{:.2}×**", b.cpu_per_gbps / f.cpu_per_gbps),
+            (row, Some(f)) if row.is_ours() => format!("**{:.2}×**", b.cpu_per_gbps / f.cpu_per_gbps),
             _ => String::new(),
         };
         let window = b.window_s.max(1e-3);
@@ -440,8 +440,8 @@ fn timing_table(s: &mut String, r: &Results) {
     }
 }
 
-const COLOURS: [(Row, &str); 5] =
-    [(Row::Ours, "#1f77b4"), (Row::RefContainerd, "#d62728"), (Row::RefFair, "#ff7f0e"), (Row::OursPolicer, "#2ca02c"), (Row::Unshaped, "#7f7f7f")];
+const COLOURS: [(Row, &str); 7] =
+    [(Row::Ours, "#1f77b4"), (Row::RefContainerd, "#d62728"), (Row::RefFair, "#ff7f0e"), (Row::RefOurQueue, "#8c564b"), (Row::OursPolicer, "#2ca02c"), (Row::OursLowCpu, "#9467bd"), (Row::Unshaped, "#7f7f7f")];
 
 fn dash(cc: &str, flows: u32) -> &'static str {
     match (cc, flows) {

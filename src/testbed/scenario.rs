@@ -182,6 +182,10 @@ pub struct Requests {
     /// Start no request after this long (those started are waited for):
     /// with a large `count`, requests for as long as a transfer beside them runs.
     pub within_ms: Option<u32>,
+    /// Open loop: each request starts on schedule, on its own connection,
+    /// whatever the earlier ones are doing, so every shaper compared gets
+    /// `count` samples (`within_ms` does not apply).
+    pub open_loop: bool,
 }
 
 /// Request latencies, in ms.
@@ -226,6 +230,11 @@ impl Testbed {
             .args([r.size.to_string(), r.count.to_string(), r.gap_ms.to_string(), r.response.to_string()]);
         if r.fresh {
             cmd.arg("fresh");
+        }
+        if r.open_loop {
+            // Every request started on schedule, the last one given podload's 60 s.
+            cmd.arg("open");
+            return Latencies::from_json(&run_json(cmd, Duration::from_millis(u64::from(r.count) * u64::from(r.gap_ms) + 75_000))?);
         }
         let mut timeout = Duration::from_millis(u64::from(r.count) * (u64::from(r.gap_ms) + 500) + 10_000);
         if let Some(ms) = r.within_ms {
@@ -307,13 +316,19 @@ impl Requests {
     /// 100-byte requests, each answered with 16 KB on a new connection (its
     /// handshake timed too), one every `gap_ms`: a response to a pod.
     pub fn fresh_responses(count: u32, gap_ms: u32) -> Self {
-        Requests { size: 100, response: 16_384, count, gap_ms, fresh: true, within_ms: None }
+        Requests { size: 100, response: 16_384, count, gap_ms, fresh: true, within_ms: None, open_loop: false }
+    }
+
+    /// `fresh_responses`, in an open loop: `count` of them whatever the
+    /// shaper does to each.
+    pub fn open_responses(count: u32, gap_ms: u32) -> Self {
+        Requests { open_loop: true, ..Requests::fresh_responses(count, gap_ms) }
     }
 
     /// 16 KB requests from the pod, each answered with 64 bytes, one every
     /// `gap_ms` on one keep-alive connection.
     pub fn keepalive_uploads(count: u32, gap_ms: u32) -> Self {
-        Requests { size: 16_384, response: 64, count, gap_ms, fresh: false, within_ms: None }
+        Requests { size: 16_384, response: 64, count, gap_ms, fresh: false, within_ms: None, open_loop: false }
     }
 }
 

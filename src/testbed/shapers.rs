@@ -35,10 +35,17 @@ pub enum Row {
     RefContainerd,
     /// The reference given our default bursts: the fair comparison of tc queueing.
     RefFair,
+    /// The reference given our default bursts and our ingress queue's depth
+    /// as its TBFs' `limit` (rate x 20 ms, at least 256 KB; the reference
+    /// sets rate x 25 ms + burst): like for like on latency.
+    RefOurQueue,
     /// bpf-ratelimit with `ingressQueue: false`: ingress policed in the
     /// pod's cgroup, as where there is no host side (macvlan) or the root
     /// qdisc is taken.
     OursPolicer,
+    /// bpf-ratelimit with `ingressTradeoff: "cpu"`: ingress queued 8 ms
+    /// deep at every rate (the busy-node trade of issue 25).
+    OursLowCpu,
     /// Nobody: what the path carries.
     Unshaped,
 }
@@ -46,11 +53,16 @@ pub enum Row {
 impl Row {
     pub const SHAPED: [Row; 3] = [Row::Ours, Row::RefContainerd, Row::RefFair];
     /// Every shaped row, in the order tables show them.
-    pub const ALL_SHAPED: [Row; 4] = [Row::Ours, Row::RefContainerd, Row::RefFair, Row::OursPolicer];
+    pub const ALL_SHAPED: [Row; 6] = [Row::Ours, Row::RefContainerd, Row::RefFair, Row::RefOurQueue, Row::OursPolicer, Row::OursLowCpu];
 
-    /// Ours, in either ingress mode.
+    /// Ours, in any ingress mode.
     pub fn is_ours(self) -> bool {
-        matches!(self, Row::Ours | Row::OursPolicer)
+        matches!(self, Row::Ours | Row::OursPolicer | Row::OursLowCpu)
+    }
+
+    /// Ours in a mode that differs from the default only in ingress.
+    pub fn is_ingress_variant(self) -> bool {
+        matches!(self, Row::OursPolicer | Row::OursLowCpu)
     }
 
     /// The `--rows` name.
@@ -59,7 +71,9 @@ impl Row {
             "ours" => Some(Row::Ours),
             "containerd" => Some(Row::RefContainerd),
             "fair" => Some(Row::RefFair),
+            "fairqueue" => Some(Row::RefOurQueue),
             "policer" => Some(Row::OursPolicer),
+            "lowcpu" => Some(Row::OursLowCpu),
             _ => None,
         }
     }
@@ -69,7 +83,9 @@ impl Row {
             Row::Ours => "bpf-ratelimit",
             Row::RefContainerd => "reference, containerd burst",
             Row::RefFair => "reference, our burst",
+            Row::RefOurQueue => "reference, our burst and queue",
             Row::OursPolicer => "bpf-ratelimit, policer",
+            Row::OursLowCpu => "bpf-ratelimit, ingressTradeoff cpu",
             Row::Unshaped => "unshaped path",
         }
     }
@@ -79,7 +95,9 @@ impl Row {
             Row::Ours => "o",
             Row::RefContainerd => "c",
             Row::RefFair => "f",
+            Row::RefOurQueue => "q",
             Row::OursPolicer => "p",
+            Row::OursLowCpu => "l",
             Row::Unshaped => "u",
         }
     }
@@ -169,7 +187,7 @@ impl Plugins {
 
     fn binary(&self, row: Row) -> &Path {
         match row {
-            Row::Ours | Row::OursPolicer => &self.ours,
+            Row::Ours | Row::OursPolicer | Row::OursLowCpu => &self.ours,
             _ => Path::new(REFERENCE),
         }
     }
@@ -180,12 +198,13 @@ impl Plugins {
         // go-cni's BandWidth struct has no JSON tags: containerd writes the keys capitalised.
         let bandwidth = json!({"IngressRate": rate, "IngressBurst": ingress_burst, "EgressRate": rate, "EgressBurst": egress_burst});
         match row {
-            Row::Ours | Row::OursPolicer => json!({
+            Row::Ours | Row::OursPolicer | Row::OursLowCpu => json!({
                 "cniVersion": "1.0.0",
                 "name": self.network,
                 "type": "bpf-ratelimit",
                 "pinRoot": self.pin_root,
-                "ingressQueue": row == Row::Ours,
+                "ingressQueue": row != Row::OursPolicer,
+                "ingressTradeoff": if row == Row::OursLowCpu { "cpu" } else { "latency" },
                 "runtimeConfig": {
                     "bandwidth": bandwidth,
                     "cgroupPath": pod.cgroup_path,
@@ -224,7 +243,7 @@ impl Plugins {
     pub fn attach<'a>(&'a self, pod: &'a PodRef, row: Row, rate: u64) -> Result<Attached<'a>> {
         let mut attached = self.add(pod, row, rate)?;
         attached.buckets = match row {
-            Row::Ours | Row::OursPolicer => self.our_buckets()?,
+            Row::Ours | Row::OursPolicer | Row::OursLowCpu => self.our_buckets()?,
             _ => reference_buckets(pod, &attached.result)?,
         };
         Ok(attached)
@@ -244,7 +263,11 @@ impl Plugins {
         let config = self.config(pod, row, rate);
         let (out, add_elapsed) = self.invoke(row, "ADD", &id, pod, &config)?;
         let result = out.json()?;
-        Ok(Attached { plugins: self, pod, row, id, config, result, add_elapsed, buckets: Buckets::default(), deleted: false })
+        let attached = Attached { plugins: self, pod, row, id, config, result, add_elapsed, buckets: Buckets::default(), deleted: false };
+        if row == Row::RefOurQueue {
+            give_our_queue(pod, &attached.result, rate)?;
+        }
+        Ok(attached)
     }
 
     /// Our pod's bursts as it holds them (`bpf-ratelimit stats`), bytes.
@@ -303,6 +326,34 @@ pub fn reset_host_veth(ifname: &str) -> Result<()> {
     Ok(())
 }
 
+/// Sets the reference's TBFs (the host veth's, its ifb's) to our ingress
+/// queue's depth, keeping their rate and burst (a TBF change).
+fn give_our_queue(pod: &PodRef, result: &Value, rate: u64) -> Result<()> {
+    let limit = crate::datapath::ingress_queue::QueueSpec::for_limit(
+        crate::policy::limits::Limit { rate, burst: default_burst(Direction::Ingress, rate) },
+        crate::policy::operator::LimitBasis::Frames,
+    )
+    .limit_bytes;
+    for ifname in [pod.host_veth.as_str(), reference_ifb(result)?] {
+        let q = root_qdisc(ifname)?.with_context(|| format!("the reference left no root qdisc on {ifname}"))?;
+        let t = q.tbf.with_context(|| format!("the root qdisc on {ifname} is {}, not tbf", q.kind))?;
+        let index = crate::node::netns::ifindex(ifname)?;
+        crate::datapath::tc::tbf(crate::datapath::tc::Verb::Change, index, crate::datapath::tc::ROOT, q.handle, &crate::datapath::tc::Tbf { limit_bytes: limit, ..t })
+            .with_context(|| format!("cannot give the reference's TBF on {ifname} a {limit}-byte limit"))?;
+    }
+    Ok(())
+}
+
+fn reference_ifb(result: &Value) -> Result<&str> {
+    result["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["name"].as_str())
+        .find(|n| n.starts_with("bwp"))
+        .with_context(|| format!("the reference's result names no ifb device: {result}"))
+}
+
 /// The reference's buckets as the kernel holds them: the TBF on the host
 /// veth (ingress) and on its ifb device (egress, named in its result).
 fn reference_buckets(pod: &PodRef, result: &Value) -> Result<Buckets> {
@@ -311,12 +362,5 @@ fn reference_buckets(pod: &PodRef, result: &Value) -> Result<Buckets> {
         let t = q.tbf.with_context(|| format!("the root qdisc on {ifname} is {}, not tbf", q.kind))?;
         Ok(t.burst_bytes as f64)
     };
-    let ifb = result["interfaces"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["name"].as_str())
-        .find(|n| n.starts_with("bwp"))
-        .with_context(|| format!("the reference's result names no ifb device: {result}"))?;
-    Ok(Buckets { ingress_bytes: tbf(&pod.host_veth)?, egress_bytes: tbf(ifb)? })
+    Ok(Buckets { ingress_bytes: tbf(&pod.host_veth)?, egress_bytes: tbf(reference_ifb(result)?)? })
 }

@@ -16,7 +16,11 @@ iperf3 covers bulk flows; this covers the rest:
                                    started after SECONDS (those started are
                                    waited for); after one untimed request,
                                    prints latency percentiles (ms, nearest
-                                   rank) as JSON.
+                                   rank) as JSON. With "open": open loop,
+                                   every request started on schedule on
+                                   its own connection whatever the others
+                                   are doing, so every row of a comparison
+                                   gets COUNT samples.
   light HOST PORT CONNS BPS SECONDS
                                    CONNS keep-alive connections each sending
                                    BPS bits/s in 10 requests a second.
@@ -90,7 +94,10 @@ def connect(host, port):
     return conn
 
 
-def requests(host, port, size, count, gap_ms, response=64, fresh=False, within=None):
+def requests(host, port, size, count, gap_ms, response=64, fresh=False, within=None, open_=False):
+    if open_:
+        report(*open_loop(host, port, size, count, gap_ms, response))
+        return
     deadline = None if within is None else time.monotonic() + within
     conn = None if fresh else connect(host, port)
     payload = struct.pack("!II", size, response) + b"q" * size
@@ -121,11 +128,56 @@ def requests(host, port, size, count, gap_ms, response=64, fresh=False, within=N
                 conn.close()
             conn = None if fresh else connect(host, port)
         time.sleep(gap_ms / 1000)
+    report(samples, failed)
+
+
+def report(samples, failed):
     samples.sort()
     # Nearest rank: p99 of 50 samples is the largest, of 200 the third largest.
     pick = lambda q: samples[max(0, math.ceil(q * len(samples)) - 1)] if samples else None
     print(json.dumps({"p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": samples[-1] if samples else None,
                       "samples": len(samples), "failed": failed}))
+
+
+def open_loop(host, port, size, count, gap_ms, response):
+    """`count` requests started every `gap_ms` whatever the earlier ones are
+    doing (each on its own connection, in its own thread): a slow shaper
+    cannot thin the samples out by holding the next request back, as a
+    closed loop lets it. Each may take up to OPEN_LOOP_TIMEOUT_S."""
+    payload = struct.pack("!II", size, response) + b"q" * size
+    warm = connect(host, port)
+    warm.sendall(payload)
+    recv_exact(warm, response)
+    warm.close()
+    samples, failed, lock = [], [0], threading.Lock()
+
+    def one(due):
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        start = time.monotonic()
+        try:
+            conn = socket.create_connection((host, port), timeout=OPEN_LOOP_TIMEOUT_S)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.sendall(payload)
+            recv_exact(conn, response)
+            conn.close()
+            with lock:
+                samples.append((time.monotonic() - start) * 1000)
+        except OSError:
+            with lock:
+                failed[0] += 1
+
+    t0 = time.monotonic() + gap_ms / 1000
+    threads = [threading.Thread(target=one, args=(t0 + i * gap_ms / 1000,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return samples, failed[0]
+
+
+OPEN_LOOP_TIMEOUT_S = 60
 
 
 def light(host, port, conns, bps, seconds):
@@ -246,7 +298,7 @@ def main(argv):
         extra = args[6:]
         within = next((float(a.split("=", 1)[1]) for a in extra if a.startswith("within=")), None)
         requests(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]),
-                 int(args[5]) if len(args) > 5 else 64, "fresh" in extra, within)
+                 int(args[5]) if len(args) > 5 else 64, "fresh" in extra, within, "open" in extra)
     elif cmd == "light":
         light(args[0], int(args[1]), int(args[2]), int(args[3]), float(args[4]))
     elif cmd == "raw":
