@@ -100,16 +100,14 @@ impl NetConf {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT)),
             allow_raw_sockets: bool_field(&obj, "allowRawSockets")?.unwrap_or(false),
             ingress_queue: bool_field(&obj, "ingressQueue")?.unwrap_or(true),
-            ingress_tradeoff: match string_field(&obj, "ingressTradeoff")?.as_deref() {
-                None | Some("latency") => IngressTradeoff::Latency,
-                Some("cpu") => IngressTradeoff::Cpu,
-                Some(other) => {
-                    return Err(CniError::config(format!(
-                        "ingressTradeoff must be \"latency\" (downloads below 40M keep 2 ms of queue) or \"cpu\" (8 ms at every rate: less CPU on a busy node, more wait for the pod's other traffic), got {:?}",
-                        truncate(other, 40)
-                    )))
-                }
-            },
+            ingress_tradeoff: choice(
+                &obj,
+                "ingressTradeoff",
+                &[
+                    ("latency", IngressTradeoff::Latency, "downloads below 40M keep 2 ms of queue"),
+                    ("cpu", IngressTradeoff::Cpu, "8 ms at every rate: less CPU on a busy node, more wait for the pod's other traffic"),
+                ],
+            )?,
             limit_basis: match string_field(&obj, "limitBasis")? {
                 None => LimitBasis::default(),
                 Some(b) => LimitBasis::parse(&b).ok_or_else(|| {
@@ -119,16 +117,14 @@ impl NetConf {
                     ))
                 })?,
             },
-            failure_policy: match string_field(&obj, "failurePolicy")?.as_deref() {
-                None | Some("closed") => FailurePolicy::Closed,
-                Some("open") => FailurePolicy::Open,
-                Some(other) => {
-                    return Err(CniError::config(format!(
-                        "failurePolicy must be \"closed\" (a pod whose shaper cannot be set up does not start) or \"open\" (it starts unshaped), got {:?}",
-                        truncate(other, 40)
-                    )))
-                }
-            },
+            failure_policy: choice(
+                &obj,
+                "failurePolicy",
+                &[
+                    ("closed", FailurePolicy::Closed, "a pod whose shaper cannot be set up does not start"),
+                    ("open", FailurePolicy::Open, "it starts unshaped"),
+                ],
+            )?,
             lock_timeout: match obj.get("lockTimeoutSeconds").filter(|v| !v.is_null()) {
                 None => crate::node::pins::DEFAULT_LOCK_TIMEOUT,
                 Some(v) => match v.as_f64() {
@@ -282,6 +278,17 @@ fn get_ci<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
     obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
 }
 
+/// A key with named values: its value among `choices` (name, value, what it
+/// means), the type's default when absent; any other value is an error
+/// that names every choice.
+fn choice<T: Copy + Default>(obj: &Map<String, Value>, key: &str, choices: &[(&str, T, &str)]) -> Result<T, CniError> {
+    let Some(given) = string_field(obj, key)? else { return Ok(T::default()) };
+    choices.iter().find(|(name, _, _)| *name == given).map(|(_, value, _)| *value).ok_or_else(|| {
+        let named: Vec<String> = choices.iter().map(|(name, _, meaning)| format!("\"{name}\" ({meaning})")).collect();
+        CniError::config(format!("{key} must be {}, got {:?}", named.join(" or "), truncate(&given, 40)))
+    })
+}
+
 fn string_field(obj: &Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -411,6 +418,27 @@ mod tests {
             assert_eq!(e.code, cni::code::INVALID_CONFIG, "{bad}");
             assert!(e.msg.contains("failurePolicy") || e.msg.contains("lockTimeoutSeconds"), "{}", e.msg);
         }
+    }
+
+    #[test]
+    fn keys_with_named_values_default_and_name_every_choice_when_wrong() {
+        let with = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"cniVersion": "1.0.0", "name": "n"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            parse(v)
+        };
+        let c = with(serde_json::json!({})).unwrap();
+        assert_eq!((c.ingress_tradeoff, c.failure_policy), (IngressTradeoff::Latency, FailurePolicy::Closed));
+        let c = with(serde_json::json!({"ingressTradeoff": "cpu"})).unwrap();
+        assert_eq!(c.ingress_tradeoff, IngressTradeoff::Cpu);
+        let e = with(serde_json::json!({"ingressTradeoff": "fast"})).unwrap_err();
+        assert_eq!(e.code, cni::code::INVALID_CONFIG);
+        assert!(e.msg.starts_with("ingressTradeoff must be \"latency\" (") && e.msg.contains(") or \"cpu\" (") && e.msg.ends_with("got \"fast\""), "{}", e.msg);
+        let e = with(serde_json::json!({"failurePolicy": "maybe"})).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "failurePolicy must be \"closed\" (a pod whose shaper cannot be set up does not start) or \"open\" (it starts unshaped), got \"maybe\""
+        );
     }
 
     #[test]
