@@ -332,8 +332,19 @@ impl Requests {
     }
 }
 
-/// How long `wire_while_reported` waits for its senders to end by themselves.
-pub const SENDER_GRACE: Duration = Duration::from_secs(5);
+/// How many frames on the wire say the senders have started (a few ND or
+/// ARP frames of the pod's own are fewer; any sender's traffic is more
+/// within milliseconds).
+const FIRST_FRAMES: u64 = 32;
+/// How long the wire windows wait for the senders' first frames: a sender
+/// that is refused (AF_XDP without the compat syscall) sends none.
+const FIRST_FRAMES_WITHIN: Duration = Duration::from_secs(20);
+
+/// How long `wire_while_reported` waits for its senders to end by themselves:
+/// long, because a sender that ends is never waited for. Under TCG an
+/// iperf3 with MSS 88 took over 5 s after its run to hand in its report (the
+/// server reads every queued tiny segment first).
+pub const SENDER_GRACE: Duration = Duration::from_secs(30);
 
 /// What a sender said when it ended: its exit code (None: it was killed,
 /// or ended by a signal) and its output.
@@ -361,6 +372,9 @@ pub struct WireWindow {
     pub frames_per_s: f64,
     /// The measured time.
     pub seconds: f64,
+    /// How long the senders took to put their first frames on the wire
+    /// (the window opened `settle` after that).
+    pub first_frames_after: f64,
 }
 
 
@@ -380,12 +394,13 @@ impl Testbed {
     /// bucket spent), measures the wire in `way` for `measure`, and stops
     /// them.
     pub fn wire_while(&self, way: Way, senders: Vec<Command>, settle: Duration, measure: Duration) -> Result<WireWindow> {
+        let before = self.quiet_wire(way)?;
         let mut running = Vec::new();
         for mut c in senders {
             let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {c:?}"))?;
             running.push(Background(child));
         }
-        let window = self.measure_wire(way, settle, measure);
+        let window = self.await_first_frames(way, before, &mut running).and_then(|after| self.measure_wire(way, after, settle, measure));
         drop(running);
         window
     }
@@ -396,6 +411,7 @@ impl Testbed {
     /// A sender that never ran then shows, instead of a quiet wire that
     /// passes a "no more than the limit" bound.
     pub fn wire_while_reported(&self, way: Way, senders: Vec<Command>, settle: Duration, measure: Duration) -> Result<(WireWindow, Vec<SenderReport>)> {
+        let before = self.quiet_wire(way)?;
         let mut running = Vec::new();
         for mut c in senders {
             let command = format!("{c:?}");
@@ -414,7 +430,8 @@ impl Testbed {
             let err = read(child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>));
             running.push((command, Background(child), out, err));
         }
-        let window = self.measure_wire(way, settle, measure);
+        let mut children: Vec<&mut Background> = running.iter_mut().map(|r| &mut r.1).collect();
+        let window = self.await_first_frames(way, before, &mut children).and_then(|after| self.measure_wire(way, after, settle, measure));
         let deadline = Instant::now() + SENDER_GRACE;
         let mut reports = Vec::new();
         for (command, mut child, out, err) in running {
@@ -434,15 +451,54 @@ impl Testbed {
         Ok((window?, reports))
     }
 
+    /// The wire count in `way` once fewer than `FIRST_FRAMES` cross it in
+    /// 100 ms (or after `FIRST_FRAMES_WITHIN`): what an earlier sender left
+    /// queued before the delay line must not pass for the next one's first
+    /// frames. Under TCG the line forwarded a UDP_SEGMENT sender's frames
+    /// for seconds after it ended, and MSS 88's window opened on them.
+    fn quiet_wire(&self, way: Way) -> Result<WireCount> {
+        let start = Instant::now();
+        let mut last = self.wire_count(way)?;
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.wire_count(way)?;
+            if now.since(&last).frames < FIRST_FRAMES || start.elapsed() >= FIRST_FRAMES_WITHIN {
+                return Ok(now);
+            }
+            last = now;
+        }
+    }
+
+    /// Waits until the senders' first frames are on the wire in `way`
+    /// (`FIRST_FRAMES` more than `before`), or every sender has ended, or
+    /// `FIRST_FRAMES_WITHIN` has passed: the settle time counts from there,
+    /// not from spawn. A process's start and iperf3's control exchange take
+    /// well over a second under TCG (the 6.1 stage's VM); a window timed
+    /// from spawn closed there before MSS 88's iperf3 sent its first
+    /// segment, and counted 0 bytes of the 113 MB it said it sent.
+    fn await_first_frames<B: std::borrow::BorrowMut<Background>>(&self, way: Way, before: WireCount, senders: &mut [B]) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.wire_count(way)?.since(&before).frames >= FIRST_FRAMES {
+                return Ok(start.elapsed());
+            }
+            let all_ended = senders.iter_mut().all(|b| matches!(b.borrow_mut().0.try_wait(), Ok(Some(_))));
+            if all_ended || start.elapsed() >= FIRST_FRAMES_WITHIN {
+                return Ok(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The wire in `way` over `measure`, after `settle`.
-    fn measure_wire(&self, way: Way, settle: Duration, measure: Duration) -> Result<WireWindow> {
+    fn measure_wire(&self, way: Way, first_frames_after: Duration, settle: Duration, measure: Duration) -> Result<WireWindow> {
         std::thread::sleep(settle);
         let (w0, t0) = timed(|| self.wire_count(way))?;
         std::thread::sleep(measure);
         let (w1, t1) = timed(|| self.wire_count(way))?;
         let d = w1.since(&w0);
         let seconds = t1.duration_since(t0).as_secs_f64();
-        Ok(WireWindow { bps: d.bytes as f64 * 8.0 / seconds, frames_per_s: d.frames as f64 / seconds, seconds })
+        Ok(WireWindow { bps: d.bytes as f64 * 8.0 / seconds, frames_per_s: d.frames as f64 / seconds, seconds, first_frames_after: first_frames_after.as_secs_f64() })
     }
 
     /// The MAC address of the gateway's interface, where the pod's raw

@@ -283,7 +283,7 @@ int main(int argc, char **argv)
 	int home_ns, a, b, i;
 	char *end;
 	long long us;
-	sigset_t block;
+	sigset_t block, unblocked;
 	struct sigaction sa;
 
 	if (argc != 6) {
@@ -321,16 +321,21 @@ int main(int argc, char **argv)
 	sigaddset(&block, SIGUSR1);
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGINT);
-	pthread_sigmask(SIG_BLOCK, &block, NULL);
+	pthread_sigmask(SIG_BLOCK, &block, &unblocked);
 	for (i = 0; i < 2; i++)
 		if (pthread_create(&threads[i], NULL, forward, &dirs[i]) != 0)
 			die("pthread_create");
-	pthread_sigmask(SIG_UNBLOCK, &block, NULL);
 
 	printf("ready\n");
 	fflush(stdout);
+	/* The signals stay blocked but in sigsuspend, which unblocks and
+	 * waits in one step: with pause(), a request that came between the
+	 * flag's check and pause() waited for the next signal, and a reader
+	 * asking again at once after its answer got none ("the delay line
+	 * printed no counters"). */
 	while (!exit_requested) {
-		pause();
+		while (!report_requested && !exit_requested)
+			sigsuspend(&unblocked);
 		if (report_requested) {
 			report_requested = 0;
 			report();
