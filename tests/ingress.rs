@@ -69,8 +69,10 @@ fn responses(count: u32) -> Requests {
 
 /// A 16 KB response to an idle 10M pod arrives at the path's speed (its
 /// burst), p50 within 1 ms of the same path unshaped; the first second of a
-/// download after idle carries rate x 1 s + burst, at least 0.9 of it. The
-/// same pod at 1M with a 2 kB burst takes 130 ms a response: the check can fail.
+/// download after idle carries rate x 1 s + burst, at least 0.9 of it. Each
+/// bound is seen to fail in the same run: with no limit the first second
+/// carries many times the bound; with a 1-packet burst, less than 0.9 of it;
+/// at 1M with a 2 kB burst a response takes 130 ms.
 ///
 /// Unshaped and shaped are measured a few seconds apart, and on this 2-vCPU
 /// VM the delay line's timing drifts between two such windows (by 1.1 ms at
@@ -82,6 +84,13 @@ fn idle_pod_gets_its_burst(one_way_ms: u64) {
     pod.bed.start_rr_server().unwrap();
     let rtt = format!("{} ms RTT", 2 * one_way_ms);
     let (unshaped, control_before) = pod.bed.requests_with_control(&responses(15)).unwrap();
+    // rate x 1 s + the default burst (2.5 Mbit at 10M), on the wire.
+    let bound = 10e6 / 8.0 + 312_500.0;
+    // The first second's control, with no limit: the upper bound breaks.
+    let unlimited = pod.bed.first_second(Way::Download).unwrap() as f64;
+    println!("first second of a download into the pod with no limit, {rtt}: {unlimited:.0} bytes, {:.1}x rate x 1 s + burst", unlimited / bound);
+    assert!(unlimited > bound * 1.01, "{rtt}: unshaped, the first second carried only {unlimited} bytes: the bound cannot fail");
+    std::thread::sleep(Duration::from_secs(1));
     pod.add(ingress("10M"));
     std::thread::sleep(Duration::from_millis(500));
     let (shaped, control) = pod.bed.requests_with_control(&responses(15)).unwrap();
@@ -93,12 +102,19 @@ fn idle_pod_gets_its_burst(one_way_ms: u64) {
 
     std::thread::sleep(Duration::from_secs(1));
     let bytes = pod.bed.first_second(Way::Download).unwrap() as f64;
-    let bound = 10e6 / 8.0 + 312_500.0;
     println!("first second of a download into an idle 10M pod, {rtt}: {bytes:.0} bytes on the wire, {:.3} of rate x 1 s + burst", bytes / bound);
     assert!(bytes <= bound * 1.01, "{rtt}: {bytes} bytes > rate x 1 s + burst ({bound})");
     assert!(bytes >= bound * 0.9, "{rtt}: {bytes} bytes < 0.9 x (rate x 1 s + burst) ({bound})");
 
-    // The control: at 1M with a 2 kB burst, 16 KB take 130 ms.
+    // The first second's control, with a 1-packet burst (2 kB: one full
+    // frame): the same rate without the burst breaks the lower bound.
+    pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "bpf-ratelimit.io/ingress-burst": "16000"}));
+    std::thread::sleep(Duration::from_secs(1));
+    let no_burst = pod.bed.first_second(Way::Download).unwrap() as f64;
+    println!("the same with a 1-packet burst: {no_burst:.0} bytes, {:.3} of rate x 1 s + burst", no_burst / bound);
+    assert!(no_burst < bound * 0.9, "{rtt}: with a 1-packet burst the first second carried {:.3} of rate x 1 s + burst: the lower bound cannot fail", no_burst / bound);
+
+    // The responses' control: at 1M with a 2 kB burst, 16 KB take 130 ms.
     pod.add(json!({"kubernetes.io/ingress-bandwidth": "1M", "bpf-ratelimit.io/ingress-burst": "16000"}));
     std::thread::sleep(Duration::from_millis(500));
     let starved = pod.bed.requests(&responses(6)).unwrap();
