@@ -759,7 +759,7 @@ fn chains_the_plugin_cannot_serve_are_refused() {
 }
 
 /// A main plugin that reconciles its own conflist (as an operator-managed
-/// CNI does) takes our entry out every second for a minute. install --wait
+/// CNI does) takes our entry out every second for 30 s. install --wait
 /// must not ping-pong with it at full speed: it backs off, says so naming
 /// the file, counts it where operators can read it, and the file is never
 /// half-written at any moment.
@@ -795,7 +795,7 @@ fn install_wait_backs_off_when_a_reconciling_main_plugin_keeps_undoing_it() {
     };
     let started = std::time::Instant::now();
     let mut undone = 0;
-    while started.elapsed() < std::time::Duration::from_secs(60) {
+    while started.elapsed() < std::time::Duration::from_secs(30) {
         replace_file(&conflist, FLANNEL);
         undone += 1;
         std::thread::sleep(std::time::Duration::from_secs(1));
@@ -812,8 +812,9 @@ fn install_wait_backs_off_when_a_reconciling_main_plugin_keeps_undoing_it() {
     let rewrites = log.lines().filter(|l| l.ends_with("10-flannel.conflist: appended bpf-ratelimit") && !l.contains("ready:")).count() - 1;
     println!("the main plugin took the entry out {undone} times in {:?}; install put it back {rewrites} times (the reader saw it come back {chained_again} times in {reads} reads)", started.elapsed());
     assert!(rewrites >= 3, "install --wait stopped putting the entry back: {rewrites}");
-    assert!(rewrites <= 12, "install --wait did not back off: {rewrites} rewrites in a minute");
-    assert!(chained_again <= 12, "the reader saw the entry come back {chained_again} times");
+    // Without the back-off it puts the entry back once a second: 30 times.
+    assert!(rewrites <= 10, "install --wait did not back off: {rewrites} rewrites in 30 s");
+    assert!(chained_again <= 10, "the reader saw the entry come back {chained_again} times");
     let warning = format!("warning: {}: bpf-ratelimit had to be put back", conflist.display());
     assert!(log.contains(&warning), "no ping-pong warning naming the file: {log}");
     assert!(log.contains("times in a row"), "{log}");
