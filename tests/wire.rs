@@ -9,7 +9,8 @@
 //! sends by itself. Positive controls first: the same senders from a pod
 //! with no limit put several times that on the wire, so the counter sees
 //! them. Then the pod without a host-side peer (macvlan, ipvlan), where
-//! refusal is the only guarantee, and two networks on one pod.
+//! refusal is the only guarantee, two networks on one pod, and a process in
+//! the pod's netns outside its cgroup.
 
 mod common;
 
@@ -282,4 +283,53 @@ fn each_network_of_a_pod_is_shaped_at_its_own_limit() {
     assert!(net1 > 60e6, "net1 is no longer limited: {net1:.0} bit/s");
     pod.del();
     drop(counter2);
+}
+
+/// A process in the pod's netns but outside its cgroup (a tool the node runs
+/// there with `ip netns exec`, a CNI's DHCP client) is not seen by the pod's
+/// cgroup hooks, only on the way out. Its traffic is counted once, with the
+/// pod's, on the wire: 1M of UDP from outside beside the pod's own TCP
+/// upload keeps the wire at the limit, the UDP is delivered, and the pod's
+/// upload keeps the rest without resending: the guard on the pod's own
+/// interface drops a few of its frames (6 in 2402 here), a local drop that
+/// TCP answers by slowing down, without a timeout. The control: the same
+/// two senders with no limit put far more on the wire.
+#[test]
+fn a_process_outside_the_pods_cgroup_is_counted_once_and_does_not_starve_the_pod() {
+    let mut pod = Pod::new("outside");
+    pod.bed.start_server().unwrap();
+    pod.bed.start_server_on("5202").unwrap();
+    let senders = |pod: &Pod| {
+        let tcp = in_pod(pod, "iperf3", &["-J", "-c", SERVER_IP, "-t", "10"]);
+        let mut udp = bpf_ratelimit::testbed::in_netns(Command::new("iperf3"), &pod.bed.pod_netns_path(), None).unwrap();
+        udp.args(["-J", "-c", SERVER_IP, "-p", "5202", "-u", "-b", "1M", "-t", "10"]);
+        let (window, reports) = pod.bed.wire_while_reported(Way::Upload, vec![tcp, udp], Duration::from_secs(3), Duration::from_secs(4)).unwrap();
+        for r in &reports {
+            assert_eq!(r.exit, Some(0), "a sender failed: {r:?}");
+        }
+        let (tcp, udp) = (reports[0].json().unwrap(), reports[1].json().unwrap());
+        let tcp_sent = tcp["end"]["sum_sent"]["bytes"].as_f64().unwrap();
+        let resent = tcp["end"]["sum_sent"]["retransmits"].as_f64().unwrap() * 1448.0 / tcp_sent;
+        let tcp_goodput = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
+        let udp_delivered = udp["end"]["sum"]["bits_per_second"].as_f64().unwrap() * (1.0 - udp["end"]["sum"]["lost_percent"].as_f64().unwrap() / 100.0);
+        (window.bps, tcp_goodput, resent, udp_delivered)
+    };
+    let (unlimited, ..) = senders(&pod);
+    println!("no limit: the pod's TCP and 1M of UDP from outside its cgroup: {:.1}x 10M on the wire", unlimited / LIMIT);
+    assert!(unlimited > 1.5 * LIMIT, "the control put only {:.3} of the limit on the wire", unlimited / LIMIT);
+    pod.add(json!({"kubernetes.io/egress-bandwidth": "10M"}));
+    std::thread::sleep(Duration::from_secs(1));
+    let (wire, tcp, resent, udp) = senders(&pod);
+    println!(
+        "10M pod: the pod's TCP and 1M of UDP from outside its cgroup: {:.3} of the limit on the wire; TCP goodput {:.2} Mbit/s, {:.2}% resent; UDP delivered {:.2} Mbit/s",
+        wire / LIMIT, tcp / 1e6, resent * 100.0, udp / 1e6
+    );
+    let guard = &stats(&pod)["pods"][0]["podSideEgressGuard"]["egress"];
+    println!("the guard on the pod's interface dropped {} frames ({} bytes)", guard["dropped_packets"], guard["dropped_bytes"]);
+    assert!(wire <= BOUND * LIMIT && wire >= 0.95 * LIMIT, "{:.3} of the limit on the wire", wire / LIMIT);
+    assert!(udp >= 0.9e6, "the UDP from outside the pod's cgroup got {:.2} Mbit/s of its 1M", udp / 1e6);
+    // What is left for the pod: 9M on the wire, 0.956 of it TCP goodput.
+    assert!(tcp >= 0.85 * 9e6, "the pod's own upload got {:.2} Mbit/s beside 1M from outside its cgroup", tcp / 1e6);
+    assert!(resent <= 0.05, "the pod's own upload resent {:.1}%", resent * 100.0);
+    pod.del();
 }
