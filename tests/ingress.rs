@@ -14,7 +14,7 @@ use bpf_ratelimit::testbed::main_cni::Attach;
 use bpf_ratelimit::testbed::measure::FRAME_PER_PAYLOAD;
 use bpf_ratelimit::testbed::scenario::{Bulk, BulkResult, Latencies, Requests, Way};
 use bpf_ratelimit::testbed::{run_with_timeout, SERVER_IP};
-use common::{assert_bulk, Pod};
+use common::{assert_bulk, assert_first_second, FirstSecond, Pod};
 use serde_json::{json, Value};
 
 fn ingress(rate: &str) -> Value {
@@ -86,10 +86,7 @@ fn idle_pod_gets_its_burst(one_way_ms: u64) {
     let (unshaped, control_before) = pod.bed.requests_with_control(&responses(15)).unwrap();
     // rate x 1 s + the default burst (2.5 Mbit at 10M), on the wire.
     let bound = 10e6 / 8.0 + 312_500.0;
-    // The first second's control, with no limit: the upper bound breaks.
-    let unlimited = pod.bed.first_second(Way::Download).unwrap() as f64;
-    println!("first second of a download into the pod with no limit, {rtt}: {unlimited:.0} bytes, {:.1}x rate x 1 s + burst", unlimited / bound);
-    assert!(unlimited > bound * 1.01, "{rtt}: unshaped, the first second carried only {unlimited} bytes: the bound cannot fail");
+    assert_first_second(&pod, Way::Download, bound, FirstSecond::Unlimited, &format!("a download into the pod with no limit, {rtt}"));
     std::thread::sleep(Duration::from_secs(1));
     pod.add(ingress("10M"));
     std::thread::sleep(Duration::from_millis(500));
@@ -101,18 +98,13 @@ fn idle_pod_gets_its_burst(one_way_ms: u64) {
     assert!(excess <= excess_unshaped + 1.0, "{rtt}: p50 {:.2} ms shaped ({excess:.2} over the gateway's), unshaped {:.2} ms ({excess_unshaped:.2} over)", shaped.p50_ms, unshaped.p50_ms);
 
     std::thread::sleep(Duration::from_secs(1));
-    let bytes = pod.bed.first_second(Way::Download).unwrap() as f64;
-    println!("first second of a download into an idle 10M pod, {rtt}: {bytes:.0} bytes on the wire, {:.3} of rate x 1 s + burst", bytes / bound);
-    assert!(bytes <= bound * 1.01, "{rtt}: {bytes} bytes > rate x 1 s + burst ({bound})");
-    assert!(bytes >= bound * 0.9, "{rtt}: {bytes} bytes < 0.9 x (rate x 1 s + burst) ({bound})");
+    assert_first_second(&pod, Way::Download, bound, FirstSecond::WithTheBurst, &format!("a download into an idle 10M pod, {rtt}"));
 
     // The first second's control, with a 1-packet burst (2 kB: one full
     // frame): the same rate without the burst breaks the lower bound.
     pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "bpf-ratelimit.io/ingress-burst": "16000"}));
     std::thread::sleep(Duration::from_secs(1));
-    let no_burst = pod.bed.first_second(Way::Download).unwrap() as f64;
-    println!("the same with a 1-packet burst: {no_burst:.0} bytes, {:.3} of rate x 1 s + burst", no_burst / bound);
-    assert!(no_burst < bound * 0.9, "{rtt}: with a 1-packet burst the first second carried {:.3} of rate x 1 s + burst: the lower bound cannot fail", no_burst / bound);
+    assert_first_second(&pod, Way::Download, bound, FirstSecond::OnePacketBurst, &format!("the same with a 1-packet burst, {rtt}"));
 
     // The responses' control: at 1M with a 2 kB burst, 16 KB take 130 ms.
     pod.add(json!({"kubernetes.io/ingress-bandwidth": "1M", "bpf-ratelimit.io/ingress-burst": "16000"}));

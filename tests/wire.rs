@@ -17,6 +17,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bpf_ratelimit::testbed::iperf::Transfer;
 use bpf_ratelimit::testbed::scenario::{timed, Sender, SenderReport, Way};
 use bpf_ratelimit::testbed::{GW_IP, POD_IP, SERVER_IP};
 use common::{background, in_pod, tool, Pod};
@@ -307,12 +308,9 @@ fn a_process_outside_the_pods_cgroup_is_counted_once_and_does_not_starve_the_pod
         for r in &reports {
             assert_eq!(r.exit, Some(0), "a sender failed: {r:?}");
         }
-        let (tcp, udp) = (reports[0].json().unwrap(), reports[1].json().unwrap());
-        let tcp_sent = tcp["end"]["sum_sent"]["bytes"].as_f64().unwrap();
-        let resent = tcp["end"]["sum_sent"]["retransmits"].as_f64().unwrap() * 1448.0 / tcp_sent;
-        let tcp_goodput = tcp["end"]["sum_received"]["bits_per_second"].as_f64().unwrap();
-        let udp_delivered = udp["end"]["sum"]["bits_per_second"].as_f64().unwrap() * (1.0 - udp["end"]["sum"]["lost_percent"].as_f64().unwrap() / 100.0);
-        (window.bps, tcp_goodput, resent, udp_delivered)
+        let transfer = |r: &SenderReport| Transfer::from_json(&r.json().unwrap_or_default()).unwrap_or_else(|e| panic!("{e:#}: {r:?}"));
+        let (tcp, udp) = (transfer(&reports[0]), transfer(&reports[1]));
+        (window.bps, tcp.goodput_bps, tcp.resent_share(1448.0), udp.goodput_bps)
     };
     let (unlimited, ..) = senders(&pod);
     println!("no limit: the pod's TCP and 1M of UDP from outside its cgroup: {:.1}x 10M on the wire", unlimited / LIMIT);

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bpf_ratelimit::testbed::measure::jain;
 use bpf_ratelimit::testbed::scenario::{Bulk, Requests, Way};
 use bpf_ratelimit::testbed::{POD_IP, SERVER_IP};
-use common::{assert_bulk, in_pod, Pod, PODLOAD};
+use common::{assert_bulk, assert_first_second, in_pod, FirstSecond, Pod, PODLOAD};
 use serde_json::{json, Value};
 
 const RR_PORT: &str = "7000";
@@ -172,23 +172,16 @@ fn requests_beside_the_pods_own_upload_stay_fast_and_the_first_second_keeps_to_t
     let pod = shaped_pod("loaded", json!({}));
     // rate x 1 s + the default burst (128 KiB), on the wire.
     let bound = 10e6 / 8.0 + 131_072.0;
-    let unlimited = pod.bed.first_second(Way::Upload).unwrap() as f64;
-    println!("first second of an upload with no limit: {unlimited:.0} bytes on the wire, {:.1}x rate x 1 s + burst", unlimited / bound);
-    assert!(unlimited > bound * 1.01, "unshaped, the first second carried only {unlimited} bytes: the bound cannot fail");
+    assert_first_second(&pod, Way::Upload, bound, FirstSecond::Unlimited, "an upload with no limit");
     std::thread::sleep(Duration::from_secs(1));
     pod.add(json!({"kubernetes.io/egress-bandwidth": "10M"}));
     std::thread::sleep(Duration::from_millis(500));
-    let first_second = pod.bed.first_second(Way::Upload).unwrap() as f64;
-    println!("first second of a fresh 10M upload: {first_second:.0} bytes on the wire, {:.3} of rate x 1 s + burst", first_second / bound);
-    assert!(first_second <= bound * 1.01, "first second {first_second} bytes > rate x 1 s + burst");
-    assert!(first_second >= bound * 0.9, "first second {first_second} bytes < 0.9 x (rate x 1 s + burst)");
+    assert_first_second(&pod, Way::Upload, bound, FirstSecond::WithTheBurst, "a fresh 10M upload");
     std::thread::sleep(Duration::from_secs(1));
     // A 1-packet burst (2 kB: one full frame), the same rate.
     pod.add(json!({"kubernetes.io/egress-bandwidth": "10M", "bpf-ratelimit.io/egress-burst": "16000"}));
     std::thread::sleep(Duration::from_millis(500));
-    let no_burst = pod.bed.first_second(Way::Upload).unwrap() as f64;
-    println!("the same with a 1-packet burst: {no_burst:.0} bytes on the wire, {:.3} of rate x 1 s + burst", no_burst / bound);
-    assert!(no_burst < bound * 0.9, "with a 1-packet burst the first second carried {:.3} of rate x 1 s + burst: the lower bound cannot fail", no_burst / bound);
+    assert_first_second(&pod, Way::Upload, bound, FirstSecond::OnePacketBurst, "the same with a 1-packet burst");
     pod.add(json!({"kubernetes.io/egress-bandwidth": "10M"}));
     std::thread::sleep(Duration::from_secs(1));
     let upload = Bulk::tcp(Way::Upload, "cubic", 1, 2, 6);

@@ -346,3 +346,31 @@ pub fn listening_address(server: &mut std::process::Child) -> String {
     }
     addr
 }
+
+/// What the first second of a transfer into or out of an idle pod must
+/// carry, on the wire, against `rate x 1 s + burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstSecond {
+    /// The limit with its burst: at most 1.01, at least 0.9 of it.
+    WithTheBurst,
+    /// The control with no limit: above the upper bound.
+    Unlimited,
+    /// The control with a 1-packet burst at the same rate: below the lower bound.
+    OnePacketBurst,
+}
+
+/// Measures the first second of a transfer in `way` (Testbed::first_second),
+/// prints it as `what`, and holds it to `expect` against `bound`.
+pub fn assert_first_second(pod: &Pod, way: bpf_ratelimit::testbed::scenario::Way, bound: f64, expect: FirstSecond, what: &str) {
+    let bytes = pod.bed.first_second(way).unwrap_or_else(|e| panic!("{what}: {e:#}")) as f64;
+    let share = bytes / bound;
+    println!("{what}: first second {bytes:.0} bytes on the wire, {share:.3} of rate x 1 s + burst");
+    match expect {
+        FirstSecond::WithTheBurst => {
+            assert!(share <= 1.01, "{what}: {bytes} bytes > rate x 1 s + burst ({bound})");
+            assert!(share >= 0.9, "{what}: {bytes} bytes < 0.9 x (rate x 1 s + burst) ({bound})");
+        }
+        FirstSecond::Unlimited => assert!(share > 1.01, "{what}: only {share:.3} of the bound with no limit: the upper bound cannot fail"),
+        FirstSecond::OnePacketBurst => assert!(share < 0.9, "{what}: {share:.3} of the bound with a 1-packet burst: the lower bound cannot fail"),
+    }
+}
