@@ -890,8 +890,19 @@ static __always_inline __u32 cwnd_clamp(__u64 pacing, __u32 rtt_us, __u32 mss, _
 		 * window of a socket its pacing holds back. So each unpaced spell
 		 * grew cwnd for good (to 734208 segments: 64 KB skbs ever after,
 		 * each paid for by a long gap; 8 CUBIC flows at 10M on a LAN got
-		 * 0.2-0.5 Mbit/s for three of them, Jain 0.74-0.80, CI). */
-		segs = CWND_MIN_SEGMENTS + (burst + 2 * rate * rtt_us / USEC_PER_SEC) / mss;
+		 * 0.2-0.5 Mbit/s for three of them, Jain 0.74-0.80, CI).
+		 *
+		 * That room is shared by the counted senders, not given to each:
+		 * 8 unpaced CUBIC flows at 10M on a LAN, each with the whole
+		 * room (47 segments), sent 64 KB skbs into a 62.5 kB bucket, were
+		 * refused at the hook with nothing in flight, and waited for
+		 * their timers (0.860 and 0.949 of the limit, 2 runs in 10). The
+		 * senders together keep the whole room, so an unpaced pod can
+		 * always send faster than its rate, drain its bucket and be
+		 * paced. */
+		segs = (burst + 2 * rate * rtt_us / USEC_PER_SEC) / (flows ? flows : 1) / mss;
+		if (segs < CWND_MIN_SEGMENTS)
+			segs = CWND_MIN_SEGMENTS;
 		return segs < CWND_UNCLAMPED ? (__u32)segs : CWND_UNCLAMPED;
 	}
 	slack = (burst >> CWND_BURST_SHARE_SHIFT) / (flows ? flows : 1) / mss;

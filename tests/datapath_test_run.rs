@@ -892,7 +892,29 @@ fn a_paced_sockets_window_is_clamped_to_keep_its_skbs_small() {
     s.current_rate = UNPACED;
     s.mss = 1000;
     s.rtt_us = 10_000;
-    assert_eq!(h.evaluate(s).out_cwnd, 4 + (100_000 + 20_000) / 1000);
+    assert_eq!(h.evaluate(s).out_cwnd, (100_000 + 20_000) / 1000);
+}
+
+#[test]
+fn unpaced_senders_share_the_room_of_one_burst() {
+    let mut h = Harness::new();
+    let mut s = input(Bucket::default(), bucket(1_000_000, 100_000, 100_000, SEC), SEC);
+    s.current_rate = UNPACED;
+    s.mss = 1000;
+    s.rtt_us = 10_000;
+    let alone = h.evaluate(s).out_cwnd;
+    // Eight counted senders split the 120 segments, so together they can
+    // put no more in flight than one sender alone: 8 x 64 KB skbs into a
+    // 100 kB bucket are refused at the hook.
+    s.iface.senders.counted[0] = 8;
+    let shared = h.evaluate(s).out_cwnd;
+    println!("unpaced window: {alone} segments alone, {shared} each of 8");
+    assert_eq!(shared, 120 / 8);
+    assert!(8 * shared <= alone, "8 senders x {shared} segments > one sender's {alone}");
+    // Many senders and a small burst: each keeps the floor of 4 segments,
+    // as a window below that stalls TCP (delayed ACKs, no fast retransmit).
+    s.iface.senders.counted[0] = 100;
+    assert_eq!(h.evaluate(s).out_cwnd, 4);
 }
 
 // ---- Ingress receive windows ----------------------------------------------
