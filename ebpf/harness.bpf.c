@@ -31,6 +31,13 @@ struct harness_input {
 	__u32 out_cwnd;
 	/* harness_lookup: the pod cgroup its interfaces are keyed by. */
 	__u64 cgroup_id;
+	/* harness_door: whether the frame may use only the queue's lower half. */
+	__u32 half;
+	__u32 pad;
+	/* harness_light: a flow toward the pod moving flow_len bytes at now;
+	 * out_light: whether it is light. */
+	struct queued_flow queued;
+	__u64 out_light;
 };
 
 struct {
@@ -48,6 +55,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct host_guard);
 } harness_guards SEC(".maps");
+
+/* The ingress queue's door for harness_door. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct queue_gate);
+} harness_doors SEC(".maps");
 
 /* Interfaces for harness_lookup, keyed as in production. */
 struct {
@@ -138,6 +153,46 @@ int harness_guard(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	in->out_wire = wire_bytes(skb, true);
 	return guard_egress(guard, skb, in->now);
+}
+
+/* The ingress queue's door, as queue_pod_ingress runs it on a frame it
+ * queues (the skb starts at its Ethernet header): the door admits and
+ * charges it, hands its model to the interface, and the window a receiver
+ * would then be given is worked out from it. */
+SEC("classifier")
+int harness_door(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+	struct iface_state *iface = input_iface();
+	__u32 zero = 0;
+	struct queue_gate *q = bpf_map_lookup_elem(&harness_doors, &zero);
+	__s64 tokens;
+	__u64 refilled;
+	bool admitted;
+
+	if (!in || !iface || !q)
+		return TC_ACT_SHOT;
+	in->out_wire = wire_bytes(skb, true);
+	bpf_spin_lock(&q->lock);
+	admitted = queue_admit(q, in->out_wire, in->now, in->half);
+	tokens = q->queue.tokens;
+	refilled = q->queue.last_ns;
+	bpf_spin_unlock(&q->lock);
+	share_queue_level(iface, tokens, refilled);
+	in->out_rwnd = rwnd_for(iface, in->now, in->counted, in->rtt_us, in->mss, in->ipv6);
+	return admitted ? TC_ACT_UNSPEC : TC_ACT_SHOT;
+}
+
+/* The ingress queue door's light-flow test (light_in_queue). */
+SEC("cgroup_skb/egress")
+int harness_light(struct __sk_buff *skb)
+{
+	struct harness_input *in = input();
+
+	if (!in)
+		return SKB_DROP;
+	in->out_light = light_in_queue(&in->queued, in->now >> FLOW_WINDOW_SHIFT, in->flow_len);
+	return SKB_PASS;
 }
 
 /* The sock_ops policies (pacing, receive windows) and the flow

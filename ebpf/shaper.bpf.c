@@ -444,12 +444,12 @@ int guard_pod_egress(struct __sk_buff *skb)
  * hands it back to the interface's receive path once the TBF lets it go.
  *
  * The TBF has a pfifo_fast child:
- * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A flow
- * toward the pod that has moved less than LIGHT_FLOW_BYTES in this window
- * and the one before (a request's response, a handshake, a health check)
- * gets that priority, so it does not wait behind the pod's own download;
- * every other flow is set to best effort, whatever priority its sender gave
- * it. Flows are remembered in an LRU map shared by every pod.
+ * packets with priority TC_PRIO_INTERACTIVE leave before the rest. A light
+ * flow toward the pod (light_in_queue: a request's response, a handshake,
+ * a health check) gets that priority, so it does not wait behind the pod's
+ * own download; every other flow is set to best effort, whatever priority
+ * its sender gave it. Flows are remembered in an LRU map shared by every
+ * pod.
  */
 #define TC_PRIO_BESTEFFORT 0
 #define TC_PRIO_INTERACTIVE 6
@@ -462,12 +462,6 @@ struct flow_tuple {
 	__u16 dport;
 	__u8 proto;
 	__u8 pad[3];
-};
-
-struct queued_flow {
-	__u64 window;     /* the window `bytes` is for */
-	__u64 bytes;      /* bytes of the flow queued in it */
-	__u64 prev_bytes; /* and in the window before */
 };
 
 struct {
@@ -519,10 +513,8 @@ static __always_inline bool flow_tuple_of(struct __sk_buff *skb, struct flow_tup
 	return true;
 }
 
-/* Whether a frame toward the pod belongs to a light flow (one that has
- * moved at most LIGHT_FLOW_BYTES in this window and the one before: a
- * response, a handshake, a health check), counting it; frames that are not
- * IP count as light. Sets *tcp for TCP. */
+/* Whether a frame toward the pod belongs to a light flow (light_in_queue),
+ * counting it; frames that are not IP count as light. Sets *tcp for TCP. */
 static __always_inline bool light_flow(struct __sk_buff *skb, bool *tcp)
 {
 	struct flow_tuple key = {};
@@ -543,13 +535,7 @@ static __always_inline bool light_flow(struct __sk_buff *skb, bool *tcp)
 		if (!f)
 			return true;
 	}
-	if (f->window != window) {
-		f->prev_bytes = f->window + 1 == window ? f->bytes : 0;
-		f->bytes = 0;
-		f->window = window;
-	}
-	__sync_fetch_and_add(&f->bytes, skb->len);
-	return f->bytes <= LIGHT_FLOW_BYTES && f->prev_bytes <= LIGHT_FLOW_BYTES;
+	return light_in_queue(f, window, skb->len);
 }
 
 /* Each pod interface's queue door (struct queue_gate), keyed by the
@@ -653,6 +639,9 @@ int queue_pod_ingress(struct __sk_buff *skb)
 {
 	__u32 key = skb->tc_classid;
 	struct datagram_key datagram = {};
+	struct iface_state *iface;
+	__s64 tokens;
+	__u64 refilled;
 	struct queue_gate *q;
 	enum fragment frag;
 	__u64 wire, now;
@@ -662,15 +651,21 @@ int queue_pod_ingress(struct __sk_buff *skb)
 	q = key ? bpf_map_lookup_elem(&ingress_queues, &key) : NULL;
 	if (!q)
 		return TC_ACT_UNSPEC;
+	iface = lookup_iface(&iface_state, q->cgroup_id, skb->ifindex);
 	if (bare_tcp_segment(skb)) {
 		wire = wire_bytes(skb, true);
 		now = bpf_ktime_get_ns();
 		bpf_spin_lock(&q->lock);
 		admitted = queue_bypass(q, wire, now);
+		tokens = q->queue.tokens;
+		refilled = q->queue.last_ns;
 		bpf_spin_unlock(&q->lock);
 		/* Delivered now, past the redirect into the queue. */
-		if (admitted)
+		if (admitted) {
+			if (iface)
+				share_queue_level(iface, tokens, refilled);
 			return TC_ACT_OK;
+		}
 	}
 	frag = fragment_of(skb, &datagram);
 	if (frag == LATER_FRAGMENT && bpf_map_lookup_elem(&turned_away, &datagram))
@@ -688,7 +683,11 @@ int queue_pod_ingress(struct __sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	bpf_spin_lock(&q->lock);
 	admitted = queue_admit(q, wire, now, half);
+	tokens = q->queue.tokens;
+	refilled = q->queue.last_ns;
 	bpf_spin_unlock(&q->lock);
+	if (iface)
+		share_queue_level(iface, tokens, refilled);
 	if (!admitted) {
 		if (frag == FIRST_FRAGMENT)
 			bpf_map_update_elem(&turned_away, &datagram, &one, BPF_ANY);

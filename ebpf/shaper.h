@@ -424,7 +424,7 @@ static __always_inline enum take_result bucket_take(struct bucket *b, __u64 len,
 	return TAKE_EXCEED;
 }
 
-static __always_inline void bucket_count_unlimited(struct bucket *b, __u64 len)
+static __always_inline void bucket_count_passed(struct bucket *b, __u64 len)
 {
 	__sync_fetch_and_add(&b->passed_bytes, len);
 	__sync_fetch_and_add(&b->passed_packets, 1);
@@ -464,7 +464,7 @@ static __always_inline int shape_egress(struct iface_state *iface, struct __sk_b
 	enum take_result res;
 
 	if (iface->egress.rate == 0) {
-		bucket_count_unlimited(&iface->egress, wire);
+		bucket_count_passed(&iface->egress, wire);
 		return SKB_PASS;
 	}
 	bpf_spin_lock(&iface->lock);
@@ -489,23 +489,29 @@ static __always_inline int shape_egress(struct iface_state *iface, struct __sk_b
 }
 
 /*
- * Mirrors the ingress queue's own bucket (the TBF on the host side holds the
- * same rate and burst): takes what arrived, never below empty, since the
- * queue holds what the bucket cannot pass. Its level tells rwnd_for how much
- * of the burst senders may still use.
+ * Hands the ingress queue door's model of its TBF (struct queue_gate) to
+ * the pod's interface state, where sock_ops reads it (rwnd_for): its level
+ * is what is left of the burst once the queue is counted, negative while
+ * frames wait. The door sees every frame on its way into the queue. The
+ * cgroup hook, which mirrored the bucket before, sees only what reaches a
+ * socket: what a closed socket's queue still held, and whatever else passed
+ * the TBF without reaching one, drained the TBF and never the mirror. Back
+ * to back downloads at 1G ratcheted the mirror up to its 31 MB burst, the
+ * windows grew by an eighth of it each, and the queue grew to 150 ms (8
+ * CUBIC flows: Jain 0.78-0.87). Plain stores, outside the interface's
+ * lock: a reader that sees one field before the other is off for one
+ * window, and the next frame writes both again.
  */
-static __always_inline void bucket_mirror(struct bucket *b, __u64 len, __u64 now)
+static __always_inline void share_queue_level(struct iface_state *iface, __s64 tokens, __u64 last_ns)
 {
-	bucket_refill(b, now);
-	b->tokens = b->tokens > (__s64)len ? b->tokens - (__s64)len : 0;
-	b->passed_bytes += len;
-	b->passed_packets++;
+	iface->ingress.tokens = tokens;
+	iface->ingress.last_ns = last_ns;
 }
 
 /*
- * Ingress (world -> pod). Where ADD could put a queue on the host side of
- * the pod's veth (IFACE_INGRESS_QUEUED), that queue shapes and this only
- * counts, mirroring the queue's bucket. Elsewhere it is a policer: nothing
+ * Ingress (world -> pod). Where ADD could put a queue in front of the pod
+ * (IFACE_INGRESS_QUEUED), that queue shapes and this only counts (its
+ * door keeps the bucket: share_queue_level). Elsewhere it is a policer: nothing
  * can be queued here, so excess is dropped; ECN-capable flows are marked
  * while the bucket runs low, so they slow down before they lose packets.
  */
@@ -515,13 +521,11 @@ static __always_inline int shape_ingress(struct iface_state *iface, struct __sk_
 	enum take_result res;
 
 	if (iface->ingress.rate == 0) {
-		bucket_count_unlimited(&iface->ingress, wire);
+		bucket_count_passed(&iface->ingress, wire);
 		return SKB_PASS;
 	}
 	if (iface->flags & IFACE_INGRESS_QUEUED) {
-		bpf_spin_lock(&iface->lock);
-		bucket_mirror(&iface->ingress, wire, now);
-		bpf_spin_unlock(&iface->lock);
+		bucket_count_passed(&iface->ingress, wire);
 		return SKB_PASS;
 	}
 	bpf_spin_lock(&iface->lock);
@@ -546,9 +550,13 @@ enum fragment {
  * Whether `len` more wire bytes may go into the queue at `now`. A frame
  * limited to the lower `half` (a datagram's first fragment, a heavy flow
  * that is not TCP) only while the queue holds at most half its limit;
- * every other frame is admitted and charged to the model (the TBF itself
- * drops what does not fit, and the model with it). Must be called with the
- * gate's lock held.
+ * every other frame is admitted and charged to the model, whatever the
+ * model's count of bytes queued: the TBF's child holds up to its limit in
+ * packets, and a GRO skb is one packet of up to 64 KB, so the queue can
+ * hold more bytes than its limit. Leaving such frames uncharged (as if the
+ * TBF dropped them) left the model above the TBF's bucket for good, which
+ * lent senders windows the queue could not pass (share_queue_level). Must
+ * be called with the gate's lock held.
  */
 static __always_inline bool queue_admit(struct queue_gate *q, __u64 len, __u64 now, bool half)
 {
@@ -562,9 +570,7 @@ static __always_inline bool queue_admit(struct queue_gate *q, __u64 len, __u64 n
 		b->dropped_packets++;
 		return false;
 	}
-	/* What would overflow the TBF is dropped there, and never queued. */
-	if (b->tokens - (__s64)len >= -(__s64)q->limit)
-		b->tokens -= (__s64)len;
+	b->tokens -= (__s64)len;
 	b->passed_bytes += len;
 	b->passed_packets++;
 	return true;
@@ -740,6 +746,56 @@ static __always_inline void classify_flow(struct flow_counts *c, struct flow_cla
 	f->bytes += len;
 	if (f->counted_window != window && f->bytes >= count_threshold(c, rate))
 		count_flow(c, f, window);
+}
+
+/* ---- Light flows in the ingress queue --------------------------------------
+ *
+ * What the queue's door (queue_pod_ingress) remembers of one flow toward
+ * the pod, by its 5-tuple.
+ */
+struct queued_flow {
+	__u64 window;          /* the window `bytes` is for */
+	__u32 bytes;           /* bytes of the flow queued in it */
+	__u32 prev_bytes;      /* in the window before */
+	__u32 prev_prev_bytes; /* and in the one before that */
+	__u32 heavy;           /* 1 from when it is found heavy until an idle window */
+};
+
+/*
+ * Counts `len` bytes of a flow toward the pod in `window`, and says whether
+ * the flow is light (its frames go to the queue's first band). A flow is
+ * heavy once it moves more than LIGHT_FLOW_BYTES in a window, or moves in
+ * three windows in a row (~134-200 ms); a response, a handshake or a health
+ * check moves less, in one or two windows after an idle one.
+ *
+ * The second test is what tells a bulk flow holding a small share from a
+ * response: 8 downloads into a 10M pod move ~10 kB a window each, less than
+ * a 16 KB response, and all 8 went to the first band. They carried the
+ * pod's whole rate there, and the frames of a flow that had once moved more
+ * waited in the other band until the downloads ended (150-500 kB stuck).
+ * A threshold on bytes (half an even share) does not tell them apart
+ * either: a download that a UDP flood held to 1 Mbit/s moved less than it,
+ * and took the first band from the responses beside it.
+ *
+ * A heavy flow stays heavy until it has been idle for a whole window, when
+ * nothing of it can still be queued: a flow moving back to the first band
+ * overtakes its own frames in the other, and its sender resends them (the
+ * same downloads, moving between bands: 5-9% of segments resent).
+ */
+static __always_inline bool light_in_queue(struct queued_flow *f, __u64 window, __u64 len)
+{
+	if (f->window != window) {
+		f->prev_prev_bytes = f->window + 1 == window ? f->prev_bytes : f->window + 2 == window ? f->bytes : 0;
+		f->prev_bytes = f->window + 1 == window ? f->bytes : 0;
+		f->bytes = 0;
+		f->window = window;
+		if (f->prev_bytes == 0)
+			f->heavy = 0;
+	}
+	__sync_fetch_and_add(&f->bytes, len);
+	if (f->bytes > LIGHT_FLOW_BYTES || f->prev_bytes > LIGHT_FLOW_BYTES || (f->prev_bytes && f->prev_prev_bytes))
+		f->heavy = 1;
+	return !f->heavy;
 }
 
 /* ---- Egress TCP pacing (sock_ops) ------------------------------------------ */

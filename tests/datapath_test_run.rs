@@ -8,7 +8,7 @@ use aya::maps::{Array, HashMap};
 use aya::programs::{CgroupSkb, SchedClassifier, TestRun, TestRunOptions};
 use aya::{Ebpf, EbpfLoader};
 use bpf_ratelimit::datapath::attach::HARNESS_OBJ;
-use bpf_ratelimit::datapath::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, STATE_LAYOUT};
+use bpf_ratelimit::datapath::state::{Bucket, FlowCounts, HostGuard, IfaceKey, IfaceState, QueueGate, IFACE_INGRESS_QUEUED, IFACE_MTU_SHIFT, STATE_LAYOUT};
 use bpf_ratelimit::policy::operator::LimitBasis;
 
 #[repr(C)]
@@ -46,6 +46,21 @@ struct HarnessRest {
     out_rwnd: u32,
     out_cwnd: u32,
     cgroup_id: u64,
+    half: u32,
+    pad: u32,
+    queued: QueuedFlow,
+    out_light: u64,
+}
+
+/// What the queue's door remembers of a flow (ebpf/shaper.h: struct queued_flow).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct QueuedFlow {
+    window: u64,
+    bytes: u32,
+    prev_bytes: u32,
+    prev_prev_bytes: u32,
+    heavy: u32,
 }
 
 // SAFETY: repr(C), integers only.
@@ -79,6 +94,11 @@ unsafe impl aya::Pod for Value {}
 struct Guard(HostGuard);
 // SAFETY: repr(C) integers.
 unsafe impl aya::Pod for Guard {}
+#[repr(transparent)]
+#[derive(Clone, Copy)]
+struct Door(QueueGate);
+// SAFETY: repr(C) integers.
+unsafe impl aya::Pod for Door {}
 
 const PASS: u32 = 1;
 const DROP: u32 = 0;
@@ -112,11 +132,11 @@ impl Harness {
     fn new() -> Self {
         assert!(unsafe { libc::geteuid() } == 0, "BPF_PROG_TEST_RUN tests need root");
         let mut ebpf = EbpfLoader::new().load(HARNESS_OBJ).expect("load harness object");
-        for name in ["harness_egress", "harness_ingress", "harness_policy", "harness_lookup"] {
+        for name in ["harness_egress", "harness_ingress", "harness_policy", "harness_lookup", "harness_light"] {
             let p: &mut CgroupSkb = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e:#}"));
         }
-        for name in ["harness_guard", "count_wire"] {
+        for name in ["harness_guard", "count_wire", "harness_door"] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).unwrap().try_into().unwrap();
             p.load().unwrap_or_else(|e| panic!("verifier refused {name}: {e:#}"));
         }
@@ -140,6 +160,16 @@ impl Harness {
     fn set_guard(&mut self, guard: HostGuard) {
         let mut map: Array<_, Guard> = Array::try_from(self.ebpf.map_mut("harness_guards").unwrap()).unwrap();
         map.set(0, Guard(guard), 0).unwrap();
+    }
+
+    fn set_door(&mut self, door: QueueGate) {
+        let mut map: Array<_, Door> = Array::try_from(self.ebpf.map_mut("harness_doors").unwrap()).unwrap();
+        map.set(0, Door(door), 0).unwrap();
+    }
+
+    fn door(&self) -> QueueGate {
+        let map: Array<_, Door> = Array::try_from(self.ebpf.map("harness_doors").unwrap()).unwrap();
+        map.get(&0, 0).unwrap().0
     }
 
     fn guard(&self) -> HostGuard {
@@ -166,7 +196,7 @@ impl Harness {
             ctx_in: with_ctx.then_some(&ctx[..]),
             ..TestRunOptions::new()
         };
-        let r = if prog == "harness_guard" || prog == "count_wire" {
+        let r = if ["harness_guard", "count_wire", "harness_door"].contains(&prog) {
             let p: &SchedClassifier = self.ebpf.program(prog).unwrap().try_into().unwrap();
             p.test_run(opts)
         } else {
@@ -581,15 +611,99 @@ fn a_queued_ingress_is_counted_not_policed() {
     assert_eq!(h.run("harness_ingress", 1500, ECT0, TCP).0, PASS);
     let i = h.get().iface.ingress;
     assert_eq!((i.passed_packets, i.passed_bytes, i.dropped_packets, i.marked_packets, i.tokens), (1, 1514, 0, 0, 0));
-    // The queue's bucket is mirrored: a frame takes its bytes, never below
-    // empty (the queue holds what the bucket cannot pass).
+    // The bucket is the queue door's (share_queue_level): what reaches a
+    // socket leaves it alone, TCP or not.
     let mut state = input(bucket(1_000_000, 100_000, 2_000, SEC), Bucket::default(), SEC);
     state.iface.flags = IFACE_INGRESS_QUEUED;
     h.set(state);
     h.run("harness_ingress", 1500, NOT_ECT, TCP);
-    assert_eq!(h.get().iface.ingress.tokens, 2_000 - 1514);
     h.run("harness_ingress", 1500, NOT_ECT, UDP);
-    assert_eq!(h.get().iface.ingress.tokens, 0);
+    let i = h.get().iface.ingress;
+    assert_eq!((i.tokens, i.last_ns, i.passed_packets), (2_000, SEC, 2));
+}
+
+/// A flow toward the pod is light (the queue's first band) until it moves
+/// more than 32 KB in a window, or moves in three windows in a row; then
+/// heavy until it has been idle for a whole window. A bulk flow with a
+/// small share is not light, a response after idle is, and no flow moves
+/// back to the first band while frames of it may still wait in the other.
+#[test]
+fn the_queue_door_tells_light_flows_from_bulk_flows_with_small_shares() {
+    let mut h = Harness::new();
+    let mut light = |queued: QueuedFlow, window: u64, len: u32| -> (bool, QueuedFlow) {
+        let mut i = input(Bucket::default(), Bucket::default(), window * WINDOW_NS + 1);
+        i.queued = queued;
+        i.flow_len = u64::from(len);
+        h.set(i);
+        h.run("harness_light", 100, 0, UDP);
+        let out = h.get();
+        (out.out_light == 1, out.queued)
+    };
+    let at = |window, bytes, prev_bytes, prev_prev_bytes, heavy| QueuedFlow { window, bytes, prev_bytes, prev_prev_bytes, heavy };
+    // A response after idle: light up to 32 KB in its window, not beyond.
+    assert_eq!(light(at(10, 0, 0, 0, 0), 10, 16_384), (true, at(10, 16_384, 0, 0, 0)));
+    assert_eq!(light(at(10, 30_000, 0, 0, 0), 10, 4_000), (false, at(10, 34_000, 0, 0, 1)));
+    // Straddling two windows after an idle one: still light.
+    assert_eq!(light(at(10, 10_000, 0, 0, 0), 11, 6_000), (true, at(11, 6_000, 10_000, 0, 0)));
+    // A bulk flow with a small share (~10 kB a window), in its third window
+    // in a row: heavy.
+    assert_eq!(light(at(11, 10_000, 10_000, 0, 0), 12, 1_500), (false, at(12, 1_500, 10_000, 10_000, 1)));
+    // Over 32 KB in the window before: heavy.
+    assert_eq!(light(at(11, 40_000, 0, 0, 0), 12, 100), (false, at(12, 100, 40_000, 0, 1)));
+    // Heavy stays heavy while the flow moves, however little,
+    assert_eq!(light(at(11, 100, 0, 0, 1), 12, 100), (false, at(12, 100, 100, 0, 1)));
+    assert_eq!(light(at(12, 100, 100, 0, 1), 12, 100), (false, at(12, 200, 100, 0, 1)));
+    // until a whole window without a byte of it: one window skipped.
+    assert_eq!(light(at(10, 40_000, 40_000, 40_000, 1), 12, 100), (true, at(12, 100, 0, 40_000, 0)));
+    // Two or more skipped: all idle.
+    assert_eq!(light(at(10, 40_000, 40_000, 40_000, 1), 13, 100), (true, at(13, 100, 0, 0, 0)));
+}
+
+/// The ingress queue's door charges every frame it queues, past the
+/// queue's limit in bytes too (its TBF's child holds packets, and a GRO
+/// skb of 64 KB is one), and hands its model to the interface: a receiver's
+/// window has a share of the burst only while the queue is empty.
+#[test]
+fn the_queue_door_charges_every_frame_and_windows_follow_it() {
+    let mut h = Harness::new();
+    let rate = 1_000_000;
+    let door = |tokens: i64| QueueGate { limit: 10_000, queue: bucket(rate, 100_000, tokens, SEC), ..Default::default() };
+    let mut state = input(bucket(rate, 100_000, 100_000, SEC), Bucket::default(), SEC);
+    state.iface.flags = IFACE_INGRESS_QUEUED;
+    state.iface.receivers.counted[0] = 2;
+    state.counted = 1;
+    state.rtt_us = 20_000;
+    state.mss = 1448;
+    // A full bucket: each of the 2 flows may have half of it in flight.
+    h.set(state);
+    h.set_door(door(100_000));
+    assert_eq!(h.run_packet("harness_door", ipv4_packet(1500, 0, TCP)).0, TC_UNSPEC);
+    let full = h.get();
+    assert_eq!((full.iface.ingress.tokens, full.iface.ingress.last_ns), (100_000 - 1514, SEC));
+    // The share for the RTT and the 2 ms the queue keeps (rwnd_for).
+    let share_window = (rate / 2) * 1448 / 1514 * 22_000 / 1_000_000;
+    assert_eq!(u64::from(full.out_rwnd), share_window + (100_000 - 1514) / 2, "a full bucket lends its burst");
+    // 80 frames: 21,120 bytes past empty, twice the limit, all charged.
+    h.set(state);
+    h.set_door(door(100_000));
+    for _ in 0..80 {
+        assert_eq!(h.run_packet("harness_door", ipv4_packet(1500, 0, TCP)).0, TC_UNSPEC);
+    }
+    let queued = h.get();
+    assert_eq!(h.door().queue.tokens, 100_000 - 80 * 1514, "every queued frame is charged");
+    assert_eq!(queued.iface.ingress.tokens, h.door().queue.tokens, "the interface holds the door's model");
+    assert_eq!(u64::from(queued.out_rwnd), share_window, "frames waiting: no share of the burst");
+    // Beyond half the limit, a frame kept to the lower half is turned away
+    // and not charged.
+    let mut half = queued;
+    half.half = 1;
+    h.set(half);
+    assert_eq!(h.run_packet("harness_door", ipv4_packet(1500, 0, UDP)).0, TC_SHOT);
+    assert_eq!((h.door().queue.tokens, h.door().queue.dropped_packets), (100_000 - 80 * 1514, 1));
+    // Within half the limit it is queued.
+    h.set_door(door(-4_000));
+    assert_eq!(h.run_packet("harness_door", ipv4_packet(1500, 0, UDP)).0, TC_UNSPEC);
+    assert_eq!(h.door().queue.tokens, -4_000 - 1514);
 }
 
 #[test]
