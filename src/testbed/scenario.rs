@@ -50,12 +50,16 @@ pub struct Bulk {
     /// The server's address, where it is not SERVER_IP (SERVER_IP6): the
     /// far end of a tunnel the pod made (testbed::tunnel).
     pub server: Option<String>,
+    /// Run the client in the pod's netns but outside its cgroup: the pod's
+    /// sock_ops never sees its sockets, so its receive windows and pacing
+    /// are not sized (a control: the same path with them removed).
+    pub outside_cgroup: bool,
 }
 
 impl Bulk {
     /// `flows` TCP flows from a `cc` sender, `omit` seconds left out, `seconds` measured.
     pub fn tcp(way: Way, cc: &str, flows: u32, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false, args: Vec::new(), server: None }
+        Bulk { way, cc: cc.into(), flows, omit, seconds, udp_bps: None, ipv6: false, args: Vec::new(), server: None, outside_cgroup: false }
     }
 
     /// The same over IPv6.
@@ -65,12 +69,17 @@ impl Bulk {
 
     /// UDP offered at `bps`.
     pub fn udp(way: Way, bps: u64, omit: u32, seconds: u32) -> Self {
-        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false, args: Vec::new(), server: None }
+        Bulk { way, cc: String::new(), flows: 1, omit, seconds, udp_bps: Some(bps), ipv6: false, args: Vec::new(), server: None, outside_cgroup: false }
     }
 
     /// The same transfer to the server at `addr`.
     pub fn to(self, addr: &str) -> Self {
         Bulk { server: Some(addr.into()), ..self }
+    }
+
+    /// The same transfer from outside the pod's cgroup (`outside_cgroup`).
+    pub fn outside_cgroup(self) -> Self {
+        Bulk { outside_cgroup: true, ..self }
     }
 
     /// The same transfer with more iperf3 client arguments.
@@ -90,6 +99,27 @@ pub struct BulkResult {
     pub wire_bps: f64,
     /// The measured window's length.
     pub seconds: f64,
+    /// What the pod's ingress queue held during the measured seconds, for
+    /// a download into a pod that has one.
+    pub queue: Option<QueueDepth>,
+}
+
+/// Bytes waiting in the pod's ingress queue (its TBF's backlog, as the
+/// kernel reports it), sampled every QUEUE_SAMPLE_EVERY.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueDepth {
+    pub median: u64,
+    pub max: u64,
+    pub samples: usize,
+}
+
+const QUEUE_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+impl QueueDepth {
+    fn of(mut samples: Vec<u64>) -> Option<Self> {
+        samples.sort_unstable();
+        Some(QueueDepth { median: *samples.get(samples.len() / 2)?, max: *samples.last()?, samples: samples.len() })
+    }
 }
 
 impl Testbed {
@@ -106,7 +136,11 @@ impl Testbed {
     /// so the transfer lasts omit + seconds.
     pub fn bulk(&self, b: &Bulk) -> Result<BulkResult> {
         let total = b.omit + b.seconds;
-        let mut cmd = self.pod_command("iperf3")?;
+        let mut cmd = if b.outside_cgroup {
+            super::in_netns(Command::new("iperf3"), &self.pod_netns_path(), None)?
+        } else {
+            self.pod_command("iperf3")?
+        };
         let server = b.server.as_deref().unwrap_or(if b.ipv6 { super::SERVER_IP6 } else { SERVER_IP });
         cmd.args(["-c", server, "-p", "5201", "-J", "--connect-timeout", "3000"])
             .args(["-t", &b.seconds.to_string(), "-O", &b.omit.to_string()]);
@@ -129,9 +163,18 @@ impl Testbed {
             let (count, at) = timed(|| self.wire_bytes(b.way))?;
             Ok((count, at))
         };
-        // A few hundred ms inside the measured seconds at both ends.
-        let sampled = sample(Duration::from_millis(u64::from(b.omit) * 1000 + 300))
-            .and_then(|first| Ok((first, sample(Duration::from_millis(u64::from(total) * 1000 - 300))?)));
+        // A few hundred ms inside the measured seconds at both ends, and
+        // the ingress queue between them.
+        let end = Duration::from_millis(u64::from(total) * 1000 - 300);
+        let mut backlog = Vec::new();
+        let watch_queue = b.way == Way::Download && b.udp_bps.is_none() && self.ingress_queue_backlog().is_ok();
+        let sampled = sample(Duration::from_millis(u64::from(b.omit) * 1000 + 300)).and_then(|first| {
+            while watch_queue && started.elapsed() + QUEUE_SAMPLE_EVERY < end {
+                std::thread::sleep(QUEUE_SAMPLE_EVERY);
+                backlog.push(self.ingress_queue_backlog()?);
+            }
+            Ok((first, sample(end)?))
+        });
         let out = child.wait_with_output().context("iperf3 did not finish")?;
         let ((w0, t0), (w1, t1)) = sampled?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -141,7 +184,27 @@ impl Testbed {
         if seconds <= 0.0 {
             bail!("the transfer ended before it was measured");
         }
-        Ok(BulkResult { transfer, wire_bps: (w1 - w0) as f64 * 8.0 / seconds, seconds })
+        Ok(BulkResult { transfer, wire_bps: (w1 - w0) as f64 * 8.0 / seconds, seconds, queue: QueueDepth::of(backlog) })
+    }
+
+    /// Bytes in the pod's ingress queue now: the backlog of its TBF (the
+    /// root qdisc with our handle, in the pod's netns). An error where the
+    /// pod has no such queue, or `tc` printed what this cannot read.
+    pub fn ingress_queue_backlog(&self) -> Result<u64> {
+        let mut cmd = super::in_netns(Command::new("tc"), &self.pod_netns_path(), None)?;
+        cmd.args(["-s", "-j", "qdisc", "show"]);
+        let v = run_json(cmd, Duration::from_secs(5))?;
+        let queues: Vec<&serde_json::Value> = v
+            .as_array()
+            .context("tc -j qdisc show printed no list")?
+            .iter()
+            .filter(|q| q["kind"] == "tbf" && q["handle"] == crate::datapath::ingress_queue::HANDLE)
+            .collect();
+        match queues.as_slice() {
+            [q] => q["backlog"].as_u64().with_context(|| format!("the ingress queue's stats have no backlog: {q}")),
+            [] => bail!("the pod has no ingress queue"),
+            _ => bail!("the pod has {} ingress queues", queues.len()),
+        }
     }
 }
 
