@@ -38,6 +38,10 @@ struct harness_input {
 	 * out_light: whether it is light. */
 	struct queued_flow queued;
 	__u64 out_light;
+	/* and the pod's first band at the queue's rate current_rate, with
+	 * out_room: whether it has room for flow_len more bytes. */
+	struct light_window band;
+	__u64 out_room;
 };
 
 struct {
@@ -183,7 +187,8 @@ int harness_door(struct __sk_buff *skb)
 	return admitted ? TC_ACT_UNSPEC : TC_ACT_SHOT;
 }
 
-/* The ingress queue door's light-flow test (light_in_queue). */
+/* The ingress queue door's light-flow test (light_in_queue) and its
+ * first band's share (light_band_has_room). */
 SEC("cgroup_skb/egress")
 int harness_light(struct __sk_buff *skb)
 {
@@ -192,6 +197,7 @@ int harness_light(struct __sk_buff *skb)
 	if (!in)
 		return SKB_DROP;
 	in->out_light = light_in_queue(&in->queued, in->now >> FLOW_WINDOW_SHIFT, in->flow_len);
+	in->out_room = light_band_has_room(&in->band, in->now >> FLOW_WINDOW_SHIFT, in->flow_len, in->current_rate);
 	return SKB_PASS;
 }
 

@@ -538,6 +538,33 @@ static __always_inline bool light_flow(struct __sk_buff *skb, bool *tcp)
 	return light_in_queue(f, window, skb->len);
 }
 
+/* The light frames each pod's queue has let into its first band in the
+ * current window (light_band_has_room), keyed as the doors are. An LRU:
+ * a pod's entry goes once its queue is gone and others need the room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct light_window);
+} light_windows SEC(".maps");
+
+/* Whether this pod's first band has room for a light frame of `len` bytes. */
+static __always_inline bool light_room(__u32 key, __u64 len, __u64 rate)
+{
+	struct light_window *w = bpf_map_lookup_elem(&light_windows, &key);
+	__u64 window = bpf_ktime_get_ns() >> FLOW_WINDOW_SHIFT;
+
+	if (!w) {
+		struct light_window fresh = { .window = window };
+
+		bpf_map_update_elem(&light_windows, &key, &fresh, BPF_ANY);
+		w = bpf_map_lookup_elem(&light_windows, &key);
+		if (!w)
+			return false;
+	}
+	return light_band_has_room(w, window, len, rate);
+}
+
 /* Each pod interface's queue door (struct queue_gate), keyed by the
  * classid of its queue_pod_ingress filter. */
 struct {
@@ -693,6 +720,7 @@ int queue_pod_ingress(struct __sk_buff *skb)
 			bpf_map_update_elem(&turned_away, &datagram, &one, BPF_ANY);
 		return TC_ACT_SHOT;
 	}
+	light = light && light_room(key, skb->len, q->queue.rate);
 	skb->priority = light ? TC_PRIO_INTERACTIVE : TC_PRIO_BESTEFFORT;
 	return TC_ACT_UNSPEC;
 }

@@ -777,25 +777,61 @@ struct queued_flow {
  * either: a download that a UDP flood held to 1 Mbit/s moved less than it,
  * and took the first band from the responses beside it.
  *
- * A heavy flow stays heavy until it has been idle for a whole window, when
- * nothing of it can still be queued: a flow moving back to the first band
- * overtakes its own frames in the other, and its sender resends them (the
- * same downloads, moving between bands: 5-9% of segments resent).
+ * A heavy flow stays heavy until it has been idle for HEAVY_IDLE_WINDOWS
+ * whole windows (134-200 ms), when nothing of it can still be queued: a
+ * flow moving back to the first band overtakes its own frames in the
+ * other, and its sender resends them (the same downloads, moving between
+ * bands: 5-9% of segments resent). One idle window is not enough: a
+ * download behind a UDP flood in the other band waits ~100 ms a round trip
+ * at 10M, moved nothing in some windows, came back light, and took the
+ * first band's share from the responses beside it (p99 146 ms).
  */
+#define HEAVY_IDLE_WINDOWS 2
 static __always_inline bool light_in_queue(struct queued_flow *f, __u64 window, __u64 len)
 {
 	if (f->window != window) {
+		if (window - f->window > HEAVY_IDLE_WINDOWS)
+			f->heavy = 0;
 		f->prev_prev_bytes = f->window + 1 == window ? f->prev_bytes : f->window + 2 == window ? f->bytes : 0;
 		f->prev_bytes = f->window + 1 == window ? f->bytes : 0;
 		f->bytes = 0;
 		f->window = window;
-		if (f->prev_bytes == 0)
-			f->heavy = 0;
 	}
 	__sync_fetch_and_add(&f->bytes, len);
 	if (f->bytes > LIGHT_FLOW_BYTES || f->prev_bytes > LIGHT_FLOW_BYTES || (f->prev_bytes && f->prev_prev_bytes))
 		f->heavy = 1;
 	return !f->heavy;
+}
+
+/*
+ * The first band's share of a pod's queue: light frames may take at most
+ * 1/LIGHT_BAND_SHARE of what the queue passes in a window; beyond that,
+ * they wait in the other band like any frame. The first band is served
+ * whenever it holds a frame, and a flow in it waits for no one: with a
+ * window of 2 segments and no queue to wait in, one download that was
+ * light for a moment (a new one, or one just back from an idle window)
+ * took a 10M pod's whole rate. The flows in the other band stalled for a
+ * window, came back light in turn, and their senders resent what had
+ * waited (8 BBR downloads: 5.2% of segments resent). Per pod, per window.
+ */
+#define LIGHT_BAND_SHARE 2
+
+struct light_window {
+	__u64 window; /* the window `bytes` is for */
+	__u64 bytes;  /* light frames' bytes let into the first band in it */
+};
+
+/* Whether `len` more bytes of light frames fit in the first band's share
+ * of `window`, at the queue's `rate` (bytes/s); counts them. */
+static __always_inline bool light_band_has_room(struct light_window *w, __u64 window, __u64 len, __u64 rate)
+{
+	__u64 share = ((rate << FLOW_WINDOW_SHIFT) / NSEC_PER_SEC) / LIGHT_BAND_SHARE;
+
+	if (w->window != window) {
+		w->window = window;
+		w->bytes = 0;
+	}
+	return __sync_add_and_fetch(&w->bytes, len) <= share;
 }
 
 /* ---- Egress TCP pacing (sock_ops) ------------------------------------------ */

@@ -50,6 +50,16 @@ struct HarnessRest {
     pad: u32,
     queued: QueuedFlow,
     out_light: u64,
+    band: LightWindow,
+    out_room: u64,
+}
+
+/// The light frames a pod's first band took in a window (struct light_window).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+struct LightWindow {
+    window: u64,
+    bytes: u64,
 }
 
 /// What the queue's door remembers of a flow (ebpf/shaper.h: struct queued_flow).
@@ -624,7 +634,7 @@ fn a_queued_ingress_is_counted_not_policed() {
 
 /// A flow toward the pod is light (the queue's first band) until it moves
 /// more than 32 KB in a window, or moves in three windows in a row; then
-/// heavy until it has been idle for a whole window. A bulk flow with a
+/// heavy until it has been idle for two whole windows. A bulk flow with a
 /// small share is not light, a response after idle is, and no flow moves
 /// back to the first band while frames of it may still wait in the other.
 #[test]
@@ -653,10 +663,38 @@ fn the_queue_door_tells_light_flows_from_bulk_flows_with_small_shares() {
     // Heavy stays heavy while the flow moves, however little,
     assert_eq!(light(at(11, 100, 0, 0, 1), 12, 100), (false, at(12, 100, 100, 0, 1)));
     assert_eq!(light(at(12, 100, 100, 0, 1), 12, 100), (false, at(12, 200, 100, 0, 1)));
-    // until a whole window without a byte of it: one window skipped.
-    assert_eq!(light(at(10, 40_000, 40_000, 40_000, 1), 12, 100), (true, at(12, 100, 0, 40_000, 0)));
-    // Two or more skipped: all idle.
+    // and after one idle window (a round trip behind a long queue),
+    assert_eq!(light(at(10, 40_000, 40_000, 40_000, 1), 12, 100), (false, at(12, 100, 0, 40_000, 1)));
+    // until two whole windows without a byte of it.
     assert_eq!(light(at(10, 40_000, 40_000, 40_000, 1), 13, 100), (true, at(13, 100, 0, 0, 0)));
+}
+
+/// Light frames take at most half of what the pod's queue passes in a
+/// window; beyond it they wait with the rest, and the next window starts
+/// afresh.
+#[test]
+fn the_first_band_takes_at_most_half_the_rate() {
+    let mut h = Harness::new();
+    // 1.25 MB/s (10M): 83,886 bytes a window, 41,943 of them light.
+    let rate = 1_250_000;
+    let mut room = |band: LightWindow, window: u64, len: u64| -> (bool, LightWindow) {
+        let mut i = input(Bucket::default(), Bucket::default(), window * WINDOW_NS + 1);
+        i.band = band;
+        i.flow_len = len;
+        i.current_rate = rate;
+        h.set(i);
+        h.run("harness_light", 100, 0, UDP);
+        let out = h.get();
+        (out.out_room == 1, out.band)
+    };
+    let share = ((rate << 26) / 1_000_000_000) / 2;
+    assert_eq!(share, 41_943);
+    let at = |window, bytes| LightWindow { window, bytes };
+    assert_eq!(room(at(7, 0), 7, 16_384), (true, at(7, 16_384)));
+    assert_eq!(room(at(7, 16_384), 7, share - 16_384), (true, at(7, share)));
+    assert_eq!(room(at(7, share), 7, 1), (false, at(7, share + 1)));
+    // A new window: room again.
+    assert_eq!(room(at(7, 90_000), 8, 1_514), (true, at(8, 1_514)));
 }
 
 /// The ingress queue's door charges every frame it queues, past the
