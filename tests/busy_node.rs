@@ -5,15 +5,19 @@
 //! must break the rate band: the band proves itself.
 //!
 //! Asserted: every pod's goodput within the band and Jain's index ≥ 0.99
-//! (ours), and our CPU per Gbit/s delivered within `CPU_FACTOR` of the
-//! reference's, read from /proc/stat over the same window. Ratios only.
+//! (ours, in every round), and our CPU per Gbit/s delivered within a stated
+//! factor of the reference's, read from /proc/stat over the same window.
+//! Ratios only. One round's ratio moves by ±40% on this 2-vCPU machine
+//! (1.06-2.26 downloading, 13 runs at b0aeafb), so the ratio asserted is
+//! the median of three rounds, ours and the reference taking turns to go
+//! first.
 
 mod common;
 
 use std::path::PathBuf;
 
 use bpf_ratelimit::testbed::fleet::Fleet;
-use bpf_ratelimit::testbed::measure::jain;
+use bpf_ratelimit::testbed::measure::{jain, percentile};
 use bpf_ratelimit::testbed::shapers::{Attached, Plugins, PodRef, Row};
 use common::retries::CpuSample;
 
@@ -24,11 +28,19 @@ const RATE: u64 = 50_000_000;
 /// 1448/1514 = 0.956 of it: 0.93 leaves 2.5% for the shaper's error.
 const GOODPUT_BAND: (f64, f64) = (0.93, 0.99);
 const MIN_JAIN: f64 = 0.99;
-/// Ours ÷ the reference's CPU per Gbit/s. This test measured 0.81-1.31x
-/// in five runs; the bench 1.00-1.78x at 40 x 50M (bench/README.md, "A
-/// busy node"), where the reference's own CPU moves most. The issue's
-/// "before" was 2.6-2.8x uploading: 2.0x catches a return to that.
-const CPU_FACTOR: f64 = 2.0;
+/// Rounds of ours beside the reference; the ratio asserted is their median.
+const ROUNDS: usize = 3;
+/// Ours ÷ the reference's CPU per Gbit/s, the median of the rounds, per
+/// direction (download, upload).
+/// - Upload: single rounds measured 0.99-1.62x at b0aeafb. The issue's
+///   "before" was 2.6-2.8x: 2.0x catches a return to that.
+/// - Download: not at parity (issue 25). Since the receive windows follow
+///   the ingress queue's model (110c571) instead of a bucket that ratcheted
+///   up, they hold 8 ms of queue at 50M and no more, and every byte takes
+///   the ifb's second pass in smaller skbs: single rounds measured
+///   1.06-2.26x (median 1.6) at b0aeafb, 3 of 13 above 2.0. 2.5x on the
+///   median of three catches our cost growing by half again.
+const CPU_FACTOR: [f64; 2] = [2.5, 2.0];
 
 struct Way {
     ratios: Vec<f64>,
@@ -83,6 +95,17 @@ impl Drop for PinRoot {
     }
 }
 
+/// One round: both rows, in the order given, both ways each.
+fn round(plugins: &Plugins, fleet: &Fleet, pods: &[PodRef], ours_first: bool) -> ([Way; 2], [Way; 2]) {
+    if ours_first {
+        let ours = both_ways(plugins, fleet, pods, Some(Row::Ours));
+        (ours, both_ways(plugins, fleet, pods, Some(Row::RefFair)))
+    } else {
+        let reference = both_ways(plugins, fleet, pods, Some(Row::RefFair));
+        (both_ways(plugins, fleet, pods, Some(Row::Ours)), reference)
+    }
+}
+
 #[test]
 fn a_busy_node_holds_every_pod_and_costs_about_what_the_reference_does() {
     common::require_privileges();
@@ -92,34 +115,43 @@ fn a_busy_node_holds_every_pod_and_costs_about_what_the_reference_does() {
     let pods = fleet.pod_refs().expect("pods");
 
     let unshaped = both_ways(&plugins, &fleet, &pods, None);
-    let ours = both_ways(&plugins, &fleet, &pods, Some(Row::Ours));
-    let reference = both_ways(&plugins, &fleet, &pods, Some(Row::RefFair));
+    let rounds: Vec<([Way; 2], [Way; 2])> = (0..ROUNDS).map(|r| round(&plugins, &fleet, &pods, r % 2 == 0)).collect();
 
     let mut failures = Vec::new();
     for (i, way) in ["download", "upload"].iter().enumerate() {
-        let (o, r, u) = (&ours[i], &reference[i], &unshaped[i]);
-        let (o_min, o_max) = min_max(&o.ratios);
-        let (r_min, r_max) = min_max(&r.ratios);
+        let u = &unshaped[i];
         let (u_min, u_max) = min_max(&u.ratios);
-        let cpu_ratio = o.cpu_per_gbps / r.cpu_per_gbps;
-        println!(
-            "{PODS} x 50M {way}: goodput / limit ours {o_min:.3}-{o_max:.3} (Jain {:.4}, {} resent), reference {r_min:.3}-{r_max:.3} ({} resent), unshaped {u_min:.3}-{u_max:.3}",
-            jain(&o.ratios),
-            o.retransmits,
-            r.retransmits
-        );
-        println!(
-            "{PODS} x 50M {way}: CPU-s per Gbit ours {:.3}, reference {:.3}, unshaped {:.3}: ours / reference {cpu_ratio:.2} (bound {CPU_FACTOR})",
-            o.cpu_per_gbps, r.cpu_per_gbps, u.cpu_per_gbps
-        );
-        if o_min < GOODPUT_BAND.0 || o_max > GOODPUT_BAND.1 {
-            failures.push(format!("{way}: ours {o_min:.3}-{o_max:.3} outside {GOODPUT_BAND:?}"));
+        let mut ratios = Vec::new();
+        for (r, (ours, reference)) in rounds.iter().enumerate() {
+            let (o, f) = (&ours[i], &reference[i]);
+            let (o_min, o_max) = min_max(&o.ratios);
+            let (f_min, f_max) = min_max(&f.ratios);
+            let cpu_ratio = o.cpu_per_gbps / f.cpu_per_gbps;
+            ratios.push(cpu_ratio);
+            println!(
+                "{PODS} x 50M {way}, round {} ({} first): goodput / limit ours {o_min:.3}-{o_max:.3} (Jain {:.4}, {} resent), reference {f_min:.3}-{f_max:.3} ({} resent); CPU-s per Gbit ours {:.3}, reference {:.3}: {cpu_ratio:.2}x",
+                r + 1,
+                if r % 2 == 0 { "ours" } else { "the reference" },
+                jain(&o.ratios),
+                o.retransmits,
+                f.retransmits,
+                o.cpu_per_gbps,
+                f.cpu_per_gbps
+            );
+            if o_min < GOODPUT_BAND.0 || o_max > GOODPUT_BAND.1 {
+                failures.push(format!("{way}, round {}: ours {o_min:.3}-{o_max:.3} outside {GOODPUT_BAND:?}", r + 1));
+            }
+            if jain(&o.ratios) < MIN_JAIN {
+                failures.push(format!("{way}, round {}: ours Jain {:.4} < {MIN_JAIN}", r + 1, jain(&o.ratios)));
+            }
         }
-        if jain(&o.ratios) < MIN_JAIN {
-            failures.push(format!("{way}: ours Jain {:.4} < {MIN_JAIN}", jain(&o.ratios)));
-        }
-        if cpu_ratio > CPU_FACTOR {
-            failures.push(format!("{way}: ours costs {cpu_ratio:.2}x the reference's CPU per Gbit/s (bound {CPU_FACTOR})"));
+        let median = percentile(&ratios, 50.0);
+        println!(
+            "{PODS} x 50M {way}: ours / reference CPU per Gbit/s, median of {ROUNDS} rounds {median:.2} (bound {}); unshaped {u_min:.3}-{u_max:.3} of the limit at {:.3} CPU-s per Gbit",
+            CPU_FACTOR[i], u.cpu_per_gbps
+        );
+        if median > CPU_FACTOR[i] {
+            failures.push(format!("{way}: ours costs {median:.2}x the reference's CPU per Gbit/s (median of {ROUNDS} rounds; bound {})", CPU_FACTOR[i]));
         }
         // The negative control: without a limit the same fleet leaves the band.
         if u_max <= GOODPUT_BAND.1 {
