@@ -30,6 +30,11 @@ const GOODPUT_BAND: (f64, f64) = (0.93, 0.99);
 const MIN_JAIN: f64 = 0.99;
 /// Rounds of ours beside the reference; the ratio asserted is their median.
 const ROUNDS: usize = 3;
+
+/// Which row goes first in round `r`: they take turns, ours first.
+fn ours_first(r: usize) -> bool {
+    r % 2 == 0
+}
 /// Ours ÷ the reference's CPU per Gbit/s, the median of the rounds, per
 /// direction (download, upload).
 /// - Upload: single rounds measured 0.99-1.62x at b0aeafb. The issue's
@@ -115,7 +120,7 @@ fn a_busy_node_holds_every_pod_and_costs_about_what_the_reference_does() {
     let pods = fleet.pod_refs().expect("pods");
 
     let unshaped = both_ways(&plugins, &fleet, &pods, None);
-    let rounds: Vec<([Way; 2], [Way; 2])> = (0..ROUNDS).map(|r| round(&plugins, &fleet, &pods, r % 2 == 0)).collect();
+    let rounds: Vec<([Way; 2], [Way; 2])> = (0..ROUNDS).map(|r| round(&plugins, &fleet, &pods, ours_first(r))).collect();
 
     let mut failures = Vec::new();
     for (i, way) in ["download", "upload"].iter().enumerate() {
@@ -131,7 +136,7 @@ fn a_busy_node_holds_every_pod_and_costs_about_what_the_reference_does() {
             println!(
                 "{PODS} x 50M {way}, round {} ({} first): goodput / limit ours {o_min:.3}-{o_max:.3} (Jain {:.4}, {} resent), reference {f_min:.3}-{f_max:.3} ({} resent); CPU-s per Gbit ours {:.3}, reference {:.3}: {cpu_ratio:.2}x",
                 r + 1,
-                if r % 2 == 0 { "ours" } else { "the reference" },
+                if ours_first(r) { "ours" } else { "the reference" },
                 jain(&o.ratios),
                 o.retransmits,
                 f.retransmits,
