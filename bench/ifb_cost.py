@@ -99,14 +99,24 @@ def run(mode):
     t1, i1 = cpu()
     w1 = time.time()
     total = 0.0
-    for p in procs:
+    for i, p in enumerate(procs):
         out, _ = p.communicate()
-        total += json.loads(out)["end"]["sum_received"]["bits_per_second"]
+        got = json.loads(out or "{}")
+        if p.returncode or "error" in got or "end" not in got:
+            raise SystemExit(f"{mode}: iperf3 in pod {i} failed (exit {p.returncode}): {got.get('error', out[-300:])}")
+        total += got["end"]["sum_received"]["bits_per_second"]
     busy = 1 - (i1 - i0) / (t1 - t0)
     ncpu = int(sh("nproc"))
     cpu_s = busy * ncpu * (w1 - w0)
     gbit = total * (w1 - w0) / 1e9
-    return {"mode": mode, "gbps": total / 1e9, "busy": busy, "cpu_s_per_gbit": cpu_s / gbit, "per_pod": total / PODS / (RATE * 1e6)}
+    per_pod = total / PODS / (RATE * 1e6)
+    # Each row proves what it measured: the TBF held every pod's goodput to
+    # its limit (~0.956 of it for bulk TCP), and the control was not held.
+    if mode != "none" and not 0.90 <= per_pod <= 1.0:
+        raise SystemExit(f"{mode}: pods got {per_pod:.3f} of the limit in goodput on average; the TBF did not shape")
+    if mode == "none" and per_pod < 2.0:
+        raise SystemExit(f"control: unshaped pods got only {per_pod:.2f}x the limit; the comparison needs a path well above it")
+    return {"mode": mode, "gbps": total / 1e9, "busy": busy, "cpu_s_per_gbit": cpu_s / gbit, "per_pod": per_pod}
 
 
 def main():
