@@ -121,7 +121,7 @@ def run(mode):
 
 def main():
     head = sh("git rev-parse --short HEAD", check=False).strip()
-    dirty = bool(sh("git status --porcelain --untracked-files=no", check=False).strip())
+    dirty = bool(sh("git status --porcelain --untracked-files=no -- . ':(exclude)bench/results'", check=False).strip())
     print(f"# bench/ifb_cost.py {PODS} {RATE} {ROUNDS} at {head}{' (uncommitted changes)' if dirty else ''}, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, kernel {sh('uname -r').strip()}, {sh('nproc').strip()} CPUs", flush=True)
     teardown()
