@@ -15,9 +15,14 @@ figure edited by hand, or a results file replaced without publishing, fails
 tests/published_figures.rs. A results file made from a dirty tree, or by a
 run that did not complete, is never published: the script stops and names it.
 
-Spreads: where several runs measured the same thing (ADD/DEL timing, the busy
-node), a cell gives min, median and max over the runs and says how many; a
-cell of one run gives the range over the cells it summarises.
+Spreads: every part is run more than once (the matrix: bench/results/ and
+matrix-*/; the wire and main-CNI tables: every run that has that part; the
+policer, latency rows, timing and busy node: their numbered directories).
+A figure that one run gives once (Jain's lowest, a p99, ADD ÷ the
+reference's) is shown as min / median / max over the runs, with how many.
+A figure that summarises many cells (the matrix's 120) gives the range of
+the cells' medians over the runs, the range of every value any run gave,
+and the widest spread of a single cell; the "cells" region lists each cell.
 """
 
 import json
@@ -84,97 +89,170 @@ def span(values, fmt="{:.3f}"):
     return fmt.format(lo) if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}–{fmt.format(hi)}"
 
 
-def spread(values, fmt="{:.2f}"):
-    """min / median / max over runs, with how many."""
+def over_runs(per_run):
+    """Cell -> its values, one per run that measured it; `per_run` is a list of
+    {cell: value} dicts, one per run."""
+    cells = {}
+    for got in per_run:
+        for key, value in got.items():
+            if value is not None:
+                cells.setdefault(key, []).append(value)
+    return cells
+
+
+def cells_spread(per_run, fmt="{:.3f}"):
+    """Many cells, each measured by several runs: the range of the cells'
+    medians; then the range of every value any run gave, and the widest
+    spread (max - min) of a single cell."""
+    cells = over_runs(per_run)
+    if not cells:
+        return "—"
+    everything = [v for values in cells.values() for v in values]
+    if len(per_run) == 1:
+        return span(everything, fmt) + " (1 run)"
+    medians = [statistics.median(values) for values in cells.values()]
+    widest = max(max(values) - min(values) for values in cells.values())
+    return f"{span(medians, fmt)} (per-cell medians of {len(per_run)} runs; any run {span(everything, fmt)}; widest cell {fmt.format(widest)})"
+
+
+def spread(values, fmt="{:.2f}", count=True):
+    """min / median / max over runs, with how many (unless the caller says it once)."""
     values = [v for v in values if v is not None]
     if not values:
         return "—"
+    runs_ = f" ({len(values)} run{'s' if len(values) > 1 else ''})" if count else ""
     if len(values) == 1:
-        return fmt.format(values[0]) + " (1 run)"
-    return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))} / {fmt.format(max(values))} ({len(values)} runs)"
+        return fmt.format(values[0]) + runs_
+    return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))} / {fmt.format(max(values))}" + runs_
 
 
 ROWS = [("ours", "bpf-ratelimit"), ("ref-fair", "reference, our burst"), ("ref-containerd", "reference, containerd burst")]
+CELL = lambda c: (c["rtt_ms"], c["rate_bps"] or 0, c["way"], c["cc"], c["flows"])
 
 
-def matrix_rows(full):
-    cells = full["matrix"]["cells"]
-    path = {(c["rtt_ms"], c["way"], c["cc"], c["flows"]): c["wire_bps"] for c in cells if c["row"] == "unshaped"}
-    by_row = {row: [c for c in cells if c["row"] == row] for row, _ in ROWS}
+def matrix_ratios(run, row, value="wire_bps"):
+    """{cell: `value` ÷ what the cell could carry} for one row of one matrix
+    run: min(limit, what the path carried unshaped in that run) for 1 flow;
+    the limit for 8 flows (the bench runs the path unshaped with 1 flow
+    only, and 8 flows fill more of it than 1)."""
+    cells = run["matrix"]["cells"]
+    path = {(c["rtt_ms"], c["way"], c["cc"]): c[value] for c in cells if c["row"] == "unshaped" and c["flows"] == 1}
+    out = {}
+    for c in cells:
+        if c["row"] == row:
+            p = path.get((c["rtt_ms"], c["way"], c["cc"])) if c["flows"] == 1 else c["rate_bps"]
+            out[CELL(c)] = c[value] / min(c["rate_bps"], p) if p else None
+    return out
 
-    def ratio(c):
-        p = path.get((c["rtt_ms"], c["way"], c["cc"], c["flows"]))
-        return c["wire_bps"] / min(c["rate_bps"], p) if p else None
 
-    n = len(by_row["ours"])
+def latency_cell(got):
+    """Responses beside a download, over the runs that measured them."""
+    if not got:
+        return "—"
+    answered = sum(l["beside_samples"] for l in got)
+    sent = answered + sum(l.get("beside_failed", 0) for l in got)
+    return (f"p50 {spread([l['beside_p50_ms'] for l in got], '{:.1f}', False)}, p99 {spread([l['beside_p99_ms'] for l in got], '{:.1f}', False)} ms "
+            f"({len(got)} run{'s' if len(got) > 1 else ''}; {answered} of {sent} answered)")
+
+
+def matrix_rows(runs):
+    full = runs[0]
+    by_row = {row: [[c for c in run["matrix"]["cells"] if c["row"] == row] for run in runs] for row, _ in ROWS}
+    n = len(by_row["ours"][0])
     rtts = ", ".join("LAN" if r == 0 else f"{r:g} ms" for r in full["meta"]["rtts_ms"])
     rates = ", ".join(r[0] for r in full["meta"]["rates"])
+
+    def resent(row):
+        worst = max(c["resent_share"] for cells in by_row[row] for c in cells)
+        over = {CELL(c) for cells in by_row[row] for c in cells if c["resent_share"] > 0.05}
+        return f"{100 * worst:.1f}% ({len(over)})"
+
     lines = [
-        (f"bulk TCP on the wire ÷ min(limit, what the path carries unshaped): {n} cells ({rtts} × {rates} × CUBIC, BBR × 1, 8 flows × both ways)",
-         [span([ratio(c) for c in by_row[row]]) for row, _ in ROWS]),
-        ("segments resent: the most in a cell (cells over 5%)",
-         [f"{100 * max(c['resent_share'] for c in by_row[row]):.1f}% ({sum(c['resent_share'] > 0.05 for c in by_row[row])})" for row, _ in ROWS]),
-        ("Jain's index over 8 flows: the lowest",
-         [span([min(c["jain"] for c in by_row[row] if c["flows"] == 8 and c["jain"] is not None)]) for row, _ in ROWS]),
+        (f"bulk TCP on the wire ÷ min(limit, what the path carries unshaped with 1 flow; the limit for 8): {n} cells ({rtts} × {rates} × CUBIC, BBR × 1, 8 flows × both ways)",
+         [cells_spread([matrix_ratios(run, row) for run in runs]) for row, _ in ROWS]),
+        ("segments resent: the most in a cell of any run (cells over 5% in any run)", [resent(row) for row, _ in ROWS]),
+        ("Jain's index over 8 flows: the lowest cell of a run",
+         [spread([min(c["jain"] for c in cells if c["flows"] == 8 and c["jain"] is not None) for cells in by_row[row]], "{:.3f}") for row, _ in ROWS]),
     ]
-    lat = full["matrix"]["latency"]
     for rate in ("10M", "100M"):
-        got = {l["row"]: l for l in lat if l["rtt_ms"] == 0 and l["rate"] == rate}
-        if got:
-            lines.append((f"a 16 KB response on a fresh connection beside the pod's own download, {rate}, LAN: p99 (samples)",
-                          [f"{got[row]['beside_p99_ms']:.1f} ms ({got[row]['beside_samples']})" if row in got else "—" for row, _ in ROWS]))
-    lines.append(("an idle pod's 16 KB response, p50 minus the unshaped path's, at any RTT: the most",
-                  [f"{max(l['idle_response_p50_ms'] - l['unshaped_response_p50_ms'] for l in lat if l['row'] == row):.1f} ms" for row, _ in ROWS]))
-    return [(what, figures, cite(full)) for what, figures in lines]
+        got = {row: [l for run in runs for l in run["matrix"]["latency"] if l["rtt_ms"] == 0 and l["rate"] == rate and l["row"] == row] for row, _ in ROWS}
+        if any(got.values()):
+            lines.append((f"a 16 KB response on a fresh connection beside the pod's own download, {rate}, LAN",
+                          [latency_cell(got[row]) for row, _ in ROWS]))
+    lines.append(("an idle pod's 16 KB response, p50 minus the unshaped path's, at any RTT: the most in a run",
+                  [spread([max(l["idle_response_p50_ms"] - l["unshaped_response_p50_ms"] for l in run["matrix"]["latency"] if l["row"] == row) for run in runs], "{:.1f} ms")
+                   for row, _ in ROWS]))
+    return [(what, figures, cite(*runs)) for what, figures in lines]
 
 
-def policer_rows(run):
-    cells = run["matrix"]["cells"]
-    path = {(c["rtt_ms"], c["way"], c["cc"], c["flows"]): c["goodput_bps"] for c in cells if c["row"] == "unshaped"}
+def cells():
+    """Each matrix cell: on the wire ÷ what it could carry (matrix_ratios),
+    median (min–max) over the matrix runs, for every row."""
+    runs_ = matrix_runs()
+    per_row = {row: over_runs([matrix_ratios(run, row) for run in runs_]) for row, _ in ROWS}
+    resent = {row: over_runs([{CELL(c): c["resent_share"] for c in run["matrix"]["cells"] if c["row"] == row} for run in runs_]) for row, _ in ROWS}
+    out = ["| RTT | limit | way | CC | flows | " + " | ".join(name for _, name in ROWS) + " |", "|---" * (5 + len(ROWS)) + "|"]
+
+    def fig(values, shares):
+        if not values:
+            return "—"
+        m = f"{statistics.median(values):.3f} ({span(values)})"
+        return m + (f"; resent up to {100 * max(shares):.1f}%" if shares and max(shares) > 0.01 else "")
+
+    for key in sorted(per_row["ours"]):
+        rtt, bps, way, cc, flows = key
+        rate = next(r for r, b in runs_[0]["meta"]["rates"] if b == bps)
+        out.append(f"| {'LAN' if rtt == 0 else f'{rtt:g} ms'} | {rate} | {way} | {cc} | {flows} | "
+                   + " | ".join(fig(per_row[row].get(key), resent[row].get(key)) for row, _ in ROWS) + " |")
+    return "\n".join(out) + f"\n\nMedian (min–max) over {len(runs_)} runs: " + cite(*runs_) + ". Resent shown where a run resent over 1%.\n"
+
+
+def policer_rows(runs):
     rows = []
     for lo, hi, where in ((0, 10, "LAN to 10 ms"), (10.01, 1000, "20 to 50 ms")):
-        got = [c for c in cells if c["row"] == "ours-policer" and c["way"] == "download" and lo <= c["rtt_ms"] <= hi]
-        key = lambda c: (c["rtt_ms"], c["way"], c["cc"], c["flows"])
-        ratios = [c["goodput_bps"] / min(c["rate_bps"], path[key(c)]) for c in got if key(c) in path]
-        rows.append((f"bpf-ratelimit with `ingressQueue: false` (the policer), download at {where}: TCP goodput ÷ min(limit, the path's goodput unshaped), {len(got)} cells; the most resent",
-                     [f"{span(ratios)}; {100 * max(c['resent_share'] for c in got):.1f}%", "—", "—"], cite(run)))
+        per_run = [{k: v for k, v in matrix_ratios(run, "ours-policer", "goodput_bps").items() if k[2] == "download" and lo <= k[0] <= hi} for run in runs]
+        shares = [c["resent_share"] for run in runs for c in run["matrix"]["cells"]
+                  if c["row"] == "ours-policer" and c["way"] == "download" and lo <= c["rtt_ms"] <= hi]
+        rows.append((f"bpf-ratelimit with `ingressQueue: false` (the policer), download at {where}: TCP goodput ÷ min(limit, the path's goodput unshaped with 1 flow; the limit for 8), {len(per_run[0])} cells; the most resent",
+                     [f"{cells_spread(per_run)}; {100 * max(shares):.1f}%", "—", "—"], cite(*runs)))
     return rows
 
 
-def wire_rows(wire):
-    shapes = wire["wire"]
+def wire_rows(runs):
     rows = []
-    n = len({s["shape"] for s in shapes})
+    n = len({s["shape"] for s in runs[0]["wire"]})
 
     def fig(row):
-        got = [s for s in shapes if s["row"] == row]
-        sent = span([s["wire_ratio"] for s in got if s["wire_ratio"] >= 0.01])
-        refused = [s["shape"].split(",")[0] for s in got if s["wire_ratio"] < 0.01]
+        got = [[s for s in run["wire"] if s["row"] == row] for run in runs]
+        sent = cells_spread([{s["shape"]: s["wire_ratio"] for s in shapes if s["wire_ratio"] >= 0.01} for shapes in got])
+        refused = sorted({s["shape"].split(",")[0] for shapes in got for s in shapes if s["wire_ratio"] < 0.01})
         return sent + (f" ({', '.join(refused)}: refused, nothing sent)" if refused else "")
 
     rows.append((f"every traffic shape a 10M pod makes ({n}: TCP, UDP at 2×, tiny writes, MSS 88, GSO, fragments, raw sockets, AF_XDP, floods, a tunnel), LAN: on the wire ÷ the limit",
-                 [fig(row) for row, _ in ROWS], cite(wire)))
-    frag = [s for s in shapes if "fragments" in s["shape"] and "download" in s["shape"]]
+                 [fig(row) for row, _ in ROWS], cite(*runs)))
+    frag = [s for run in runs for s in run["wire"] if "fragments" in s["shape"] and "download" in s["shape"]]
     if frag:
         rows.append(("UDP in 8000-byte datagrams at 2× into the pod: delivered ÷ the limit",
-                     [span([s["goodput_ratio"] for s in frag if s["row"] == row]) for row, _ in ROWS], cite(wire)))
+                     [spread([s["goodput_ratio"] for s in frag if s["row"] == row], "{:.3f}") for row, _ in ROWS], cite(*runs)))
     return rows
 
 
-def main_cni_rows(run):
+def main_cni_rows(runs):
     rows = []
-    for form in sorted({r["form"] for r in run["main_cni"]}):
-        got = {r["row"]: r for r in run["main_cni"] if r["form"] == form}
+    for form in sorted({r["form"] for run in runs for r in run["main_cni"]}):
+        got = [r for run in runs for r in run["main_cni"] if r["form"] == form]
 
         def fig(row):
-            r = got.get(row)
-            if r is None:
+            mine = [r for r in got if r["row"] == row]
+            if not mine:
                 return "—"
-            if r["add_error"]:
-                return "ADD fails"
-            return f"{r['tcp_download']:.3f} / {r['tcp_upload']:.3f}"
+            failed = sum(1 for r in mine if r["add_error"])
+            if failed:
+                return f"ADD fails ({failed} of {len(mine)} runs)"
+            return (f"{spread([r['tcp_download'] for r in mine], '{:.3f}', False)}; "
+                    f"{spread([r['tcp_upload'] for r in mine], '{:.3f}', False)} ({len(mine)} run{'s' if len(mine) > 1 else ''})")
 
-        rows.append((f"under an emulated eBPF main CNI, {form}: 100M TCP download / upload on the wire ÷ the limit", [fig(row) for row, _ in ROWS], cite(run)))
+        rows.append((f"under an emulated eBPF main CNI, {form}: 100M TCP on the wire ÷ the limit, download; upload (min / median / max)", [fig(row) for row, _ in ROWS], cite(*runs)))
     return rows
 
 
@@ -223,10 +301,10 @@ def busy_rows(runs):
     return rows
 
 
-def bpf_rows(full):
-    per_run = [ns / n for progs in full["matrix"]["bpf_stats"].values() for ns, n in progs.values() if n]
-    return [("BPF run time per program run (bpf_stats, the cgroup and sock_ops programs, 10M–1G), ns",
-             [span(per_run, "{:.0f}"), "—", "—"], cite(full))]
+def bpf_rows(runs):
+    per_run = [ns / n for run in runs for progs in run["matrix"]["bpf_stats"].values() for ns, n in progs.values() if n]
+    return [("BPF run time per program run (bpf_stats, the cgroup and sock_ops programs, 10M–1G, every matrix run), ns",
+             [span(per_run, "{:.0f}"), "—", "—"], cite(*runs))]
 
 
 def table(rows):
@@ -236,15 +314,37 @@ def table(rows):
     return "\n".join(out) + "\n\nGenerated by `bench/publish.py` from the results files in the last column (each links to its tables and gives the commit it was made at).\n"
 
 
-def all_rows():
+def numbered(prefix):
+    """bench/results/PREFIX, PREFIX-2, PREFIX-3, ...: one part's repeated runs."""
+    return [load(d.name) for d in sorted(RESULTS.iterdir()) if re.fullmatch(re.escape(prefix) + r"(-\d+)?", d.name) and (d / "results.json").exists()]
+
+
+def matrix_runs():
+    """The full run's matrix and its repeats (bench/results/matrix-N, run with
+    the same rows, rates and RTTs)."""
     full = load("")
-    rows = matrix_rows(full)
-    rows += policer_rows(load("policer"))
-    rows += wire_rows(load("wire"))
-    rows += main_cni_rows(load("maincni"))
-    rows += timing_rows([load(f"timing-{i}") for i in range(1, 6)])
-    rows += busy_rows([load(d.name) for d in sorted(RESULTS.glob("busy-node*")) if (d / "results.json").exists()])
-    rows += bpf_rows(full)
+    runs_ = [full] + numbered("matrix")
+    for r in runs_[1:]:
+        if (r["meta"]["rtts_ms"], r["meta"]["rates"]) != (full["meta"]["rtts_ms"], full["meta"]["rates"]):
+            raise Unpublishable(f"{r['_source']}: its matrix is not the full run's (RTTs or rates differ)")
+    return runs_
+
+
+def with_part(part):
+    """Every run that has `part`: the full run, its own directories, the repeats."""
+    dirs = [""] + sorted(d.name for d in RESULTS.iterdir() if (d / "results.json").exists())
+    return [r for r in map(load, dirs) if part in r["meta"]["parts"]]
+
+
+def all_rows():
+    matrix = matrix_runs()
+    rows = matrix_rows(matrix)
+    rows += policer_rows(numbered("policer"))
+    rows += wire_rows(with_part("wire"))
+    rows += main_cni_rows(with_part("maincni"))
+    rows += timing_rows(numbered("timing"))
+    rows += busy_rows(numbered("busy-node"))
+    rows += bpf_rows(matrix)
     return rows
 
 
@@ -265,12 +365,12 @@ def tradeoff():
     """`ingressTradeoff`: what the cpu mode saves on a busy node against what
     it costs a pod's responses beside its download, from one busy-node run
     and one matrix run that each hold both of ours' rows."""
-    busy = [load(d.name) for d in sorted(RESULTS.glob("busy-tradeoff*")) if (d / "results.json").exists()]
-    lat = [load(d.name) for d in sorted(RESULTS.glob("latency-rows*")) if (d / "results.json").exists()]
+    busy = numbered("busy-tradeoff")
+    lat = numbered("latency-rows")
     if not busy or not lat:
         raise Unpublishable("no bench/results/busy-tradeoff*/ or latency-rows*/ results (bench/README.md says how to make them)")
     out = ["| `ingressTradeoff` | " + " | ".join(f"busy node {b['pods']} × {b['rate']}, {b['way']}: CPU per Gbit/s ÷ the reference's; lowest pod" for b in busy[0]["busy_node"] if b["row"] == "ours")
-           + " | " + " | ".join(f"16 KB responses beside the pod's download, {l['rate']}, {'LAN' if l['rtt_ms'] == 0 else str(l['rtt_ms']) + ' ms'}: p50 / p99 (samples)" for l in lat[0]["matrix"]["latency"] if l["row"] == "ours") + " |"]
+           + " | " + " | ".join(f"16 KB responses beside the pod's download, {l['rate']}, {'LAN' if l['rtt_ms'] == 0 else str(l['rtt_ms']) + ' ms'}" for l in lat[0]["matrix"]["latency"] if l["row"] == "ours") + " |"]
     out.append("|---" * (out[0].count("|") - 1) + "|")
     for row, name in (("ours", "`latency` (default)"), ("ours-low-cpu", "`cpu`")):
         cells = []
@@ -287,8 +387,7 @@ def tradeoff():
         for l in lat[0]["matrix"]["latency"]:
             if l["row"] != "ours":
                 continue
-            got = [x for run in lat for x in run["matrix"]["latency"] if (x["row"], x["rate"], x["rtt_ms"]) == (row, l["rate"], l["rtt_ms"])]
-            cells.append(", ".join(f"{x['beside_p50_ms']:.1f} / {x['beside_p99_ms']:.1f} ms ({x['beside_samples']})" for x in got) or "—")
+            cells.append(latency_cell([x for run in lat for x in run["matrix"]["latency"] if (x["row"], x["rate"], x["rtt_ms"]) == (row, l["rate"], l["rtt_ms"])]))
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n\nFrom " + cite(*busy, *lat) + ".\n"
 
@@ -301,17 +400,17 @@ def latency():
     """16 KB responses on fresh connections beside the pod's own download,
     open loop (the same requests at the same times for every row), from
     the latency-rows* runs."""
-    runs_ = [load(d.name) for d in sorted(RESULTS.glob("latency-rows*")) if (d / "results.json").exists()]
+    runs_ = numbered("latency-rows")
     if not runs_:
         raise Unpublishable("no bench/results/latency-rows*/ results (bench/README.md says how to make them)")
     keys = sorted({(l["rtt_ms"], l["rate_bps"], l["rate"]) for r in runs_ for l in r["matrix"]["latency"]})
-    out = ["| shaper | " + " | ".join(f"{rate}, {'LAN' if rtt == 0 else f'{rtt:g} ms'}: p50 / p99 (answered of sent); download on the wire" for rtt, _, rate in keys) + " |",
+    out = ["| shaper | " + " | ".join(f"{rate}, {'LAN' if rtt == 0 else f'{rtt:g} ms'}: responses; the download on the wire ÷ the limit" for rtt, _, rate in keys) + " |",
            "|---" * (len(keys) + 1) + "|"]
     for row, name in LATENCY_ROWS:
         cells = []
         for rtt, bps, rate in keys:
             got = [l for r in runs_ for l in r["matrix"]["latency"] if (l["row"], l["rtt_ms"], l["rate"]) == (row, rtt, rate)]
-            cells.append(", ".join(f"{l['beside_p50_ms']:.1f} / {l['beside_p99_ms']:.1f} ms ({l['beside_samples']} of {l['beside_samples'] + l['beside_failed']}); {l['beside_download_wire_ratio']:.3f}" for l in got) or "—")
+            cells.append(f"{latency_cell(got)}; {span([l['beside_download_wire_ratio'] for l in got])}" if got else "—")
         if any(c != "—" for c in cells):
             out.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n\nFrom " + cite(*runs_) + ".\n"
@@ -329,7 +428,7 @@ def runs():
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"headline": headline, "figures": figures, "runs": runs, "tradeoff": tradeoff, "latency": latency}
+GENERATORS = {"headline": headline, "figures": figures, "cells": cells, "runs": runs, "tradeoff": tradeoff, "latency": latency}
 
 
 def render(page, text):
