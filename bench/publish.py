@@ -115,12 +115,16 @@ def cells_spread(per_run, fmt="{:.3f}"):
     return f"{span(medians, fmt)} (per-cell medians of {len(per_run)} runs; any run {span(everything, fmt)}; widest cell {fmt.format(widest)})"
 
 
+def runs_label(n):
+    return f"{n} run{'s' if n > 1 else ''}"
+
+
 def spread(values, fmt="{:.2f}", count=True):
     """min / median / max over runs, with how many (unless the caller says it once)."""
     values = [v for v in values if v is not None]
     if not values:
         return "—"
-    runs_ = f" ({len(values)} run{'s' if len(values) > 1 else ''})" if count else ""
+    runs_ = f" ({runs_label(len(values))})" if count else ""
     if len(values) == 1:
         return fmt.format(values[0]) + runs_
     return f"{fmt.format(min(values))} / {fmt.format(statistics.median(values))} / {fmt.format(max(values))}" + runs_
@@ -152,7 +156,7 @@ def latency_cell(got):
     answered = sum(l["beside_samples"] for l in got)
     sent = answered + sum(l.get("beside_failed", 0) for l in got)
     return (f"p50 {spread([l['beside_p50_ms'] for l in got], '{:.1f}', False)}, p99 {spread([l['beside_p99_ms'] for l in got], '{:.1f}', False)} ms "
-            f"({len(got)} run{'s' if len(got) > 1 else ''}; {answered} of {sent} answered)")
+            f"({runs_label(len(got))}; {answered} of {sent} answered)")
 
 
 def matrix_rows(runs):
@@ -250,7 +254,7 @@ def main_cni_rows(runs):
             if failed:
                 return f"ADD fails ({failed} of {len(mine)} runs)"
             return (f"{spread([r['tcp_download'] for r in mine], '{:.3f}', False)}; "
-                    f"{spread([r['tcp_upload'] for r in mine], '{:.3f}', False)} ({len(mine)} run{'s' if len(mine) > 1 else ''})")
+                    f"{spread([r['tcp_upload'] for r in mine], '{:.3f}', False)} ({runs_label(len(mine))})")
 
         rows.append((f"under an emulated eBPF main CNI, {form}: 100M TCP on the wire ÷ the limit, download; upload (min / median / max)", [fig(row) for row, _ in ROWS], cite(*runs)))
     return rows
