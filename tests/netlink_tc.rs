@@ -121,12 +121,17 @@ fn tbf_parameters_read_back_through_netlink_equal_what_tc_reports() {
 }
 
 /// The ingress queue in front of an interface (in the calling thread's
-/// netns; a pod's in production): an ifb with the TBF and its pfifo_fast
-/// child, txqueuelen from the TBF's limit, fed by a filter on the
-/// interface's ingress whose classid is the ifb's index.
+/// netns; a pod's in production): an ifb with the TBF and its child (prio
+/// with fq_codel where the kernel has them, as `tc` says it has; else
+/// pfifo_fast), txqueuelen from the TBF's limit, fed by a filter on the
+/// interface's ingress whose classid is the ifb's index. CHECK fails when
+/// the child is not the one ADD made. Runs on this host (pfifo_fast) and in
+/// the 6.1 VM (prio and fq_codel).
 #[test]
 fn ingress_queue_install_change_verify_remove_over_netlink() {
-    use bpf_ratelimit::datapath::ingress_queue::{self, QueueSpec};
+    use bpf_ratelimit::datapath::ingress_queue::{self, QueueChild, QueueSpec};
+    let (child, other) = if common::kernel_has_prio_and_fq_codel() { (QueueChild::FlowFair, QueueChild::Bands) } else { (QueueChild::Bands, QueueChild::FlowFair) };
+    println!("kernel {}: the queue's child should be {child:?}", bpf_ratelimit::node::kernel::release());
     let classifier = PinnedClassifier::new("queue_pod_ingress");
     let prog = classifier.path();
     let redirect = PinnedClassifier::new("redirect_to_queue");
@@ -139,13 +144,32 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     // Another shaper's root qdisc on the interface is left alone throughout.
     let out = Command::new("tc").args(["qdisc", "add", "dev", &veth.host, "root", "handle", "77:", "tbf", "rate", "1mbit", "burst", "10k", "limit", "100k"]).status().unwrap();
     assert!(out.success());
-    ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap();
-    let ifb = ingress_queue::ifb_index(index).expect("the queue's ifb");
+    let (ifb, made) = ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap();
+    assert_eq!(made, child);
+    assert_eq!(ingress_queue::ifb_index(index), Some(ifb));
     let name = ingress_queue::ifb_name(index);
-    ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
+    ingress_queue::verify_spec(index, spec(10_000_000), child).unwrap();
+    let wrong = ingress_queue::verify_spec(index, spec(10_000_000), other).unwrap_err().to_string();
+    assert!(wrong.contains("instead of"), "{wrong}");
     let kinds: Vec<(String, u32)> = tc::qdiscs(ifb).unwrap().into_iter().map(|q| (q.kind, q.parent)).collect();
     assert!(kinds.contains(&("tbf".to_string(), tc::ROOT)), "{kinds:?}");
-    assert!(kinds.contains(&("pfifo_fast".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
+    // As iproute2 reads them back.
+    let shown = Command::new("tc").args(["qdisc", "show", "dev", &name]).output().unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    match child {
+        QueueChild::FlowFair => {
+            assert!(kinds.contains(&("prio".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
+            // (Its first band, the kernel's default pfifo, has no handle and is not dumped.)
+            assert!(kinds.contains(&("fq_codel".to_string(), tc::handle(0xb9a2) | 2)), "{kinds:?}");
+            assert!(shown.contains("qdisc prio b9a2: parent b9a1:1 bands 2 priomap 1 1 1 1 1 1 0 0 1 1 1 1 1 1 1 1"), "{shown}");
+            assert!(shown.contains("qdisc fq_codel b9a4: parent b9a2:2") && shown.contains("target 5s interval 10s"), "{shown}");
+        }
+        QueueChild::Bands => {
+            assert!(kinds.contains(&("pfifo_fast".to_string(), tc::handle(0xb9a1) | 1)), "{kinds:?}");
+            assert!(!kinds.iter().any(|(k, _)| k == "prio" || k == "fq_codel"), "{kinds:?}");
+        }
+    }
+    println!("{shown}");
     let txqueuelen = || std::fs::read_to_string(format!("/sys/class/net/{name}/tx_queue_len")).unwrap().trim().parse::<u32>().unwrap();
     assert_eq!(txqueuelen(), spec(10_000_000).txqueuelen());
     assert!(tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
@@ -155,19 +179,29 @@ fn ingress_queue_install_change_verify_remove_over_netlink() {
     assert!(filters.contains(&format!("mirred (Egress Redirect to device {name})")), "the redirect into {name}: {filters}");
     assert!(tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
     // A repeated ADD replaces the queue rather than failing or stacking another.
-    ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap();
-    ingress_queue::verify_spec(index, spec(10_000_000)).unwrap();
-    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).is_err());
+    assert_eq!(ingress_queue::install(index, spec(10_000_000), &prog, &redirect, 7).unwrap().1, child);
+    ingress_queue::verify_spec(index, spec(10_000_000), child).unwrap();
+    assert!(ingress_queue::verify_spec(index, spec(20_000_000), child).is_err());
+    // `set` changes the TBF and keeps the child.
     ingress_queue::change(index, spec(1_000_000_000)).unwrap();
-    ingress_queue::verify_spec(index, spec(1_000_000_000)).unwrap();
+    ingress_queue::verify_spec(index, spec(1_000_000_000), child).unwrap();
     assert_eq!(tc_root_qdisc(&name)["options"]["rate"].as_u64().unwrap() * 8, spec(1_000_000_000).rate_bits / 8 * 8);
     assert_eq!(txqueuelen(), spec(1_000_000_000).txqueuelen());
+    // CHECK sees a child that is not ours; `set` gives a lost child's bands back.
+    let out = Command::new("tc").args(["qdisc", "replace", "dev", &name, "parent", "b9a1:1", "handle", "b9a3:", "pfifo"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lost = ingress_queue::verify_spec(index, spec(1_000_000_000), child).unwrap_err().to_string();
+    assert!(lost.contains("lost its bands"), "{lost}");
+    ingress_queue::change(index, spec(1_000_000_000)).unwrap();
+    // (The repeated ADD made a new ifb.)
+    let ifb = ingress_queue::ifb_index(index).unwrap();
+    assert_eq!(ingress_queue::child_of(ifb).unwrap(), Some(QueueChild::Bands), "{:?}", tc::qdiscs(ifb).unwrap());
     ingress_queue::remove(index).unwrap();
     ingress_queue::remove(index).unwrap();
     assert!(ingress_queue::ifb_index(index).is_none(), "the ifb is gone");
     assert!(!tc::has_filter(index, tc::Hook::Ingress, ingress_queue::QUEUE_FILTER_PREF, "queue_pod_ingre").unwrap());
     assert!(!tc_filters(&veth.host, "ingress").contains("mirred"), "the redirect is gone");
-    assert!(ingress_queue::verify_spec(index, spec(20_000_000)).unwrap_err().to_string().contains("missing"));
+    assert!(ingress_queue::verify_spec(index, spec(20_000_000), child).unwrap_err().to_string().contains("missing"));
     assert_eq!(tc_root_qdisc(&veth.host)["handle"], "77:");
 }
 

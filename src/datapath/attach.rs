@@ -604,20 +604,22 @@ fn attach_and_pin(
             let installed = crate::node::netns::in_netns(network.netns, || {
                 crate::datapath::ingress_queue::install(ifindex, spec, &prog, &redirect, (door_key & 0xffff) as u16)
             })
-            .and_then(|ifb| {
+            .and_then(|(ifb, child)| {
                 let door = QueueGate { ifb, ..door };
-                bpf_sys::update_locked(queues.as_fd(), &door_key, &door).context("cannot open the ingress queue's door")
+                bpf_sys::update_locked(queues.as_fd(), &door_key, &door).context("cannot open the ingress queue's door")?;
+                Ok(child)
             });
             match installed {
-                Ok(()) => {
+                Ok(child) => {
                     let ns = network.netns;
                     rollback.push(move || {
                         let _ = crate::node::netns::in_netns(ns, || crate::datapath::ingress_queue::remove(ifindex));
                     });
                     record.ingress_queued_in_pod = true;
                     record.ingress_queue_door = door_key;
+                    record.ingress_queue_child = child;
                     state.flags |= IFACE_INGRESS_QUEUED;
-                    let mut how = format!("{} in the pod's netns", crate::datapath::ingress_queue::ifb_name(ifindex));
+                    let mut how = format!("{} in the pod's netns ({})", crate::datapath::ingress_queue::ifb_name(ifindex), child.describe());
                     if network.ingress_tradeoff == IngressTradeoff::Cpu {
                         state.flags |= IFACE_INGRESS_LOW_CPU;
                         how.push_str(", 8 ms deep at every rate (ingressTradeoff: cpu)");
@@ -849,11 +851,17 @@ pub fn update_pod_state(dir: &Path, change: impl FnOnce(&mut IfaceState)) -> Res
 pub fn ingress_queue_of(dir: &Path, state: &IfaceState) -> Option<crate::datapath::ingress_queue::QueueAt> {
     use crate::datapath::ingress_queue::QueueAt;
     match attachment::read(dir).ok().flatten() {
-        Some(r) if r.ingress_queued_in_pod => Some(QueueAt::Pod { netns: PathBuf::from(&r.netns), pod_ifindex: r.ifindex }),
+        Some(r) if r.ingress_queued_in_pod => Some(QueueAt::Pod { netns: PathBuf::from(&r.netns), pod_ifindex: r.ifindex, child: r.ingress_queue_child }),
         Some(r) if r.ingress_queued => Some(QueueAt::HostSide(r.host_ifindex)),
         Some(_) => None,
         None => (state.flags & IFACE_INGRESS_QUEUED != 0).then_some(QueueAt::HostSide(state.host_ifindex)),
     }
+}
+
+/// What the TBF of the attachment's ingress queue in the pod's netns hands
+/// frames to, if it has such a queue.
+pub fn queue_child_from_pins(dir: &Path) -> Option<crate::datapath::ingress_queue::QueueChild> {
+    attachment::read(dir).ok().flatten().filter(|r| r.ingress_queued_in_pod).map(|r| r.ingress_queue_child)
 }
 
 /// The egress guard's state on the host side, if the attachment has one.

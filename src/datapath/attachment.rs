@@ -41,6 +41,9 @@ pub struct AttachmentRecord {
     /// Its door's key in `ingress_queues` (its filter's classid); 0: none.
     #[serde(default)]
     pub ingress_queue_door: u32,
+    /// What the queue's TBF hands frames to (earlier releases: pfifo_fast).
+    #[serde(default)]
+    pub ingress_queue_child: crate::datapath::ingress_queue::QueueChild,
     /// The pod-side egress guard's key in `host_guards` (POD_SIDE_GUARD |
     /// its filter's classid), whose filter is on the interface's egress; 0:
     /// none.
@@ -93,6 +96,7 @@ mod tests {
             ingress_queued: true,
             ingress_queued_in_pod: true,
             ingress_queue_door: 0xffff,
+            ingress_queue_child: crate::datapath::ingress_queue::QueueChild::FlowFair,
             pod_guard: u32::MAX,
             egress_guarded: true,
             raw_guarded: true,
@@ -111,5 +115,6 @@ mod tests {
         let r: AttachmentRecord = serde_json::from_str(old).unwrap();
         assert!(r.ingress_queued && !r.ingress_queued_in_pod);
         assert_eq!(r.pod_guard, 0);
+        assert_eq!(r.ingress_queue_child, crate::datapath::ingress_queue::QueueChild::Bands);
     }
 }

@@ -20,10 +20,20 @@
 //! grant that by default.
 //!
 //! Light flows toward the pod (a response, a handshake) pass its download:
-//! the TBF's child is a pfifo_fast, and `queue_pod_ingress` gives them its
-//! first band. pfifo_fast holds up to the device's txqueuelen packets a
-//! band, whatever TBF's own limit says, so the ifb's txqueuelen is set from
-//! that limit in full-sized frames.
+//! `queue_pod_ingress` gives them priority TC_PRIO_INTERACTIVE, and the
+//! TBF's child sends those first. Which child (`QueueChild`), by what the
+//! kernel has:
+//! - prio, whose first band (a pfifo) holds the light flows and whose
+//!   second is an fq_codel: the rest share the rate flow by flow, so a UDP
+//!   flood cannot take the download beside it. Debian 12's 6.1 builds
+//!   fq_codel in and prio as a module.
+//! - pfifo_fast, on kernels without prio or fq_codel (this project's CI
+//!   host): light flows first, then one FIFO for the rest.
+//!
+//! Either child holds up to the device's txqueuelen packets a band (the
+//! pfifos) or 10240 (fq_codel), whatever TBF's own limit says, so the ifb's
+//! txqueuelen is set from that limit in full-sized frames, and the door
+//! (`queue_admit`) is what holds the queue to the limit in bytes.
 //!
 //! Everything here works in the calling thread's netns (the pod's: call it
 //! from `crate::node::netns::in_netns`), over rtnetlink (crate::datapath::tc),
@@ -32,6 +42,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::datapath::tc::{self, Hook, Verb};
@@ -39,9 +50,50 @@ use crate::datapath::tc::{self, Hook, Verb};
 /// The root qdisc handle that marks a queue as ours ("b9a1:").
 pub const HANDLE: &str = "b9a1:";
 const HANDLE_MAJOR: u16 = 0xb9a1;
-/// The queue's child: pfifo_fast, whose first band (priority
+/// The queue's child (pfifo_fast or prio), whose first band (priority
 /// TC_PRIO_INTERACTIVE) leaves before the rest.
 const CHILD_MAJOR: u16 = 0xb9a2;
+/// The fq_codel in prio's second band.
+const FLOWS_MAJOR: u16 = 0xb9a4;
+/// prio's map from a packet's priority to its band: TC_PRIO_INTERACTIVE
+/// (6, the door's light flows) and TC_PRIO_CONTROL (7) to the first, as
+/// pfifo_fast does; everything else (the door sets TC_PRIO_BESTEFFORT) to
+/// the fq_codel.
+const PRIOMAP: [u8; tc::PRIOMAP_LEN] = [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+/// fq_codel is here to share the rate between flows, not to drop: the
+/// receive windows keep each flow's standing queue at a few ms (19 ms for 8
+/// flows at 10M), and the door holds the whole queue to its limit in bytes
+/// and keeps a model of it that the windows are sized from; a drop below
+/// the door would make that model wrong. So CoDel's target is above any
+/// time the door lets a frame stand (its limit, 256 KB, at 1 Mbit/s is 2.1
+/// s), and it does not depend on the rate: `set` never changes fq_codel in
+/// place (lowering its limits under a parent is a NULL dereference on
+/// unpatched kernels).
+const FLOWS_CODEL: tc::FqCodel = tc::FqCodel { target_us: 5_000_000, interval_us: 10_000_000 };
+
+/// What the queue's TBF hands frames to, by what the node's kernel has.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum QueueChild {
+    /// pfifo_fast: the light flows' band, then one FIFO for everything else
+    /// (a flood into the pod shares it with the pod's download). Every
+    /// kernel has it; records of earlier releases mean it.
+    #[default]
+    Bands,
+    /// prio: the light flows' pfifo, then an fq_codel that shares the rest
+    /// of the rate between flows.
+    FlowFair,
+}
+
+impl QueueChild {
+    /// For people and `stats`: the qdiscs, and what they leave open.
+    pub fn describe(self) -> &'static str {
+        match self {
+            QueueChild::FlowFair => "light flows first, then fq_codel (prio)",
+            QueueChild::Bands => "light flows first, then one FIFO (pfifo_fast: this kernel has no prio or fq_codel)",
+        }
+    }
+}
 /// The filter on the pod interface's ingress that feeds the queue
 /// (ebpf/shaper.bpf.c: queue_pod_ingress).
 pub const QUEUE_FILTER_PREF: u16 = 49102;
@@ -140,31 +192,68 @@ pub fn ifb_index(pod_ifindex: u32) -> Option<u32> {
     crate::node::netns::ifindex(&ifb_name(pod_ifindex)).ok()
 }
 
+/// Gives the queue's TBF on `ifb` its child: prio and fq_codel where the
+/// kernel has them, else pfifo_fast.
+fn add_child(ifb: u32) -> Result<QueueChild> {
+    let flow_fair = (|| {
+        tc::prio(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR), 2, PRIOMAP).context("cannot add a prio qdisc")?;
+        tc::fq_codel(Verb::Add, ifb, tc::handle(CHILD_MAJOR) | 2, tc::handle(FLOWS_MAJOR), &FLOWS_CODEL).context("cannot add an fq_codel qdisc")
+    })();
+    match flow_fair {
+        Ok(()) => Ok(QueueChild::FlowFair),
+        Err(e) => {
+            // A kernel without them refuses with ENOENT ("Specified qdisc
+            // kind is unknown"); whatever the reason, pfifo_fast replaces
+            // what was made (the prio, and the fq_codel with it).
+            log::info!("the ingress queue's child is pfifo_fast: {e:#}");
+            tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR)).context("cannot add the queue's bands")?;
+            Ok(QueueChild::Bands)
+        }
+    }
+}
+
+/// The child the queue's TBF on `ifb` has, as the kernel reports it; None
+/// when it is neither of ours (a plain FIFO, or something else).
+pub fn child_of(ifb: u32) -> Result<Option<QueueChild>> {
+    let qdiscs = tc::qdiscs(ifb)?;
+    let at = |parent: u32, kind: &str, handle: u32| qdiscs.iter().any(|q| q.parent == parent && q.kind == kind && q.handle == handle);
+    let child = tc::handle(CHILD_MAJOR);
+    Ok(if at(handle_id() | 1, "prio", child) && at(child | 2, "fq_codel", tc::handle(FLOWS_MAJOR)) {
+        Some(QueueChild::FlowFair)
+    } else if at(handle_id() | 1, "pfifo_fast", child) {
+        Some(QueueChild::Bands)
+    } else {
+        None
+    })
+}
+
 /// Puts the queue in front of the pod's interface `pod_ifindex`: the ifb,
-/// its TBF and pfifo_fast child, and two filters on the interface's
+/// its TBF and child (`add_child`), and two filters on the interface's
 /// ingress: the door, running the program pinned at `classifier`, whose
 /// classid `door` keys the queue's door in `ingress_queues` (the caller
 /// writes it, with the ifb's index this returns); then the redirect into
 /// the ifb, running the program pinned at `redirect`. A queue left by an
 /// earlier ADD of the same interface is replaced. On failure nothing remains.
-pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, redirect: &Path, door: u16) -> Result<u32> {
+/// Returns the ifb's index and the TBF's child.
+pub fn install(pod_ifindex: u32, spec: QueueSpec, classifier: &Path, redirect: &Path, door: u16) -> Result<(u32, QueueChild)> {
     let _ = remove(pod_ifindex);
     let name = ifb_name(pod_ifindex);
     let ifb = tc::ifb_add(&name, spec.txqueuelen()).with_context(|| format!("cannot create the ingress queue's device {name} (needs the ifb module)"))?;
-    let rest = (|| {
+    let rest = (|| -> Result<QueueChild> {
         tc::tbf(Verb::Add, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).context("cannot add the queue's tbf")?;
-        tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR)).context("cannot add the queue's bands")?;
+        let child = add_child(ifb)?;
         tc::attach_pinned_filter_with_classid(pod_ifindex, Hook::Ingress, QUEUE_FILTER_PREF, 1, classifier, QUEUE_PROG, door)
             .context("cannot add the queue's door")?;
         let prog = crate::node::bpf_sys::obj_get(redirect).with_context(|| format!("cannot open the pinned program {}", redirect.display()))?;
         tc::bpf_filter_redirecting(pod_ifindex, Hook::Ingress, REDIRECT_FILTER_PREF, 1, std::os::fd::AsFd::as_fd(&prog), REDIRECT_PROG, ifb)
-            .context("cannot add the filter feeding the queue")
+            .context("cannot add the filter feeding the queue")?;
+        Ok(child)
     })();
     if rest.is_err() {
         let _ = remove(pod_ifindex);
     }
-    rest.with_context(|| format!("cannot set up the ingress queue on {name}"))?;
-    Ok(ifb)
+    let child = rest.with_context(|| format!("cannot set up the ingress queue on {name}"))?;
+    Ok((ifb, child))
 }
 
 /// Changes the rate of the queue in place (`bpf-ratelimit set`): packets in
@@ -173,9 +262,13 @@ pub fn change(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
     let name = ifb_name(pod_ifindex);
     let Some(ifb) = ifb_index(pod_ifindex) else { bail!("the ingress queue's device {name} is gone") };
     tc::tbf(Verb::Change, ifb, tc::ROOT, handle_id(), &tbf_of(spec)).with_context(|| format!("cannot change the ingress queue on {name}"))?;
-    // A change of TBF's limit may give it a plain fifo child again.
-    tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR))
-        .with_context(|| format!("cannot keep the ingress queue's bands on {name}"))?;
+    // TBF keeps a child that is no fifo; should it have a plain fifo again,
+    // the bands come back (pfifo_fast: whatever the kernel has, nothing in
+    // flight is lost to making a new prio).
+    if child_of(ifb)?.is_none() {
+        tc::pfifo_fast(Verb::Replace, ifb, handle_id() | 1, tc::handle(CHILD_MAJOR))
+            .with_context(|| format!("cannot keep the ingress queue's bands on {name}"))?;
+    }
     tc::set_txqueuelen(ifb, spec.txqueuelen()).with_context(|| format!("cannot change the queue length of {name}"))
 }
 
@@ -230,7 +323,8 @@ pub fn remove_host_side(host_ifindex: u32) -> Result<()> {
 /// earlier releases) on the host side of its veth, in the node's netns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueAt {
-    Pod { netns: std::path::PathBuf, pod_ifindex: u32 },
+    /// `child`: what ADD gave the queue's TBF (records of earlier releases: Bands).
+    Pod { netns: std::path::PathBuf, pod_ifindex: u32, child: QueueChild },
     HostSide(u32),
 }
 
@@ -238,7 +332,7 @@ impl QueueAt {
     /// Changes the queue's rate in place (`bpf-ratelimit set`).
     pub fn change(&self, spec: QueueSpec) -> Result<()> {
         match self {
-            QueueAt::Pod { netns, pod_ifindex } => crate::node::netns::in_netns(netns, || change(*pod_ifindex, spec)),
+            QueueAt::Pod { netns, pod_ifindex, .. } => crate::node::netns::in_netns(netns, || change(*pod_ifindex, spec)),
             QueueAt::HostSide(host) => change_host_side(*host, spec),
         }
     }
@@ -246,7 +340,7 @@ impl QueueAt {
     /// For CHECK: the queue is there, at the rate of `spec`.
     pub fn verify(&self, spec: QueueSpec) -> Result<()> {
         match self {
-            QueueAt::Pod { netns, pod_ifindex } => crate::node::netns::in_netns(netns, || verify_spec(*pod_ifindex, spec)),
+            QueueAt::Pod { netns, pod_ifindex, child } => crate::node::netns::in_netns(netns, || verify_spec(*pod_ifindex, spec, *child)),
             QueueAt::HostSide(host) => verify_host_side(*host, spec),
         }
     }
@@ -286,8 +380,8 @@ fn check_rate(q: &tc::Tbf, spec: QueueSpec, name: &str) -> Result<()> {
 }
 
 /// For CHECK: the queue of the pod's interface `pod_ifindex` is in place,
-/// fed by our filter, at the rate of `spec`.
-pub fn verify_spec(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
+/// fed by our filter, at the rate of `spec`, with the child ADD gave it.
+pub fn verify_spec(pod_ifindex: u32, spec: QueueSpec, child: QueueChild) -> Result<()> {
     let name = ifb_name(pod_ifindex);
     let Some(ifb) = ifb_index(pod_ifindex) else { bail!("the ingress queue's device {name} is missing") };
     let Some(q) = our_qdisc(ifb)? else { bail!("the ingress queue is missing from {name}") };
@@ -303,6 +397,11 @@ pub fn verify_spec(pod_ifindex: u32, spec: QueueSpec) -> Result<()> {
     });
     if !feeds {
         bail!("the filter feeding the ingress queue {name} is missing from the pod's interface");
+    }
+    match child_of(ifb)? {
+        Some(c) if c == child => {}
+        Some(c) => bail!("the ingress queue on {name} has {} instead of {}", c.describe(), child.describe()),
+        None => bail!("the ingress queue on {name} has lost its bands (it should have {})", child.describe()),
     }
     check_rate(&q, spec, &name)
 }

@@ -1,4 +1,5 @@
-//! Traffic control over rtnetlink: the root TBF qdisc of the ingress queue,
+//! Traffic control over rtnetlink: the root TBF qdisc of the ingress queue
+//! and its children (pfifo_fast, or prio with fq_codel),
 //! the clsact qdisc, and cls_bpf filters in direct-action mode on its
 //! ingress or egress hook; and the ifb device the ingress queue sits on.
 //! No `tc` or `ip` binary is run or needed.
@@ -214,6 +215,52 @@ pub fn tbf(verb: Verb, ifindex: u32, parent: u32, handle: u32, spec: &Tbf) -> Re
 /// dequeued in order, chosen by each packet's priority.
 pub fn pfifo_fast(verb: Verb, ifindex: u32, parent: u32, handle: u32) -> Result<()> {
     let msg = TcMessage::from_parts(tc_header(ifindex, parent, handle, 0)?, vec![TcAttribute::Kind("pfifo_fast".into())]);
+    Rtnl::open()?.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), verb.flags())
+}
+
+// ---- prio and fq_codel: the flow-fair child of the ingress queue ----
+
+/// TCA_OPTIONS: prio's options are one struct, not nested attributes.
+const TCA_OPTIONS: u16 = 2;
+/// TCQ_PRIO_BANDS's map: one band for each of the 16 priorities (TC_PRIO_MAX + 1).
+pub const PRIOMAP_LEN: usize = 16;
+
+/// Adds or replaces a prio qdisc `handle` at `parent` with `bands` bands,
+/// each a pfifo the kernel sizes from the device's txqueuelen, and a packet
+/// of priority p going to band `priomap[p]`.
+pub fn prio(verb: Verb, ifindex: u32, parent: u32, handle: u32, bands: u8, priomap: [u8; PRIOMAP_LEN]) -> Result<()> {
+    // struct tc_prio_qopt: int bands; __u8 priomap[TC_PRIO_MAX + 1].
+    let mut qopt = Vec::with_capacity(4 + PRIOMAP_LEN);
+    qopt.extend_from_slice(&i32::from(bands).to_ne_bytes());
+    qopt.extend_from_slice(&priomap);
+    let msg = TcMessage::from_parts(
+        tc_header(ifindex, parent, handle, 0)?,
+        vec![TcAttribute::Kind("prio".into()), TcAttribute::Other(DefaultNla::new(TCA_OPTIONS, qopt))],
+    );
+    Rtnl::open()?.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), verb.flags())
+}
+
+const TCA_FQ_CODEL_TARGET: u16 = 1;
+const TCA_FQ_CODEL_INTERVAL: u16 = 3;
+
+/// fq_codel's CoDel parameters; its limits (10240 packets, 32 MB of
+/// truesize) stay the kernel's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FqCodel {
+    pub target_us: u32,
+    pub interval_us: u32,
+}
+
+/// Adds or replaces an fq_codel qdisc `handle` at `parent`.
+pub fn fq_codel(verb: Verb, ifindex: u32, parent: u32, handle: u32, spec: &FqCodel) -> Result<()> {
+    let options = vec![
+        TcOption::Other(DefaultNla::new(TCA_FQ_CODEL_TARGET, spec.target_us.to_ne_bytes().to_vec())),
+        TcOption::Other(DefaultNla::new(TCA_FQ_CODEL_INTERVAL, spec.interval_us.to_ne_bytes().to_vec())),
+    ];
+    let msg = TcMessage::from_parts(
+        tc_header(ifindex, parent, handle, 0)?,
+        vec![TcAttribute::Kind("fq_codel".into()), TcAttribute::Options(options)],
+    );
     Rtnl::open()?.ack(RouteNetlinkMessage::NewQueueDiscipline(msg), verb.flags())
 }
 

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use crate::datapath::attach;
+use crate::datapath::ingress_queue::QueueChild;
 use crate::policy::limits::{self, Direction, Limit};
 use crate::node::pins::{AttachmentId, PinRoot, UnlockedPinRoot};
 use crate::node::pod_meta::{self, PodMeta};
@@ -227,10 +228,17 @@ pub struct ListRow {
     /// (plugin::unshaped); its limits and counters are then all 0.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unshaped: Option<String>,
+    /// What the ingress queue's TBF hands frames to, where the pod's queue
+    /// is in its netns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_queue_child: Option<QueueChild>,
     /// What ADD could not give as asked (a clamped rate).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
+
+/// `list`'s note on a pod whose ingress queue has no flow-fair child.
+pub const NO_FLOW_FAIR_QUEUE_NOTE: &str = "ingress queue without fq_codel";
 
 /// Samples every pod twice, `interval` apart, for the current rates; and
 /// what could not be read (the rows hold the rest).
@@ -271,6 +279,7 @@ pub fn list_rows(pin_root: Option<&Path>, interval: Duration) -> (Vec<ListRow>, 
                 _ => false,
             },
             unshaped: None,
+            ingress_queue_child: attach::queue_child_from_pins(&now.dir),
             notes: now.meta.notes.clone(),
         });
     }
@@ -290,6 +299,7 @@ pub fn list_rows(pin_root: Option<&Path>, interval: Duration) -> (Vec<ListRow>, 
             egress: none(),
             host_side_skipped: false,
             unshaped: Some(u.reason),
+            ingress_queue_child: None,
             notes: Vec::new(),
         });
     }
@@ -344,6 +354,11 @@ pub fn list_table(rows: &[ListRow]) -> String {
             (Some(reason), _) => notes.push(format!("unshaped: {}", reason.chars().take(120).collect::<String>())),
             (None, true) => notes.push(HOST_SIDE_SKIPPED_NOTE.into()),
             (None, false) => {}
+        }
+        // What the kernel leaves open: a flood into the pod shares one FIFO
+        // with its download (docs/shaping.md).
+        if r.ingress_queue_child == Some(QueueChild::Bands) {
+            notes.push(NO_FLOW_FAIR_QUEUE_NOTE.into());
         }
         line.push(notes.join("; "));
         table.push(line);

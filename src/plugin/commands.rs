@@ -329,7 +329,7 @@ fn cmd_check(req: &Request) -> Result<(), CniError> {
                 .map_err(|e| failed(format!("egress is guarded on the pod's interface, but {e:#}")))?;
         }
         let queue = if record.ingress_queued_in_pod {
-            Some(crate::datapath::ingress_queue::QueueAt::Pod { netns: netns.to_path_buf(), pod_ifindex: record.ifindex })
+            Some(crate::datapath::ingress_queue::QueueAt::Pod { netns: netns.to_path_buf(), pod_ifindex: record.ifindex, child: record.ingress_queue_child })
         } else if record.ingress_queued {
             Some(crate::datapath::ingress_queue::QueueAt::HostSide(record.host_ifindex))
         } else {
@@ -446,6 +446,7 @@ pub fn stats(pin_root: Option<&std::path::Path>) -> anyhow::Result<String> {
                     "egressGuard": attach::guard_from_pins(&dir),
                     "podSideEgressGuard": attach::pod_side_guard_from_pins(&dir),
                     "ingressQueueDoor": attach::door_from_pins(&dir),
+                    "ingressQueueChild": attach::queue_child_from_pins(&dir),
                     "hostSideSkipped": match (attach::guard_from_pins(&dir), attach::pod_side_guard_from_pins(&dir)) {
                         (Some(h), Some(p)) => serde_json::Value::Bool(attach::host_side_skipped(&h, &p)),
                         _ => serde_json::Value::Null,

@@ -340,8 +340,10 @@ pub fn in_netns(mut cmd: Command, netns: &Path, cgroup: Option<&Path>) -> Result
     Ok(cmd)
 }
 
+/// Waits until a server (iperf3, podload) listens on `ip`:`port` in `netns`.
+/// Up to 20 s: under TCG (the 6.1 VM) python3 alone takes seconds to start.
 pub(crate) fn wait_for_port(netns: &Path, ip: &str, port: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let probe = in_netns(Command::new("bash"), netns, None)?
             .args(["-c", &format!("exec 3<>/dev/tcp/{ip}/{port}")])
@@ -351,7 +353,7 @@ pub(crate) fn wait_for_port(netns: &Path, ip: &str, port: &str) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("iperf3 server on {ip}:{port} did not start");
+            bail!("no server listens on {ip}:{port} 20 s after it was started");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

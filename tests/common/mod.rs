@@ -374,3 +374,16 @@ pub fn assert_first_second(pod: &Pod, way: bpf_ratelimit::testbed::scenario::Way
         FirstSecond::OnePacketBurst => assert!(share < 0.9, "{what}: {share:.3} of the bound with a 1-packet burst: the lower bound cannot fail"),
     }
 }
+
+/// Whether this kernel makes prio and fq_codel (the ingress queue's
+/// flow-fair child), asked through iproute2's `tc` on a veth of its own,
+/// removed after.
+pub fn kernel_has_prio_and_fq_codel() -> bool {
+    let probe = format!("brlpr{:x}", std::process::id() % 0xffff);
+    bpf_ratelimit::testbed::ip(&["link", "add", &probe, "type", "veth", "peer", "name", &format!("{probe}p")]).unwrap();
+    let tc = |args: &[&str]| Command::new("tc").args(args).output().unwrap().status.success();
+    let has = tc(&["qdisc", "add", "dev", &probe, "root", "handle", "9:", "prio"])
+        && tc(&["qdisc", "add", "dev", &probe, "parent", "9:2", "handle", "10:", "fq_codel"]);
+    bpf_ratelimit::testbed::ip(&["link", "del", &probe]).unwrap();
+    has
+}

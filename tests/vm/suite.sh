@@ -2,7 +2,9 @@
 # The suite's LTS-kernel stage: in one VM booting Debian 12's 6.1 kernel (tests/vm/run.sh,
 # under TCG), runs the demo and the tests that say what a node on 6.1 gets: the
 # BPF_PROG_TEST_RUN tests, the CNI verbs' life cycle, the 10M/50M rates on a LAN and
-# 10M/100M 10 ms away (tests/kernels.rs), pod-made tunnels, and two wire tests.
+# 10M/100M 10 ms away (tests/kernels.rs), pod-made tunnels, two wire tests, and the
+# ingress queue's flow-fair child (prio + fq_codel, which this host's kernel lacks):
+# made and checked over netlink, and a UDP flood beside a download and responses.
 # Fails if any of them fails.
 # Run after the suite's build (it reuses its binaries); as root.
 set -euo pipefail
@@ -13,12 +15,13 @@ tests/vm/setup.sh >/dev/null
 declare -A bin
 while read -r name exe; do bin[$name]=$exe; done < <(
   cargo test --profile suite --locked --no-run --message-format=json \
-    --test datapath_test_run --test cni_plugin --test kernels --test main_cni --test wire 2>/dev/null |
+    --test datapath_test_run --test cni_plugin --test kernels --test main_cni --test wire \
+    --test netlink_tc --test ingress 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind[0] == "test")
            | "\(.target.name) \(.executable)"')
 plugin=$(cargo build --profile suite --locked --message-format=json 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.name == "bpf-ratelimit") | .executable')
-for t in datapath_test_run cni_plugin kernels main_cni wire; do
+for t in datapath_test_run cni_plugin kernels main_cni wire netlink_tc ingress; do
   [[ -x ${bin[$t]:-} ]] || { echo "vm suite: no test binary for $t" >&2; exit 1; }
 done
 
@@ -54,6 +57,8 @@ guest=target/vm-suite-guest.sh
   printf 'run %q --test-threads=1 --nocapture tunnels_the_pod_makes\n' "${bin[main_cni]}"
   printf 'run %q --test-threads=1 --nocapture %s\n' "${bin[wire]}" \
     "without_a_host_side_raw_frames a_sub_interface_the_pod_made"
+  printf 'run %q --test-threads=1 --nocapture %s\n' "${bin[netlink_tc]}" ingress_queue_install_change_verify_remove_over_netlink
+  printf 'run %q --test-threads=1 --nocapture %s\n' "${bin[ingress]}" responses_beside_a_download_and_a_udp_flood_are_fast
   echo 'if [ -n "$failed" ]; then echo "FAILED on kernel $(uname -r):$failed"; exit 1; fi'
   echo 'echo "kernel $(uname -r): every stage passed"'
 } > "$guest"
