@@ -13,11 +13,19 @@
 //! well over the limit, so each cell can fail. (Under TCG a TBF kept
 //! throttled by 200M of UDP sent out only 0.18 of a 100M limit: the guest's
 //! timers, not the kernel; UDP is checked at 10M there.)
+//!
+//! And the same under an emulated eBPF main CNI in the form every kernel
+//! has (cls_bpf at pref 1 on the host veth, delivering with
+//! `bpf_redirect_peer`; tcx, the other form, came in 6.6): on 6.1 the
+//! pod-side queue and guard hold a 10M pod both ways, where the same
+//! download with nothing of ours runs far past the limit and never crosses
+//! the host veth.
 
 mod common;
 
 use std::time::Duration;
 
+use bpf_ratelimit::testbed::main_cni::Attach;
 use bpf_ratelimit::testbed::scenario::{Bulk, Way};
 use common::{assert_bulk, Pod};
 use serde_json::json;
@@ -81,4 +89,33 @@ fn rates_hold_on_a_lan() {
 #[test]
 fn rates_hold_10_ms_away() {
     cells(Duration::from_millis(5));
+}
+
+#[test]
+fn rates_hold_under_an_ebpf_main_cni() {
+    let kernel = bpf_ratelimit::node::kernel::release();
+    let tx_bytes = |pod: &Pod| -> u64 {
+        let path = format!("/sys/class/net/{}/statistics/tx_bytes", pod.bed.pod_host_veth);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().parse().unwrap()
+    };
+    let mut pod = Pod::new("kerncni");
+    pod.bed.start_server().unwrap();
+    pod.bed.emulate_ebpf_main_cni(Attach::Tc).unwrap();
+    let tx0 = tx_bytes(&pod);
+    let r = pod.bed.bulk(&Bulk::tcp(Way::Download, "cubic", 1, 1, 3)).unwrap();
+    let tx = tx_bytes(&pod) - tx0;
+    println!("kernel {kernel}, eBPF main CNI (tc), control, no limit: download at {:.2}x 10M; the host veth transmitted {tx} bytes", r.wire_bps / 10e6);
+    assert!(r.wire_bps >= 1.5 * 10e6, "control: the unshaped download ran at only {:.2}x 10M", r.wire_bps / 10e6);
+    assert!(tx < 1_000_000, "the emulated CNI did not skip the host side: its veth transmitted {tx} bytes");
+    pod.add(json!({"kubernetes.io/ingress-bandwidth": "10M", "kubernetes.io/egress-bandwidth": "10M"}));
+    for way in [Way::Download, Way::Upload] {
+        let what = format!("kernel {kernel}, eBPF main CNI (tc), 10M pod: TCP {}", way.name());
+        let r = assert_bulk(&pod, &Bulk::tcp(way, "cubic", 1, 2, 5), 10e6, (LOWEST, f64::INFINITY), &what);
+        let direction = if way == Way::Download { "ingress" } else { "egress" };
+        let bound = bucket_bound(&pod, direction, 10e6, r.seconds);
+        assert!(r.wire_bps / 10e6 <= bound, "{what}: {:.3} of the limit on the wire, above the bucket's {bound:.3}", r.wire_bps / 10e6);
+        let resent = r.transfer.resent_share(1448.0);
+        assert!(resent <= 0.05, "{what}: {:.1}% resent", 100.0 * resent);
+    }
+    pod.del();
 }

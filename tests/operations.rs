@@ -182,6 +182,10 @@ fn list_and_metrics_show_each_pod_while_it_is_shaped() {
     assert!(header.starts_with("NAMESPACE/POD") && header.contains("EG RATE"), "{table}");
     let line = table.lines().find(|l| l.starts_with("default/test")).unwrap_or_else(|| panic!("{table}"));
     assert!(line.contains("10Mbit/s") && line.contains("20Mbit/s"), "{line}");
+    // The ingress queue's child, and the note on a kernel without fq_codel.
+    let flow_fair = common::kernel_has_prio_and_fq_codel();
+    assert_eq!(row["ingressQueueChild"], if flow_fair { "flowFair" } else { "bands" }, "{out}");
+    assert_eq!(line.contains("ingress queue without fq_codel"), !flow_fair, "{line}");
 
     // A real Prometheus text parser reads it back, value by value.
     let lines = metrics.lines().map(|l| Ok(l.to_string()));
