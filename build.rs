@@ -17,12 +17,22 @@ fn main() {
     // a different release would have: the upgrade test builds one.
     println!("cargo:rerun-if-env-changed=BRL_DATAPATH_TAG");
     println!("cargo:rustc-env=BRL_DATAPATH_TAG={}", env::var("BRL_DATAPATH_TAG").unwrap_or_default());
+    // Parts of the datapath turned into pass-throughs, to measure what each
+    // costs (bench/knockout.sh; ebpf/shaper.bpf.c, "Knock-outs"). Such a
+    // build does not hold the limits; unset, the object is the default one.
+    println!("cargo:rerun-if-env-changed=BRL_BPF_KNOCKOUT");
+    let knockouts = knockout_defines(&env::var("BRL_BPF_KNOCKOUT").unwrap_or_default());
+    if !knockouts.is_empty() {
+        println!("cargo:warning=BRL_BPF_KNOCKOUT: {} (a measurement build: it does not hold the limits)", knockouts.join(" "));
+    }
+    println!("cargo:rustc-env=BRL_BPF_KNOCKOUT={}", knockouts.join(" "));
     for name in OBJECTS {
         let src = format!("ebpf/{name}.bpf.c");
         let obj = out.join(format!("{name}.bpf.o"));
         let status = Command::new(&clang)
             // -mcpu=v3: BPF atomics with fetch (compare-and-swap), kernel >= 5.12.
             .args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
+            .args(&knockouts)
             .args([multiarch.as_str(), "-Iebpf", "-c", &src, "-o"])
             .arg(&obj)
             .status()
@@ -67,6 +77,20 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=tests/tools/frame.h");
     println!("cargo:rustc-env=BRL_TEST_TOOLS={}", tools.display());
+}
+
+/// The clang flags for BRL_BPF_KNOCKOUT's comma-separated parts; an
+/// unknown part stops the build.
+fn knockout_defines(list: &str) -> Vec<String> {
+    const PARTS: [&str; 6] = ["cgroup_egress", "cgroup_ingress", "sock_ops", "window_clamp", "guard", "door"];
+    list.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            assert!(PARTS.contains(&p), "BRL_BPF_KNOCKOUT: unknown part {p:?} (known: {})", PARTS.join(", "));
+            format!("-DKNOCKOUT_{}", p.to_uppercase())
+        })
+        .collect()
 }
 
 /// FNV-1a, 64 bits. The datapath version of the shaper object and

@@ -422,6 +422,57 @@ def latency():
     return "\n".join(out) + "\n\nFrom " + cite(*runs_) + ".\n"
 
 
+KNOCKOUTS = [("none", "nothing (the default build)"), ("window_clamp", "the receive windows' clamp (sock_ops sets no TCP_WINDOW_CLAMP)"),
+             ("sock_ops", "sock_ops altogether (no pacing, no windows)"), ("cgroup_ingress", "the cgroup ingress hook (no receive accounting)"),
+             ("cgroup_egress", "the cgroup egress hook (no egress bucket, no sender accounting)"),
+             ("guard", "the egress guard (host side and pod side)"), ("door", "the ingress queue's door (frames go into the queue unsorted)")]
+
+
+def knockout():
+    """bench/knockout.sh: the busy node with one part of the datapath turned
+    into a pass-through at a time, each beside the reference in its own run."""
+    base = RESULTS / "knockout"
+    names = sorted(d.name for d in base.iterdir() if (d / "results.json").exists()) if base.is_dir() else []
+    if not names:
+        raise Unpublishable("no bench/results/knockout/*/ results (bench/README.md says how to make them)")
+    by_variant = {}
+    for name in names:
+        variant = name.rsplit("-", 1)[0]
+        if variant not in dict(KNOCKOUTS):
+            raise Unpublishable(f"bench/results/knockout/{name}: unknown variant {variant}")
+        by_variant.setdefault(variant, []).append(load(f"knockout/{name}"))
+    shapes = sorted({(b["pods"], b["rate"]) for runs_ in by_variant.values() for r in runs_ for b in r["busy_node"]})
+    if len(shapes) != 1:
+        raise Unpublishable(f"bench/results/knockout/: runs of more than one busy-node shape: {shapes}")
+
+    def ratios(runs_, way):
+        out = []
+        for r in runs_:
+            got = {b["row"]: b for b in r["busy_node"] if b["way"] == way}
+            if "ours" in got and "ref-fair" in got:
+                out.append(got["ours"]["cpu_per_gbps"] / got["ref-fair"]["cpu_per_gbps"])
+        return out
+
+    def lowest(runs_, way):
+        return [b["goodput_min"] for r in runs_ for b in r["busy_node"] if b["way"] == way and b["row"] == "ours"]
+
+    default = {way: statistics.median(ratios(by_variant["none"], way)) for way in ("download", "upload")} if "none" in by_variant else None
+    pods, rate = shapes[0]
+    out = [f"| knocked out ({pods} pods × {rate}, all at once) | download: CPU per Gbit/s ÷ the reference's (min / median / max); the median ÷ the default build's | "
+           "upload: the same | the lowest pod's goodput ÷ limit, download; upload | from |", "|---|---|---|---|---|"]
+    for variant, what in KNOCKOUTS:
+        runs_ = by_variant.get(variant)
+        if not runs_:
+            continue
+        cells = []
+        for way in ("download", "upload"):
+            got = ratios(runs_, way)
+            rel = f"; {statistics.median(got) / default[way]:.2f}" if default and got and variant != "none" else ""
+            cells.append(spread(got) + rel)
+        out.append(f"| {what} | {cells[0]} | {cells[1]} | {span(lowest(runs_, 'download'))}; {span(lowest(runs_, 'upload'))} | {cite(*runs_)} |")
+    return "\n".join(out) + "\n"
+
+
 def runs():
     """Every results file the figures come from: what ran, where, and how."""
     out = ["| results | commit | run (UTC) | parts | took | command |", "|---|---|---|---|---|---|"]
@@ -434,7 +485,7 @@ def runs():
     return "\n".join(out) + "\n"
 
 
-GENERATORS = {"headline": headline, "figures": figures, "cells": cells, "runs": runs, "tradeoff": tradeoff, "latency": latency}
+GENERATORS = {"headline": headline, "figures": figures, "cells": cells, "runs": runs, "tradeoff": tradeoff, "latency": latency, "knockout": knockout}
 
 
 def render(page, text):

@@ -46,6 +46,13 @@
  */
 #include "shaper.h"
 
+/*
+ * Knock-outs, for measuring what each part of the datapath costs on a busy
+ * node (bench/knockout.sh, issue 25), never for use: build.rs turns
+ * BRL_BPF_KNOCKOUT=part,... into -DKNOCKOUT_<PART>, and each one turns a
+ * part into a pass-through. A build with any of them does not hold the
+ * limits. The default build defines none, and its code is the same.
+ */
 #ifndef AF_INET
 #define AF_INET 2
 #endif
@@ -247,6 +254,9 @@ int shape_egress_prog(struct __sk_buff *skb)
 	__u32 shaped;
 	bool tcp, encap, light_udp = false;
 
+#ifdef KNOCKOUT_CGROUP_EGRESS
+	return SKB_PASS;
+#endif
 	iface = egress_iface_of(pod, skb->ifindex, &shaped, &encap);
 	if (!iface)
 		return SKB_PASS;
@@ -274,6 +284,9 @@ int shape_ingress_prog(struct __sk_buff *skb)
 	struct bpf_sock *sk;
 	__u64 now, wire;
 
+#ifdef KNOCKOUT_CGROUP_INGRESS
+	return SKB_PASS;
+#endif
 	if (!iface)
 		return SKB_PASS;
 	now = bpf_ktime_get_ns();
@@ -292,9 +305,12 @@ int shape_ingress_prog(struct __sk_buff *skb)
 static __always_inline void clamp_receive_window(struct bpf_sock_ops *skops, struct iface_state *iface,
 						 struct flow_state *flow, __u64 now)
 {
-	int rwnd = rwnd_for(iface, now, is_counted(&flow->rx, now), skops->rtt_min, skops->mss_cache,
-			    skops->family == AF_INET6);
+	int rwnd;
 
+#ifdef KNOCKOUT_WINDOW_CLAMP
+	return;
+#endif
+	rwnd = rwnd_for(iface, now, is_counted(&flow->rx, now), skops->rtt_min, skops->mss_cache, skops->family == AF_INET6);
 	bpf_setsockopt(skops, SOL_TCP, TCP_WINDOW_CLAMP, &rwnd, sizeof(rwnd));
 }
 
@@ -372,6 +388,9 @@ int pace_tcp(struct bpf_sock_ops *skops)
 	struct flow_state *flow;
 	__u64 now;
 
+#ifdef KNOCKOUT_SOCK_OPS
+	return 1;
+#endif
 	if (!pod || !pod->cgroup_id)
 		return 1;
 	switch (skops->op) {
@@ -428,6 +447,9 @@ int guard_pod_egress(struct __sk_buff *skb)
 	__u32 key = skb->tc_classid ? POD_SIDE_GUARD | skb->tc_classid : skb->ifindex;
 	struct host_guard *guard = bpf_map_lookup_elem(&host_guards, &key);
 
+#ifdef KNOCKOUT_GUARD
+	return TC_ACT_UNSPEC;
+#endif
 	if (!guard)
 		return TC_ACT_UNSPEC;
 	return guard_egress(guard, skb, bpf_ktime_get_ns());
@@ -675,6 +697,9 @@ int queue_pod_ingress(struct __sk_buff *skb)
 	bool admitted, light, tcp, half;
 	__u8 one = 1;
 
+#ifdef KNOCKOUT_DOOR
+	return TC_ACT_UNSPEC;
+#endif
 	q = key ? bpf_map_lookup_elem(&ingress_queues, &key) : NULL;
 	if (!q)
 		return TC_ACT_UNSPEC;

@@ -151,6 +151,10 @@ pub fn datapath_version() -> &'static str {
     env!("BRL_DATAPATH_VERSION")
 }
 
+/// The datapath's parts this build turned into pass-throughs (build.rs,
+/// BRL_BPF_KNOCKOUT, for bench/knockout.sh); empty in every real build.
+pub const KNOCKOUTS: &str = env!("BRL_BPF_KNOCKOUT");
+
 /// Whether this build's datapath is loaded and pinned under `pin_root`.
 pub fn datapath_pinned(pin_root: &Path) -> bool {
     let dir = pin_root.join("datapath").join(datapath_version());
@@ -390,6 +394,9 @@ fn datapath_prog_ids(dir: &Path) -> Vec<u32> {
 
 /// Loads the shaper object (maps and programs) into the kernel.
 pub fn load() -> Result<Ebpf> {
+    if !KNOCKOUTS.is_empty() {
+        log::warn!("this build's datapath has parts knocked out ({KNOCKOUTS}): a build for measuring their cost, which does not hold the limits");
+    }
     let mut ebpf = EbpfLoader::new().load(SHAPER_OBJ).context("cannot load the eBPF object")?;
     for name in CGROUP_SKB_PROGS {
         let prog: &mut CgroupSkb = program(&mut ebpf, name)?.try_into()?;
@@ -935,5 +942,12 @@ mod tests {
             .chain(env!("BRL_DATAPATH_TAG").as_bytes())
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
         assert_eq!(super::datapath_version(), format!("{h:016x}"));
+    }
+
+    /// The suite tests the datapath nodes run: BRL_BPF_KNOCKOUT (build.rs)
+    /// is for bench/knockout.sh's builds only.
+    #[test]
+    fn this_build_has_no_part_of_the_datapath_knocked_out() {
+        assert_eq!(super::KNOCKOUTS, "", "built with BRL_BPF_KNOCKOUT set: unset it and build again");
     }
 }
