@@ -456,10 +456,30 @@ def knockout():
     def lowest(runs_, way):
         return [b["goodput_min"] for r in runs_ for b in r["busy_node"] if b["way"] == way and b["row"] == "ours"]
 
+    # How many skbs carried a Gbit (thousands: into the pod's queue for a
+    # download, through its cgroup egress hook for an upload), and our
+    # programs' share of the node's busy CPU (bpf_stats over the window).
+    counted = {"download": "redirect_to_queue", "upload": "shape_egress_prog"}
+
+    def skbs_and_share(runs_, way):
+        per_gbit, share = [], []
+        for r in runs_:
+            for b in r["busy_node"]:
+                if b["way"] != way or b["row"] != "ours":
+                    continue
+                gbit = b["delivered_gbps"] * b["window_s"]
+                busy_s = b["cpu_busy"] * r["meta"]["cpus"] * b["window_s"]
+                if b["bpf"].get(counted[way]) and gbit > 0:
+                    per_gbit.append(b["bpf"][counted[way]][1] / gbit / 1000)
+                if busy_s > 0:
+                    share.append(sum(ns for ns, _ in b["bpf"].values()) / 1e9 / busy_s)
+        return f"{spread(per_gbit, '{:.1f}', count=False)}; {spread(share, '{:.3f}', count=False)}"
+
     default = {way: statistics.median(ratios(by_variant["none"], way)) for way in ("download", "upload")} if "none" in by_variant else None
     pods, rate = shapes[0]
     out = [f"| knocked out ({pods} pods × {rate}, all at once) | download: CPU per Gbit/s ÷ the reference's (min / median / max); the median ÷ the default build's | "
-           "upload: the same | the lowest pod's goodput ÷ limit, download; upload | from |", "|---|---|---|---|---|"]
+           "upload: the same | the lowest pod's goodput ÷ limit, download; upload | download: thousands of skbs into the queue per Gbit; our programs' share of the busy CPU | "
+           "upload: thousands of skbs through the cgroup egress hook per Gbit; the same share | from |", "|---|---|---|---|---|---|---|"]
     for variant, what in KNOCKOUTS:
         runs_ = by_variant.get(variant)
         if not runs_:
@@ -469,7 +489,8 @@ def knockout():
             got = ratios(runs_, way)
             rel = f"; {statistics.median(got) / default[way]:.2f}" if default and got and variant != "none" else ""
             cells.append(spread(got) + rel)
-        out.append(f"| {what} | {cells[0]} | {cells[1]} | {span(lowest(runs_, 'download'))}; {span(lowest(runs_, 'upload'))} | {cite(*runs_)} |")
+        out.append(f"| {what} | {cells[0]} | {cells[1]} | {span(lowest(runs_, 'download'))}; {span(lowest(runs_, 'upload'))} | "
+                   f"{skbs_and_share(runs_, 'download')} | {skbs_and_share(runs_, 'upload')} | {cite(*runs_)} |")
     return "\n".join(out) + "\n"
 
 
