@@ -37,6 +37,18 @@ fn pod_ifb(pod: &Pod) -> String {
     names[0].to_string()
 }
 
+/// Gives the pod's ingress queue (its TBF, `b9a1:`) a child of `kind` in
+/// place of ours, for a negative control; the queue's ifb.
+fn replace_queue_child(pod: &Pod, kind: &str) -> String {
+    let ifb = pod_ifb(pod);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &pod.bed.pod_ns, "tc", "qdisc", "replace", "dev", &ifb, "parent", "b9a1:1", "handle", "b9a3:", kind])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cannot give the queue a {kind} child: {}", String::from_utf8_lossy(&out.stderr));
+    ifb
+}
+
 /// The filters on the pod's eth0, `hook` (ingress or egress).
 fn pod_filters(pod: &Pod, hook: &str) -> String {
     let out = Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns, "tc", "filter", "show", "dev", "eth0", hook]).output().unwrap();
@@ -194,7 +206,20 @@ fn responses_beside_download_under(cni: Option<Attach>, one_way_ms: u64, rate: &
         let within = lat.p99_ms <= bound && lat.p99_ms <= bounds.ceiling && lat.p50_ms <= bounds.ceiling_p50;
         (lat, control, bulk, bound, within)
     };
-    let (lat, control, bulk, bound, within) = measure(18, count);
+    let (mut lat, mut control, mut bulk, mut bound, mut within) = measure(18, count);
+    // Once, counted in the suite's retry budget: when the same requests
+    // from the gateway, with no shaper, were themselves late by more than
+    // the slack, the delay line (a process on the same 2 vCPUs) held them,
+    // not the shaper. (CI, 100M 10 ms away: the pod's p99 50.2 ms against
+    // a 50 ms ceiling, the gateway's own p99 46.3 ms, 3 x RTT 30.5 ms.)
+    if !within && control.p99_ms > 3.0 * rtt_ms + bounds.slack {
+        println!("{what}: p50 {:.2} ms, p99 {:.2} ms: beyond the bounds, with the gateway's p99 at {:.2} ms", lat.p50_ms, lat.p99_ms, control.p99_ms);
+        common::retries::record(
+            &what,
+            &format!("p99 {:.2} ms beyond the bounds while the unshaped control's p99 was {:.2} ms, over 3 x RTT ({:.1} ms) + the slack", lat.p99_ms, control.p99_ms, 3.0 * rtt_ms),
+        );
+        (lat, control, bulk, bound, within) = measure(18, count);
+    }
     println!("{what}: p50 {:.2} ms (ceiling {:.1}), p99 {:.2} ms (bound {bound:.1}, ceiling {:.1}) of {} responses, {} failed; from the gateway, no shaper: p50 {:.2} ms, p99 {:.2} ms; the download: wire {:.3} of the limit",
              lat.p50_ms, bounds.ceiling_p50, lat.p99_ms, bounds.ceiling, lat.samples, lat.failed, control.p50_ms, control.p99_ms, bulk.wire_bps / bits);
     assert_eq!(lat.failed, 0, "{what}");
@@ -210,12 +235,7 @@ fn responses_beside_download_under(cni: Option<Attach>, one_way_ms: u64, rate: &
     // break. The queue's pfifo_fast child (whose first band the door gives
     // light flows) becomes one FIFO; the door, and the windows sized from
     // its model of the queue, stay.
-    let ifb = pod_ifb(&pod);
-    let out = Command::new("ip")
-        .args(["netns", "exec", &pod.bed.pod_ns, "tc", "qdisc", "replace", "dev", &ifb, "parent", "b9a1:1", "handle", "b9a3:", "pfifo"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cannot make the queue one FIFO: {}", String::from_utf8_lossy(&out.stderr));
+    let ifb = replace_queue_child(&pod, "pfifo");
     let qdiscs = Command::new("ip").args(["netns", "exec", &pod.bed.pod_ns, "tc", "qdisc", "show", "dev", &ifb]).output().unwrap();
     let qdiscs = String::from_utf8_lossy(&qdiscs.stdout);
     assert!(qdiscs.contains("pfifo b9a3:") && !qdiscs.contains("pfifo_fast"), "the queue still has its bands: {qdiscs}");
@@ -312,12 +332,7 @@ fn responses_beside_a_download_and_a_udp_flood_are_fast() {
     if flow_fair {
         assert!(download >= 0.3, "{what}: with fq_codel the download beside the flood got {download:.3} of the limit");
         // The negative control: pfifo_fast in place of prio and fq_codel.
-        let ifb = pod_ifb(&pod);
-        let out = Command::new("ip")
-            .args(["netns", "exec", &pod.bed.pod_ns, "tc", "qdisc", "replace", "dev", &ifb, "parent", "b9a1:1", "handle", "b9a3:", "pfifo_fast"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "cannot give the queue pfifo_fast: {}", String::from_utf8_lossy(&out.stderr));
+        replace_queue_child(&pod, "pfifo_fast");
         let sender = flood(14).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
         std::thread::sleep(Duration::from_secs(1));
         let without = pod.bed.bulk(&Bulk::tcp(Way::Download, "cubic", 1, 2, 8)).unwrap();
