@@ -90,7 +90,7 @@ impl QueueChild {
     pub fn describe(self) -> &'static str {
         match self {
             QueueChild::FlowFair => "light flows first, then fq_codel (prio)",
-            QueueChild::Bands => "light flows first, then one FIFO (pfifo_fast: this kernel has no prio or fq_codel)",
+            QueueChild::Bands => "light flows first, then one FIFO (pfifo_fast: the kernel had no prio or fq_codel when the queue was made, or an earlier release made it)",
         }
     }
 }
