@@ -41,6 +41,11 @@ impl Veth {
 
 impl Drop for Veth {
     fn drop(&mut self) {
+        // An ingress queue a failed test left in front of the veth: its ifb
+        // is in this netns and outlives the veth.
+        if let Ok(index) = ifindex(&self.host) {
+            let _ = bpf_ratelimit::datapath::ingress_queue::remove(index);
+        }
         let _ = ip(&["link", "del", &self.host]);
         let _ = ip(&["netns", "del", &self.netns]);
     }
